@@ -1,0 +1,50 @@
+//! Scaffolding every panda service shares: layered config loading (`config`), telemetry
+//! (`telemetry`), the gRPC server with health, reflection and request spans (`grpc`), the
+//! Prometheus admin endpoint (`metrics`), the one mapping from errors to gRPC statuses
+//! (`error`) and shutdown on signals (`shutdown`).
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{ErrorCode, ServiceError, to_status};
+
+/// The sockets a service serves on, bound by the caller (main, `panda up` or a test with port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC API.
+    pub grpc: tokio::net::TcpListener,
+    /// `/metrics` and `/healthz`; none in tests that do not need them.
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both addresses.
+    ///
+    /// # Errors
+    /// When an address is taken or not local; the message names it.
+    pub async fn bind(grpc: std::net::SocketAddr, admin: Option<std::net::SocketAddr>) -> std::io::Result<Self> {
+        let bind = |addr: std::net::SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        let grpc = bind(grpc).await?;
+        let admin = match admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { grpc, admin })
+    }
+
+    /// Both on `127.0.0.1:0` (tests).
+    ///
+    /// # Errors
+    /// When the OS refuses a socket.
+    pub async fn ephemeral() -> std::io::Result<Self> {
+        Self::bind(([127, 0, 0, 1], 0).into(), None).await
+    }
+}

@@ -1,0 +1,360 @@
+//! The task specification: what a user submits, validated into a typed form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{QueueName, check_name};
+
+/// Largest number of jobs one task may ask for without an input dataset.
+pub const MAX_JOBS_PER_TASK: u32 = 100_000;
+/// Placeholders a task command may use.
+pub const COMMAND_PLACEHOLDERS: &[&str] = &["inputs", "output", "index", "task_id", "job_id"];
+
+/// Resources per job (or offered by a queue or pilot). Zero means "not specified".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory in MB.
+    pub memory_mb: u64,
+    /// Scratch disk in MB.
+    pub disk_mb: u64,
+    /// Wall time in seconds.
+    pub walltime_seconds: u64,
+}
+
+impl Resources {
+    /// Whether a job asking for `self` fits into `offer` (zero in the offer means unlimited).
+    pub fn fits_into(&self, offer: &Resources) -> bool {
+        fn fits(need: u64, have: u64) -> bool {
+            have == 0 || need <= have
+        }
+        fits(u64::from(self.cores.max(1)), u64::from(offer.cores))
+            && fits(self.memory_mb, offer.memory_mb)
+            && fits(self.disk_mb, offer.disk_mb)
+            && fits(self.walltime_seconds, offer.walltime_seconds)
+    }
+}
+
+/// Where a task's jobs get their input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskInput {
+    /// Files of a dataset, `files_per_job` per job.
+    Dataset {
+        /// Dataset name.
+        name: String,
+        /// Files per job, at least 1.
+        files_per_job: u32,
+    },
+    /// No input; `n_jobs` jobs.
+    Generated {
+        /// Number of jobs, 1..=MAX_JOBS_PER_TASK.
+        n_jobs: u32,
+    },
+}
+
+/// A validated task specification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Task name.
+    pub name: String,
+    /// Owner.
+    pub user: String,
+    /// Shell command template.
+    pub command: String,
+    /// Input.
+    pub input: TaskInput,
+    /// Dataset receiving one output file per job.
+    pub output_dataset: Option<String>,
+    /// Per-job request.
+    pub resources: Resources,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Extra payload environment.
+    pub environment: BTreeMap<String, String>,
+    /// Queues brokerage may use (empty: any).
+    pub queues: Vec<QueueName>,
+}
+
+/// A task specification as received, before validation (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskSpecDraft {
+    /// See [`TaskSpec::name`].
+    pub name: String,
+    /// See [`TaskSpec::user`].
+    pub user: String,
+    /// See [`TaskSpec::command`].
+    pub command: String,
+    /// Input dataset name, empty for none.
+    pub input_dataset: String,
+    /// Files per job; `None` means the default of 1.
+    pub files_per_job: Option<u32>,
+    /// Jobs for a task without input.
+    pub n_jobs: Option<u32>,
+    /// Output dataset, empty for none.
+    pub output_dataset: String,
+    /// Per-job request.
+    pub resources: Resources,
+    /// Priority.
+    pub priority: i32,
+    /// Payload environment.
+    pub environment: BTreeMap<String, String>,
+    /// Allowed queues.
+    pub queues: Vec<String>,
+}
+
+/// One problem with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `task.files_per_job`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
+    }
+}
+
+impl TaskSpecDraft {
+    /// Validates every field and reports every problem at once.
+    ///
+    /// # Errors
+    /// One [`FieldError`] per problem, fields named `task.<field>`.
+    pub fn validate(self) -> Result<TaskSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut bad = |field: &str, message: String| {
+            errors.push(FieldError::new(format!("task.{field}"), message))
+        };
+
+        if let Err(e) = check_name(&self.name, 200) {
+            bad("name", e);
+        }
+        if self.user.len() > 200 {
+            bad(
+                "user",
+                format!("must be at most 200 characters (got {})", self.user.len()),
+            );
+        }
+        if self.command.trim().is_empty() {
+            bad("command", "must not be empty".to_owned());
+        } else if self.command.len() > 64 * 1024 {
+            bad(
+                "command",
+                format!("must be at most 65536 bytes (got {})", self.command.len()),
+            );
+        } else if let Err(e) = check_placeholders(&self.command) {
+            bad("command", e);
+        }
+        let input = if self.input_dataset.is_empty() {
+            if self.files_per_job.is_some() {
+                bad("files_per_job", "needs task.input_dataset".to_owned());
+            }
+            match self.n_jobs {
+                None => {
+                    bad(
+                        "n_jobs",
+                        "is required when there is no input_dataset (1..=100000)".to_owned(),
+                    );
+                    None
+                }
+                Some(n) if n == 0 || n > MAX_JOBS_PER_TASK => {
+                    bad(
+                        "n_jobs",
+                        format!("must be 1..={MAX_JOBS_PER_TASK} (got {n})"),
+                    );
+                    None
+                }
+                Some(n_jobs) => Some(TaskInput::Generated { n_jobs }),
+            }
+        } else {
+            if let Err(e) = check_name(&self.input_dataset, 255) {
+                bad("input_dataset", e);
+            }
+            if let Some(n) = self.n_jobs {
+                bad(
+                    "n_jobs",
+                    format!("must not be set with an input_dataset (got {n}); use files_per_job"),
+                );
+            }
+            match self.files_per_job.unwrap_or(1) {
+                0 => {
+                    bad("files_per_job", "must be at least 1 (got 0)".to_owned());
+                    None
+                }
+                files_per_job => Some(TaskInput::Dataset {
+                    name: self.input_dataset.clone(),
+                    files_per_job,
+                }),
+            }
+        };
+        let output_dataset = (!self.output_dataset.is_empty()).then(|| self.output_dataset.clone());
+        if let Some(output) = &output_dataset {
+            if let Err(e) = check_name(output, 255) {
+                bad("output_dataset", e);
+            } else if *output == self.input_dataset {
+                bad(
+                    "output_dataset",
+                    format!("must differ from input_dataset (both {output:?})"),
+                );
+            }
+        }
+        // Through `placeholders`, so that an escaped `{{output}}` does not count as a use.
+        let uses = |name: &str| placeholders(&self.command).any(|p| p == name);
+        if uses("output") && output_dataset.is_none() {
+            bad(
+                "command",
+                "uses {output} but task.output_dataset is not set".to_owned(),
+            );
+        }
+        if uses("inputs") && self.input_dataset.is_empty() {
+            bad(
+                "command",
+                "uses {inputs} but task.input_dataset is not set".to_owned(),
+            );
+        }
+        if self.resources.cores > 1024 {
+            bad(
+                "resources.cores",
+                format!("must be at most 1024 (got {})", self.resources.cores),
+            );
+        }
+        if self.resources.memory_mb > 16 * 1024 * 1024 {
+            bad(
+                "resources.memory_mb",
+                format!(
+                    "must be at most 16777216 (got {})",
+                    self.resources.memory_mb
+                ),
+            );
+        }
+        for key in self.environment.keys() {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                bad(
+                    "environment",
+                    format!("key {key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                );
+            } else if key.starts_with("PANDA_") {
+                bad(
+                    "environment",
+                    format!("key {key:?} is reserved (PANDA_* is set by the pilot)"),
+                );
+            }
+        }
+        let mut queues = Vec::new();
+        for (i, queue) in self.queues.iter().enumerate() {
+            match QueueName::new(queue.clone()) {
+                Ok(q) => queues.push(q),
+                Err(e) => bad(&format!("queues[{i}]"), e),
+            }
+        }
+        match (errors.is_empty(), input) {
+            (true, Some(input)) => Ok(TaskSpec {
+                name: self.name,
+                user: if self.user.is_empty() {
+                    "anonymous".to_owned()
+                } else {
+                    self.user
+                },
+                command: self.command,
+                input,
+                output_dataset,
+                resources: Resources {
+                    cores: self.resources.cores.max(1),
+                    ..self.resources
+                },
+                priority: self.priority,
+                environment: self.environment,
+                queues,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Checks that every `{name}` in a command is a known placeholder (`{{` and `}}` escape braces).
+fn check_placeholders(command: &str) -> Result<(), String> {
+    for name in placeholders(command) {
+        if !COMMAND_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "has unknown placeholder {{{name}}}; allowed: {}",
+                COMMAND_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn placeholders(command: &str) -> impl Iterator<Item = &str> {
+    let mut rest = command;
+    std::iter::from_fn(move || {
+        loop {
+            let start = rest.find('{')?;
+            if rest[start..].starts_with("{{") {
+                rest = &rest[start + 2..];
+                continue;
+            }
+            let end = rest[start..].find('}')? + start;
+            let name = &rest[start + 1..end];
+            rest = &rest[end + 1..];
+            return Some(name);
+        }
+    })
+}
+
+/// Fills a command's placeholders (`{{`/`}}` become literal braces).
+pub fn render_command(template: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut chars = template.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if template[i..].starts_with("{{") => {
+                out.push('{');
+                chars.next();
+            }
+            '}' if template[i..].starts_with("}}") => {
+                out.push('}');
+                chars.next();
+            }
+            '{' => match template[i..].find('}') {
+                Some(len) => {
+                    let name = &template[i + 1..i + len];
+                    match values.get(name) {
+                        Some(value) => out.push_str(value),
+                        None => out.push_str(&template[i..=i + len]),
+                    }
+                    // `len` counts bytes, not chars: skip up to the closing brace by position.
+                    while chars.next_if(|&(j, _)| j <= i + len).is_some() {}
+                }
+                None => out.push('{'),
+            },
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Conversions between wire types and `panda-types` domain types. Handlers convert on their first
+//! line and then use domain types only; a failed conversion is a [`ProtocolError`] naming the field.
+
+use panda_types::{JobStatus, Resources, TaskStatus, WorkerStatus};
+
+use crate::common::v1 as common;
+
+/// A request field that is missing or does not convert.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A required field is absent or unspecified.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A field has a value that does not convert.
+    #[error("{field} is invalid: {reason}")]
+    Invalid {
+        /// Dotted field path.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A domain enum carried on the wire as a protobuf enum number.
+pub trait WireEnum: Sized + Copy {
+    /// Converts the number found in `field`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Missing`] for UNSPECIFIED, [`ProtocolError::Invalid`] for unknown numbers
+    /// (a newer peer may send values this build does not know).
+    fn from_wire(field: &'static str, value: i32) -> Result<Self, ProtocolError>;
+
+    /// The wire number.
+    fn to_wire(self) -> i32;
+}
+
+macro_rules! enum_map {
+    ($domain:ident, $wire:ident, { $($d:ident <=> $w:ident),+ $(,)? }) => {
+        impl WireEnum for $domain {
+            fn from_wire(field: &'static str, value: i32) -> Result<Self, ProtocolError> {
+                match common::$wire::try_from(value) {
+                    Ok(common::$wire::Unspecified) => Err(ProtocolError::Missing(field)),
+                    $(Ok(common::$wire::$w) => Ok($domain::$d),)+
+                    Err(_) => Err(ProtocolError::Invalid { field, reason: format!("unknown value {value}") }),
+                }
+            }
+
+            fn to_wire(self) -> i32 {
+                (match self { $($domain::$d => common::$wire::$w),+ }) as i32
+            }
+        }
+    };
+}
+
+enum_map!(TaskStatus, TaskStatus, {
+    Registered <=> Registered, Defined <=> Defined, Staging <=> Staging, Staged <=> Staged,
+    TopReprocess <=> Topreprocess, Preprocessing <=> Preprocessing, Assigning <=> Assigning, Ready <=> Ready,
+    Pending <=> Pending, Scouting <=> Scouting, Scouted <=> Scouted, Running <=> Running, Throttled <=> Throttled,
+    Prepared <=> Prepared, Finishing <=> Finishing, Passed <=> Passed, Aborting <=> Aborting, ToAbort <=> Toabort,
+    ToBroken <=> Tobroken, ToRetry <=> Toretry, ToIncexec <=> Toincexec, Rerefine <=> Rerefine,
+    ToReassign <=> Toreassign, Reassigning <=> Reassigning, Paused <=> Paused, Exhausted <=> Exhausted,
+    Done <=> Done, Finished <=> Finished, Failed <=> Failed, Broken <=> Broken, Aborted <=> Aborted,
+});
+
+enum_map!(JobStatus, JobStatus, {
+    Pending <=> Pending, Defined <=> Defined, Waiting <=> Waiting, Assigned <=> Assigned, Activated <=> Activated,
+    Throttled <=> Throttled, Sent <=> Sent, Starting <=> Starting, Running <=> Running, Holding <=> Holding,
+    Transferring <=> Transferring, Merging <=> Merging, Finished <=> Finished, Failed <=> Failed,
+    Cancelled <=> Cancelled, Closed <=> Closed,
+});
+
+enum_map!(WorkerStatus, WorkerStatus, {
+    Pending <=> Pending, Submitted <=> Submitted, Ready <=> Ready, Running <=> Running, Idle <=> Idle,
+    Finished <=> Finished, Failed <=> Failed, Cancelled <=> Cancelled, Missed <=> Missed,
+});
+
+/// Resources from an optional wire message (absent means nothing specified).
+pub fn resources(value: Option<common::Resources>) -> Resources {
+    {
+        let value = value.unwrap_or_default();
+        Resources {
+            cores: value.cores,
+            memory_mb: value.memory_mb,
+            disk_mb: value.disk_mb,
+            walltime_seconds: value.walltime_seconds,
+        }
+    }
+}
+
+impl From<Resources> for common::Resources {
+    fn from(value: Resources) -> Self {
+        common::Resources {
+            cores: value.cores,
+            memory_mb: value.memory_mb,
+            disk_mb: value.disk_mb,
+            walltime_seconds: value.walltime_seconds,
+        }
+    }
+}
+
+impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
+    fn from(spec: crate::server::v1::TaskSpec) -> Self {
+        panda_types::spec::TaskSpecDraft {
+            name: spec.name,
+            user: spec.user,
+            command: spec.command,
+            input_dataset: spec.input_dataset,
+            files_per_job: spec.files_per_job,
+            n_jobs: spec.n_jobs,
+            output_dataset: spec.output_dataset,
+            resources: resources(spec.resources),
+            priority: spec.priority,
+            environment: spec.environment.into_iter().collect(),
+            queues: spec.queues,
+        }
+    }
+}
+
+impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
+    fn from(spec: panda_types::TaskSpec) -> Self {
+        use panda_types::spec::TaskInput;
+        let (input_dataset, files_per_job, n_jobs) = match spec.input {
+            TaskInput::Dataset { name, files_per_job } => (name, Some(files_per_job), None),
+            TaskInput::Generated { n_jobs } => (String::new(), None, Some(n_jobs)),
+        };
+        crate::server::v1::TaskSpec {
+            name: spec.name,
+            user: spec.user,
+            command: spec.command,
+            input_dataset,
+            files_per_job,
+            n_jobs,
+            output_dataset: spec.output_dataset.unwrap_or_default(),
+            resources: Some(spec.resources.into()),
+            priority: spec.priority,
+            environment: spec.environment.into_iter().collect(),
+            queues: spec.queues.into_iter().map(String::from).collect(),
+        }
+    }
+}
+
+/// Converts a timestamp for the wire.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips() {
+        for &s in TaskStatus::ALL {
+            assert_eq!(TaskStatus::from_wire("s", s.to_wire()), Ok(s));
+        }
+        for &s in JobStatus::ALL {
+            assert_eq!(JobStatus::from_wire("s", s.to_wire()), Ok(s));
+        }
+        for &s in WorkerStatus::ALL {
+            assert_eq!(WorkerStatus::from_wire("s", s.to_wire()), Ok(s));
+        }
+    }
+
+    #[test]
+    fn unspecified_and_unknown_are_errors() {
+        assert_eq!(JobStatus::from_wire("status", 0), Err(ProtocolError::Missing("status")));
+        assert!(matches!(JobStatus::from_wire("status", 999), Err(ProtocolError::Invalid { field: "status", .. })));
+    }
+}

@@ -1,0 +1,108 @@
+//! The `[pilot]` config section: where the server is, what the slot offers, and the pilot's
+//! time limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Heartbeat interval when neither the job nor the config names one (the reference pilot's 30 min).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1800);
+
+/// How the pilot finds its server and queue, what it offers, and how long it may work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// PilotService endpoint.
+    pub server_url: String,
+    /// The queue (the reference's PanDA queue) whose jobs this pilot takes.
+    pub queue: String,
+    /// Node name reported to the server; the host name when unset.
+    pub node: Option<String>,
+    /// Harvester worker running this pilot (empty outside Harvester).
+    pub worker_id: String,
+    /// Root of the job directories; each job runs in `PanDA_Pilot-<job_id>` below it.
+    pub work_dir: PathBuf,
+    /// Cores offered to GetJob (0: no limit).
+    pub cores: u32,
+    /// Memory offered to GetJob, in MB (0: no limit).
+    pub memory_mb: u64,
+    /// Stop after this many jobs (0: keep taking jobs until the server has none).
+    pub max_jobs: u32,
+    /// Take no new job after this much time since start (the reference's lifetime/timefloor).
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Gap between SIGTERM and SIGKILL when the payload's process group is killed.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// Give up (kill the payload, stop the pilot with an error) after this long without a
+    /// successful server update.
+    #[serde(with = "humantime_serde")]
+    pub server_deadline: Duration,
+    /// Overrides the heartbeat interval the server sends with each job.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_url: "http://127.0.0.1:50051".to_owned(),
+            queue: "local".to_owned(),
+            node: None,
+            worker_id: String::new(),
+            work_dir: PathBuf::from("./panda-data/pilot"),
+            cores: 0,
+            memory_mb: 0,
+            max_jobs: 0,
+            lifetime: Duration::from_secs(24 * 3600),
+            kill_grace: Duration::from_secs(10),
+            server_deadline: Duration::from_secs(3 * 3600),
+            heartbeat_interval: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values that parse but cannot work, reporting every problem at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] listing each problem.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.server_url.trim().is_empty() {
+            problems.push("pilot.server_url must not be empty".to_owned());
+        }
+        if self.queue.trim().is_empty() {
+            problems.push("pilot.queue must not be empty".to_owned());
+        }
+        if self.node.as_deref().is_some_and(|node| node.trim().is_empty()) {
+            problems.push("pilot.node must not be empty when set (leave it unset for the host name)".to_owned());
+        }
+        if self.work_dir.as_os_str().is_empty() {
+            problems.push("pilot.work_dir must not be empty".to_owned());
+        }
+        if self.server_deadline.is_zero() {
+            problems.push("pilot.server_deadline = 0s: must be positive".to_owned());
+        }
+        if self.heartbeat_interval.is_some_and(|interval| interval.is_zero()) {
+            problems
+                .push("pilot.heartbeat_interval = 0s: must be positive (leave it unset for the server's)".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::InvalidConfig(problems)) }
+    }
+
+    /// The heartbeat interval for a job whose dispatch asked for `job_seconds` (0: unspecified).
+    pub(crate) fn heartbeat_interval_for(&self, job_seconds: u32) -> Duration {
+        match (self.heartbeat_interval, job_seconds) {
+            (Some(interval), _) => interval,
+            (None, 0) => DEFAULT_HEARTBEAT_INTERVAL,
+            (None, seconds) => Duration::from_secs(u64::from(seconds)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

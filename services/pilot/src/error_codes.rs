@@ -1,0 +1,22 @@
+//! Pilot error codes sent with a failed job, numbered as in the reference pilot so that
+//! dashboards and retry rules that know those numbers keep working.
+
+/// Unclassified pilot failure (GENERALERROR).
+pub const GENERAL: u32 = 1008;
+/// Not enough local disk (NOLOCALSPACE).
+pub const NO_LOCAL_SPACE: u32 = 1098;
+/// An input could not be staged in, or did not match its size or checksum (STAGEINFAILED).
+pub const STAGE_IN_FAILED: u32 = 1099;
+/// The job's work directory could not be set up (SETUPFAILURE).
+pub const SETUP_FAILURE: u32 = 1110;
+/// An output could not be staged out (STAGEOUTFAILED).
+pub const STAGE_OUT_FAILED: u32 = 1137;
+/// Killed on the server's instruction (PANDAKILL).
+pub const PANDA_KILL: u32 = 1144;
+/// The payload exited 0 without writing an expected output (MISSINGOUTPUTFILE).
+pub const MISSING_OUTPUT: u32 = 1165;
+/// The pilot was told to stop (SIGTERM or Ctrl-C) while it held the job (SIGTERM).
+pub const SIGTERM: u32 = 1201;
+/// The payload could not be started, exited non-zero or died of a signal
+/// (PAYLOADEXECUTIONFAILURE).
+pub const PAYLOAD_FAILED: u32 = 1305;

@@ -1,0 +1,272 @@
+//! One job from dispatch to final report: job directory, `starting`, stage-in, payload with
+//! heartbeats, stage-out, and the final `finished`/`failed` update with exit code, pilot error
+//! code, output tails, resource use and output files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use panda_proto::server::v1::DispatchedJob;
+use panda_types::{JobId, JobStatus, TaskId};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::error_codes;
+use crate::heartbeat::{self, End, KillReason, Timing};
+use crate::payload::{self, Payload};
+use crate::server::{Delivery, Lease, ServerLink, Update};
+use crate::stage::{self, InputFile};
+
+/// A dispatched job, as the pilot uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Job {
+    pub lease: Lease,
+    pub task_id: TaskId,
+    pub attempt_nr: u32,
+    pub command: String,
+    pub environment: BTreeMap<String, String>,
+    pub inputs: Vec<InputFile>,
+    pub outputs: Vec<String>,
+    /// Requested by the server (0: unspecified).
+    pub heartbeat_interval_seconds: u32,
+}
+
+impl From<DispatchedJob> for Job {
+    fn from(job: DispatchedJob) -> Self {
+        Self {
+            lease: Lease { job_id: JobId(job.job_id), token: job.lease_token },
+            task_id: TaskId(job.task_id),
+            attempt_nr: job.attempt_nr,
+            command: job.command,
+            environment: job.environment.into_iter().collect(),
+            inputs: job
+                .input_files
+                .into_iter()
+                .map(|file| InputFile {
+                    lfn: file.lfn,
+                    url: file.url,
+                    size_bytes: file.size_bytes,
+                    checksum: file.checksum,
+                })
+                .collect(),
+            outputs: job.output_files,
+            heartbeat_interval_seconds: job.heartbeat_interval_seconds,
+        }
+    }
+}
+
+/// How a job ended for this pilot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Reported finished.
+    Finished,
+    /// Reported failed.
+    Failed,
+    /// The lease was lost (or the server refused the job): nothing more was reported.
+    Dropped,
+}
+
+/// What a job needs from the pilot.
+#[derive(Debug)]
+pub(crate) struct Context<'a> {
+    pub config: &'a Config,
+    /// Absolute root of the job directories.
+    pub work_dir: &'a Path,
+    pub server: &'a mut ServerLink,
+    /// Where outputs go (`file://` directory).
+    pub storage_url: &'a str,
+    pub shutdown: &'a CancellationToken,
+}
+
+/// The directory a job runs in.
+pub(crate) fn job_dir(work_dir: &Path, job_id: JobId) -> PathBuf {
+    work_dir.join(format!("PanDA_Pilot-{job_id}"))
+}
+
+/// The payload's environment on top of the pilot's: the job's variables, then the PANDA_*
+/// variables, which win so that a job cannot lie about its own identity.
+pub(crate) fn payload_environment(job: &Job, job_dir: &Path) -> Vec<(String, String)> {
+    let mut environment: Vec<(String, String)> = job.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let panda = [
+        ("PANDA_JOB_ID", job.lease.job_id.to_string()),
+        ("PANDA_TASK_ID", job.task_id.to_string()),
+        ("PANDA_ATTEMPT_NR", job.attempt_nr.to_string()),
+        ("PANDA_WORK_DIR", job_dir.display().to_string()),
+        ("PANDA_INPUT_FILES", job.inputs.iter().map(|file| file.lfn.as_str()).collect::<Vec<_>>().join(" ")),
+        ("PANDA_OUTPUT_FILES", job.outputs.join(" ")),
+    ];
+    environment.retain(|(key, _)| !panda.iter().any(|(name, _)| name == key));
+    environment.extend(panda.into_iter().map(|(key, value)| (key.to_owned(), value)));
+    environment
+}
+
+/// Runs `job` to its final report.
+///
+/// # Errors
+/// [`Error::WorkDir`] when the job directory cannot be made (the job is reported failed first),
+/// [`Error::ServerUnreachable`] when no update got through for `server_deadline` (the payload is
+/// killed first). Not cancel-safe: dropping the future kills the payload without a report.
+pub(crate) async fn run(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
+    let span = tracing::info_span!("job", job_id = %job.lease.job_id, task_id = %job.task_id);
+    run_in_span(job, cx).instrument(span).await
+}
+
+async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
+    let lease = job.lease.clone();
+    if cx.shutdown.is_cancelled() {
+        // A job received in the same answer as the one running at shutdown: hand it back.
+        return report(
+            cx,
+            &lease,
+            Update::failed(error_codes::SIGTERM, "pilot was told to stop before the job started"),
+        )
+        .await;
+    }
+    tracing::info!(attempt_nr = job.attempt_nr, "job received");
+    let dir = job_dir(cx.work_dir, lease.job_id);
+    if let Err(source) = prepare_dir(&dir).await {
+        let diag = format!("cannot create job directory {}: {source}", dir.display());
+        report(cx, &lease, Update::failed(error_codes::SETUP_FAILURE, diag)).await?;
+        return Err(Error::WorkDir { path: dir, source });
+    }
+
+    match cx.server.deliver(&lease, &Update::status(JobStatus::Starting), cx.shutdown).await? {
+        Delivery::Accepted { kill: false } => {}
+        Delivery::Accepted { kill: true } => {
+            return report(
+                cx,
+                &lease,
+                Update::failed(error_codes::PANDA_KILL, "killed on server instruction before the payload started"),
+            )
+            .await;
+        }
+        Delivery::LeaseLost(status) | Delivery::Rejected(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "server refused the starting update; dropping the job");
+            return Ok(Outcome::Dropped);
+        }
+        Delivery::Abandoned(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "pilot stopping and the server is unreachable; job left to the server's time-out");
+            return Ok(Outcome::Failed);
+        }
+    }
+
+    let staged = tokio::select! {
+        biased;
+        () = cx.shutdown.cancelled() => None,
+        staged = stage::stage_in(&dir, &job.inputs) => Some(staged),
+    };
+    match staged {
+        None => {
+            return report(cx, &lease, Update::failed(error_codes::SIGTERM, "pilot was told to stop during stage-in"))
+                .await;
+        }
+        Some(Err(error)) => {
+            tracing::warn!(diag = %error.diag, "stage-in failed");
+            return report(cx, &lease, Update::failed(error.code, error.diag)).await;
+        }
+        Some(Ok(())) => {}
+    }
+
+    let environment = payload_environment(&job, &dir);
+    let mut payload =
+        match Payload::spawn(&job.command, &dir, environment.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let diag = format!("cannot start the payload: {error}");
+                return report(cx, &lease, Update::failed(error_codes::PAYLOAD_FAILED, diag)).await;
+            }
+        };
+    tracing::info!(group = payload.group().as_raw(), "payload started");
+    let timing = Timing {
+        interval: cx.config.heartbeat_interval_for(job.heartbeat_interval_seconds),
+        kill_grace: cx.config.kill_grace,
+    };
+    let end = heartbeat::watch(&mut payload, cx.server, &lease, timing, cx.shutdown).await;
+    let usage = payload.finish();
+    let mut update = match end? {
+        End::Exited(status) if status.success() => stage_out(cx, &job, &dir).await,
+        End::Exited(status) => Update {
+            exit_code: Some(payload::exit_code(status)),
+            ..Update::failed(error_codes::PAYLOAD_FAILED, payload::describe_exit(status))
+        },
+        End::Killed { status, reason: KillReason::Server } => Update {
+            exit_code: Some(payload::exit_code(status)),
+            ..Update::failed(error_codes::PANDA_KILL, "killed on server instruction")
+        },
+        End::Killed { status, reason: KillReason::Shutdown } => Update {
+            exit_code: Some(payload::exit_code(status)),
+            ..Update::failed(error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
+        },
+        End::Killed { reason: KillReason::LeaseLost, .. } => return Ok(Outcome::Dropped),
+        End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
+    };
+    update.stdout_tail = payload::tail(&dir, payload::STDOUT_FILE).await;
+    update.stderr_tail = payload::tail(&dir, payload::STDERR_FILE).await;
+    update.cpu_time_seconds = usage.cpu_seconds;
+    update.wall_time_seconds = usage.wall_seconds;
+    update.max_rss_kb = usage.max_rss_kb;
+    let outcome = report(cx, &lease, update).await?;
+    if outcome == Outcome::Finished {
+        // Outputs are in storage and the tails went with the report; failed jobs keep their
+        // directory for a post-mortem.
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove the job directory");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Checks and copies the outputs of a payload that exited 0; the update to send.
+async fn stage_out(cx: &Context<'_>, job: &Job, dir: &Path) -> Update {
+    let update = |base: Update| Update { exit_code: Some(0), ..base };
+    if let Some(lfn) = stage::find_missing_output(dir, &job.outputs) {
+        let diag = format!("payload exited 0 but did not write output file {lfn}");
+        return update(Update::failed(error_codes::MISSING_OUTPUT, diag));
+    }
+    let unique = format!("{}-{}", job.lease.job_id, std::process::id());
+    match stage::stage_out(dir, &job.outputs, cx.storage_url, &unique).await {
+        Ok(output_files) => update(Update { output_files, ..Update::status(JobStatus::Finished) }),
+        Err(error) => {
+            tracing::warn!(diag = %error.diag, "stage-out failed");
+            update(Update::failed(error.code, error.diag))
+        }
+    }
+}
+
+/// Makes an empty job directory; a leftover from an earlier dispatch of the same job (whose
+/// lease this pilot lost) is removed first.
+async fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    tokio::fs::create_dir_all(dir).await
+}
+
+/// Sends the final report and says how the job ended.
+async fn report(cx: &mut Context<'_>, lease: &Lease, update: Update) -> Result<Outcome> {
+    let intended = if update.status == JobStatus::Finished { Outcome::Finished } else { Outcome::Failed };
+    match cx.server.deliver(lease, &update, cx.shutdown).await? {
+        Delivery::Accepted { .. } => {
+            tracing::info!(status = %update.status, exit_code = ?update.exit_code, error_code = update.error_code, diag = %update.error_diag, "job reported");
+            Ok(intended)
+        }
+        Delivery::LeaseLost(status) => {
+            tracing::warn!(message = status.message(), "lease lost before the final report; dropping the job");
+            Ok(Outcome::Dropped)
+        }
+        Delivery::Rejected(status) => {
+            tracing::error!(code = ?status.code(), message = status.message(), "server refused the final report");
+            Ok(intended)
+        }
+        Delivery::Abandoned(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "pilot stopping and the server is unreachable; final report not sent");
+            Ok(intended)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! The pilot: a stateless agent on a worker node. It asks the server's PilotService for a job,
+//! runs it in its own directory and reports on it, then asks for the next one, until the server
+//! has none, `max_jobs` or the lifetime is reached, or it is told to stop. For each job:
+//! `starting`, stage-in (copy and verify inputs), the payload (`/bin/sh -c` in its own process
+//! group) with `running` heartbeats, stage-out (copy and measure outputs), and a final
+//! `finished` or `failed` update with exit code, pilot error code, output tails and resource use.
+//!
+//! Modules:
+//! - `config`: [`Config`], the `[pilot]` section.
+//! - `error`: [`Error`], why the pilot stopped early (job failures are reported, not errors).
+//! - [`error_codes`]: pilot error codes sent with failed jobs, numbered as in the reference.
+//! - `server`: the PilotService client side: GetJob, UpdateJob, retries and the server deadline.
+//! - `job`: one job from dispatch to final report.
+//! - `stage`: stage-in and stage-out over `file://` URLs, with adler32.
+//! - `payload`: starting, killing and measuring the payload's process group.
+//! - `heartbeat`: watching the payload: heartbeats and the reasons to kill it.
+
+mod config;
+mod error;
+pub mod error_codes;
+mod heartbeat;
+mod job;
+mod payload;
+mod server;
+mod stage;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use panda_proto::common::v1::Resources;
+use panda_proto::server::v1::GetJobRequest;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, DEFAULT_HEARTBEAT_INTERVAL};
+pub use error::{Error, Result};
+
+use crate::job::{Context, Job, Outcome};
+use crate::server::ServerLink;
+
+/// What a pilot did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Jobs received from the server, including those whose lease was lost.
+    pub jobs_run: u32,
+    /// Jobs reported finished.
+    pub jobs_finished: u32,
+    /// Jobs reported failed.
+    pub jobs_failed: u32,
+}
+
+/// Runs jobs until the server has none left, `max_jobs` or `lifetime` is reached, or `shutdown`
+/// is cancelled (SIGTERM in `main`); on shutdown the running payload is killed and its job
+/// reported failed with [`error_codes::SIGTERM`] before this returns.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] and [`Error::ServerUrl`] before any job; [`Error::WorkDir`] when a
+/// directory cannot be created; [`Error::GetJob`] when the server refuses to hand out jobs;
+/// [`Error::ServerUnreachable`] after `server_deadline` without a successful call (the payload
+/// is killed first).
+///
+/// Not cancel-safe: dropping the future SIGKILLs a running payload but reports nothing. Cancel
+/// `shutdown` instead.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary> {
+    config.validate()?;
+    let node = config.node.clone().unwrap_or_else(hostname);
+    let work_dir = prepare_work_dir(&config).await?;
+    let mut server = ServerLink::new(&config.server_url, node, config.server_deadline)?;
+    tracing::info!(queue = %config.queue, node = server.node(), server = %config.server_url, work_dir = %work_dir.display(), "pilot started");
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    loop {
+        if shutdown.is_cancelled() {
+            tracing::info!("pilot told to stop");
+            break;
+        }
+        if config.max_jobs != 0 && summary.jobs_run >= config.max_jobs {
+            tracing::info!(max_jobs = config.max_jobs, "job limit reached");
+            break;
+        }
+        if started.elapsed() >= config.lifetime {
+            tracing::info!(lifetime = ?config.lifetime, "lifetime reached; taking no more jobs");
+            break;
+        }
+        let request = GetJobRequest {
+            queue: config.queue.clone(),
+            node: server.node().to_owned(),
+            resources: Some(Resources {
+                cores: config.cores,
+                memory_mb: config.memory_mb,
+                disk_mb: 0,
+                walltime_seconds: 0,
+            }),
+            worker_id: config.worker_id.clone(),
+            n_jobs: 1,
+        };
+        let Some(response) = server.get_jobs(request, &shutdown).await? else { continue };
+        if response.jobs.is_empty() {
+            tracing::info!("no jobs in PanDA for this queue");
+            break;
+        }
+        for dispatched in response.jobs {
+            summary.jobs_run += 1;
+            let mut cx = Context {
+                config: &config,
+                work_dir: &work_dir,
+                server: &mut server,
+                storage_url: &response.storage_url,
+                shutdown: &shutdown,
+            };
+            match job::run(Job::from(dispatched), &mut cx).await? {
+                Outcome::Finished => summary.jobs_finished += 1,
+                Outcome::Failed => summary.jobs_failed += 1,
+                Outcome::Dropped => {}
+            }
+        }
+    }
+    tracing::info!(
+        jobs_run = summary.jobs_run,
+        finished = summary.jobs_finished,
+        failed = summary.jobs_failed,
+        "pilot done"
+    );
+    Ok(summary)
+}
+
+/// The absolute work directory, created if needed; relative paths are resolved once here, so
+/// that `PANDA_WORK_DIR` is absolute for the payload.
+async fn prepare_work_dir(config: &Config) -> Result<PathBuf> {
+    let fail = |source| Error::WorkDir { path: config.work_dir.clone(), source };
+    let work_dir = std::path::absolute(&config.work_dir).map_err(fail)?;
+    tokio::fs::create_dir_all(&work_dir).await.map_err(fail)?;
+    Ok(work_dir)
+}
+
+fn hostname() -> String {
+    match nix::unistd::gethostname().map(|name| name.into_string()) {
+        Ok(Ok(name)) if !name.is_empty() => name,
+        _ => {
+            tracing::warn!("cannot read the host name; reporting node \"localhost\" (set pilot.node)");
+            "localhost".to_owned()
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A scripted PilotService: hands out the jobs it was given, checks lease tokens, records every
+//! call, and answers `running` updates as the test script says.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use panda_proto::common::v1::JobStatus;
+use panda_proto::server::v1::pilot_service_server::{PilotService, PilotServiceServer};
+use panda_proto::server::v1::{
+    DispatchedJob, GetJobRequest, GetJobResponse, PilotCommand, UpdateJobRequest, UpdateJobResponse,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// What the fake answers to a `running` update once its condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// PILOT_COMMAND_KILL.
+    Kill,
+    /// FAILED_PRECONDITION (the lease is gone).
+    LeaseGone,
+}
+
+/// When a scripted reply starts: a file exists (the payload wrote it) and the pilot has sent at
+/// least `min_running` running updates.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub file: PathBuf,
+    pub min_running: usize,
+}
+
+/// The test's script.
+#[derive(Debug, Default)]
+pub struct Script {
+    pub jobs: VecDeque<DispatchedJob>,
+    pub storage_url: String,
+    pub running_reply: Option<(Condition, Reply)>,
+    /// Indices (0-based, among all running updates) answered UNAVAILABLE.
+    pub unavailable_running: std::ops::Range<usize>,
+    /// How many final updates (finished or failed) to answer UNAVAILABLE first.
+    pub unavailable_finals: usize,
+}
+
+/// What the fake saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub get_jobs: Vec<GetJobRequest>,
+    /// Accepted updates, in order.
+    pub updates: Vec<UpdateJobRequest>,
+    /// Every running update, accepted or not.
+    pub running: usize,
+    /// Updates answered with an error.
+    pub refused: Vec<(u64, i32, tonic::Code)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    script: Script,
+    seen: Seen,
+    leases: HashMap<u64, String>,
+}
+
+/// The fake service; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct Fake {
+    state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    pub fn new(script: Script) -> Self {
+        Self { state: Arc::new(Mutex::new(State { script, ..State::default() })) }
+    }
+
+    /// Serves on an OS-chosen loopback port until the test's runtime ends.
+    pub async fn serve(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = PilotServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        addr
+    }
+
+    /// Reads what was seen so far.
+    pub fn seen<T>(&self, read: impl FnOnce(&Seen) -> T) -> T {
+        read(&self.state.lock().unwrap().seen)
+    }
+
+    /// Jobs not handed out yet.
+    pub fn jobs_left(&self) -> usize {
+        self.state.lock().unwrap().script.jobs.len()
+    }
+
+    /// The accepted updates' states, in order.
+    pub fn statuses(&self) -> Vec<JobStatus> {
+        self.seen(|seen| seen.updates.iter().map(|update| status(update.status)).collect())
+    }
+
+    /// The last accepted update.
+    pub fn last_update(&self) -> UpdateJobRequest {
+        self.seen(|seen| seen.updates.last().cloned()).expect("no update was accepted")
+    }
+}
+
+pub fn status(value: i32) -> JobStatus {
+    JobStatus::try_from(value).expect("a known job status")
+}
+
+#[tonic::async_trait]
+impl PilotService for Fake {
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.state.lock().unwrap();
+        let n = request.n_jobs.max(1) as usize;
+        state.seen.get_jobs.push(request);
+        let mut jobs = Vec::new();
+        while jobs.len() < n {
+            let Some(job) = state.script.jobs.pop_front() else { break };
+            state.leases.insert(job.job_id, job.lease_token.clone());
+            jobs.push(job);
+        }
+        Ok(Response::new(GetJobResponse { jobs, storage_url: state.script.storage_url.clone() }))
+    }
+
+    async fn update_job(&self, request: Request<UpdateJobRequest>) -> Result<Response<UpdateJobResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.state.lock().unwrap();
+        let refuse = |state: &mut State, request: &UpdateJobRequest, status: Status| {
+            state.seen.refused.push((request.job_id, request.status, status.code()));
+            Err(status)
+        };
+        if state.leases.get(&request.job_id) != Some(&request.lease_token) {
+            return refuse(&mut state, &request, Status::failed_precondition("lease token does not match"));
+        }
+        let mut command = PilotCommand::None;
+        match status(request.status) {
+            JobStatus::Running => {
+                let index = state.seen.running;
+                state.seen.running += 1;
+                if state.script.unavailable_running.contains(&index) {
+                    return refuse(&mut state, &request, Status::unavailable("scripted outage"));
+                }
+                if let Some((condition, reply)) = &state.script.running_reply
+                    && condition.file.exists()
+                    && state.seen.running >= condition.min_running
+                {
+                    match reply {
+                        Reply::Kill => command = PilotCommand::Kill,
+                        Reply::LeaseGone => {
+                            state.leases.remove(&request.job_id);
+                            return refuse(&mut state, &request, Status::failed_precondition("job was reassigned"));
+                        }
+                    }
+                }
+            }
+            JobStatus::Finished | JobStatus::Failed if state.script.unavailable_finals > 0 => {
+                state.script.unavailable_finals -= 1;
+                return refuse(&mut state, &request, Status::unavailable("scripted outage"));
+            }
+            _ => {}
+        }
+        let current = request.status;
+        state.seen.updates.push(request);
+        Ok(Response::new(UpdateJobResponse { command: command as i32, status: current }))
+    }
+}

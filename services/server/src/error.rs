@@ -1,0 +1,116 @@
+//! The server's errors, each mapped to one gRPC code.
+
+use panda_runtime::{ErrorCode, ServiceError};
+use panda_types::{FieldError, JobId, JobStatus, TaskId, TaskStatus};
+
+/// Result of server operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more request fields are invalid.
+    #[error("invalid request: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidArgument(Vec<FieldError>),
+    /// No such task.
+    #[error("task {task_id} not found")]
+    TaskNotFound {
+        /// The ID asked for.
+        task_id: TaskId,
+    },
+    /// No such job.
+    #[error("job {job_id} not found")]
+    JobNotFound {
+        /// The ID asked for.
+        job_id: JobId,
+    },
+    /// No such dataset.
+    #[error("dataset {name:?} not found")]
+    DatasetNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// An output dataset name is already used.
+    #[error("task.output_dataset {name:?} is already produced by task {task_id}; choose another name")]
+    DatasetTaken {
+        /// The name.
+        name: String,
+        /// The task that owns it.
+        task_id: TaskId,
+    },
+    /// The task's state does not allow the request.
+    #[error("task {task_id} is {status}; {action} needs {allowed}")]
+    TaskState {
+        /// The task.
+        task_id: TaskId,
+        /// Its state.
+        status: TaskStatus,
+        /// What was asked.
+        action: &'static str,
+        /// The states that allow it.
+        allowed: &'static str,
+    },
+    /// The caller does not hold the job's current lease.
+    #[error("job {job_id} is not held by this pilot (lease token does not match the current dispatch); stop working on it")]
+    NotHolder {
+        /// The job.
+        job_id: JobId,
+    },
+    /// A job transition the state machine refuses.
+    #[error("job {job_id} is {from}; it cannot move to {to}")]
+    JobTransition {
+        /// The job.
+        job_id: JobId,
+        /// Current state.
+        from: JobStatus,
+        /// Asked state.
+        to: JobStatus,
+    },
+    /// The database failed.
+    #[error("database operation failed")]
+    Db(#[from] sea_orm::DbErr),
+    /// Stored data does not parse (a bug or manual edits).
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldError::new(field, message)])
+    }
+}
+
+impl ServiceError for Error {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::TaskNotFound { .. } | Error::JobNotFound { .. } | Error::DatasetNotFound { .. } => ErrorCode::NotFound,
+            Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
+            Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
+                ErrorCode::FailedPrecondition
+            }
+            Error::Db(error) => db_code(error),
+            Error::Corrupt { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Connection problems are worth retrying; anything else is a bug.
+pub(crate) fn db_code(error: &sea_orm::DbErr) -> ErrorCode {
+    match error {
+        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        panda_runtime::to_status(&error)
+    }
+}

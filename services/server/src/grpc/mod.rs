@@ -1,0 +1,7 @@
+//! gRPC adapters: decode the request into domain types, call the service, encode the answer.
+//! No business rules live here.
+
+mod convert;
+mod handlers;
+
+pub use handlers::Api;

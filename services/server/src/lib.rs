@@ -1,0 +1,102 @@
+//! The PanDA server: system of record for tasks, datasets, files and jobs, the front door for
+//! users (TaskService, JobService), pilots (PilotService) and the other services
+//! (InternalService). Every state change commits with its bus event (outbox).
+//!
+//! Modules: `config` (`[server]`), `error` (errors and their gRPC codes), `model` (domain
+//! records), `store` (tables, migrations, use-case queries), `service` (use cases, transactions),
+//! `events` (bus bodies), `grpc` (thin adapters), `metrics`.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod metrics;
+pub mod model;
+pub mod service;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use panda_bus::Bus;
+use panda_bus::outbox::{self, Outbox};
+use panda_proto::server::v1::internal_service_server::InternalServiceServer;
+use panda_proto::server::v1::job_service_server::JobServiceServer;
+use panda_proto::server::v1::pilot_service_server::PilotServiceServer;
+use panda_proto::server::v1::task_service_server::TaskServiceServer;
+use panda_runtime::Listeners;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+
+/// What the server shares with the rest of the process.
+pub struct Deps {
+    /// Data directory (SQLite file and local storage by default).
+    pub data_dir: PathBuf,
+    /// Where events go.
+    pub bus: Bus,
+}
+
+/// The server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Database connection or migration.
+    #[error(transparent)]
+    Db(#[from] panda_db::Error),
+    /// gRPC serving.
+    #[error(transparent)]
+    Grpc(#[from] panda_runtime::grpc::GrpcError),
+    /// Filesystem or sockets.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the server until `shutdown`.
+///
+/// # Errors
+/// [`RunError`] when the database, storage directory or listeners fail.
+pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+    config.validate().map_err(|e| RunError::Io { context: e.to_string(), source: std::io::Error::other("config") })?;
+    let url = config.database.url_or_sqlite(&deps.data_dir, "server.db");
+    let db = panda_db::connect_and_migrate::<store::migration::Migrator>(&url, config.database.max_connections).await?;
+    let storage_dir = config.storage_dir.clone().unwrap_or_else(|| deps.data_dir.join("storage"));
+    std::fs::create_dir_all(&storage_dir).map_err(|source| RunError::Io {
+        context: format!("cannot create the storage directory {}", storage_dir.display()),
+        source,
+    })?;
+    let storage_dir = std::fs::canonicalize(&storage_dir).map_err(|source| RunError::Io {
+        context: format!("cannot resolve the storage directory {}", storage_dir.display()),
+        source,
+    })?;
+    let (registry, metrics) = metrics::registry();
+    let outbox = Outbox::new(db.clone());
+    let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
+    let service = service::Service::new(db, outbox, storage_dir, metrics);
+    let api = grpc::Api::new(service, config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+
+    let mut server = panda_runtime::grpc::server("server")?;
+    server.router = server
+        .router
+        .add_service(TaskServiceServer::new(api.clone()))
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(PilotServiceServer::new(api.clone()))
+        .add_service(InternalServiceServer::new(api));
+    let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
+    let addr = listeners.grpc.local_addr().ok();
+    info!(addr = ?addr, database = %panda_db::redact(&url), "server ready");
+    let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = relay.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    served?;
+    Ok(())
+}

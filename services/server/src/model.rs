@@ -1,0 +1,241 @@
+//! The server's domain records: what the store returns and the service works with.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use panda_types::{JobId, JobStatus, Resources, TaskId, TaskSpec, TaskStatus};
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// ID.
+    pub id: TaskId,
+    /// What was submitted.
+    pub spec: TaskSpec,
+    /// Current state.
+    pub status: TaskStatus,
+    /// Why it is pending, broken or failed.
+    pub error_diag: String,
+    /// Client-chosen key making submission idempotent.
+    pub idempotency_key: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub modified_at: DateTime<Utc>,
+}
+
+/// Jobs of a task by state group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// All jobs.
+    pub total: u32,
+    /// Not yet dispatched.
+    pub queued: u32,
+    /// Held by a pilot or post-processing.
+    pub running: u32,
+    /// Finished.
+    pub finished: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Cancelled or closed.
+    pub cancelled: u32,
+}
+
+impl JobCounts {
+    /// Adds `n` jobs in `status`.
+    pub fn add(&mut self, status: JobStatus, n: u32) {
+        self.total += n;
+        match status {
+            JobStatus::Finished => self.finished += n,
+            JobStatus::Failed => self.failed += n,
+            JobStatus::Cancelled | JobStatus::Closed => self.cancelled += n,
+            s if s.is_queued() => self.queued += n,
+            _ => self.running += n,
+        }
+    }
+
+    /// Jobs not in a final state.
+    pub fn unfinished(&self) -> u32 {
+        self.queued + self.running
+    }
+}
+
+/// An output file a job produced (or is expected to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Logical file name.
+    pub lfn: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// `adler32:xxxxxxxx`.
+    pub checksum: String,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// ID.
+    pub id: JobId,
+    /// Its task.
+    pub task_id: TaskId,
+    /// Position in the task.
+    pub job_index: u32,
+    /// State.
+    pub status: JobStatus,
+    /// Queue it was brokered to.
+    pub queue: String,
+    /// Attempt number (1 for the first).
+    pub attempt_nr: u32,
+    /// Shell command, placeholders filled.
+    pub command: String,
+    /// Payload environment.
+    pub environment: BTreeMap<String, String>,
+    /// Input LFNs.
+    pub input_files: Vec<String>,
+    /// Output LFNs.
+    pub output_files: Vec<String>,
+    /// Request.
+    pub resources: Resources,
+    /// Priority.
+    pub priority: i32,
+    /// Fencing token of the current dispatch.
+    pub lease_token: Option<String>,
+    /// Pending instruction to the pilot (`tobekilled`).
+    pub command_to_pilot: Option<String>,
+    /// Payload exit code.
+    pub exit_code: Option<i32>,
+    /// Pilot error code.
+    pub error_code: u32,
+    /// Diagnostic.
+    pub error_diag: String,
+    /// Tail of stdout.
+    pub stdout_tail: String,
+    /// Tail of stderr.
+    pub stderr_tail: String,
+    /// CPU seconds.
+    pub cpu_time_seconds: f64,
+    /// Wall seconds.
+    pub wall_time_seconds: f64,
+    /// Peak RSS.
+    pub max_rss_kb: u64,
+    /// Worker node.
+    pub node: String,
+    /// Harvester worker.
+    pub worker_id: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// First `starting`/`running` report.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Reached a final state.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Last change.
+    pub modified_at: DateTime<Utc>,
+    /// Last pilot update.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// A job as JEDI hands it over for insertion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Position in the task.
+    pub job_index: u32,
+    /// Brokered queue.
+    pub queue: String,
+    /// Shell command.
+    pub command: String,
+    /// Environment.
+    pub environment: BTreeMap<String, String>,
+    /// Input LFNs.
+    pub input_files: Vec<String>,
+    /// Output LFNs.
+    pub output_files: Vec<String>,
+    /// Request.
+    pub resources: Resources,
+    /// Priority.
+    pub priority: i32,
+}
+
+/// What a pilot reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobReport {
+    /// Reported state (starting, running, finished, failed).
+    pub status: JobStatus,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Pilot error code.
+    pub error_code: u32,
+    /// Diagnostic.
+    pub error_diag: String,
+    /// stdout tail.
+    pub stdout_tail: String,
+    /// stderr tail.
+    pub stderr_tail: String,
+    /// CPU seconds.
+    pub cpu_time_seconds: f64,
+    /// Wall seconds.
+    pub wall_time_seconds: f64,
+    /// Peak RSS.
+    pub max_rss_kb: u64,
+    /// Produced outputs.
+    pub output_files: Vec<OutputFile>,
+    /// Node.
+    pub node: String,
+}
+
+/// A queue as a harvester announces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    /// Name.
+    pub name: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Largest job it takes.
+    pub max_resources: Resources,
+    /// Worker limit.
+    pub max_workers: u32,
+    /// Announcing harvester.
+    pub harvester_id: String,
+    /// Last announcement.
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+/// Jobs of a queue by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueLoad {
+    /// Queue.
+    pub queue: String,
+    /// Dispatchable.
+    pub activated: u32,
+    /// Handed out, not started.
+    pub sent: u32,
+    /// Starting or running.
+    pub running: u32,
+}
+
+/// A catalogued file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Logical file name.
+    pub lfn: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// Checksum.
+    pub checksum: String,
+    /// State name.
+    pub status: String,
+}
+
+/// A dataset with its files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Name.
+    pub name: String,
+    /// Producing task.
+    pub task_id: TaskId,
+    /// State.
+    pub status: panda_types::DatasetStatus,
+    /// Files.
+    pub files: Vec<FileRecord>,
+}

@@ -1,0 +1,587 @@
+//! The server's use cases. Each one owns its transaction: state changes and their events commit
+//! together (outbox), then the relay is woken. Handlers in `grpc/` only convert and call these.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use chrono::Utc;
+use panda_bus::Envelope;
+use panda_bus::outbox::{self, Outbox};
+use panda_types::spec::TaskSpecDraft;
+use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId, TaskStatus};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tracing::{info, instrument};
+
+use crate::error::{Error, Result};
+use crate::events;
+use crate::metrics::Metrics;
+use crate::model::{Dataset, FileRecord, Job, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
+use crate::store::{JobFilter, Store, TaskFilter};
+
+/// Pilot instruction from the server's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PilotCommand {
+    /// Carry on.
+    None,
+    /// Kill the payload.
+    Kill,
+}
+
+/// What `command_to_pilot` holds for a job being killed.
+const TO_BE_KILLED: &str = "tobekilled";
+
+/// A job handed to a pilot, with its input files' catalog entries.
+#[derive(Debug, Clone)]
+pub struct Dispatched {
+    /// The job, now `sent`, with its lease token.
+    pub job: Job,
+    /// Its inputs in order.
+    pub inputs: Vec<FileRecord>,
+}
+
+/// The server's use cases.
+#[derive(Clone)]
+pub struct Service {
+    db: DatabaseConnection,
+    store: Store,
+    outbox: Outbox,
+    storage_dir: PathBuf,
+    metrics: Metrics,
+}
+
+impl Service {
+    /// Builds the service over a migrated database.
+    pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
+        let store = Store::new(db.get_database_backend());
+        Self { db, store, outbox, storage_dir, metrics }
+    }
+
+    /// `file://` URL of the storage directory.
+    pub fn storage_url(&self) -> String {
+        format!("file://{}", self.storage_dir.display())
+    }
+
+    async fn commit(&self, txn: DatabaseTransaction, events: Vec<Envelope>) -> Result<()> {
+        outbox::append(&txn, &events).await?;
+        txn.commit().await?;
+        if !events.is_empty() {
+            self.outbox.notify();
+        }
+        Ok(())
+    }
+
+    /// Moves a task, recording the event; refuses what the state machine refuses.
+    async fn move_task(
+        &self,
+        txn: &DatabaseTransaction,
+        task: &mut Task,
+        to: TaskStatus,
+        diag: Option<String>,
+        events: &mut Vec<Envelope>,
+    ) -> Result<()> {
+        let from = task.status;
+        from.transition_to(to).map_err(|_| Error::TaskState {
+            task_id: task.id,
+            status: from,
+            action: "this change",
+            allowed: "a state that allows it",
+        })?;
+        let now = Utc::now();
+        self.store.set_task_status(txn, task.id, to, diag.as_deref(), now).await?;
+        task.status = to;
+        task.modified_at = now;
+        if let Some(diag) = diag {
+            task.error_diag = diag;
+        }
+        info!(entity = "task", id = %task.id, %from, %to, "state change");
+        self.metrics.task_transition(from, to);
+        events.push(events::task_changed(task, from));
+        Ok(())
+    }
+
+    /// Moves a job in memory (the caller saves it), recording the event.
+    fn move_job(&self, job: &mut Job, to: JobStatus, events: &mut Vec<Envelope>) -> Result<()> {
+        let from = job.status;
+        from.transition_to(to).map_err(|_| Error::JobTransition { job_id: job.id, from, to })?;
+        let now = Utc::now();
+        job.status = to;
+        job.modified_at = now;
+        if matches!(to, JobStatus::Starting | JobStatus::Running) && job.started_at.is_none() {
+            job.started_at = Some(now);
+        }
+        if to.is_final() {
+            job.ended_at = Some(now);
+        }
+        tracing::debug!(entity = "job", id = %job.id, %from, %to, "state change");
+        self.metrics.job_transition(from, to);
+        events.push(events::job_changed(job, from));
+        Ok(())
+    }
+
+    /// Validates and stores a task; a repeated idempotency key returns the first task.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming each bad field, ALREADY_EXISTS for a taken output dataset.
+    #[instrument(skip_all, fields(name = %draft.name))]
+    pub async fn submit_task(&self, draft: TaskSpecDraft, idempotency_key: Option<String>) -> Result<(Task, bool)> {
+        if let Some(key) = &idempotency_key
+            && key.len() > 200
+        {
+            return Err(Error::invalid("idempotency_key", format!("must be at most 200 characters (got {})", key.len())));
+        }
+        let spec = draft.validate().map_err(Error::InvalidArgument)?;
+        let txn = self.db.begin().await?;
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self.store.find_task_by_key(&txn, key).await?
+        {
+            return Ok((existing, false));
+        }
+        if let panda_types::spec::TaskInput::Dataset { name, .. } = &spec.input
+            && self.store.find_dataset(&txn, name).await?.is_none()
+        {
+            return Err(Error::invalid("task.input_dataset", format!("dataset {name:?} does not exist")));
+        }
+        if let Some(output) = &spec.output_dataset
+            && let Some((_, owner, _)) = self.store.find_dataset(&txn, output).await?
+        {
+            return Err(Error::DatasetTaken { name: output.clone(), task_id: owner });
+        }
+        let now = Utc::now();
+        let task = self.store.insert_task(&txn, &spec, idempotency_key.as_deref(), now).await?;
+        if let Some(output) = &spec.output_dataset {
+            self.store.insert_dataset(&txn, output, task.id, now).await?;
+        }
+        info!(entity = "task", id = %task.id, to = %task.status, "task registered");
+        self.metrics.tasks_submitted.inc();
+        self.commit(txn, vec![events::task_changed(&task, TaskStatus::Registered)]).await?;
+        Ok((task, true))
+    }
+
+    /// A task and its job counts.
+    ///
+    /// # Errors
+    /// NOT_FOUND.
+    pub async fn get_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
+        let task = self.store.get_task(&self.db, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
+    /// Tasks with their job counts.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<(Task, JobCounts)>> {
+        let tasks = self.store.list_tasks(&self.db, &filter).await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let counts = self.store.job_counts(&self.db, task.id).await?;
+            out.push((task, counts));
+        }
+        Ok(out)
+    }
+
+    /// Kills a task: queued jobs are cancelled now, jobs held by pilots are told to stop at their
+    /// next heartbeat; the task is `aborted` once no job is left running.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task is already ending or ended.
+    #[instrument(skip_all, fields(task_id = %task_id))]
+    pub async fn kill_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        if !task.status.can_transition_to(TaskStatus::Aborting) {
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "kill",
+                allowed: "an active task (not finishing, aborting, or ended)",
+            });
+        }
+        let mut events = Vec::new();
+        self.move_task(&txn, &mut task, TaskStatus::Aborting, Some("killed by request".to_owned()), &mut events).await?;
+        let live: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect();
+        for mut job in self.store.jobs_of_task(&txn, task_id, &live).await? {
+            if job.status.is_queued() {
+                self.move_job(&mut job, JobStatus::Cancelled, &mut events)?;
+                job.error_diag = "task killed".to_owned();
+            } else {
+                job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
+                job.modified_at = Utc::now();
+            }
+            self.store.save_job(&txn, &job).await?;
+        }
+        self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+        self.commit(txn, events).await?;
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
+    /// Inserts a task's brokered jobs and moves the task to running, all or nothing. Repeating
+    /// the call for a task that already has its jobs is refused (JEDI treats that as done).
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for bad jobs, NOT_FOUND, FAILED_PRECONDITION when jobs exist already.
+    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len()))]
+    pub async fn insert_jobs(&self, task_id: TaskId, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        validate_new_jobs(&jobs)?;
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        let path: &[TaskStatus] = match task.status {
+            TaskStatus::Registered | TaskStatus::Pending => &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running],
+            TaskStatus::Defined => &[TaskStatus::Ready, TaskStatus::Running],
+            TaskStatus::Ready => &[TaskStatus::Running],
+            status => {
+                return Err(Error::TaskState {
+                    task_id,
+                    status,
+                    action: "inserting jobs",
+                    allowed: "registered, pending, defined or ready (jobs not generated yet)",
+                });
+            }
+        };
+        let output_dataset = match &task.spec.output_dataset {
+            Some(name) => self.store.find_dataset(&txn, name).await?.map(|(id, _, _)| id),
+            None => None,
+        };
+        let mut events = Vec::with_capacity(jobs.len() + 3);
+        for &step in path {
+            let diag = (step == TaskStatus::Running).then(String::new);
+            self.move_task(&txn, &mut task, step, diag, &mut events).await?;
+        }
+        if output_dataset.is_some() {
+            self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Running, Utc::now()).await?;
+        }
+        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, Utc::now()).await?;
+        for job in &inserted {
+            events.push(events::job_changed(job, JobStatus::Defined));
+        }
+        self.commit(txn, events).await?;
+        info!(entity = "task", id = %task_id, jobs = inserted.len(), "jobs inserted");
+        Ok(inserted.into_iter().map(|j| j.id).collect())
+    }
+
+    /// Parks a task in pending with a reason (JEDI found no queue, or its input is not ready).
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task is not active.
+    pub async fn set_task_pending(&self, task_id: TaskId, reason: String) -> Result<()> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        let mut events = Vec::new();
+        if task.status == TaskStatus::Pending {
+            if task.error_diag != reason {
+                self.store.set_task_status(&txn, task_id, TaskStatus::Pending, Some(&reason), Utc::now()).await?;
+            }
+        } else if task.status.can_transition_to(TaskStatus::Pending) {
+            self.move_task(&txn, &mut task, TaskStatus::Pending, Some(reason), &mut events).await?;
+        } else {
+            return Err(Error::TaskState { task_id, status: task.status, action: "pending", allowed: "an active task" });
+        }
+        self.commit(txn, events).await
+    }
+
+    /// Hands up to `n` activated jobs of `queue` that fit `offer` to a pilot, each exactly once.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad queue name; database failures.
+    #[instrument(skip_all, fields(queue = %queue))]
+    pub async fn dispatch(
+        &self,
+        queue: &str,
+        node: &str,
+        worker_id: &str,
+        offer: Resources,
+        n: u32,
+    ) -> Result<Vec<Dispatched>> {
+        panda_types::QueueName::new(queue).map_err(|e| Error::invalid("queue", e))?;
+        let txn = self.db.begin().await?;
+        let claimed = self.store.claim_jobs(&txn, queue, &offer, u64::from(n)).await?;
+        if claimed.is_empty() {
+            txn.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::with_capacity(claimed.len());
+        let mut out = Vec::with_capacity(claimed.len());
+        let lfns: Vec<String> = claimed.iter().flat_map(|j| j.input_files.iter().cloned()).collect();
+        let catalog = self.store.files_by_lfn(&txn, &lfns).await?;
+        for mut job in claimed {
+            self.move_job(&mut job, JobStatus::Sent, &mut events)?;
+            job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
+            job.node = node.to_owned();
+            job.worker_id = worker_id.to_owned();
+            self.store.save_job(&txn, &job).await?;
+            let inputs = job
+                .input_files
+                .iter()
+                .map(|lfn| {
+                    catalog.get(lfn).cloned().unwrap_or_else(|| FileRecord {
+                        lfn: lfn.clone(),
+                        dataset: String::new(),
+                        size_bytes: 0,
+                        checksum: String::new(),
+                        status: String::new(),
+                    })
+                })
+                .collect();
+            out.push(Dispatched { job, inputs });
+        }
+        self.metrics.jobs_dispatched.inc_by(out.len() as u64);
+        self.commit(txn, events).await?;
+        Ok(out)
+    }
+
+    /// Applies a pilot's report on a job it holds: a state change, a heartbeat, or the final
+    /// report. Repeating a final report changes nothing.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the lease token is not the current one or the state
+    /// machine refuses the change; INVALID_ARGUMENT for outputs the job does not declare.
+    #[instrument(skip_all, fields(job_id = %job_id, status = %report.status))]
+    pub async fn update_job(&self, job_id: JobId, lease_token: &str, report: JobReport) -> Result<(JobStatus, PilotCommand)> {
+        let txn = self.db.begin().await?;
+        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
+            return Err(Error::NotHolder { job_id });
+        }
+        for (i, output) in report.output_files.iter().enumerate() {
+            if !job.output_files.contains(&output.lfn) {
+                return Err(Error::invalid(
+                    format!("output_files[{i}].lfn"),
+                    format!("{:?} is not an output of job {job_id} (expected one of {:?})", output.lfn, job.output_files),
+                ));
+            }
+        }
+        let kill_requested = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED);
+        if job.status.is_final() {
+            // A retried final report: answer as before, change nothing.
+            let same = report.status == job.status
+                || (report.status == JobStatus::Failed && job.status == JobStatus::Cancelled);
+            return if same {
+                Ok((job.status, PilotCommand::None))
+            } else {
+                Err(Error::JobTransition { job_id, from: job.status, to: report.status })
+            };
+        }
+        let mut events = Vec::new();
+        let now = Utc::now();
+        job.heartbeat_at = Some(now);
+        job.modified_at = now;
+        if !report.node.is_empty() {
+            job.node = report.node.clone();
+        }
+        apply_metrics(&mut job, &report);
+        match report.status {
+            JobStatus::Starting => {
+                if job.status == JobStatus::Sent {
+                    self.move_job(&mut job, JobStatus::Starting, &mut events)?;
+                }
+            }
+            JobStatus::Running => {
+                if matches!(job.status, JobStatus::Sent | JobStatus::Starting) {
+                    self.move_job(&mut job, JobStatus::Running, &mut events)?;
+                }
+            }
+            JobStatus::Finished => {
+                if job.status == JobStatus::Sent {
+                    self.move_job(&mut job, JobStatus::Starting, &mut events)?;
+                }
+                // The reference stores a final report as holding, then post-processing finishes
+                // the job; outputs are registered right here, so both steps happen together.
+                self.move_job(&mut job, JobStatus::Holding, &mut events)?;
+                self.move_job(&mut job, JobStatus::Finished, &mut events)?;
+                self.store.record_outputs(&txn, job_id, &report.output_files, FileStatus::NoOutput, now).await?;
+            }
+            JobStatus::Failed => {
+                let to = if kill_requested { JobStatus::Cancelled } else { JobStatus::Failed };
+                self.move_job(&mut job, to, &mut events)?;
+                self.store.record_outputs(&txn, job_id, &[], FileStatus::Failed, now).await?;
+            }
+            other => {
+                return Err(Error::invalid("status", format!("{other} cannot be reported by a pilot; use starting, running, finished or failed")));
+            }
+        }
+        self.store.save_job(&txn, &job).await?;
+        if job.status.is_final() {
+            let mut task =
+                self.store.lock_task(&txn, job.task_id).await?.ok_or(Error::TaskNotFound { task_id: job.task_id })?;
+            self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+        }
+        self.commit(txn, events).await?;
+        let command = if kill_requested && !job.status.is_final() { PilotCommand::Kill } else { PilotCommand::None };
+        Ok((job.status, command))
+    }
+
+    /// Ends a task whose jobs are all final: done / finished / failed by the reference's rules
+    /// (all, some, no job finished), or aborted after a kill. The caller holds the task lock.
+    async fn finish_task_if_drained(
+        &self,
+        txn: &DatabaseTransaction,
+        task: &mut Task,
+        events: &mut Vec<Envelope>,
+    ) -> Result<()> {
+        let counts = self.store.job_counts(txn, task.id).await?;
+        if counts.unfinished() > 0 {
+            return Ok(());
+        }
+        let now = Utc::now();
+        match task.status {
+            TaskStatus::Aborting => {
+                self.move_task(txn, task, TaskStatus::ToAbort, None, events).await?;
+                self.move_task(txn, task, TaskStatus::Aborted, None, events).await?;
+                let dataset = if counts.finished > 0 { DatasetStatus::Finished } else { DatasetStatus::Failed };
+                self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
+            }
+            TaskStatus::Running if counts.total > 0 => {
+                self.move_task(txn, task, TaskStatus::Prepared, None, events).await?;
+                let (status, dataset, diag) = if counts.finished == counts.total {
+                    (TaskStatus::Done, DatasetStatus::Done, String::new())
+                } else if counts.finished > 0 {
+                    let diag = format!("{} of {} jobs did not finish", counts.total - counts.finished, counts.total);
+                    (TaskStatus::Finished, DatasetStatus::Finished, diag)
+                } else {
+                    let first = self.store.jobs_of_task(txn, task.id, &[JobStatus::Failed]).await?;
+                    let detail = first
+                        .first()
+                        .map(|j| format!("; first failure: job {} error {} {}", j.id, j.error_code, j.error_diag))
+                        .unwrap_or_default();
+                    (TaskStatus::Failed, DatasetStatus::Failed, format!("all {} jobs failed{detail}", counts.total))
+                };
+                self.move_task(txn, task, status, Some(diag), events).await?;
+                self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Jobs waiting and running per queue.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn queue_demand(&self, queues: &[String]) -> Result<Vec<QueueLoad>> {
+        self.store.queue_load(&self.db, queues).await
+    }
+
+    /// Records the queues a harvester serves.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for bad names or states.
+    pub async fn register_queues(&self, queues: Vec<Queue>) -> Result<()> {
+        for (i, q) in queues.iter().enumerate() {
+            panda_types::QueueName::new(q.name.clone()).map_err(|e| Error::invalid(format!("queues[{i}].name"), e))?;
+            if !matches!(q.status.as_str(), "online" | "offline" | "test" | "brokeroff") {
+                return Err(Error::invalid(
+                    format!("queues[{i}].status"),
+                    format!("{:?} is not a queue state; allowed: online, offline, test, brokeroff", q.status),
+                ));
+            }
+        }
+        let txn = self.db.begin().await?;
+        self.store.upsert_queues(&txn, &queues).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Every known queue with its load.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list_queues(&self) -> Result<Vec<(Queue, QueueLoad)>> {
+        let queues = self.store.list_queues(&self.db).await?;
+        let loads = self.store.queue_load(&self.db, &[]).await?;
+        Ok(queues
+            .into_iter()
+            .map(|q| {
+                let load = loads.iter().find(|l| l.queue == q.name).cloned().unwrap_or_else(|| QueueLoad {
+                    queue: q.name.clone(),
+                    ..Default::default()
+                });
+                (q, load)
+            })
+            .collect())
+    }
+
+    /// A dataset and its files.
+    ///
+    /// # Errors
+    /// NOT_FOUND.
+    pub async fn get_dataset(&self, name: &str) -> Result<Dataset> {
+        self.store.get_dataset(&self.db, name).await?.ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })
+    }
+
+    /// Jobs by filter.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        self.store.list_jobs(&self.db, &filter).await
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    /// NOT_FOUND.
+    pub async fn show_job(&self, job_id: JobId) -> Result<Job> {
+        self.store.get_job(&self.db, job_id).await?.ok_or(Error::JobNotFound { job_id })
+    }
+}
+
+fn apply_metrics(job: &mut Job, report: &JobReport) {
+    if report.exit_code.is_some() {
+        job.exit_code = report.exit_code;
+    }
+    if report.error_code != 0 {
+        job.error_code = report.error_code;
+    }
+    if !report.error_diag.is_empty() {
+        job.error_diag = truncate(&report.error_diag, 2000);
+    }
+    if !report.stdout_tail.is_empty() {
+        job.stdout_tail = truncate(&report.stdout_tail, 4096);
+    }
+    if !report.stderr_tail.is_empty() {
+        job.stderr_tail = truncate(&report.stderr_tail, 4096);
+    }
+    job.cpu_time_seconds = job.cpu_time_seconds.max(report.cpu_time_seconds);
+    job.wall_time_seconds = job.wall_time_seconds.max(report.wall_time_seconds);
+    job.max_rss_kb = job.max_rss_kb.max(report.max_rss_kb);
+}
+
+/// Keeps the last `max` bytes (on a character boundary): tails matter more than heads.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+fn validate_new_jobs(jobs: &[NewJob]) -> Result<()> {
+    let mut errors = Vec::new();
+    if jobs.is_empty() {
+        errors.push(panda_types::FieldError::new("jobs", "must not be empty"));
+    }
+    let mut indices = BTreeSet::new();
+    let mut outputs = BTreeSet::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if let Err(e) = panda_types::QueueName::new(job.queue.clone()) {
+            errors.push(panda_types::FieldError::new(format!("jobs[{i}].queue"), e));
+        }
+        if job.command.trim().is_empty() {
+            errors.push(panda_types::FieldError::new(format!("jobs[{i}].command"), "must not be empty"));
+        }
+        if !indices.insert(job.job_index) {
+            errors.push(panda_types::FieldError::new(format!("jobs[{i}].job_index"), format!("{} is repeated", job.job_index)));
+        }
+        for lfn in &job.output_files {
+            if !outputs.insert(lfn.clone()) {
+                errors.push(panda_types::FieldError::new(format!("jobs[{i}].output_files"), format!("{lfn:?} is repeated")));
+            }
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(errors)) }
+}

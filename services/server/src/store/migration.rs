@@ -1,0 +1,160 @@
+//! Schema migrations of the server database. Run at every start; each is applied once (recorded in
+//! `seaql_migrations`). Never edit a released migration: add a new one.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+/// The server's migrator: the bus outbox tables, then the server's own.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = panda_bus::migration::migrations();
+        all.push(Box::new(M0001Initial));
+        all
+    }
+}
+
+struct M0001Initial;
+
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "server_m0001_initial"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("tasks")
+                    .if_not_exists()
+                    .col(big_pk_auto("id"))
+                    .col(string("name"))
+                    .col(string("user_name"))
+                    .col(string("status"))
+                    .col(text("spec_json"))
+                    .col(text("error_diag"))
+                    .col(string_null("idempotency_key").unique_key())
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone("modified_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(Index::create().if_not_exists().name("tasks_status").table("tasks").col("status").to_owned())
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("datasets")
+                    .if_not_exists()
+                    .col(big_pk_auto("id"))
+                    .col(string_uniq("name"))
+                    .col(big_integer("task_id"))
+                    .col(string("status"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone("modified_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("files")
+                    .if_not_exists()
+                    .col(big_pk_auto("id"))
+                    .col(big_integer("dataset_id"))
+                    .col(string_uniq("lfn"))
+                    .col(big_integer("job_id"))
+                    .col(string("status"))
+                    .col(big_integer("size_bytes"))
+                    .col(string("checksum"))
+                    .col(timestamp_with_time_zone("modified_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(Index::create().if_not_exists().name("files_dataset").table("files").col("dataset_id").to_owned())
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("jobs")
+                    .if_not_exists()
+                    .col(big_pk_auto("id"))
+                    .col(big_integer("task_id"))
+                    .col(integer("job_index"))
+                    .col(string("status"))
+                    .col(string("queue"))
+                    .col(integer("attempt_nr"))
+                    .col(text("command"))
+                    .col(text("environment_json"))
+                    .col(text("input_files_json"))
+                    .col(text("output_files_json"))
+                    .col(integer("cores"))
+                    .col(big_integer("memory_mb"))
+                    .col(big_integer("disk_mb"))
+                    .col(big_integer("walltime_seconds"))
+                    .col(integer("priority"))
+                    .col(string_null("lease_token"))
+                    .col(string_null("command_to_pilot"))
+                    .col(integer_null("exit_code"))
+                    .col(integer("error_code"))
+                    .col(text("error_diag"))
+                    .col(text("stdout_tail"))
+                    .col(text("stderr_tail"))
+                    .col(double("cpu_time_seconds"))
+                    .col(double("wall_time_seconds"))
+                    .col(big_integer("max_rss_kb"))
+                    .col(string("node"))
+                    .col(string("worker_id"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone_null("started_at"))
+                    .col(timestamp_with_time_zone_null("ended_at"))
+                    .col(timestamp_with_time_zone("modified_at"))
+                    .col(timestamp_with_time_zone_null("heartbeat_at"))
+                    .to_owned(),
+            )
+            .await?;
+        // Dispatch reads activated jobs of one queue by priority, then age.
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("jobs_dispatch")
+                    .table("jobs")
+                    .col("queue")
+                    .col("status")
+                    .col("priority")
+                    .col("id")
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().if_not_exists().name("jobs_task").table("jobs").col("task_id").col("status").to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("queues")
+                    .if_not_exists()
+                    .col(string("name").primary_key())
+                    .col(string("status"))
+                    .col(integer("max_cores"))
+                    .col(big_integer("max_memory_mb"))
+                    .col(big_integer("max_disk_mb"))
+                    .col(big_integer("max_walltime_seconds"))
+                    .col(integer("max_workers"))
+                    .col(string("harvester_id"))
+                    .col(timestamp_with_time_zone("heartbeat_at"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,615 @@
+//! The server's persistent state: tasks, datasets, files, jobs and queues. Methods are named for
+//! use cases, take any connection (the pool or the caller's transaction: the service layer owns
+//! transactions) and speak domain types; row types never leave this module.
+//!
+//! Concurrency: `lock_task` and `lock_job` take row locks on PostgreSQL (`FOR UPDATE`), and
+//! `claim_jobs` skips rows another dispatcher holds (`FOR UPDATE SKIP LOCKED`), so replicas never
+//! hand out a job twice. SQLite runs one writer at a time, which gives the same guarantees.
+
+mod entities;
+pub mod migration;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, TaskId, TaskSpec, TaskStatus};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+};
+
+use self::entities::{dataset, file, job, queue, task};
+use crate::error::{Error, Result};
+use crate::model::{Dataset, FileRecord, Job, JobCounts, NewJob, OutputFile, Queue, QueueLoad, Task};
+
+/// Filters of `list_tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only these states (empty: all).
+    pub statuses: Vec<TaskStatus>,
+    /// Only this owner.
+    pub user: Option<String>,
+    /// Page size.
+    pub limit: u64,
+    /// Only tasks with a smaller id.
+    pub before: Option<TaskId>,
+}
+
+/// Filters of `list_jobs`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this task.
+    pub task_id: Option<TaskId>,
+    /// Only these states (empty: all).
+    pub statuses: Vec<JobStatus>,
+    /// Page size.
+    pub limit: u64,
+    /// Only jobs with a larger id.
+    pub after: Option<JobId>,
+}
+
+/// Access to the server tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Store {
+    backend: DbBackend,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: impl Into<String>, detail: impl ToString) -> Error {
+    Error::Corrupt { what: what.into(), detail: detail.to_string() }
+}
+
+fn parse_status<S: std::str::FromStr>(what: &str, id: i64, text: &str) -> Result<S>
+where
+    S::Err: ToString,
+{
+    text.parse().map_err(|e: S::Err| corrupt(format!("{what} {id}"), e))
+}
+
+fn task_from_row(row: task::Model) -> Result<Task> {
+    let spec: TaskSpec = serde_json::from_str(&row.spec_json).map_err(|e| corrupt(format!("task {}", row.id), e))?;
+    Ok(Task {
+        id: TaskId(row.id as u64),
+        status: parse_status("task", row.id, &row.status)?,
+        spec,
+        error_diag: row.error_diag,
+        idempotency_key: row.idempotency_key,
+        created_at: row.created_at,
+        modified_at: row.modified_at,
+    })
+}
+
+fn job_from_row(row: job::Model) -> Result<Job> {
+    let json = |text: &str| -> Result<Vec<String>> {
+        serde_json::from_str(text).map_err(|e| corrupt(format!("job {}", row.id), e))
+    };
+    let environment: BTreeMap<String, String> =
+        serde_json::from_str(&row.environment_json).map_err(|e| corrupt(format!("job {}", row.id), e))?;
+    Ok(Job {
+        id: JobId(row.id as u64),
+        task_id: TaskId(row.task_id as u64),
+        job_index: row.job_index as u32,
+        status: parse_status("job", row.id, &row.status)?,
+        queue: row.queue.clone(),
+        attempt_nr: row.attempt_nr as u32,
+        command: row.command.clone(),
+        environment,
+        input_files: json(&row.input_files_json)?,
+        output_files: json(&row.output_files_json)?,
+        resources: Resources {
+            cores: row.cores as u32,
+            memory_mb: row.memory_mb as u64,
+            disk_mb: row.disk_mb as u64,
+            walltime_seconds: row.walltime_seconds as u64,
+        },
+        priority: row.priority,
+        lease_token: row.lease_token,
+        command_to_pilot: row.command_to_pilot,
+        exit_code: row.exit_code,
+        error_code: row.error_code as u32,
+        error_diag: row.error_diag,
+        stdout_tail: row.stdout_tail,
+        stderr_tail: row.stderr_tail,
+        cpu_time_seconds: row.cpu_time_seconds,
+        wall_time_seconds: row.wall_time_seconds,
+        max_rss_kb: row.max_rss_kb as u64,
+        node: row.node,
+        worker_id: row.worker_id,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        modified_at: row.modified_at,
+        heartbeat_at: row.heartbeat_at,
+    })
+}
+
+#[derive(Debug, FromQueryResult)]
+struct StatusCount {
+    status: String,
+    n: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct QueueStatusCount {
+    queue: String,
+    status: String,
+    n: i64,
+}
+
+impl Store {
+    /// A store for the given backend (row locks exist only on PostgreSQL).
+    pub fn new(backend: DbBackend) -> Self {
+        Self { backend }
+    }
+
+    fn locking<S: QuerySelect>(&self, query: S) -> S {
+        if self.backend == DbBackend::Postgres { query.lock(LockType::Update) } else { query }
+    }
+
+    /// Inserts a task in `registered`.
+    pub async fn insert_task(
+        &self,
+        conn: &impl ConnectionTrait,
+        spec: &TaskSpec,
+        idempotency_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Task> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("new task", e))?;
+        let row = task::ActiveModel {
+            name: Set(spec.name.clone()),
+            user_name: Set(spec.user.clone()),
+            status: Set(TaskStatus::Registered.as_str().to_owned()),
+            spec_json: Set(spec_json),
+            error_diag: Set(String::new()),
+            idempotency_key: Set(idempotency_key.map(str::to_owned)),
+            created_at: Set(now),
+            modified_at: Set(now),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await?;
+        task_from_row(row)
+    }
+
+    /// The task submitted with this idempotency key, if any.
+    pub async fn find_task_by_key(&self, conn: &impl ConnectionTrait, key: &str) -> Result<Option<Task>> {
+        task::Entity::find().filter(task::Column::IdempotencyKey.eq(key)).one(conn).await?.map(task_from_row).transpose()
+    }
+
+    /// A task.
+    pub async fn get_task(&self, conn: &impl ConnectionTrait, id: TaskId) -> Result<Option<Task>> {
+        task::Entity::find_by_id(to_i64(id.0)).one(conn).await?.map(task_from_row).transpose()
+    }
+
+    /// A task, locked until the end of the caller's transaction.
+    pub async fn lock_task(&self, conn: &impl ConnectionTrait, id: TaskId) -> Result<Option<Task>> {
+        self.locking(task::Entity::find_by_id(to_i64(id.0))).one(conn).await?.map(task_from_row).transpose()
+    }
+
+    /// Sets a task's state (the caller checked the transition) and optionally its diagnostic.
+    pub async fn set_task_status(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: TaskId,
+        status: TaskStatus,
+        error_diag: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut update = task::Entity::update_many()
+            .col_expr(task::Column::Status, Expr::value(status.as_str()))
+            .col_expr(task::Column::ModifiedAt, Expr::value(now));
+        if let Some(diag) = error_diag {
+            update = update.col_expr(task::Column::ErrorDiag, Expr::value(diag));
+        }
+        update.filter(task::Column::Id.eq(to_i64(id.0))).exec(conn).await?;
+        Ok(())
+    }
+
+    /// Tasks, newest first.
+    pub async fn list_tasks(&self, conn: &impl ConnectionTrait, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let mut query = task::Entity::find().order_by_desc(task::Column::Id).limit(filter.limit);
+        if !filter.statuses.is_empty() {
+            query = query.filter(task::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(user) = &filter.user {
+            query = query.filter(task::Column::UserName.eq(user.as_str()));
+        }
+        if let Some(before) = filter.before {
+            query = query.filter(task::Column::Id.lt(to_i64(before.0)));
+        }
+        query.all(conn).await?.into_iter().map(task_from_row).collect()
+    }
+
+    /// Jobs of a task by state.
+    pub async fn job_counts(&self, conn: &impl ConnectionTrait, task_id: TaskId) -> Result<JobCounts> {
+        let rows = job::Entity::find()
+            .select_only()
+            .column(job::Column::Status)
+            .column_as(job::Column::Id.count(), "n")
+            .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
+            .group_by(job::Column::Status)
+            .into_model::<StatusCount>()
+            .all(conn)
+            .await?;
+        let mut counts = JobCounts::default();
+        for row in rows {
+            let status: JobStatus = parse_status("job count of task", to_i64(task_id.0), &row.status)?;
+            counts.add(status, row.n as u32);
+        }
+        Ok(counts)
+    }
+
+    /// Creates a dataset.
+    pub async fn insert_dataset(
+        &self,
+        conn: &impl ConnectionTrait,
+        name: &str,
+        task_id: TaskId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dataset::ActiveModel {
+            name: Set(name.to_owned()),
+            task_id: Set(to_i64(task_id.0)),
+            status: Set(DatasetStatus::Defined.as_str().to_owned()),
+            created_at: Set(now),
+            modified_at: Set(now),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Name, producing task and state of a dataset.
+    pub async fn find_dataset(
+        &self,
+        conn: &impl ConnectionTrait,
+        name: &str,
+    ) -> Result<Option<(i64, TaskId, DatasetStatus)>> {
+        let Some(row) = dataset::Entity::find().filter(dataset::Column::Name.eq(name)).one(conn).await? else {
+            return Ok(None);
+        };
+        Ok(Some((row.id, TaskId(row.task_id as u64), parse_status("dataset", row.id, &row.status)?)))
+    }
+
+    /// Sets the state of the datasets a task produces.
+    pub async fn set_task_datasets_status(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+        status: DatasetStatus,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dataset::Entity::update_many()
+            .col_expr(dataset::Column::Status, Expr::value(status.as_str()))
+            .col_expr(dataset::Column::ModifiedAt, Expr::value(now))
+            .filter(dataset::Column::TaskId.eq(to_i64(task_id.0)))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A dataset with its files.
+    pub async fn get_dataset(&self, conn: &impl ConnectionTrait, name: &str) -> Result<Option<Dataset>> {
+        let Some((id, task_id, status)) = self.find_dataset(conn, name).await? else {
+            return Ok(None);
+        };
+        let files = file::Entity::find()
+            .filter(file::Column::DatasetId.eq(id))
+            .order_by_asc(file::Column::Id)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|f| FileRecord {
+                lfn: f.lfn,
+                dataset: name.to_owned(),
+                size_bytes: f.size_bytes as u64,
+                checksum: f.checksum,
+                status: f.status,
+            })
+            .collect();
+        Ok(Some(Dataset { name: name.to_owned(), task_id, status, files }))
+    }
+
+    /// Catalog entries of the given files (any dataset).
+    pub async fn files_by_lfn(&self, conn: &impl ConnectionTrait, lfns: &[String]) -> Result<HashMap<String, FileRecord>> {
+        if lfns.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = file::Entity::find().filter(file::Column::Lfn.is_in(lfns.iter().map(String::as_str))).all(conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|f| {
+                (
+                    f.lfn.clone(),
+                    FileRecord {
+                        lfn: f.lfn,
+                        dataset: String::new(),
+                        size_bytes: f.size_bytes as u64,
+                        checksum: f.checksum,
+                        status: f.status,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Inserts jobs (activated) and their expected output files (defined) in `output_dataset`.
+    pub async fn insert_jobs(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+        jobs: &[NewJob],
+        output_dataset: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>> {
+        let mut inserted = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            let row = job::ActiveModel {
+                task_id: Set(to_i64(task_id.0)),
+                job_index: Set(new.job_index as i32),
+                status: Set(JobStatus::Activated.as_str().to_owned()),
+                queue: Set(new.queue.clone()),
+                attempt_nr: Set(1),
+                command: Set(new.command.clone()),
+                environment_json: Set(to_json(&new.environment)),
+                input_files_json: Set(to_json(&new.input_files)),
+                output_files_json: Set(to_json(&new.output_files)),
+                cores: Set(new.resources.cores as i32),
+                memory_mb: Set(to_i64(new.resources.memory_mb)),
+                disk_mb: Set(to_i64(new.resources.disk_mb)),
+                walltime_seconds: Set(to_i64(new.resources.walltime_seconds)),
+                priority: Set(new.priority),
+                lease_token: Set(None),
+                command_to_pilot: Set(None),
+                exit_code: Set(None),
+                error_code: Set(0),
+                error_diag: Set(String::new()),
+                stdout_tail: Set(String::new()),
+                stderr_tail: Set(String::new()),
+                cpu_time_seconds: Set(0.0),
+                wall_time_seconds: Set(0.0),
+                max_rss_kb: Set(0),
+                node: Set(String::new()),
+                worker_id: Set(String::new()),
+                created_at: Set(now),
+                started_at: Set(None),
+                ended_at: Set(None),
+                modified_at: Set(now),
+                heartbeat_at: Set(None),
+                ..Default::default()
+            }
+            .insert(conn)
+            .await?;
+            if let Some(dataset_id) = output_dataset {
+                for lfn in &new.output_files {
+                    file::ActiveModel {
+                        dataset_id: Set(dataset_id),
+                        lfn: Set(lfn.clone()),
+                        job_id: Set(row.id),
+                        status: Set(FileStatus::Defined.as_str().to_owned()),
+                        size_bytes: Set(0),
+                        checksum: Set(String::new()),
+                        modified_at: Set(now),
+                        ..Default::default()
+                    }
+                    .insert(conn)
+                    .await?;
+                }
+            }
+            inserted.push(job_from_row(row)?);
+        }
+        Ok(inserted)
+    }
+
+    /// Picks up to `limit` activated jobs of `queue` that fit `offer`, highest priority first,
+    /// skipping rows other transactions hold; the caller marks them sent in the same transaction.
+    pub async fn claim_jobs(
+        &self,
+        conn: &impl ConnectionTrait,
+        queue: &str,
+        offer: &Resources,
+        limit: u64,
+    ) -> Result<Vec<Job>> {
+        let mut query = job::Entity::find()
+            .filter(job::Column::Queue.eq(queue))
+            .filter(job::Column::Status.eq(JobStatus::Activated.as_str()));
+        if offer.cores > 0 {
+            query = query.filter(job::Column::Cores.lte(offer.cores as i32));
+        }
+        if offer.memory_mb > 0 {
+            query = query.filter(job::Column::MemoryMb.lte(to_i64(offer.memory_mb)));
+        }
+        if offer.disk_mb > 0 {
+            query = query.filter(job::Column::DiskMb.lte(to_i64(offer.disk_mb)));
+        }
+        if offer.walltime_seconds > 0 {
+            query = query.filter(job::Column::WalltimeSeconds.lte(to_i64(offer.walltime_seconds)));
+        }
+        query = query.order_by_desc(job::Column::Priority).order_by_asc(job::Column::Id).limit(limit);
+        if self.backend == DbBackend::Postgres {
+            query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        query.all(conn).await?.into_iter().map(job_from_row).collect()
+    }
+
+    /// A job, locked until the end of the caller's transaction.
+    pub async fn lock_job(&self, conn: &impl ConnectionTrait, id: JobId) -> Result<Option<Job>> {
+        self.locking(job::Entity::find_by_id(to_i64(id.0))).one(conn).await?.map(job_from_row).transpose()
+    }
+
+    /// A job.
+    pub async fn get_job(&self, conn: &impl ConnectionTrait, id: JobId) -> Result<Option<Job>> {
+        job::Entity::find_by_id(to_i64(id.0)).one(conn).await?.map(job_from_row).transpose()
+    }
+
+    /// Writes every mutable field of a job.
+    pub async fn save_job(&self, conn: &impl ConnectionTrait, job: &Job) -> Result<()> {
+        let mut row = job::ActiveModel { id: Set(to_i64(job.id.0)), ..Default::default() };
+        row.status = Set(job.status.as_str().to_owned());
+        row.lease_token = Set(job.lease_token.clone());
+        row.command_to_pilot = Set(job.command_to_pilot.clone());
+        row.exit_code = Set(job.exit_code);
+        row.error_code = Set(job.error_code as i32);
+        row.error_diag = Set(job.error_diag.clone());
+        row.stdout_tail = Set(job.stdout_tail.clone());
+        row.stderr_tail = Set(job.stderr_tail.clone());
+        row.cpu_time_seconds = Set(job.cpu_time_seconds);
+        row.wall_time_seconds = Set(job.wall_time_seconds);
+        row.max_rss_kb = Set(to_i64(job.max_rss_kb));
+        row.node = Set(job.node.clone());
+        row.worker_id = Set(job.worker_id.clone());
+        row.started_at = Set(job.started_at);
+        row.ended_at = Set(job.ended_at);
+        row.modified_at = Set(job.modified_at);
+        row.heartbeat_at = Set(job.heartbeat_at);
+        row.update(conn).await?;
+        Ok(())
+    }
+
+    /// Jobs of a task in the given states.
+    pub async fn jobs_of_task(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+        statuses: &[JobStatus],
+    ) -> Result<Vec<Job>> {
+        job::Entity::find()
+            .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
+            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .order_by_asc(job::Column::Id)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    /// Jobs, oldest first.
+    pub async fn list_jobs(&self, conn: &impl ConnectionTrait, filter: &JobFilter) -> Result<Vec<Job>> {
+        let mut query = job::Entity::find().order_by_asc(job::Column::Id).limit(filter.limit);
+        if let Some(task_id) = filter.task_id {
+            query = query.filter(job::Column::TaskId.eq(to_i64(task_id.0)));
+        }
+        if !filter.statuses.is_empty() {
+            query = query.filter(job::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(after) = filter.after {
+            query = query.filter(job::Column::Id.gt(to_i64(after.0)));
+        }
+        query.all(conn).await?.into_iter().map(job_from_row).collect()
+    }
+
+    /// Records produced outputs (finished) or marks a job's expected outputs with `status`.
+    pub async fn record_outputs(
+        &self,
+        conn: &impl ConnectionTrait,
+        job_id: JobId,
+        produced: &[OutputFile],
+        others: FileStatus,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for output in produced {
+            file::Entity::update_many()
+                .col_expr(file::Column::Status, Expr::value(FileStatus::Finished.as_str()))
+                .col_expr(file::Column::SizeBytes, Expr::value(to_i64(output.size_bytes)))
+                .col_expr(file::Column::Checksum, Expr::value(output.checksum.as_str()))
+                .col_expr(file::Column::ModifiedAt, Expr::value(now))
+                .filter(file::Column::JobId.eq(to_i64(job_id.0)))
+                .filter(file::Column::Lfn.eq(output.lfn.as_str()))
+                .exec(conn)
+                .await?;
+        }
+        file::Entity::update_many()
+            .col_expr(file::Column::Status, Expr::value(others.as_str()))
+            .col_expr(file::Column::ModifiedAt, Expr::value(now))
+            .filter(file::Column::JobId.eq(to_i64(job_id.0)))
+            .filter(file::Column::Status.eq(FileStatus::Defined.as_str()))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Activated, sent and running jobs per queue.
+    pub async fn queue_load(&self, conn: &impl ConnectionTrait, queues: &[String]) -> Result<Vec<QueueLoad>> {
+        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
+        let mut query = job::Entity::find()
+            .select_only()
+            .column(job::Column::Queue)
+            .column(job::Column::Status)
+            .column_as(job::Column::Id.count(), "n")
+            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .group_by(job::Column::Queue)
+            .group_by(job::Column::Status);
+        if !queues.is_empty() {
+            query = query.filter(job::Column::Queue.is_in(queues.iter().map(String::as_str)));
+        }
+        let rows = query.into_model::<QueueStatusCount>().all(conn).await?;
+        let mut loads: BTreeMap<String, QueueLoad> = BTreeMap::new();
+        for row in rows {
+            let load = loads.entry(row.queue.clone()).or_insert_with(|| QueueLoad { queue: row.queue.clone(), ..Default::default() });
+            let n = row.n as u32;
+            match row.status.as_str() {
+                "activated" => load.activated += n,
+                "sent" => load.sent += n,
+                _ => load.running += n,
+            }
+        }
+        Ok(loads.into_values().collect())
+    }
+
+    /// Creates or refreshes queues.
+    pub async fn upsert_queues(&self, conn: &impl ConnectionTrait, queues: &[Queue]) -> Result<()> {
+        for q in queues {
+            let row = queue::ActiveModel {
+                name: Set(q.name.clone()),
+                status: Set(q.status.clone()),
+                max_cores: Set(q.max_resources.cores as i32),
+                max_memory_mb: Set(to_i64(q.max_resources.memory_mb)),
+                max_disk_mb: Set(to_i64(q.max_resources.disk_mb)),
+                max_walltime_seconds: Set(to_i64(q.max_resources.walltime_seconds)),
+                max_workers: Set(q.max_workers as i32),
+                harvester_id: Set(q.harvester_id.clone()),
+                heartbeat_at: Set(q.heartbeat_at),
+            };
+            if queue::Entity::find_by_id(q.name.clone()).one(conn).await?.is_some() {
+                row.update(conn).await?;
+            } else {
+                row.insert(conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every known queue.
+    pub async fn list_queues(&self, conn: &impl ConnectionTrait) -> Result<Vec<Queue>> {
+        Ok(queue::Entity::find()
+            .order_by_asc(queue::Column::Name)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|q| Queue {
+                name: q.name,
+                status: q.status,
+                max_resources: Resources {
+                    cores: q.max_cores as u32,
+                    memory_mb: q.max_memory_mb as u64,
+                    disk_mb: q.max_disk_mb as u64,
+                    walltime_seconds: q.max_walltime_seconds as u64,
+                },
+                max_workers: q.max_workers as u32,
+                harvester_id: q.harvester_id,
+                heartbeat_at: q.heartbeat_at,
+            })
+            .collect())
+    }
+}
+
+/// Serialises a JSON column; maps and string lists cannot fail to serialise.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
