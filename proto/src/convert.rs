@@ -104,7 +104,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             name: spec.name,
             user: spec.user,
             command: spec.command,
-            input_dataset: spec.input_dataset,
+            input_datasets: spec.input_datasets,
             files_per_job: spec.files_per_job,
             n_jobs: spec.n_jobs,
             output_dataset: spec.output_dataset,
@@ -119,15 +119,15 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
 impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
     fn from(spec: panda_types::TaskSpec) -> Self {
         use panda_types::spec::TaskInput;
-        let (input_dataset, files_per_job, n_jobs) = match spec.input {
-            TaskInput::Dataset { name, files_per_job } => (name, Some(files_per_job), None),
-            TaskInput::Generated { n_jobs } => (String::new(), None, Some(n_jobs)),
+        let (input_datasets, files_per_job, n_jobs) = match spec.input {
+            TaskInput::Datasets { names, files_per_job } => (names, Some(files_per_job), None),
+            TaskInput::Generated { n_jobs } => (Vec::new(), None, Some(n_jobs)),
         };
         crate::server::v1::TaskSpec {
             name: spec.name,
             user: spec.user,
             command: spec.command,
-            input_dataset,
+            input_datasets,
             files_per_job,
             n_jobs,
             output_dataset: spec.output_dataset.unwrap_or_default(),

@@ -42,10 +42,10 @@ impl Resources {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskInput {
-    /// Files of a dataset, `files_per_job` per job.
-    Dataset {
-        /// Dataset name.
-        name: String,
+    /// Files of one or more datasets (in order, as one list), `files_per_job` per job.
+    Datasets {
+        /// Dataset names.
+        names: Vec<String>,
         /// Files per job, at least 1.
         files_per_job: u32,
     },
@@ -88,8 +88,8 @@ pub struct TaskSpecDraft {
     pub user: String,
     /// See [`TaskSpec::command`].
     pub command: String,
-    /// Input dataset name, empty for none.
-    pub input_dataset: String,
+    /// Input dataset names, empty for none.
+    pub input_datasets: Vec<String>,
     /// Files per job; `None` means the default of 1.
     pub files_per_job: Option<u32>,
     /// Jobs for a task without input.
@@ -161,57 +161,49 @@ impl TaskSpecDraft {
         } else if let Err(e) = check_placeholders(&self.command) {
             bad("command", e);
         }
-        let input = if self.input_dataset.is_empty() {
+        let input = if self.input_datasets.is_empty() {
             if self.files_per_job.is_some() {
-                bad("files_per_job", "needs task.input_dataset".to_owned());
+                bad("files_per_job", "needs task.input_datasets".to_owned());
             }
             match self.n_jobs {
                 None => {
-                    bad(
-                        "n_jobs",
-                        "is required when there is no input_dataset (1..=100000)".to_owned(),
-                    );
+                    bad("n_jobs", "is required when there are no input_datasets (1..=100000)".to_owned());
                     None
                 }
                 Some(n) if n == 0 || n > MAX_JOBS_PER_TASK => {
-                    bad(
-                        "n_jobs",
-                        format!("must be 1..={MAX_JOBS_PER_TASK} (got {n})"),
-                    );
+                    bad("n_jobs", format!("must be 1..={MAX_JOBS_PER_TASK} (got {n})"));
                     None
                 }
                 Some(n_jobs) => Some(TaskInput::Generated { n_jobs }),
             }
         } else {
-            if let Err(e) = check_name(&self.input_dataset, 255) {
-                bad("input_dataset", e);
+            for (i, name) in self.input_datasets.iter().enumerate() {
+                if let Err(e) = check_name(name, 255) {
+                    bad(&format!("input_datasets[{i}]"), e);
+                } else if self.input_datasets[..i].contains(name) {
+                    bad(&format!("input_datasets[{i}]"), format!("{name:?} is listed twice"));
+                }
+            }
+            if self.input_datasets.len() > 100 {
+                bad("input_datasets", format!("must list at most 100 datasets (got {})", self.input_datasets.len()));
             }
             if let Some(n) = self.n_jobs {
-                bad(
-                    "n_jobs",
-                    format!("must not be set with an input_dataset (got {n}); use files_per_job"),
-                );
+                bad("n_jobs", format!("must not be set with input_datasets (got {n}); use files_per_job"));
             }
             match self.files_per_job.unwrap_or(1) {
                 0 => {
                     bad("files_per_job", "must be at least 1 (got 0)".to_owned());
                     None
                 }
-                files_per_job => Some(TaskInput::Dataset {
-                    name: self.input_dataset.clone(),
-                    files_per_job,
-                }),
+                files_per_job => Some(TaskInput::Datasets { names: self.input_datasets.clone(), files_per_job }),
             }
         };
         let output_dataset = (!self.output_dataset.is_empty()).then(|| self.output_dataset.clone());
         if let Some(output) = &output_dataset {
             if let Err(e) = check_name(output, 255) {
                 bad("output_dataset", e);
-            } else if *output == self.input_dataset {
-                bad(
-                    "output_dataset",
-                    format!("must differ from input_dataset (both {output:?})"),
-                );
+            } else if self.input_datasets.contains(output) {
+                bad("output_dataset", format!("must differ from the input datasets (both {output:?})"));
             }
         }
         // Through `placeholders`, so that an escaped `{{output}}` does not count as a use.
@@ -222,11 +214,8 @@ impl TaskSpecDraft {
                 "uses {output} but task.output_dataset is not set".to_owned(),
             );
         }
-        if uses("inputs") && self.input_dataset.is_empty() {
-            bad(
-                "command",
-                "uses {inputs} but task.input_dataset is not set".to_owned(),
-            );
+        if uses("inputs") && self.input_datasets.is_empty() {
+            bad("command", "uses {inputs} but task.input_datasets is not set".to_owned());
         }
         if self.resources.cores > 1024 {
             bad(

@@ -1,1 +1,132 @@
-//! stub
+//! idds: the workflow engine. A workflow is a DAG of works, each a task template; a work's task
+//! is submitted when all its parents finished, and task events from the bus move the graph
+//! forward. State lives in idds's own database; submissions are idempotent, events are applied
+//! at least once, and a restart reconciles with the server.
+//!
+//! Modules: `config` (`[idds]`), `dag` (pure graph rules and validation), `store`, `service`
+//! (the engine), `grpc` (WorkflowService).
+
+pub mod config;
+pub mod dag;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use panda_bus::outbox::{self, Outbox};
+use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
+use panda_proto::convert::WireEnum;
+use panda_proto::events::v1::TaskStatusChanged;
+use panda_proto::idds::v1::workflow_service_server::WorkflowServiceServer;
+use panda_runtime::Listeners;
+use panda_types::TaskStatus;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use service::{Engine, Handled};
+
+/// What idds shares with the rest of the process.
+pub struct Deps {
+    /// Data directory (database).
+    pub data_dir: PathBuf,
+    /// Task events in, workflow events out.
+    pub bus: Bus,
+}
+
+/// idds could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] panda_runtime::config::ConfigError),
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] panda_db::Error),
+    /// The server URL is malformed.
+    #[error(transparent)]
+    Client(#[from] panda_client::Error),
+    /// The bus refused the subscription.
+    #[error("cannot subscribe to task events")]
+    Bus(#[from] panda_bus::Error),
+    /// gRPC serving.
+    #[error(transparent)]
+    Grpc(#[from] panda_runtime::grpc::GrpcError),
+}
+
+/// The bus queue idds consumes.
+pub const TASK_QUEUE: &str = "panda.idds.tasks";
+
+struct TaskEvents {
+    engine: Engine,
+}
+
+#[tonic::async_trait]
+impl Handler for TaskEvents {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandleError> {
+        let body: TaskStatusChanged = event.decode().map_err(|e| HandleError::Reject(e.to_string()))?;
+        let status = TaskStatus::from_wire("status", body.status).map_err(|e| HandleError::Reject(e.to_string()))?;
+        match self.engine.on_task_status(body.task_id, status).await {
+            Ok(Handled::NotYet) => Err(HandleError::Retry(format!("task {} not linked to a work yet", body.task_id))),
+            Ok(_) => Ok(()),
+            Err(error) => Err(HandleError::Retry(error.to_string())),
+        }
+    }
+}
+
+/// Runs idds until `shutdown`.
+///
+/// # Errors
+/// [`RunError`] for bad config, the database, the bus, or a failing listener.
+pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+    config.validate()?;
+    let url = config.database.url_or_sqlite(&deps.data_dir, "idds.db");
+    let db = panda_db::connect_and_migrate::<store::Migrator>(&url, config.database.max_connections).await?;
+    let outbox = Outbox::new(db.clone());
+    let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
+    let engine = Engine::new(db, outbox, panda_client::ServerClient::new(&config.server_url)?);
+    // Only final task states move a DAG forward; `task.running` keeps the shown task state fresh.
+    let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
+    let consumer = deps
+        .bus
+        .consume(Subscription::new(TASK_QUEUE, bindings), Arc::new(TaskEvents { engine: engine.clone() }), shutdown.clone())
+        .await?;
+    let submitter = {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        let retry = config.submit_retry_interval;
+        tokio::spawn(async move {
+            if let Err(error) = engine.reconcile().await {
+                warn!(%error, "reconciliation after start failed");
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = engine.wake.notified() => {}
+                    () = tokio::time::sleep(retry) => {}
+                }
+                if let Err(error) = engine.submit_ready().await {
+                    warn!(%error, "submitting ready works failed; retrying");
+                }
+            }
+        })
+    };
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
+    let mut server = panda_runtime::grpc::server("idds")?;
+    server.router = server.router.add_service(WorkflowServiceServer::new(grpc::Api { engine }));
+    info!(addr = ?listeners.grpc.local_addr().ok(), "idds ready");
+    let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = consumer.await;
+    let _ = submitter.await;
+    let _ = relay.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    served?;
+    Ok(())
+}

@@ -83,27 +83,31 @@ impl Jedi {
         })?;
 
         let input_files = match &spec.input {
-            TaskInput::Dataset { name, .. } => {
-                let dataset = self
-                    .server
-                    .internal
-                    .clone()
-                    .get_dataset(wire::GetDatasetRequest { name: name.clone() })
-                    .await
-                    .map_err(server_error("GetDataset"))?
-                    .into_inner()
-                    .dataset
-                    .ok_or(Error::Protocol { call: "GetDataset", task_id, detail: "no dataset".into() })?;
-                // A dataset still being written would give a partial split: wait until its
-                // producer closes it.
-                if !matches!(dataset.status.as_str(), "done" | "finished") {
-                    let reason = format!(
-                        "input dataset {name:?} is {} (its producer, task {}, has not finished)",
-                        dataset.status, dataset.task_id
-                    );
-                    return self.park(task_id, reason).await;
+            TaskInput::Datasets { names, .. } => {
+                let mut files = Vec::new();
+                for name in names {
+                    let dataset = self
+                        .server
+                        .internal
+                        .clone()
+                        .get_dataset(wire::GetDatasetRequest { name: name.clone() })
+                        .await
+                        .map_err(server_error("GetDataset"))?
+                        .into_inner()
+                        .dataset
+                        .ok_or(Error::Protocol { call: "GetDataset", task_id, detail: "no dataset".into() })?;
+                    // A dataset still being written would give a partial split: wait until its
+                    // producer closes it.
+                    if !matches!(dataset.status.as_str(), "done" | "finished") {
+                        let reason = format!(
+                            "input dataset {name:?} is {} (its producer, task {}, has not finished)",
+                            dataset.status, dataset.task_id
+                        );
+                        return self.park(task_id, reason).await;
+                    }
+                    files.extend(dataset.files.into_iter().filter(|f| f.status == "finished").map(|f| f.lfn));
                 }
-                dataset.files.into_iter().filter(|f| f.status == "finished").map(|f| f.lfn).collect()
+                files
             }
             TaskInput::Generated { .. } => Vec::new(),
         };

@@ -21,11 +21,11 @@ pub struct JobPlan {
 /// Splitting could not produce jobs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
-    /// The input dataset has no usable files.
-    #[error("input dataset {dataset:?} has no finished files")]
+    /// The input datasets have no usable files.
+    #[error("input datasets {datasets} have no finished files")]
     EmptyInput {
-        /// The dataset.
-        dataset: String,
+        /// The datasets, comma separated.
+        datasets: String,
     },
 }
 
@@ -42,9 +42,9 @@ pub fn output_lfn(dataset: &str, index: u32) -> String {
 /// [`SplitError::EmptyInput`] when a dataset input has no files.
 pub fn split(task_id: TaskId, spec: &TaskSpec, input_files: &[String]) -> Result<Vec<JobPlan>, SplitError> {
     let chunks: Vec<Vec<String>> = match &spec.input {
-        TaskInput::Dataset { name, files_per_job } => {
+        TaskInput::Datasets { names, files_per_job } => {
             if input_files.is_empty() {
-                return Err(SplitError::EmptyInput { dataset: name.clone() });
+                return Err(SplitError::EmptyInput { datasets: names.join(", ") });
             }
             input_files.chunks(*files_per_job as usize).map(<[String]>::to_vec).collect()
         }
@@ -79,7 +79,7 @@ mod tests {
         TaskSpecDraft {
             name: "t".into(),
             command: command.into(),
-            input_dataset: input.into(),
+            input_datasets: if input.is_empty() { vec![] } else { vec![input.into()] },
             files_per_job,
             n_jobs,
             output_dataset: "out".into(),
@@ -126,6 +126,6 @@ mod tests {
     #[test]
     fn empty_input_is_an_error() {
         let error = split(TaskId(1), &spec("in", None, None, "true"), &[]).unwrap_err();
-        assert_eq!(error, SplitError::EmptyInput { dataset: "in".into() });
+        assert_eq!(error, SplitError::EmptyInput { datasets: "in".into() });
     }
 }

@@ -136,10 +136,12 @@ impl Service {
         {
             return Ok((existing, false));
         }
-        if let panda_types::spec::TaskInput::Dataset { name, .. } = &spec.input
-            && self.store.find_dataset(&txn, name).await?.is_none()
-        {
-            return Err(Error::invalid("task.input_dataset", format!("dataset {name:?} does not exist")));
+        if let panda_types::spec::TaskInput::Datasets { names, .. } = &spec.input {
+            for (i, name) in names.iter().enumerate() {
+                if self.store.find_dataset(&txn, name).await?.is_none() {
+                    return Err(Error::invalid(format!("task.input_datasets[{i}]"), format!("dataset {name:?} does not exist")));
+                }
+            }
         }
         if let Some(output) = &spec.output_dataset
             && let Some((_, owner, _)) = self.store.find_dataset(&txn, output).await?

@@ -18,7 +18,7 @@ fn with_input() -> TaskSpecDraft {
     TaskSpecDraft {
         name: "reco.042".to_owned(),
         command: "reco {inputs} -o {output}".to_owned(),
-        input_dataset: "raw.042".to_owned(),
+        input_datasets: vec!["raw.042".to_owned()],
         output_dataset: "reco.042.out".to_owned(),
         ..TaskSpecDraft::default()
     }
@@ -85,8 +85,8 @@ fn valid_dataset_spec_defaults_to_one_file_per_job() {
     let spec = with_input().validate().expect("valid");
     assert_eq!(
         spec.input,
-        TaskInput::Dataset {
-            name: "raw.042".to_owned(),
+        TaskInput::Datasets {
+            names: vec!["raw.042".to_owned()],
             files_per_job: 1
         }
     );
@@ -100,8 +100,8 @@ fn valid_dataset_spec_defaults_to_one_file_per_job() {
     .expect("valid");
     assert_eq!(
         spec.input,
-        TaskInput::Dataset {
-            name: "raw.042".to_owned(),
+        TaskInput::Datasets {
+            names: vec!["raw.042".to_owned()],
             files_per_job: 5
         }
     );
@@ -263,7 +263,7 @@ fn command_errors() {
             ..generated()
         },
         "task.command",
-        "uses {inputs} but task.input_dataset is not set",
+        "uses {inputs} but task.input_datasets is not set",
     );
 }
 
@@ -303,7 +303,7 @@ fn input_errors() {
             ..generated()
         },
         "task.n_jobs",
-        "is required when there is no input_dataset (1..=100000)",
+        "is required when there are no input_datasets (1..=100000)",
     );
     check_error(
         TaskSpecDraft {
@@ -327,7 +327,7 @@ fn input_errors() {
             ..generated()
         },
         "task.files_per_job",
-        "needs task.input_dataset",
+        "needs task.input_datasets",
     );
     check_error(
         TaskSpecDraft {
@@ -343,22 +343,22 @@ fn input_errors() {
             ..with_input()
         },
         "task.n_jobs",
-        "must not be set with an input_dataset (got 3); use files_per_job",
+        "must not be set with input_datasets (got 3); use files_per_job",
     );
     check_error(
         TaskSpecDraft {
-            input_dataset: "raw 042".to_owned(),
+            input_datasets: vec!["raw 042".to_owned()],
             ..with_input()
         },
-        "task.input_dataset",
+        "task.input_datasets[0]",
         "\"raw 042\" contains ' '...",
     );
     check_error(
         TaskSpecDraft {
-            input_dataset: "d".repeat(256),
+            input_datasets: vec!["d".repeat(256)],
             ..with_input()
         },
-        "task.input_dataset",
+        "task.input_datasets[0]",
         "must be at most 255 characters (got 256)",
     );
 }
@@ -387,7 +387,7 @@ fn output_dataset_errors() {
             ..with_input()
         },
         "task.output_dataset",
-        "must differ from input_dataset (both \"raw.042\")",
+        "must differ from the input datasets (both \"raw.042\")",
     );
 }
 
@@ -481,7 +481,7 @@ fn every_error_is_reported_at_once() {
         name: String::new(),
         user: "u".repeat(300),
         command: "run {foo} {output} {inputs}".to_owned(),
-        input_dataset: String::new(),
+        input_datasets: vec![],
         files_per_job: Some(0),
         n_jobs: Some(0),
         output_dataset: String::new(),
@@ -499,7 +499,7 @@ fn every_error_is_reported_at_once() {
             ("task.name", "must not be empty"),
             ("task.user", "must be at most 200 characters (got 300)"),
             ("task.command", "has unknown placeholder {foo}..."),
-            ("task.files_per_job", "needs task.input_dataset"),
+            ("task.files_per_job", "needs task.input_datasets"),
             ("task.n_jobs", "must be 1..=100000 (got 0)"),
             (
                 "task.command",
@@ -507,7 +507,7 @@ fn every_error_is_reported_at_once() {
             ),
             (
                 "task.command",
-                "uses {inputs} but task.input_dataset is not set",
+                "uses {inputs} but task.input_datasets is not set",
             ),
             ("task.resources.cores", "must be at most 1024 (got 2000)"),
             ("task.environment", "key \"PANDA_X\" is reserved..."),

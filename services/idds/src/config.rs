@@ -1,0 +1,54 @@
+//! `[idds]` configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use panda_db::DatabaseConfig;
+use panda_runtime::config::{ConfigError, Problems};
+use serde::{Deserialize, Serialize};
+
+/// idds's settings. Defaults serve the embedded mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC address.
+    pub listen_addr: SocketAddr,
+    /// `/metrics` and `/healthz` address.
+    pub admin_addr: SocketAddr,
+    /// The server.
+    pub server_url: String,
+    /// Database (default: SQLite `idds.db` in the data directory).
+    pub database: DatabaseConfig,
+    /// How soon a submission the server could not take is tried again.
+    #[serde(with = "humantime_serde")]
+    pub submit_retry_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: ([127, 0, 0, 1], 50054).into(),
+            admin_addr: ([127, 0, 0, 1], 9154).into(),
+            server_url: "http://127.0.0.1:50051".to_owned(),
+            database: DatabaseConfig::default(),
+            submit_retry_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Problems::default();
+        problems.check(self.submit_retry_interval >= Duration::from_millis(100), || {
+            format!("idds.submit_retry_interval = {:?}: must be at least 100ms", self.submit_retry_interval)
+        });
+        problems.check(self.server_url.starts_with("http://") || self.server_url.starts_with("https://"), || {
+            format!("idds.server_url = {:?}: must be an http:// or https:// URL", self.server_url)
+        });
+        problems.finish()
+    }
+}
