@@ -1,1 +1,350 @@
-fn main() {}
+//! `panda`: the command line. `panda up` runs every service in this process; the other commands
+//! talk to running services over gRPC (`--server-url`, `--idds-url`, `--harvester-url`).
+
+mod render;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use panda_client::{HarvesterServiceClient, ServerClient, WorkflowServiceClient};
+use panda_proto::convert::WireEnum;
+use panda_proto::harvester::v1 as harvester;
+use panda_proto::idds::v1 as idds;
+use panda_proto::server::v1 as server;
+use panda_runtime::config::Loader;
+use panda_types::{JobStatus, TaskStatus};
+use render::Format;
+
+/// panda: workload and workflow management for science.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Server URL.
+    #[arg(long = "server-url", global = true, env = "PANDA_SERVER_URL", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// idds (workflow engine) URL.
+    #[arg(long = "idds-url", global = true, env = "PANDA_IDDS_URL", default_value = "http://127.0.0.1:50054")]
+    idds: String,
+    /// Harvester URL.
+    #[arg(long = "harvester-url", global = true, env = "PANDA_HARVESTER_URL", default_value = "http://127.0.0.1:50053")]
+    harvester: String,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every service in this process (embedded: SQLite, in-process bus, local pilots).
+    Up {
+        /// Config file (TOML); PANDA_* variables override it.
+        #[arg(long, env = "PANDA_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (databases, storage, worker directories).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A workflow (YAML) to run once the services are up.
+        #[arg(long)]
+        workflow: Option<PathBuf>,
+        /// Stop the services when the workflow ended (exit code 0 if it finished).
+        #[arg(long, requires = "workflow")]
+        exit_when_done: bool,
+    },
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Workflows.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Queues known to the server, with their load.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Harvester workers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Runs a pilot (what harvester's local plugin starts); `panda pilot --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    Pilot {
+        /// Pilot flags (see `panda pilot --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Submits a task file (YAML).
+    Submit {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Lists tasks, newest first.
+    List {
+        /// Only these states (repeatable).
+        #[arg(long)]
+        status: Vec<String>,
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One task.
+    Show {
+        /// Task ID.
+        id: u64,
+    },
+    /// Kills a task.
+    Kill {
+        /// Task ID.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Lists jobs, oldest first.
+    List {
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<u64>,
+        /// Only these states (repeatable).
+        #[arg(long)]
+        status: Vec<String>,
+        /// How many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// One job, with what the pilot reported.
+    Show {
+        /// Job ID.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Submits a workflow file (YAML).
+    Submit {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Lists workflows, newest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One workflow with its works.
+    Show {
+        /// Workflow ID.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Lists queues.
+    List,
+}
+
+#[derive(Subcommand)]
+enum WorkerCommand {
+    /// Lists workers, newest first.
+    List {
+        /// Only this queue's.
+        #[arg(long)]
+        queue: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective configuration (defaults, file, environment).
+    Show {
+        /// Config file (TOML).
+        #[arg(long, env = "PANDA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A gRPC status as the message a person can act on, anything else with its causes.
+fn describe(error: &anyhow::Error) -> String {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        return match status.code() {
+            tonic::Code::Unavailable => format!("service unavailable ({}); is `panda up` running?", status.message()),
+            code => format!("{}: {}", code_name(code), status.message()),
+        };
+    }
+    format!("{error:#}")
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "error",
+    }
+}
+
+fn parse_states<S: std::str::FromStr + WireEnum>(values: &[String]) -> anyhow::Result<Vec<i32>>
+where
+    S::Err: std::fmt::Display,
+{
+    values.iter().map(|v| v.parse::<S>().map(|s| s.to_wire()).map_err(|e| anyhow::anyhow!("--status: {e}"))).collect()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let format = cli.output;
+    match cli.command {
+        Command::Up { config, data_dir, workflow, exit_when_done } => {
+            let mut loader = Loader::new(config.as_deref());
+            if let Some(dir) = data_dir {
+                loader = loader.with_override("data_dir", dir);
+            }
+            let config = panda_all::AllConfig::load(&loader)?;
+            let _telemetry = panda_runtime::telemetry::init("panda", &config.telemetry)?;
+            let shutdown = panda_runtime::shutdown::on_signals();
+            let code = up::up(config, up::UpOptions { workflow, exit_when_done }, shutdown).await?;
+            Ok(code as u8)
+        }
+        Command::Pilot { args } => {
+            // Parsed separately: the pilot has its own `--server` flag.
+            use clap::Parser as _;
+            let args = panda_pilot::cli::Args::parse_from(std::iter::once("panda pilot".to_owned()).chain(args));
+            panda_pilot::cli::main(args).await?;
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::Show { config }) => {
+            let config = panda_all::AllConfig::load(&Loader::new(config.as_deref()))?;
+            print!("{}", toml::to_string_pretty(&config).context("cannot print the configuration")?);
+            Ok(0)
+        }
+        Command::Task(command) => {
+            let server = ServerClient::new(&cli.server)?;
+            task(server, command, format).await?;
+            Ok(0)
+        }
+        Command::Job(command) => {
+            let server = ServerClient::new(&cli.server)?;
+            match command {
+                JobCommand::List { task, status, limit } => {
+                    let statuses = parse_states::<JobStatus>(&status)?;
+                    let response = server
+                        .jobs
+                        .clone()
+                        .list_jobs(server::ListJobsRequest { task_id: task.unwrap_or(0), statuses, limit, after_job_id: 0 })
+                        .await?;
+                    render::jobs(format, &response.into_inner().jobs);
+                }
+                JobCommand::Show { id } => {
+                    let job = server.jobs.clone().show_job(server::ShowJobRequest { job_id: id }).await?.into_inner().job;
+                    render::job(format, &job.context("server answered without a job")?);
+                }
+            }
+            Ok(0)
+        }
+        Command::Workflow(command) => {
+            let mut client = WorkflowServiceClient::new(panda_client::channel(&cli.idds)?);
+            match command {
+                WorkflowCommand::Submit { file } => {
+                    let spec = panda_client::files::load_workflow(&file)?;
+                    let id = client.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) }).await?.into_inner().workflow_id;
+                    match format {
+                        Format::Json => println!("{}", serde_json::json!({"workflow_id": id})),
+                        Format::Table => println!("workflow {id} submitted; follow it with: panda workflow show {id}"),
+                    }
+                }
+                WorkflowCommand::List { limit } => {
+                    let response = client.list_workflows(idds::ListWorkflowsRequest { limit }).await?;
+                    render::workflows(format, &response.into_inner().workflows);
+                }
+                WorkflowCommand::Show { id } => {
+                    let workflow = client.get_workflow(idds::GetWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
+                    render::workflow(format, &workflow.context("idds answered without a workflow")?);
+                }
+            }
+            Ok(0)
+        }
+        Command::Queue(QueueCommand::List) => {
+            let server = ServerClient::new(&cli.server)?;
+            let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;
+            render::queues(format, &response.into_inner().queues);
+            Ok(0)
+        }
+        Command::Worker(WorkerCommand::List { queue, limit }) => {
+            let mut client = HarvesterServiceClient::new(panda_client::channel(&cli.harvester)?);
+            let response = client.list_workers(harvester::ListWorkersRequest { queue: queue.unwrap_or_default(), limit }).await?;
+            render::workers(format, &response.into_inner().workers);
+            Ok(0)
+        }
+    }
+}
+
+async fn task(server: ServerClient, command: TaskCommand, format: Format) -> anyhow::Result<()> {
+    let mut tasks = server.tasks.clone();
+    match command {
+        TaskCommand::Submit { file } => {
+            let spec = panda_client::files::load_task(&file)?;
+            let response = tasks.submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await?;
+            let id = response.into_inner().task_id;
+            match format {
+                Format::Json => println!("{}", serde_json::json!({"task_id": id})),
+                Format::Table => println!("task {id} submitted; follow it with: panda task show {id}"),
+            }
+        }
+        TaskCommand::List { status, user, limit } => {
+            let statuses = parse_states::<TaskStatus>(&status)?;
+            let response = tasks
+                .list_tasks(server::ListTasksRequest { statuses, user: user.unwrap_or_default(), limit, before_task_id: 0 })
+                .await?;
+            render::tasks(format, &response.into_inner().tasks);
+        }
+        TaskCommand::Show { id } => {
+            let task = tasks.get_task(server::GetTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Kill { id } => {
+            let task = tasks.kill_task(server::KillTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+    }
+    Ok(())
+}

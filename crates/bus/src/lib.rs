@@ -144,6 +144,16 @@ impl Bus {
         }
     }
 
+    /// The queue name for a consumer: `<exchange>.<service>.<purpose>`. Deriving it from the
+    /// exchange keeps two deployments (or two test runs) on one broker from sharing queues.
+    pub fn queue_name(&self, service: &str, purpose: &str) -> String {
+        let exchange = match self {
+            Bus::Memory(bus) => bus.exchange(),
+            Bus::Amqp(bus) => bus.exchange(),
+        };
+        format!("{exchange}.{service}.{purpose}")
+    }
+
     /// A new in-process bus with the default configuration.
     pub fn memory() -> Bus {
         Bus::Memory(MemoryBus::new())

@@ -61,6 +61,11 @@ impl MemoryBus {
         Self { inner: Arc::new(Inner { config, queues: Mutex::new(HashMap::new()) }) }
     }
 
+    /// The configured exchange name (used only to name queues).
+    pub fn exchange(&self) -> &str {
+        &self.inner.config.exchange
+    }
+
     /// See [`Bus::consume`](crate::Bus::consume).
     ///
     /// # Errors

@@ -2,6 +2,8 @@
 //! order) with connect and per-call deadlines; [`retry`] repeats a call while the peer answers
 //! UNAVAILABLE (or DEADLINE_EXCEEDED for idempotent calls), with exponential backoff.
 
+pub mod files;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -56,9 +56,6 @@ pub enum RunError {
     Grpc(#[from] panda_runtime::grpc::GrpcError),
 }
 
-/// The bus queue idds consumes.
-pub const TASK_QUEUE: &str = "panda.idds.tasks";
-
 struct TaskEvents {
     engine: Engine,
 }
@@ -91,7 +88,7 @@ pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: Can
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
         .bus
-        .consume(Subscription::new(TASK_QUEUE, bindings), Arc::new(TaskEvents { engine: engine.clone() }), shutdown.clone())
+        .consume(Subscription::new(deps.bus.queue_name("idds", "tasks"), bindings), Arc::new(TaskEvents { engine: engine.clone() }), shutdown.clone())
         .await?;
     let submitter = {
         let engine = engine.clone();

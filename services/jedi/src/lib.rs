@@ -50,9 +50,6 @@ pub enum RunError {
     Grpc(#[from] panda_runtime::grpc::GrpcError),
 }
 
-/// The bus queue JEDI consumes.
-pub const TASK_QUEUE: &str = "panda.jedi.tasks";
-
 struct TaskEvents {
     jedi: Jedi,
 }
@@ -102,7 +99,7 @@ pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: Can
     let consumer = deps
         .bus
         .consume(
-            Subscription::new(TASK_QUEUE, ["task.registered"]),
+            Subscription::new(deps.bus.queue_name("jedi", "tasks"), ["task.registered"]),
             Arc::new(TaskEvents { jedi: jedi.clone() }),
             shutdown.clone(),
         )

@@ -30,8 +30,6 @@ pub(crate) enum KillReason {
     Server,
     /// The pilot was told to stop.
     Shutdown,
-    /// The lease is gone: the job belongs to someone else now.
-    LeaseLost,
 }
 
 /// How the payload ended.
@@ -41,6 +39,9 @@ pub(crate) enum End {
     Exited(ExitStatus),
     /// The pilot killed it.
     Killed { status: ExitStatus, reason: KillReason },
+    /// The lease is gone (the job belongs to someone else now); the payload was killed if it
+    /// still ran. Nothing more may be sent about the job.
+    LeaseLost,
     /// Waiting for it failed; it was killed.
     Lost(std::io::Error),
 }
@@ -83,14 +84,25 @@ pub(crate) async fn watch(
         tokio::select! {
             // A payload that already exited keeps its real result, whatever else happened.
             biased;
-            waited = payload.wait() => return Ok(match waited {
-                Ok(status) => End::Exited(status),
-                Err(error) => {
-                    // Without a status the payload may still run: make sure it does not.
-                    let _ = payload.terminate(timing.kill_grace).await;
-                    End::Lost(error)
+            waited = payload.wait() => {
+                let status = match waited {
+                    Ok(status) => status,
+                    Err(error) => {
+                        // Without a status the payload may still run: make sure it does not.
+                        let _ = payload.terminate(timing.kill_grace).await;
+                        return Ok(End::Lost(error));
+                    }
+                };
+                // Let a call in flight finish (the channel deadline bounds it): for a short
+                // payload it is the `running` update, which the server should see before the
+                // final one. A KILL in its reply comes too late to matter.
+                if in_flight.is_some()
+                    && let Attempt::LeaseLost(_) = server.classify(poll(&mut in_flight).await)
+                {
+                    return Ok(End::LeaseLost);
                 }
-            }),
+                return Ok(End::Exited(status));
+            }
             () = shutdown.cancelled() => {
                 tracing::info!(job_id = %lease.job_id, "pilot stopping: killing the payload");
                 return Ok(kill(payload, KillReason::Shutdown).await);
@@ -105,7 +117,8 @@ pub(crate) async fn watch(
                     }
                     Attempt::LeaseLost(status) => {
                         tracing::warn!(job_id = %lease.job_id, message = status.message(), "lease lost: killing the payload and dropping the job");
-                        return Ok(kill(payload, KillReason::LeaseLost).await);
+                        let _ = payload.terminate(timing.kill_grace).await;
+                        return Ok(End::LeaseLost);
                     }
                     Attempt::Failed(status) => {
                         // Transient or not, a failed heartbeat only counts towards the deadline:

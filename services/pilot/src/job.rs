@@ -116,12 +116,8 @@ async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
     let lease = job.lease.clone();
     if cx.shutdown.is_cancelled() {
         // A job received in the same answer as the one running at shutdown: hand it back.
-        return report(
-            cx,
-            &lease,
-            Update::failed(error_codes::SIGTERM, "pilot was told to stop before the job started"),
-        )
-        .await;
+        let update = Update::failed(error_codes::SIGTERM, "pilot was told to stop before the job started");
+        return report(cx, &lease, update).await;
     }
     tracing::info!(attempt_nr = job.attempt_nr, "job received");
     let dir = job_dir(cx.work_dir, lease.job_id);
@@ -130,25 +126,8 @@ async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
         report(cx, &lease, Update::failed(error_codes::SETUP_FAILURE, diag)).await?;
         return Err(Error::WorkDir { path: dir, source });
     }
-
-    match cx.server.deliver(&lease, &Update::status(JobStatus::Starting), cx.shutdown).await? {
-        Delivery::Accepted { kill: false } => {}
-        Delivery::Accepted { kill: true } => {
-            return report(
-                cx,
-                &lease,
-                Update::failed(error_codes::PANDA_KILL, "killed on server instruction before the payload started"),
-            )
-            .await;
-        }
-        Delivery::LeaseLost(status) | Delivery::Rejected(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "server refused the starting update; dropping the job");
-            return Ok(Outcome::Dropped);
-        }
-        Delivery::Abandoned(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "pilot stopping and the server is unreachable; job left to the server's time-out");
-            return Ok(Outcome::Failed);
-        }
+    if let Some(outcome) = announce(cx, &lease).await? {
+        return Ok(outcome);
     }
 
     let staged = tokio::select! {
@@ -156,56 +135,18 @@ async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
         () = cx.shutdown.cancelled() => None,
         staged = stage::stage_in(&dir, &job.inputs) => Some(staged),
     };
-    match staged {
-        None => {
-            return report(cx, &lease, Update::failed(error_codes::SIGTERM, "pilot was told to stop during stage-in"))
-                .await;
-        }
+    let update = match staged {
+        None => Update::failed(error_codes::SIGTERM, "pilot was told to stop during stage-in"),
         Some(Err(error)) => {
             tracing::warn!(diag = %error.diag, "stage-in failed");
-            return report(cx, &lease, Update::failed(error.code, error.diag)).await;
+            Update::failed(error.code, error.diag)
         }
-        Some(Ok(())) => {}
-    }
+        Some(Ok(())) => match execute(cx, &job, &dir).await? {
+            Some(update) => update,
+            None => return Ok(Outcome::Dropped),
+        },
+    };
 
-    let environment = payload_environment(&job, &dir);
-    let mut payload =
-        match Payload::spawn(&job.command, &dir, environment.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            Ok(payload) => payload,
-            Err(error) => {
-                let diag = format!("cannot start the payload: {error}");
-                return report(cx, &lease, Update::failed(error_codes::PAYLOAD_FAILED, diag)).await;
-            }
-        };
-    tracing::info!(group = payload.group().as_raw(), "payload started");
-    let timing = Timing {
-        interval: cx.config.heartbeat_interval_for(job.heartbeat_interval_seconds),
-        kill_grace: cx.config.kill_grace,
-    };
-    let end = heartbeat::watch(&mut payload, cx.server, &lease, timing, cx.shutdown).await;
-    let usage = payload.finish();
-    let mut update = match end? {
-        End::Exited(status) if status.success() => stage_out(cx, &job, &dir).await,
-        End::Exited(status) => Update {
-            exit_code: Some(payload::exit_code(status)),
-            ..Update::failed(error_codes::PAYLOAD_FAILED, payload::describe_exit(status))
-        },
-        End::Killed { status, reason: KillReason::Server } => Update {
-            exit_code: Some(payload::exit_code(status)),
-            ..Update::failed(error_codes::PANDA_KILL, "killed on server instruction")
-        },
-        End::Killed { status, reason: KillReason::Shutdown } => Update {
-            exit_code: Some(payload::exit_code(status)),
-            ..Update::failed(error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
-        },
-        End::Killed { reason: KillReason::LeaseLost, .. } => return Ok(Outcome::Dropped),
-        End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
-    };
-    update.stdout_tail = payload::tail(&dir, payload::STDOUT_FILE).await;
-    update.stderr_tail = payload::tail(&dir, payload::STDERR_FILE).await;
-    update.cpu_time_seconds = usage.cpu_seconds;
-    update.wall_time_seconds = usage.wall_seconds;
-    update.max_rss_kb = usage.max_rss_kb;
     let outcome = report(cx, &lease, update).await?;
     if outcome == Outcome::Finished {
         // Outputs are in storage and the tails went with the report; failed jobs keep their
@@ -215,6 +156,67 @@ async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
         }
     }
     Ok(outcome)
+}
+
+/// Sends `starting`; `Some` when the job ends here.
+async fn announce(cx: &mut Context<'_>, lease: &Lease) -> Result<Option<Outcome>> {
+    match cx.server.deliver(lease, &Update::status(JobStatus::Starting), cx.shutdown).await? {
+        Delivery::Accepted { kill: false } => Ok(None),
+        Delivery::Accepted { kill: true } => {
+            let update =
+                Update::failed(error_codes::PANDA_KILL, "killed on server instruction before the payload started");
+            report(cx, lease, update).await.map(Some)
+        }
+        Delivery::LeaseLost(status) | Delivery::Rejected(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "server refused the starting update; dropping the job");
+            Ok(Some(Outcome::Dropped))
+        }
+        Delivery::Abandoned(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "pilot stopping and the server is unreachable; job left to the server's time-out");
+            Ok(Some(Outcome::Failed))
+        }
+    }
+}
+
+/// Runs the payload with heartbeats and judges how it ended; the final update, or `None` when
+/// the lease was lost and nothing more may be sent.
+async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<Update>> {
+    let environment = payload_environment(job, dir);
+    let environment = environment.iter().map(|(key, value)| (key.as_str(), value.as_str()));
+    let mut payload = match Payload::spawn(&job.command, dir, environment) {
+        Ok(payload) => payload,
+        Err(error) => {
+            let diag = format!("cannot start the payload: {error}");
+            return Ok(Some(Update::failed(error_codes::PAYLOAD_FAILED, diag)));
+        }
+    };
+    tracing::info!(group = payload.group().as_raw(), "payload started");
+    let timing = Timing {
+        interval: cx.config.heartbeat_interval_for(job.heartbeat_interval_seconds),
+        kill_grace: cx.config.kill_grace,
+    };
+    let end = heartbeat::watch(&mut payload, cx.server, &job.lease, timing, cx.shutdown).await;
+    let usage = payload.finish();
+    let with_exit =
+        |status, code, diag: &str| Update { exit_code: Some(payload::exit_code(status)), ..Update::failed(code, diag) };
+    let mut update = match end? {
+        End::Exited(status) if status.success() => stage_out(cx, job, dir).await,
+        End::Exited(status) => with_exit(status, error_codes::PAYLOAD_FAILED, &payload::describe_exit(status)),
+        End::Killed { status, reason: KillReason::Server } => {
+            with_exit(status, error_codes::PANDA_KILL, "killed on server instruction")
+        }
+        End::Killed { status, reason: KillReason::Shutdown } => {
+            with_exit(status, error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
+        }
+        End::LeaseLost => return Ok(None),
+        End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
+    };
+    update.stdout_tail = payload::tail(dir, payload::STDOUT_FILE).await;
+    update.stderr_tail = payload::tail(dir, payload::STDERR_FILE).await;
+    update.cpu_time_seconds = usage.cpu_seconds;
+    update.wall_time_seconds = usage.wall_seconds;
+    update.max_rss_kb = usage.max_rss_kb;
+    Ok(Some(update))
 }
 
 /// Checks and copies the outputs of a payload that exited 0; the update to send.

@@ -6,6 +6,7 @@
 //! `finished` or `failed` update with exit code, pilot error code, output tails and resource use.
 //!
 //! Modules:
+//! - [`cli`]: the command line shared by `panda-pilot` and `panda pilot`.
 //! - `config`: [`Config`], the `[pilot]` section.
 //! - `error`: [`Error`], why the pilot stopped early (job failures are reported, not errors).
 //! - [`error_codes`]: pilot error codes sent with failed jobs, numbered as in the reference.
@@ -15,6 +16,7 @@
 //! - `payload`: starting, killing and measuring the payload's process group.
 //! - `heartbeat`: watching the payload: heartbeats and the reasons to kill it.
 
+pub mod cli;
 mod config;
 mod error;
 pub mod error_codes;

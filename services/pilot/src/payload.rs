@@ -67,7 +67,7 @@ impl Payload {
             .stdout(stdout)
             .stderr(stderr)
             // Group ID = the shell's PID: one killpg reaches the shell and everything it started.
-            //.process_group(0)
+            .process_group(0)
             .spawn()?;
         let pid = child.id().ok_or_else(|| io::Error::other("payload exited before its PID was read"))?;
         let group =
@@ -102,6 +102,11 @@ impl Payload {
             tokio::time::sleep(GROUP_POLL).await;
         }
         signal_group(self.group, Signal::SIGKILL);
+        // Should the group signal fail (EPERM after a setuid exec), still end the shell itself,
+        // or the wait below never returns.
+        if status.is_none() {
+            let _ = self.child.start_kill();
+        }
         let status = match status {
             Some(status) => status,
             None => self.child.wait().await?,

@@ -190,6 +190,7 @@ async fn a_job_that_writes_its_output_finishes() {
     assert!(last.stdout_tail.contains(&format!("\n{}\n", job_dir.display())), "pwd: {}", last.stdout_tail);
     assert_eq!(last.stderr_tail, "to-stderr\n");
     assert!(last.wall_time_seconds > 0.0);
+    assert!(last.max_rss_kb > 0, "the shell's resident set is measured");
     assert!(!job_dir.exists(), "a finished job's directory is removed");
     // The pilot offered its slot, and stopped when the second GetJob came back empty.
     let requests = fake.seen(|seen| seen.get_jobs.clone());

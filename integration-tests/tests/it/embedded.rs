@@ -1,0 +1,227 @@
+//! Every service in this process, on the embedded default (SQLite, in-process bus, local pilots).
+
+use std::time::Duration;
+
+use panda_client::ServerClient;
+use panda_integration_tests::{await_condition, fast_config, jobs_of, start};
+use panda_proto::common::v1::{JobStatus, Resources, TaskStatus};
+use panda_proto::server::v1 as server;
+
+use crate::PILOT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn example_workflow_finishes_in_dag_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let workflow = crate::checks::run_example_workflow(&cluster.server_url, &cluster.idds_url, Duration::from_secs(180)).await;
+
+    // The merged files hold both branches' results: 4 "squares" and 2 "primes" lines.
+    let merged: String = std::fs::read_dir(dir.path().join("storage"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(&format!(".{}.merged._", workflow.workflow_id)))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(merged.lines().filter(|l| l.starts_with("squares ")).count(), 4, "{merged}");
+    assert_eq!(merged.lines().filter(|l| l.starts_with("primes ")).count(), 2, "{merged}");
+    // Sum of squares of 1..=10000 split over four files adds up.
+    let total: u128 = merged.lines().filter_map(|l| l.strip_prefix("squares ")).map(|n| n.trim().parse::<u128>().unwrap()).sum();
+    assert_eq!(total, (1..=10_000u128).map(|n| n * n).sum());
+    cluster.stop().await.unwrap();
+}
+
+fn task(name: &str, command: &str, n_jobs: u32) -> server::TaskSpec {
+    server::TaskSpec { name: name.into(), command: command.into(), n_jobs: Some(n_jobs), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let mut tasks = server.tasks.clone();
+
+    // Missing fields are named.
+    let error = tasks
+        .submit_task(server::SubmitTaskRequest { spec: Some(task("", "", 0)), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    for field in ["task.name", "task.command", "task.n_jobs"] {
+        assert!(error.message().contains(field), "{}", error.message());
+    }
+    let error = tasks.submit_task(server::SubmitTaskRequest { spec: None, idempotency_key: String::new() }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("spec"), "{}", error.message());
+
+    // An unknown input dataset.
+    let mut spec = task("t", "cat {inputs}", 0);
+    spec.n_jobs = None;
+    spec.input_datasets = vec!["nope".into()];
+    let error = tasks.submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("task.input_datasets[0]") && error.message().contains("\"nope\""), "{}", error.message());
+
+    // Unknown ids.
+    let error = tasks.get_task(server::GetTaskRequest { task_id: 424242 }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    assert_eq!(error.message(), "task 424242 not found");
+    let listed = tasks.list_tasks(server::ListTasksRequest::default()).await.unwrap().into_inner().tasks;
+    assert!(listed.is_empty(), "bad submissions left tasks behind: {listed:?}");
+
+    // An idempotency key returns the first task.
+    let request = server::SubmitTaskRequest { spec: Some(task("once", "sleep 30", 1)), idempotency_key: "key-1".into() };
+    let first = tasks.submit_task(request.clone()).await.unwrap().into_inner();
+    let second = tasks.submit_task(request).await.unwrap().into_inner();
+    assert!(first.created && !second.created);
+    assert_eq!(first.task_id, second.task_id);
+
+    // A pilot updating a job it does not hold is refused and nothing changes.
+    let job = await_condition(Duration::from_secs(60), "the job to be dispatched", || {
+        let server = server.clone();
+        async move {
+            let jobs = jobs_of(&server, first.task_id).await;
+            jobs.into_iter().find(|j| j.status == JobStatus::Running as i32)
+        }
+    })
+    .await;
+    let error = server
+        .pilot
+        .clone()
+        .update_job(server::UpdateJobRequest {
+            job_id: job.job_id,
+            lease_token: "not-the-lease".into(),
+            status: JobStatus::Failed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+    assert!(error.message().contains("not held by this pilot"), "{}", error.message());
+    let after = server.jobs.clone().show_job(server::ShowJobRequest { job_id: job.job_id }).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(after.status, JobStatus::Running as i32);
+
+    // An illegal pilot state is refused by name.
+    let error = server
+        .pilot
+        .clone()
+        .update_job(server::UpdateJobRequest { job_id: job.job_id, lease_token: "x".into(), status: JobStatus::Activated as i32, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("activated"), "{}", error.message());
+
+    tasks.kill_task(server::KillTaskRequest { task_id: first.task_id }).await.unwrap();
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_task_stops_its_running_and_queued_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.harvester.local_workers = 2;
+    let cluster = start(config, PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let task_id = server
+        .tasks
+        .clone()
+        .submit_task(server::SubmitTaskRequest { spec: Some(task("sleepers", "sleep 600", 4)), idempotency_key: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    await_condition(Duration::from_secs(60), "two jobs running", || {
+        let server = server.clone();
+        async move { (jobs_of(&server, task_id).await.iter().filter(|j| j.status == JobStatus::Running as i32).count() == 2).then_some(()) }
+    })
+    .await;
+    let killed = server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap().into_inner().task.unwrap();
+    assert_eq!(killed.status, TaskStatus::Aborting as i32);
+    // The queued jobs are cancelled at once; the running ones when their pilots hear of it.
+    let task = await_condition(Duration::from_secs(60), "the task to be aborted", || {
+        let server = server.clone();
+        async move {
+            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            (task.status == TaskStatus::Aborted as i32).then_some(task)
+        }
+    })
+    .await;
+    assert_eq!(task.job_counts.unwrap().cancelled, 4);
+    // Killing again is refused: the task has ended.
+    let error = server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_no_queue_fits_waits_in_pending_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let mut spec = task("big", "true", 1);
+    spec.resources = Some(Resources { cores: 64, ..Default::default() });
+    let task_id = server
+        .tasks
+        .clone()
+        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let task = await_condition(Duration::from_secs(60), "the task to be pending", || {
+        let server = server.clone();
+        async move {
+            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            (task.status == TaskStatus::Pending as i32).then_some(task)
+        }
+    })
+    .await;
+    assert!(task.error_diag.contains("local: needs 64 cores, queue offers 1"), "{}", task.error_diag);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_configuration_runs_a_task() {
+    // Defaults, no file, no environment: only the ports are moved so tests do not collide.
+    let defaults = panda_all::AllConfig::load(&panda_runtime::config::Loader::from_toml("")).unwrap();
+    assert_eq!(defaults, panda_all::AllConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = panda_all::AllConfig::ephemeral(dir.path().to_owned());
+    config.harvester.cycle_interval = defaults.harvester.cycle_interval;
+    let cluster = start(config, PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let mut spec = task("hello", "echo hello {index} > {output}", 2);
+    spec.output_dataset = "hello.out".into();
+    let task_id = server
+        .tasks
+        .clone()
+        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    await_condition(Duration::from_secs(120), "the task to be done", || {
+        let server = server.clone();
+        async move {
+            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            (task.status == TaskStatus::Done as i32).then_some(())
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(dir.path().join("storage/hello.out._000002")).unwrap();
+    assert_eq!(text, "hello 2\n");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_file_with_an_unknown_plugin_stops_startup_with_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queues.yaml");
+    std::fs::write(&file, "queues:\n  q:\n    max_workers: 1\n    plugin:\n      type: slurmm\n").unwrap();
+    let mut config = fast_config(dir.path());
+    config.harvester.queue_config = Some(file.clone());
+    let cluster = start(config, PILOT).await;
+    tokio::time::timeout(Duration::from_secs(30), cluster.any_stopped()).await.expect("harvester refuses to start");
+    let error = format!("{:#}", cluster.stop().await.unwrap_err());
+    assert!(error.contains(&file.display().to_string()) && error.contains("slurmm") && error.contains("local"), "{error}");
+}

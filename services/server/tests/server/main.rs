@@ -1,0 +1,275 @@
+//! The server's use cases against real databases: every case runs on SQLite, and on PostgreSQL
+//! when `PANDA_TEST_DATABASE_URL` is set (those are `#[ignore]`d otherwise, never skipped).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use panda_bus::outbox::Outbox;
+use panda_db::TestDb;
+use panda_server::error::Error;
+use panda_server::model::{JobReport, NewJob, OutputFile};
+use panda_server::service::{PilotCommand, Service};
+use panda_server::store::migration::Migrator;
+use panda_types::spec::TaskSpecDraft;
+use panda_types::{JobStatus, Resources, TaskId, TaskStatus};
+use sea_orm_migration::MigratorTrait;
+
+struct Fixture {
+    service: Service,
+    outbox: Outbox,
+    _db: TestDb,
+    _storage: tempfile::TempDir,
+}
+
+async fn fixture(db: TestDb) -> Fixture {
+    let conn = panda_db::connect_and_migrate::<Migrator>(&db.url, Some(16)).await.unwrap();
+    // Migrations are idempotent: a second run changes nothing.
+    Migrator::up(&conn, None).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let outbox = Outbox::new(conn.clone());
+    let service = Service::new(conn, outbox.clone(), storage.path().to_owned(), Default::default());
+    Fixture { service, outbox, _db: db, _storage: storage }
+}
+
+fn draft(name: &str, n_jobs: u32, output: &str) -> TaskSpecDraft {
+    TaskSpecDraft {
+        name: name.into(),
+        command: if output.is_empty() { "true".into() } else { "echo x > {output}".into() },
+        n_jobs: Some(n_jobs),
+        output_dataset: output.into(),
+        ..Default::default()
+    }
+}
+
+fn jobs(n: u32, queue: &str, output: &str) -> Vec<NewJob> {
+    (1..=n)
+        .map(|i| NewJob {
+            job_index: i,
+            queue: queue.into(),
+            command: "true".into(),
+            environment: BTreeMap::new(),
+            input_files: vec![],
+            output_files: if output.is_empty() { vec![] } else { vec![format!("{output}._{i:06}")] },
+            resources: Resources { cores: 1, ..Default::default() },
+            priority: 0,
+        })
+        .collect()
+}
+
+fn report(status: JobStatus) -> JobReport {
+    JobReport {
+        status,
+        exit_code: None,
+        error_code: 0,
+        error_diag: String::new(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        cpu_time_seconds: 0.0,
+        wall_time_seconds: 0.0,
+        max_rss_kb: 0,
+        output_files: vec![],
+        node: "n".into(),
+    }
+}
+
+async fn submit_with_jobs(f: &Fixture, name: &str, n: u32, output: &str) -> TaskId {
+    let (task, _) = f.service.submit_task(draft(name, n, output), None).await.unwrap();
+    f.service.insert_jobs(task.id, jobs(n, "q", output)).await.unwrap();
+    task.id
+}
+
+async fn submit_and_read_back(f: Fixture) {
+    let (task, created) = f.service.submit_task(draft("t", 2, "out"), Some("k".into())).await.unwrap();
+    assert!(created);
+    assert_eq!(task.status, TaskStatus::Registered);
+    let (again, created) = f.service.submit_task(draft("t", 2, "out"), Some("k".into())).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, task.id);
+    let (read, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!(read.spec.name, "t");
+    assert_eq!(counts.total, 0);
+    // A second task may not take the same output dataset.
+    let error = f.service.submit_task(draft("u", 1, "out"), None).await.unwrap_err();
+    assert!(matches!(error, Error::DatasetTaken { .. }), "{error}");
+    assert!(matches!(f.service.get_task(TaskId(999)).await, Err(Error::TaskNotFound { .. })));
+    // The registration event is in the outbox.
+    assert_eq!(f.outbox.pending().await.unwrap(), 1);
+}
+
+async fn inserting_jobs_runs_the_task_once(f: Fixture) {
+    let (task, _) = f.service.submit_task(draft("t", 3, "out"), None).await.unwrap();
+    let ids = f.service.insert_jobs(task.id, jobs(3, "q", "out")).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    let (task, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Running);
+    assert_eq!(counts.queued, 3);
+    let error = f.service.insert_jobs(task.id, jobs(3, "q", "out")).await.unwrap_err();
+    assert!(matches!(error, Error::TaskState { status: TaskStatus::Running, .. }), "{error}");
+    assert_eq!(f.service.get_task(task.id).await.unwrap().1.total, 3, "a refused insertion must add nothing");
+    // Bad jobs are refused whole.
+    let (other, _) = f.service.submit_task(draft("u", 1, ""), None).await.unwrap();
+    let mut bad = jobs(2, "q", "");
+    bad[1].queue = "bad queue".into();
+    assert!(matches!(f.service.insert_jobs(other.id, bad).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(f.service.get_task(other.id).await.unwrap().0.status, TaskStatus::Registered);
+}
+
+async fn concurrent_dispatch_hands_out_each_job_once(f: Fixture) {
+    let n = 120;
+    let task = submit_with_jobs(&f, "t", n, "").await;
+    let service = Arc::new(f.service.clone());
+    let mut handles = Vec::new();
+    for pilot in 0..8 {
+        let service = service.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = service.dispatch("q", &format!("node{pilot}"), "", Resources::default(), 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| d.job.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), n as usize, "every job dispatched");
+    assert_eq!(unique.len(), all.len(), "no job dispatched twice");
+    assert_eq!(f.service.get_task(task).await.unwrap().1.running, n);
+}
+
+async fn dispatch_respects_queue_and_resources(f: Fixture) {
+    let (task, _) = f.service.submit_task(draft("t", 2, ""), None).await.unwrap();
+    let mut two = jobs(2, "q", "");
+    two[0].resources.cores = 8;
+    two[0].priority = 10;
+    f.service.insert_jobs(task.id, two).await.unwrap();
+    assert!(f.service.dispatch("other", "n", "", Resources::default(), 5).await.unwrap().is_empty());
+    let small = f.service.dispatch("q", "n", "", Resources { cores: 4, ..Default::default() }, 5).await.unwrap();
+    assert_eq!(small.len(), 1);
+    assert_eq!(small[0].job.resources.cores, 1);
+    let big = f.service.dispatch("q", "n", "", Resources { cores: 8, ..Default::default() }, 5).await.unwrap();
+    assert_eq!(big.len(), 1);
+    assert_eq!(big[0].job.priority, 10);
+}
+
+async fn pilot_lifecycle_finishes_the_task(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 2, "out").await;
+    let dispatched = f.service.dispatch("q", "n", "w1", Resources::default(), 2).await.unwrap();
+    for d in &dispatched {
+        let lease = d.job.lease_token.clone().unwrap();
+        let id = d.job.id;
+        assert_eq!(f.service.update_job(id, &lease, report(JobStatus::Starting)).await.unwrap().0, JobStatus::Starting);
+        assert_eq!(f.service.update_job(id, &lease, report(JobStatus::Running)).await.unwrap().0, JobStatus::Running);
+        // A heartbeat repeats the state.
+        assert_eq!(f.service.update_job(id, &lease, report(JobStatus::Running)).await.unwrap().0, JobStatus::Running);
+        // A stale lease changes nothing.
+        assert!(matches!(f.service.update_job(id, "stale", report(JobStatus::Failed)).await, Err(Error::NotHolder { .. })));
+        // An output the job does not declare is refused.
+        let mut wrong = report(JobStatus::Finished);
+        wrong.output_files = vec![OutputFile { lfn: "elsewhere".into(), size_bytes: 1, checksum: String::new() }];
+        assert!(matches!(f.service.update_job(id, &lease, wrong).await, Err(Error::InvalidArgument(_))));
+        let mut done = report(JobStatus::Finished);
+        done.exit_code = Some(0);
+        done.output_files = vec![OutputFile { lfn: d.job.output_files[0].clone(), size_bytes: 5, checksum: "adler32:00000001".into() }];
+        assert_eq!(f.service.update_job(id, &lease, done.clone()).await.unwrap().0, JobStatus::Finished);
+        // The retried final report is answered the same and changes nothing.
+        assert_eq!(f.service.update_job(id, &lease, done).await.unwrap(), (JobStatus::Finished, PilotCommand::None));
+        // A late heartbeat on a finished job is refused.
+        assert!(matches!(f.service.update_job(id, &lease, report(JobStatus::Running)).await, Err(Error::JobTransition { .. })));
+    }
+    let (task, counts) = f.service.get_task(task).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Done);
+    assert_eq!(counts.finished, 2);
+    let dataset = f.service.get_dataset("out").await.unwrap();
+    assert_eq!(dataset.status, panda_types::DatasetStatus::Done);
+    assert!(dataset.files.iter().all(|file| file.status == "finished" && file.size_bytes == 5));
+}
+
+async fn partial_and_total_failure(f: Fixture) {
+    for (name, failures, expected) in [("some", 1, TaskStatus::Finished), ("all", 2, TaskStatus::Failed)] {
+        let task = submit_with_jobs(&f, name, 2, "").await;
+        let dispatched = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+        for (i, d) in dispatched.iter().enumerate() {
+            let lease = d.job.lease_token.clone().unwrap();
+            f.service.update_job(d.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+            let mut last = report(if i < failures { JobStatus::Failed } else { JobStatus::Finished });
+            last.error_code = if i < failures { 1305 } else { 0 };
+            last.error_diag = "payload exited with 3".into();
+            f.service.update_job(d.job.id, &lease, last).await.unwrap();
+        }
+        let (task, _) = f.service.get_task(task).await.unwrap();
+        assert_eq!(task.status, expected, "{name}");
+        if expected == TaskStatus::Failed {
+            assert!(task.error_diag.contains("all 2 jobs failed") && task.error_diag.contains("1305"), "{}", task.error_diag);
+        }
+    }
+}
+
+async fn kill_cancels_queued_and_tells_running_pilots(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 3, "").await;
+    let running = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap().remove(0);
+    let lease = running.job.lease_token.clone().unwrap();
+    f.service.update_job(running.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    let (killed, counts) = f.service.kill_task(task).await.unwrap();
+    assert_eq!(killed.status, TaskStatus::Aborting);
+    assert_eq!(counts.cancelled, 2);
+    // Nothing left to dispatch.
+    assert!(f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap().is_empty());
+    let (_, command) = f.service.update_job(running.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    assert_eq!(command, PilotCommand::Kill);
+    let (status, _) = f.service.update_job(running.job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+    assert_eq!(status, JobStatus::Cancelled);
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Aborted);
+    assert!(matches!(f.service.kill_task(task).await, Err(Error::TaskState { .. })));
+}
+
+async fn pending_keeps_the_reason(f: Fixture) {
+    let (task, _) = f.service.submit_task(draft("t", 1, ""), None).await.unwrap();
+    f.service.set_task_pending(task.id, "no queue".into()).await.unwrap();
+    f.service.set_task_pending(task.id, "no queue".into()).await.unwrap();
+    let (task, _) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((task.status, task.error_diag.as_str()), (TaskStatus::Pending, "no queue"));
+    // A pending task still gets its jobs later.
+    f.service.insert_jobs(task.id, jobs(1, "q", "")).await.unwrap();
+    assert_eq!(f.service.get_task(task.id).await.unwrap().0.status, TaskStatus::Running);
+}
+
+macro_rules! store_suite {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::fixture(super::TestDb::sqlite_temp()).await).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = "needs PostgreSQL: set PANDA_TEST_DATABASE_URL"]
+                async fn $case() {
+                    super::$case(super::fixture(super::TestDb::postgres_from_env().await).await).await;
+                }
+            )+
+        }
+    };
+}
+
+store_suite!(
+    submit_and_read_back,
+    inserting_jobs_runs_the_task_once,
+    concurrent_dispatch_hands_out_each_job_once,
+    dispatch_respects_queue_and_resources,
+    pilot_lifecycle_finishes_the_task,
+    partial_and_total_failure,
+    kill_cancels_queued_and_tells_running_pilots,
+    pending_keeps_the_reason,
+);
