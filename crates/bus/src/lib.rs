@@ -154,6 +154,17 @@ impl Bus {
         format!("{exchange}.{service}.{purpose}")
     }
 
+    /// Deletes the named queues and the exchange on RabbitMQ (nothing to do in memory).
+    ///
+    /// # Errors
+    /// The broker does not answer or refuses.
+    pub async fn remove(&self, queues: &[String]) -> Result<(), Error> {
+        match self {
+            Bus::Memory(_) => Ok(()),
+            Bus::Amqp(bus) => bus.remove(queues).await,
+        }
+    }
+
     /// A new in-process bus with the default configuration.
     pub fn memory() -> Bus {
         Bus::Memory(MemoryBus::new())

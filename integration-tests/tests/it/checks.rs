@@ -12,7 +12,7 @@ use panda_proto::server::v1 as server;
 /// order, with the merged output holding both branches' results. Returns the workflow.
 pub async fn run_example_workflow(server_url: &str, idds_url: &str, timeout: Duration) -> idds::Workflow {
     let spec = panda_client::files::parse_workflow(&panda_integration_tests::example("fan-out-merge.yaml")).unwrap();
-    let mut workflows = WorkflowServiceClient::new(panda_client::channel(idds_url).unwrap());
+    let workflows = WorkflowServiceClient::new(panda_client::channel(idds_url).unwrap());
     let server = ServerClient::new(server_url).unwrap();
     let workflow_id = panda_client::retry(50, false, || {
         let mut workflows = workflows.clone();

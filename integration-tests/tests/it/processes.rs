@@ -111,9 +111,15 @@ async fn example_workflow_across_service_processes_on_postgres_and_rabbitmq() {
         crate::checks::run_example_workflow(&server_url, &idds_url, Duration::from_secs(240)).await
     })
     .await;
+    // Stop the services before removing the queues, or their consumers would declare them again.
+    drop(processes);
+    // Remove this run's queues and exchange from the broker.
+    let config = panda_bus::BusConfig { url: Some(amqp), exchange, ..Default::default() };
+    let bus = panda_bus::Bus::connect(&config).await.expect("RabbitMQ answers");
+    let queues = [bus.queue_name("jedi", "tasks"), bus.queue_name("idds", "tasks")];
+    bus.remove(&queues).await.expect("test queues removed");
     // Print the services' logs when the run failed, then fail.
     if result.is_err() {
-        drop(processes);
         for name in ["panda-server", "panda-jedi", "panda-harvester", "panda-idds"] {
             let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::task::JoinHandle;
@@ -72,6 +75,28 @@ impl AmqpBus {
     /// The exchange events are published to.
     pub fn exchange(&self) -> &str {
         &self.inner.config.exchange
+    }
+
+    /// Deletes the given queues (and their `.dead` queues) and the exchange: retires a deployment
+    /// or a test run. Events still in those queues are lost, so only call it when none matter.
+    ///
+    /// # Errors
+    /// The broker does not answer or refuses.
+    pub async fn remove(&self, queues: &[String]) -> Result<(), Error> {
+        let link = Link::open(&self.inner.url, "panda-bus admin", &self.inner.config.exchange).await?;
+        for queue in queues {
+            for name in [queue.clone(), format!("{queue}.dead")] {
+                operation("queue.delete", link.channel.queue_delete(short("queue", &name)?, QueueDeleteOptions::default()))
+                    .await?;
+            }
+        }
+        operation(
+            "exchange.delete",
+            link.channel.exchange_delete(short("exchange", self.exchange())?, ExchangeDeleteOptions::default()),
+        )
+        .await?;
+        let _ = link.connection.close(200, "done".into()).await;
+        Ok(())
     }
 
     /// See [`Bus::consume`](crate::Bus::consume).
