@@ -29,7 +29,12 @@ struct Cli {
     #[arg(long = "idds-url", global = true, env = "PANDA_IDDS_URL", default_value = "http://127.0.0.1:50054")]
     idds: String,
     /// Harvester URL.
-    #[arg(long = "harvester-url", global = true, env = "PANDA_HARVESTER_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long = "harvester-url",
+        global = true,
+        env = "PANDA_HARVESTER_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     harvester: String,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
@@ -270,12 +275,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let response = server
                         .jobs
                         .clone()
-                        .list_jobs(server::ListJobsRequest { task_id: task.unwrap_or(0), statuses, limit, after_job_id: 0 })
+                        .list_jobs(server::ListJobsRequest {
+                            task_id: task.unwrap_or(0),
+                            statuses,
+                            limit,
+                            after_job_id: 0,
+                        })
                         .await?;
                     render::jobs(format, &response.into_inner().jobs);
                 }
                 JobCommand::Show { id } => {
-                    let job = server.jobs.clone().show_job(server::ShowJobRequest { job_id: id }).await?.into_inner().job;
+                    let job =
+                        server.jobs.clone().show_job(server::ShowJobRequest { job_id: id }).await?.into_inner().job;
                     render::job(format, &job.context("server answered without a job")?);
                 }
             }
@@ -286,7 +297,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             match command {
                 WorkflowCommand::Submit { file } => {
                     let spec = panda_client::files::load_workflow(&file)?;
-                    let id = client.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) }).await?.into_inner().workflow_id;
+                    let id = client
+                        .submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) })
+                        .await?
+                        .into_inner()
+                        .workflow_id;
                     match format {
                         Format::Json => println!("{}", serde_json::json!({"workflow_id": id})),
                         Format::Table => println!("workflow {id} submitted; follow it with: panda workflow show {id}"),
@@ -297,7 +312,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     render::workflows(format, &response.into_inner().workflows);
                 }
                 WorkflowCommand::Show { id } => {
-                    let workflow = client.get_workflow(idds::GetWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
+                    let workflow =
+                        client.get_workflow(idds::GetWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
                     render::workflow(format, &workflow.context("idds answered without a workflow")?);
                 }
             }
@@ -311,7 +327,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Worker(WorkerCommand::List { queue, limit }) => {
             let mut client = HarvesterServiceClient::new(panda_client::channel(&cli.harvester)?);
-            let response = client.list_workers(harvester::ListWorkersRequest { queue: queue.unwrap_or_default(), limit }).await?;
+            let response =
+                client.list_workers(harvester::ListWorkersRequest { queue: queue.unwrap_or_default(), limit }).await?;
             render::workers(format, &response.into_inner().workers);
             Ok(0)
         }
@@ -323,7 +340,9 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
     match command {
         TaskCommand::Submit { file } => {
             let spec = panda_client::files::load_task(&file)?;
-            let response = tasks.submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await?;
+            let response = tasks
+                .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
+                .await?;
             let id = response.into_inner().task_id;
             match format {
                 Format::Json => println!("{}", serde_json::json!({"task_id": id})),
@@ -333,7 +352,12 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
         TaskCommand::List { status, user, limit } => {
             let statuses = parse_states::<TaskStatus>(&status)?;
             let response = tasks
-                .list_tasks(server::ListTasksRequest { statuses, user: user.unwrap_or_default(), limit, before_task_id: 0 })
+                .list_tasks(server::ListTasksRequest {
+                    statuses,
+                    user: user.unwrap_or_default(),
+                    limit,
+                    before_task_id: 0,
+                })
                 .await?;
             render::tasks(format, &response.into_inner().tasks);
         }

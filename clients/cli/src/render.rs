@@ -31,26 +31,36 @@ fn time_json(ts: &Option<prost_types::Timestamp>) -> Value {
 
 /// A task state's name.
 pub fn task_status(value: i32) -> String {
-    TaskStatus::try_from(value).map(|s| s.as_str_name().trim_start_matches("TASK_STATUS_").to_lowercase()).unwrap_or_else(|_| value.to_string())
+    TaskStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("TASK_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// A job state's name.
 pub fn job_status(value: i32) -> String {
-    JobStatus::try_from(value).map(|s| s.as_str_name().trim_start_matches("JOB_STATUS_").to_lowercase()).unwrap_or_else(|_| value.to_string())
+    JobStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| value.to_string())
 }
 
 fn worker_status(value: i32) -> String {
-    WorkerStatus::try_from(value).map(|s| s.as_str_name().trim_start_matches("WORKER_STATUS_").to_lowercase()).unwrap_or_else(|_| value.to_string())
+    WorkerStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("WORKER_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// A work state's name.
 pub fn work_status(value: i32) -> String {
-    idds::WorkStatus::try_from(value).map(|s| s.as_str_name().trim_start_matches("WORK_STATUS_").to_lowercase()).unwrap_or_else(|_| value.to_string())
+    idds::WorkStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("WORK_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// A workflow state's name.
 pub fn workflow_status(value: i32) -> String {
-    idds::WorkflowStatus::try_from(value).map(|s| s.as_str_name().trim_start_matches("WORKFLOW_STATUS_").to_lowercase()).unwrap_or_else(|_| value.to_string())
+    idds::WorkflowStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("WORKFLOW_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| value.to_string())
 }
 
 fn table(header: &[&str]) -> Table {
@@ -247,16 +257,34 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
     match format {
         Format::Json => println!("{}", Value::Array(rows)),
         Format::Table => {
-            let mut t = table(&["QUEUE", "STATUS", "HARVESTER", "MAX WORKERS", "ACTIVATED", "SENT", "RUNNING", "HEARTBEAT AGE s"]);
+            let mut t = table(&[
+                "QUEUE",
+                "STATUS",
+                "HARVESTER",
+                "MAX WORKERS",
+                "ACTIVATED",
+                "SENT",
+                "RUNNING",
+                "HEARTBEAT AGE s",
+            ]);
             for r in rows {
                 t.add_row(
-                    ["name", "status", "harvester", "max_workers", "activated", "sent", "running", "seconds_since_heartbeat"]
-                        .iter()
-                        .map(|k| match &r[*k] {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect::<Vec<_>>(),
+                    [
+                        "name",
+                        "status",
+                        "harvester",
+                        "max_workers",
+                        "activated",
+                        "sent",
+                        "running",
+                        "seconds_since_heartbeat",
+                    ]
+                    .iter()
+                    .map(|k| match &r[*k] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>(),
                 );
             }
             println!("{t}");

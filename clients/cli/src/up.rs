@@ -107,7 +107,12 @@ async fn run_workflow(cluster: &Cluster, spec: idds::WorkflowSpec) -> anyhow::Re
         bar.set_length(u64::from(total));
         bar.set_position(u64::from(done));
         bar.set_message(
-            workflow.works.iter().map(|w| format!("{}:{}", w.name, render::work_status(w.status))).collect::<Vec<_>>().join(" "),
+            workflow
+                .works
+                .iter()
+                .map(|w| format!("{}:{}", w.name, render::work_status(w.status)))
+                .collect::<Vec<_>>()
+                .join(" "),
         );
         if workflow.status != idds::WorkflowStatus::Running as i32 {
             bar.finish_and_clear();
@@ -122,7 +127,8 @@ async fn run_workflow(cluster: &Cluster, spec: idds::WorkflowSpec) -> anyhow::Re
 async fn tasks_of(server: &ServerClient, workflow: &idds::Workflow) -> anyhow::Result<Vec<server::Task>> {
     let mut tasks = Vec::new();
     for work in workflow.works.iter().filter(|w| w.task_id != 0) {
-        let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id: work.task_id }).await?.into_inner().task;
+        let task =
+            server.tasks.clone().get_task(server::GetTaskRequest { task_id: work.task_id }).await?.into_inner().task;
         tasks.extend(task);
     }
     Ok(tasks)

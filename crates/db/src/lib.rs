@@ -121,7 +121,12 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
     }
     let db = Database::connect(options).await.map_err(|source| Error::Connect { url: redact(url), source })?;
     if db.get_database_backend() == DbBackend::Sqlite {
-        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON"] {
+        for pragma in [
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+        ] {
             db.execute_unprepared(pragma).await.map_err(|source| Error::Connect { url: redact(url), source })?;
         }
     }
@@ -132,7 +137,10 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
 ///
 /// # Errors
 /// As [`connect`], or [`Error::Migrate`].
-pub async fn connect_and_migrate<M: MigratorTrait>(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, Error> {
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    url: &str,
+    max_connections: Option<u32>,
+) -> Result<DatabaseConnection, Error> {
     let db = connect(url, max_connections).await?;
     M::up(&db, None).await.map_err(Error::Migrate)?;
     Ok(db)

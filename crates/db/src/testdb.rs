@@ -38,8 +38,9 @@ impl TestDb {
     /// When the variable is unset or the server does not answer: a test marked as needing
     /// PostgreSQL must fail, not pass, without it.
     pub async fn postgres_from_env() -> Self {
-        let admin_url = std::env::var("PANDA_TEST_DATABASE_URL")
-            .expect("PANDA_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/postgres");
+        let admin_url = std::env::var("PANDA_TEST_DATABASE_URL").expect(
+            "PANDA_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/postgres",
+        );
         Self::postgres_on(&admin_url).await
     }
 

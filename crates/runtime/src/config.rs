@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use figment::{Figment, Provider};
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -82,7 +82,8 @@ impl Loader {
     /// # Errors
     /// When `data_dir` is set to something that is not a path.
     pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
-        let figment = Figment::from(Serialized::default("data_dir", PathBuf::from("./panda-data"))).merge(self.layers.clone());
+        let figment =
+            Figment::from(Serialized::default("data_dir", PathBuf::from("./panda-data"))).merge(self.layers.clone());
         Ok(figment.extract_inner("data_dir")?)
     }
 
@@ -179,6 +180,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
     fn environment_layer() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PANDA_SERVER__PORT", "42");

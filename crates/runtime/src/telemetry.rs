@@ -86,8 +86,9 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Telemetry
         Ok(value) if !value.is_empty() => value,
         _ => config.filter.clone(),
     };
-    let env_filter =
-        EnvFilter::builder().parse(&filter).map_err(|source| TelemetryError::Filter { filter: filter.clone(), source })?;
+    let env_filter = EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|source| TelemetryError::Filter { filter: filter.clone(), source })?;
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

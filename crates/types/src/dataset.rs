@@ -39,10 +39,7 @@ impl StateMachine for DatasetStatus {
         }
         match self {
             Defined => matches!(next, Ready | Running | Pending | Broken),
-            Ready => matches!(
-                next,
-                Running | Pending | ToUpdate | Done | Finished | Failed | Broken
-            ),
+            Ready => matches!(next, Running | Pending | ToUpdate | Done | Finished | Failed | Broken),
             Pending => matches!(next, Ready | Broken),
             ToUpdate => matches!(next, Ready | Broken),
             Running => matches!(next, Prepared | Done | Finished | Failed | Broken),
@@ -52,13 +49,7 @@ impl StateMachine for DatasetStatus {
     }
 
     fn is_final(self) -> bool {
-        matches!(
-            self,
-            DatasetStatus::Done
-                | DatasetStatus::Finished
-                | DatasetStatus::Failed
-                | DatasetStatus::Broken
-        )
+        matches!(self, DatasetStatus::Done | DatasetStatus::Finished | DatasetStatus::Failed | DatasetStatus::Broken)
     }
 }
 
@@ -103,17 +94,11 @@ impl StateMachine for FileStatus {
             return false;
         }
         match self {
-            Defined => matches!(
-                next,
-                Running | Prepared | Finished | Failed | NoOutput | Cancelled
-            ),
+            Defined => matches!(next, Running | Prepared | Finished | Failed | NoOutput | Cancelled),
             // An input file goes back to ready after a failed attempt (retries are new jobs).
             Ready => matches!(next, Picked | Missing | Lost | Broken | Failed),
             Picked => matches!(next, Running | Ready | Failed),
-            Running => matches!(
-                next,
-                Prepared | Finished | Failed | Ready | NoOutput | Cancelled
-            ),
+            Running => matches!(next, Prepared | Finished | Failed | Ready | NoOutput | Cancelled),
             Prepared => matches!(next, Merging | Finished | Failed),
             Merging => matches!(next, Finished | Failed),
             Missing | Lost => matches!(next, Ready | Broken),

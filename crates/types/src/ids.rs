@@ -78,18 +78,10 @@ pub fn check_name(name: &str, max_len: usize) -> Result<(), String> {
         return Err("must not be empty".to_owned());
     }
     if name.len() > max_len {
-        return Err(format!(
-            "must be at most {max_len} characters (got {})",
-            name.len()
-        ));
+        return Err(format!("must be at most {max_len} characters (got {})", name.len()));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{name:?} contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"
-        ));
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{name:?} contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"));
     }
     Ok(())
 }
@@ -100,11 +92,7 @@ mod tests {
 
     /// `check_name(name, max_len)` gives `expected` (`Ok(())` or the exact message).
     fn check(name: &str, max_len: usize, expected: Result<(), &str>) {
-        assert_eq!(
-            check_name(name, max_len),
-            expected.map_err(str::to_owned),
-            "{name:?}"
-        );
+        assert_eq!(check_name(name, max_len), expected.map_err(str::to_owned), "{name:?}");
     }
 
     #[test]
@@ -114,21 +102,9 @@ mod tests {
         check("0123456789", 10, Ok(()));
         check("", 10, Err("must not be empty"));
         check("abc", 2, Err("must be at most 2 characters (got 3)"));
-        check(
-            "a b",
-            10,
-            Err("\"a b\" contains ' '; allowed are letters, digits, '.', '_' and '-'"),
-        );
-        check(
-            "a/b:c",
-            10,
-            Err("\"a/b:c\" contains '/'; allowed are letters, digits, '.', '_' and '-'"),
-        );
-        check(
-            "é",
-            10,
-            Err("\"é\" contains 'é'; allowed are letters, digits, '.', '_' and '-'"),
-        );
+        check("a b", 10, Err("\"a b\" contains ' '; allowed are letters, digits, '.', '_' and '-'"));
+        check("a/b:c", 10, Err("\"a/b:c\" contains '/'; allowed are letters, digits, '.', '_' and '-'"));
+        check("é", 10, Err("\"é\" contains 'é'; allowed are letters, digits, '.', '_' and '-'"));
         // The limit counts bytes.
         check("éé", 3, Err("must be at most 3 characters (got 4)"));
     }
@@ -141,14 +117,8 @@ mod tests {
         assert_eq!(String::from(queue.clone()), "BNL_PROD");
         assert_eq!(QueueName::try_from("BNL_PROD".to_owned()), Ok(queue));
         assert!(QueueName::new("q".repeat(100)).is_ok());
-        assert_eq!(
-            QueueName::new("q".repeat(101)),
-            Err("must be at most 100 characters (got 101)".to_owned())
-        );
-        assert_eq!(
-            QueueName::try_from(String::new()),
-            Err("must not be empty".to_owned())
-        );
+        assert_eq!(QueueName::new("q".repeat(101)), Err("must be at most 100 characters (got 101)".to_owned()));
+        assert_eq!(QueueName::try_from(String::new()), Err("must not be empty".to_owned()));
     }
 
     #[test]

@@ -44,18 +44,12 @@ state_enum! {
 impl JobStatus {
     /// States a pilot may report in `UpdateJob`.
     pub const fn is_pilot_reportable(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Starting | JobStatus::Running | JobStatus::Finished | JobStatus::Failed
-        )
+        matches!(self, JobStatus::Starting | JobStatus::Running | JobStatus::Finished | JobStatus::Failed)
     }
 
     /// States in which a pilot holds the job (dispatched and not final).
     pub const fn is_held_by_pilot(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Sent | JobStatus::Starting | JobStatus::Running
-        )
+        matches!(self, JobStatus::Sent | JobStatus::Starting | JobStatus::Running)
     }
 
     /// Not yet dispatched.
@@ -102,9 +96,6 @@ impl StateMachine for JobStatus {
     }
 
     fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Finished | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Closed
-        )
+        matches!(self, JobStatus::Finished | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Closed)
     }
 }

@@ -118,10 +118,7 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -138,26 +135,18 @@ impl TaskSpecDraft {
     /// One [`FieldError`] per problem, fields named `task.<field>`.
     pub fn validate(self) -> Result<TaskSpec, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut bad = |field: &str, message: String| {
-            errors.push(FieldError::new(format!("task.{field}"), message))
-        };
+        let mut bad = |field: &str, message: String| errors.push(FieldError::new(format!("task.{field}"), message));
 
         if let Err(e) = check_name(&self.name, 200) {
             bad("name", e);
         }
         if self.user.len() > 200 {
-            bad(
-                "user",
-                format!("must be at most 200 characters (got {})", self.user.len()),
-            );
+            bad("user", format!("must be at most 200 characters (got {})", self.user.len()));
         }
         if self.command.trim().is_empty() {
             bad("command", "must not be empty".to_owned());
         } else if self.command.len() > 64 * 1024 {
-            bad(
-                "command",
-                format!("must be at most 65536 bytes (got {})", self.command.len()),
-            );
+            bad("command", format!("must be at most 65536 bytes (got {})", self.command.len()));
         } else if let Err(e) = check_placeholders(&self.command) {
             bad("command", e);
         }
@@ -209,43 +198,25 @@ impl TaskSpecDraft {
         // Through `placeholders`, so that an escaped `{{output}}` does not count as a use.
         let uses = |name: &str| placeholders(&self.command).any(|p| p == name);
         if uses("output") && output_dataset.is_none() {
-            bad(
-                "command",
-                "uses {output} but task.output_dataset is not set".to_owned(),
-            );
+            bad("command", "uses {output} but task.output_dataset is not set".to_owned());
         }
         if uses("inputs") && self.input_datasets.is_empty() {
             bad("command", "uses {inputs} but task.input_datasets is not set".to_owned());
         }
         if self.resources.cores > 1024 {
-            bad(
-                "resources.cores",
-                format!("must be at most 1024 (got {})", self.resources.cores),
-            );
+            bad("resources.cores", format!("must be at most 1024 (got {})", self.resources.cores));
         }
         if self.resources.memory_mb > 16 * 1024 * 1024 {
-            bad(
-                "resources.memory_mb",
-                format!(
-                    "must be at most 16777216 (got {})",
-                    self.resources.memory_mb
-                ),
-            );
+            bad("resources.memory_mb", format!("must be at most 16777216 (got {})", self.resources.memory_mb));
         }
         for key in self.environment.keys() {
             let valid = !key.is_empty()
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                bad(
-                    "environment",
-                    format!("key {key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
-                );
+                bad("environment", format!("key {key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
             } else if key.starts_with("PANDA_") {
-                bad(
-                    "environment",
-                    format!("key {key:?} is reserved (PANDA_* is set by the pilot)"),
-                );
+                bad("environment", format!("key {key:?} is reserved (PANDA_* is set by the pilot)"));
             }
         }
         let mut queues = Vec::new();
@@ -258,18 +229,11 @@ impl TaskSpecDraft {
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
                 name: self.name,
-                user: if self.user.is_empty() {
-                    "anonymous".to_owned()
-                } else {
-                    self.user
-                },
+                user: if self.user.is_empty() { "anonymous".to_owned() } else { self.user },
                 command: self.command,
                 input,
                 output_dataset,
-                resources: Resources {
-                    cores: self.resources.cores.max(1),
-                    ..self.resources
-                },
+                resources: Resources { cores: self.resources.cores.max(1), ..self.resources },
                 priority: self.priority,
                 environment: self.environment,
                 queues,
@@ -285,11 +249,7 @@ fn check_placeholders(command: &str) -> Result<(), String> {
         if !COMMAND_PLACEHOLDERS.contains(&name) {
             return Err(format!(
                 "has unknown placeholder {{{name}}}; allowed: {}",
-                COMMAND_PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                COMMAND_PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(" ")
             ));
         }
     }

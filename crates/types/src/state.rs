@@ -18,14 +18,7 @@ pub trait StateMachine: Copy + Eq + Debug + Display + 'static {
     /// # Errors
     /// [`IllegalTransition`] when the reference does not allow `self -> next`.
     fn transition_to(self, next: Self) -> Result<Self, IllegalTransition<Self>> {
-        if self.can_transition_to(next) {
-            Ok(next)
-        } else {
-            Err(IllegalTransition {
-                from: self,
-                to: next,
-            })
-        }
+        if self.can_transition_to(next) { Ok(next) } else { Err(IllegalTransition { from: self, to: next }) }
     }
 }
 

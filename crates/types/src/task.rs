@@ -96,19 +96,7 @@ impl TaskStatus {
     /// States from which `kill` and `finish` are refused (`statusToRejectExtChange`).
     pub const fn rejects_commands(self) -> bool {
         use TaskStatus::*;
-        matches!(
-            self,
-            Finished
-                | Done
-                | Prepared
-                | Broken
-                | ToBroken
-                | Aborted
-                | ToAbort
-                | Aborting
-                | Failed
-                | Passed
-        )
+        matches!(self, Finished | Done | Prepared | Broken | ToBroken | Aborted | ToAbort | Aborting | Failed | Passed)
     }
 }
 
@@ -169,11 +157,7 @@ impl StateMachine for TaskStatus {
     fn is_final(self) -> bool {
         matches!(
             self,
-            TaskStatus::Done
-                | TaskStatus::Finished
-                | TaskStatus::Failed
-                | TaskStatus::Broken
-                | TaskStatus::Aborted
+            TaskStatus::Done | TaskStatus::Finished | TaskStatus::Failed | TaskStatus::Broken | TaskStatus::Aborted
         )
     }
 }

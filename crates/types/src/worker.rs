@@ -46,12 +46,6 @@ impl StateMachine for WorkerStatus {
     }
 
     fn is_final(self) -> bool {
-        matches!(
-            self,
-            WorkerStatus::Finished
-                | WorkerStatus::Failed
-                | WorkerStatus::Cancelled
-                | WorkerStatus::Missed
-        )
+        matches!(self, WorkerStatus::Finished | WorkerStatus::Failed | WorkerStatus::Cancelled | WorkerStatus::Missed)
     }
 }

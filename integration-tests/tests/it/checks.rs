@@ -27,7 +27,8 @@ pub async fn run_example_workflow(server_url: &str, idds_url: &str, timeout: Dur
     let workflow = await_condition(timeout, "the example workflow to end", || {
         let mut workflows = workflows.clone();
         async move {
-            let workflow = workflows.get_workflow(idds::GetWorkflowRequest { workflow_id }).await.ok()?.into_inner().workflow?;
+            let workflow =
+                workflows.get_workflow(idds::GetWorkflowRequest { workflow_id }).await.ok()?.into_inner().workflow?;
             (workflow.status != idds::WorkflowStatus::Running as i32).then_some(workflow)
         }
     })
@@ -52,14 +53,34 @@ pub async fn run_example_workflow(server_url: &str, idds_url: &str, timeout: Dur
         for parent in &work.parents {
             let parent_end = jobs_by_work[parent].iter().map(|j| seconds(&j.ended_at)).fold(f64::MIN, f64::max);
             let child_start = jobs_by_work[&work.name].iter().map(|j| seconds(&j.started_at)).fold(f64::MAX, f64::min);
-            assert!(child_start >= parent_end, "{} started at {child_start} before its parent {parent} ended at {parent_end}", work.name);
+            assert!(
+                child_start >= parent_end,
+                "{} started at {child_start} before its parent {parent} ended at {parent_end}",
+                work.name
+            );
         }
     }
     // The merge saw both branches: 4 "squares" lines and 2 "primes" lines across its outputs.
     let merge = workflow.works.iter().find(|w| w.name == "merge").unwrap();
-    let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id: merge.task_id }).await.unwrap().into_inner().task.unwrap();
+    let task = server
+        .tasks
+        .clone()
+        .get_task(server::GetTaskRequest { task_id: merge.task_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
     let output = task.spec.unwrap().output_dataset;
-    let dataset = server.internal.clone().get_dataset(server::GetDatasetRequest { name: output }).await.unwrap().into_inner().dataset.unwrap();
+    let dataset = server
+        .internal
+        .clone()
+        .get_dataset(server::GetDatasetRequest { name: output })
+        .await
+        .unwrap()
+        .into_inner()
+        .dataset
+        .unwrap();
     assert_eq!(dataset.status, "done");
     assert_eq!(dataset.files.len(), 2);
     for file in &dataset.files {

@@ -13,7 +13,8 @@ use crate::PILOT;
 async fn example_workflow_finishes_in_dag_order() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(fast_config(dir.path()), PILOT).await;
-    let workflow = crate::checks::run_example_workflow(&cluster.server_url, &cluster.idds_url, Duration::from_secs(180)).await;
+    let workflow =
+        crate::checks::run_example_workflow(&cluster.server_url, &cluster.idds_url, Duration::from_secs(180)).await;
 
     // The merged files hold both branches' results: 4 "squares" and 2 "primes" lines.
     let merged: String = std::fs::read_dir(dir.path().join("storage"))
@@ -25,7 +26,8 @@ async fn example_workflow_finishes_in_dag_order() {
     assert_eq!(merged.lines().filter(|l| l.starts_with("squares ")).count(), 4, "{merged}");
     assert_eq!(merged.lines().filter(|l| l.starts_with("primes ")).count(), 2, "{merged}");
     // Sum of squares of 1..=10000 split over four files adds up.
-    let total: u128 = merged.lines().filter_map(|l| l.strip_prefix("squares ")).map(|n| n.trim().parse::<u128>().unwrap()).sum();
+    let total: u128 =
+        merged.lines().filter_map(|l| l.strip_prefix("squares ")).map(|n| n.trim().parse::<u128>().unwrap()).sum();
     assert_eq!(total, (1..=10_000u128).map(|n| n * n).sum());
     cluster.stop().await.unwrap();
 }
@@ -50,7 +52,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     for field in ["task.name", "task.command", "task.n_jobs"] {
         assert!(error.message().contains(field), "{}", error.message());
     }
-    let error = tasks.submit_task(server::SubmitTaskRequest { spec: None, idempotency_key: String::new() }).await.unwrap_err();
+    let error =
+        tasks.submit_task(server::SubmitTaskRequest { spec: None, idempotency_key: String::new() }).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     assert!(error.message().contains("spec"), "{}", error.message());
 
@@ -58,9 +61,16 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let mut spec = task("t", "cat {inputs}", 0);
     spec.n_jobs = None;
     spec.input_datasets = vec!["nope".into()];
-    let error = tasks.submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await.unwrap_err();
+    let error = tasks
+        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
-    assert!(error.message().contains("task.input_datasets[0]") && error.message().contains("\"nope\""), "{}", error.message());
+    assert!(
+        error.message().contains("task.input_datasets[0]") && error.message().contains("\"nope\""),
+        "{}",
+        error.message()
+    );
 
     // Unknown ids.
     let error = tasks.get_task(server::GetTaskRequest { task_id: 424242 }).await.unwrap_err();
@@ -70,7 +80,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     assert!(listed.is_empty(), "bad submissions left tasks behind: {listed:?}");
 
     // An idempotency key returns the first task.
-    let request = server::SubmitTaskRequest { spec: Some(task("once", "sleep 30", 1)), idempotency_key: "key-1".into() };
+    let request =
+        server::SubmitTaskRequest { spec: Some(task("once", "sleep 30", 1)), idempotency_key: "key-1".into() };
     let first = tasks.submit_task(request.clone()).await.unwrap().into_inner();
     let second = tasks.submit_task(request).await.unwrap().into_inner();
     assert!(first.created && !second.created);
@@ -98,14 +109,27 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition);
     assert!(error.message().contains("not held by this pilot"), "{}", error.message());
-    let after = server.jobs.clone().show_job(server::ShowJobRequest { job_id: job.job_id }).await.unwrap().into_inner().job.unwrap();
+    let after = server
+        .jobs
+        .clone()
+        .show_job(server::ShowJobRequest { job_id: job.job_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(after.status, JobStatus::Running as i32);
 
     // An illegal pilot state is refused by name.
     let error = server
         .pilot
         .clone()
-        .update_job(server::UpdateJobRequest { job_id: job.job_id, lease_token: "x".into(), status: JobStatus::Activated as i32, ..Default::default() })
+        .update_job(server::UpdateJobRequest {
+            job_id: job.job_id,
+            lease_token: "x".into(),
+            status: JobStatus::Activated as i32,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
@@ -125,23 +149,31 @@ async fn killing_a_task_stops_its_running_and_queued_jobs() {
     let task_id = server
         .tasks
         .clone()
-        .submit_task(server::SubmitTaskRequest { spec: Some(task("sleepers", "sleep 600", 4)), idempotency_key: String::new() })
+        .submit_task(server::SubmitTaskRequest {
+            spec: Some(task("sleepers", "sleep 600", 4)),
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
         .task_id;
     await_condition(Duration::from_secs(60), "two jobs running", || {
         let server = server.clone();
-        async move { (jobs_of(&server, task_id).await.iter().filter(|j| j.status == JobStatus::Running as i32).count() == 2).then_some(()) }
+        async move {
+            (jobs_of(&server, task_id).await.iter().filter(|j| j.status == JobStatus::Running as i32).count() == 2)
+                .then_some(())
+        }
     })
     .await;
-    let killed = server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap().into_inner().task.unwrap();
+    let killed =
+        server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap().into_inner().task.unwrap();
     assert_eq!(killed.status, TaskStatus::Aborting as i32);
     // The queued jobs are cancelled at once; the running ones when their pilots hear of it.
     let task = await_condition(Duration::from_secs(60), "the task to be aborted", || {
         let server = server.clone();
         async move {
-            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            let task =
+                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
             (task.status == TaskStatus::Aborted as i32).then_some(task)
         }
     })
@@ -171,7 +203,8 @@ async fn a_task_no_queue_fits_waits_in_pending_with_the_reason() {
     let task = await_condition(Duration::from_secs(60), "the task to be pending", || {
         let server = server.clone();
         async move {
-            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            let task =
+                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
             (task.status == TaskStatus::Pending as i32).then_some(task)
         }
     })
@@ -203,7 +236,8 @@ async fn the_default_configuration_runs_a_task() {
     await_condition(Duration::from_secs(120), "the task to be done", || {
         let server = server.clone();
         async move {
-            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            let task =
+                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
             (task.status == TaskStatus::Done as i32).then_some(())
         }
     })
@@ -223,5 +257,8 @@ async fn a_queue_file_with_an_unknown_plugin_stops_startup_with_the_file_and_key
     let cluster = start(config, PILOT).await;
     tokio::time::timeout(Duration::from_secs(30), cluster.any_stopped()).await.expect("harvester refuses to start");
     let error = format!("{:#}", cluster.stop().await.unwrap_err());
-    assert!(error.contains(&file.display().to_string()) && error.contains("slurmm") && error.contains("local"), "{error}");
+    assert!(
+        error.contains(&file.display().to_string()) && error.contains("slurmm") && error.contains("local"),
+        "{error}"
+    );
 }

@@ -67,31 +67,43 @@ async fn example_workflow_across_service_processes_on_postgres_and_rabbitmq() {
         ("RUST_LOG", "info".into()),
     ];
     let services: Vec<(&str, Vec<(String, String)>)> = vec![
-        ("panda-server", vec![
-            ("PANDA_SERVER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[0])),
-            ("PANDA_SERVER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[1])),
-            ("PANDA_SERVER__DATABASE__URL".into(), server_db.url.clone()),
-            ("PANDA_SERVER__HEARTBEAT_INTERVAL".into(), "2s".into()),
-        ]),
-        ("panda-jedi", vec![
-            ("PANDA_JEDI__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[2])),
-            ("PANDA_JEDI__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[3])),
-            ("PANDA_JEDI__SERVER_URL".into(), server_url.clone()),
-            ("PANDA_JEDI__SWEEP_INTERVAL".into(), "1s".into()),
-        ]),
-        ("panda-harvester", vec![
-            ("PANDA_HARVESTER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[4])),
-            ("PANDA_HARVESTER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[5])),
-            ("PANDA_HARVESTER__SERVER_URL".into(), server_url.clone()),
-            ("PANDA_HARVESTER__DATABASE__URL".into(), harvester_db.url.clone()),
-            ("PANDA_HARVESTER__CYCLE_INTERVAL".into(), "300ms".into()),
-        ]),
-        ("panda-idds", vec![
-            ("PANDA_IDDS__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[6])),
-            ("PANDA_IDDS__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[7])),
-            ("PANDA_IDDS__SERVER_URL".into(), server_url.clone()),
-            ("PANDA_IDDS__DATABASE__URL".into(), idds_db.url.clone()),
-        ]),
+        (
+            "panda-server",
+            vec![
+                ("PANDA_SERVER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[0])),
+                ("PANDA_SERVER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[1])),
+                ("PANDA_SERVER__DATABASE__URL".into(), server_db.url.clone()),
+                ("PANDA_SERVER__HEARTBEAT_INTERVAL".into(), "2s".into()),
+            ],
+        ),
+        (
+            "panda-jedi",
+            vec![
+                ("PANDA_JEDI__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[2])),
+                ("PANDA_JEDI__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[3])),
+                ("PANDA_JEDI__SERVER_URL".into(), server_url.clone()),
+                ("PANDA_JEDI__SWEEP_INTERVAL".into(), "1s".into()),
+            ],
+        ),
+        (
+            "panda-harvester",
+            vec![
+                ("PANDA_HARVESTER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[4])),
+                ("PANDA_HARVESTER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[5])),
+                ("PANDA_HARVESTER__SERVER_URL".into(), server_url.clone()),
+                ("PANDA_HARVESTER__DATABASE__URL".into(), harvester_db.url.clone()),
+                ("PANDA_HARVESTER__CYCLE_INTERVAL".into(), "300ms".into()),
+            ],
+        ),
+        (
+            "panda-idds",
+            vec![
+                ("PANDA_IDDS__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[6])),
+                ("PANDA_IDDS__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[7])),
+                ("PANDA_IDDS__SERVER_URL".into(), server_url.clone()),
+                ("PANDA_IDDS__DATABASE__URL".into(), idds_db.url.clone()),
+            ],
+        ),
     ];
     let mut processes = Processes(Vec::new());
     for (name, env) in services {

@@ -239,3 +239,30 @@ impl Cluster {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/panda.toml");
+        let loaded = AllConfig::load(&Loader::from_toml(&std::fs::read_to_string(path).unwrap())).unwrap();
+        assert_eq!(loaded, AllConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error =
+            AllConfig::load(&Loader::from_toml("[harvester]\ncycle_intervall = \"1s\"\n")).unwrap_err().to_string();
+        assert!(error.contains("cycle_intervall"), "{error}");
+        let error = AllConfig::load(&Loader::from_toml("[harvestr]\n")).unwrap_err().to_string();
+        assert!(error.contains("harvestr"), "{error}");
+    }
+
+    #[test]
+    fn values_are_validated() {
+        let error = AllConfig::load(&Loader::from_toml("[harvester]\nlocal_workers = 0\n")).unwrap_err().to_string();
+        assert!(error.contains("harvester.local_workers"), "{error}");
+    }
+}

@@ -51,14 +51,23 @@ pub fn new_workers(activated: u32, counts: WorkerCounts, limits: Limits) -> Adju
     let queued_cap = limits.max_queued_workers.unwrap_or(limits.max_workers);
     let wanted = activated.min(queued_cap);
     if counts.queued >= wanted {
-        return result(0, format!("{} workers already queued for {activated} activated jobs (queued cap {queued_cap})", counts.queued));
+        return result(
+            0,
+            format!(
+                "{} workers already queued for {activated} activated jobs (queued cap {queued_cap})",
+                counts.queued
+            ),
+        );
     }
     let mut n = wanted - counts.queued;
     let mut reason = format!("{activated} activated jobs, {} queued workers, queued cap {queued_cap}", counts.queued);
     let headroom = limits.max_workers.saturating_sub(counts.queued + counts.running);
     if headroom < n {
         n = headroom;
-        reason = format!("max_workers {} reached ({} queued, {} running)", limits.max_workers, counts.queued, counts.running);
+        reason = format!(
+            "max_workers {} reached ({} queued, {} running)",
+            limits.max_workers, counts.queued, counts.running
+        );
     }
     if let Some(per_cycle) = limits.max_new_workers_per_cycle
         && per_cycle < n
@@ -79,7 +88,11 @@ mod tests {
 
     fn check(activated: u32, queued: u32, running: u32, limits: Limits, expected: u32) {
         let got = new_workers(activated, WorkerCounts { queued, running }, limits);
-        assert_eq!(got.new_workers, expected, "activated {activated} queued {queued} running {running}: {}", got.reason);
+        assert_eq!(
+            got.new_workers, expected,
+            "activated {activated} queued {queued} running {running}: {}",
+            got.reason
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn db_error(error: sea_orm::DbErr) -> Status {
 
 #[tonic::async_trait]
 impl HarvesterService for Api {
-    async fn list_queues(&self, _request: Request<wire::ListQueuesRequest>) -> Result<Response<wire::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        _request: Request<wire::ListQueuesRequest>,
+    ) -> Result<Response<wire::ListQueuesResponse>, Status> {
         let counts = store::counts(self.provisioner.db()).await.map_err(db_error)?;
         let queues = self
             .provisioner
@@ -46,7 +49,10 @@ impl HarvesterService for Api {
         Ok(Response::new(wire::ListQueuesResponse { queues }))
     }
 
-    async fn list_workers(&self, request: Request<wire::ListWorkersRequest>) -> Result<Response<wire::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        request: Request<wire::ListWorkersRequest>,
+    ) -> Result<Response<wire::ListWorkersResponse>, Status> {
         let request = request.into_inner();
         if request.limit > 10_000 {
             return Err(Status::invalid_argument(format!("limit must be at most 10000 (got {})", request.limit)));

@@ -76,7 +76,12 @@ pub fn load_queues(config: &Config) -> Result<QueueFile, QueueConfigError> {
 ///
 /// # Errors
 /// [`RunError`] for bad config or queue file, the database, or a failing listener.
-pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     config.validate()?;
     let queue_file = load_queues(&config)?;
     let url = config.database.url_or_sqlite(&deps.data_dir, "harvester.db");
@@ -93,7 +98,8 @@ pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: Can
         })
         .collect();
     let harvester_id = config.harvester_id.clone().unwrap_or_else(|| {
-        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let host =
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
         format!("harvester-{host}")
     });
     let worker_dir = config.worker_dir.clone().unwrap_or_else(|| deps.data_dir.join("workers"));
@@ -127,7 +133,8 @@ pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: Can
     let registry = Arc::new(prometheus_client::registry::Registry::default());
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let mut server = panda_runtime::grpc::server("harvester")?;
-    server.router = server.router.add_service(HarvesterServiceServer::new(grpc::Api { provisioner: provisioner.clone() }));
+    server.router =
+        server.router.add_service(HarvesterServiceServer::new(grpc::Api { provisioner: provisioner.clone() }));
     info!(addr = ?listeners.grpc.local_addr().ok(), %harvester_id, queues = provisioner.queues.len(), "harvester ready");
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();

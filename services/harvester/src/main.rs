@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
     let listeners = panda_runtime::Listeners::bind(config.listen_addr, Some(config.admin_addr)).await?;
     // The pilot binary is installed next to this one.
     let pilot = std::env::current_exe()?.with_file_name("panda-pilot");
-    let deps = panda_harvester::Deps { data_dir: loader.data_dir()?, bus, pilot_program: vec![pilot.display().to_string()] };
+    let deps =
+        panda_harvester::Deps { data_dir: loader.data_dir()?, bus, pilot_program: vec![pilot.display().to_string()] };
     panda_harvester::run(config, deps, listeners, panda_runtime::shutdown::on_signals()).await?;
     Ok(())
 }

@@ -50,7 +50,8 @@ pub struct Provisioner {
     keep_finished: Duration,
 }
 
-const LIVE: &[WorkerStatus] = &[WorkerStatus::Submitted, WorkerStatus::Ready, WorkerStatus::Running, WorkerStatus::Idle];
+const LIVE: &[WorkerStatus] =
+    &[WorkerStatus::Submitted, WorkerStatus::Ready, WorkerStatus::Running, WorkerStatus::Idle];
 
 /// A cycle step failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +191,14 @@ impl Provisioner {
         let cutoff = Utc::now() - chrono::Duration::seconds(60);
         for worker in store::workers_in(&self.db, None, &[WorkerStatus::Pending]).await? {
             if worker.created_at < cutoff {
-                self.transition(&worker, WorkerStatus::Missed, None, None, "never submitted: harvester stopped during submission").await?;
+                self.transition(
+                    &worker,
+                    WorkerStatus::Missed,
+                    None,
+                    None,
+                    "never submitted: harvester stopped during submission",
+                )
+                .await?;
             }
         }
         Ok(())
@@ -214,7 +222,19 @@ impl Provisioner {
 
     async fn submit(&self, queue: &Queue, activated: u32) -> Result<(), CycleError> {
         let mut counts = WorkerCounts::default();
-        for worker in store::workers_in(&self.db, Some(&queue.name), &[WorkerStatus::Pending, WorkerStatus::Submitted, WorkerStatus::Ready, WorkerStatus::Running, WorkerStatus::Idle]).await? {
+        for worker in store::workers_in(
+            &self.db,
+            Some(&queue.name),
+            &[
+                WorkerStatus::Pending,
+                WorkerStatus::Submitted,
+                WorkerStatus::Ready,
+                WorkerStatus::Running,
+                WorkerStatus::Idle,
+            ],
+        )
+        .await?
+        {
             match worker.status {
                 WorkerStatus::Pending | WorkerStatus::Submitted => counts.queued += 1,
                 _ => counts.running += 1,
@@ -307,5 +327,9 @@ impl Provisioner {
 }
 
 fn worker_ref(worker: &Worker) -> WorkerRef {
-    WorkerRef { worker_id: worker.id.to_string(), batch_id: worker.batch_id.clone(), work_dir: PathBuf::from(&worker.work_dir) }
+    WorkerRef {
+        worker_id: worker.id.to_string(),
+        batch_id: worker.batch_id.clone(),
+        work_dir: PathBuf::from(&worker.work_dir),
+    }
 }

@@ -147,8 +147,8 @@ impl QueueFile {
     /// # Errors
     /// [`QueueConfigError`] naming the file, the key and what is allowed.
     pub fn load(path: &Path) -> Result<Self, QueueConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| QueueConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| QueueConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -173,7 +173,9 @@ impl QueueFile {
                 problems.push(format!("queues.{name}: the name {e}"));
             }
             if queue.max_workers == 0 {
-                problems.push(format!("queues.{name}.max_workers: must be at least 1 (got 0); set status: offline to stop a queue"));
+                problems.push(format!(
+                    "queues.{name}.max_workers: must be at least 1 (got 0); set status: offline to stop a queue"
+                ));
             }
             if let Some(0) = queue.max_queued_workers {
                 problems.push(format!("queues.{name}.max_queued_workers: must be at least 1 (got 0)"));

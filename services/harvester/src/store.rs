@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use panda_types::{StateMachine, WorkerStatus};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    Set,
 };
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -84,7 +84,11 @@ fn from_row(row: worker::Model) -> Result<Worker, DbErr> {
 }
 
 /// Inserts a worker in `pending` (written before the plugin is called, so a crash leaves a trace).
-pub async fn insert_pending(conn: &impl ConnectionTrait, queue: &str, base_dir: &std::path::Path) -> Result<Worker, DbErr> {
+pub async fn insert_pending(
+    conn: &impl ConnectionTrait,
+    queue: &str,
+    base_dir: &std::path::Path,
+) -> Result<Worker, DbErr> {
     let now = Utc::now();
     let row = worker::ActiveModel {
         queue: Set(queue.to_owned()),
@@ -140,7 +144,11 @@ pub async fn set_status(
 }
 
 /// Workers of a queue in the given states.
-pub async fn workers_in(conn: &impl ConnectionTrait, queue: Option<&str>, statuses: &[WorkerStatus]) -> Result<Vec<Worker>, DbErr> {
+pub async fn workers_in(
+    conn: &impl ConnectionTrait,
+    queue: Option<&str>,
+    statuses: &[WorkerStatus],
+) -> Result<Vec<Worker>, DbErr> {
     let mut query = worker::Entity::find()
         .filter(worker::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
         .order_by_asc(worker::Column::Id);
@@ -254,7 +262,13 @@ impl MigrationTrait for M0001Workers {
             .await?;
         manager
             .create_index(
-                Index::create().if_not_exists().name("workers_queue_status").table("workers").col("queue").col("status").to_owned(),
+                Index::create()
+                    .if_not_exists()
+                    .name("workers_queue_status")
+                    .table("workers")
+                    .col("queue")
+                    .col("status")
+                    .to_owned(),
             )
             .await
     }

@@ -138,14 +138,18 @@ pub fn validate(works: &[WorkDraft]) -> Result<Vec<usize>, Vec<FieldError>> {
         if let Err(e) = panda_types::ids::check_name(&work.name, 100) {
             errors.push(FieldError::new(format!("works[{i}].name"), e));
         } else if index.insert(work.name.as_str(), i).is_some() {
-            errors.push(FieldError::new(format!("works[{i}].name"), format!("{:?} is used by another work", work.name)));
+            errors
+                .push(FieldError::new(format!("works[{i}].name"), format!("{:?} is used by another work", work.name)));
         }
     }
     for (i, work) in works.iter().enumerate() {
         let mut seen = BTreeSet::new();
         for parent in &work.parents {
             if parent == &work.name {
-                errors.push(FieldError::new(format!("works[{i}].parents"), format!("work {:?} cannot depend on itself", work.name)));
+                errors.push(FieldError::new(
+                    format!("works[{i}].parents"),
+                    format!("work {:?} cannot depend on itself", work.name),
+                ));
             } else if !index.contains_key(parent.as_str()) {
                 errors.push(FieldError::new(
                     format!("works[{i}].parents"),
@@ -162,7 +166,10 @@ pub fn validate(works: &[WorkDraft]) -> Result<Vec<usize>, Vec<FieldError>> {
     let order = match topological_order(works, &index) {
         Ok(order) => order,
         Err(cycle) => {
-            errors.push(FieldError::new("works", format!("the dependencies form a cycle through {}", cycle.join(" -> "))));
+            errors.push(FieldError::new(
+                "works",
+                format!("the dependencies form a cycle through {}", cycle.join(" -> ")),
+            ));
             return Err(errors);
         }
     };
@@ -276,7 +283,8 @@ pub fn advance(works: &BTreeMap<String, (WorkStatus, Vec<String>)>) -> Advance {
             if status[name.as_str()] != WorkStatus::Waiting {
                 continue;
             }
-            let parent_states: Vec<WorkStatus> = parents.iter().filter_map(|p| status.get(p.as_str()).copied()).collect();
+            let parent_states: Vec<WorkStatus> =
+                parents.iter().filter_map(|p| status.get(p.as_str()).copied()).collect();
             if parent_states.iter().any(|s| s.is_final() && *s != WorkStatus::Finished) {
                 status.insert(name, WorkStatus::Skipped);
                 result.skipped.push(name.clone());

@@ -61,13 +61,19 @@ fn encode(workflow: Workflow, works: Vec<Work>) -> wire::Workflow {
 
 #[tonic::async_trait]
 impl WorkflowService for Api {
-    async fn submit_workflow(&self, request: Request<wire::SubmitWorkflowRequest>) -> Result<Response<wire::SubmitWorkflowResponse>, Status> {
+    async fn submit_workflow(
+        &self,
+        request: Request<wire::SubmitWorkflowRequest>,
+    ) -> Result<Response<wire::SubmitWorkflowResponse>, Status> {
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let workflow_id = self.engine.submit_workflow(spec).await?;
         Ok(Response::new(wire::SubmitWorkflowResponse { workflow_id }))
     }
 
-    async fn get_workflow(&self, request: Request<wire::GetWorkflowRequest>) -> Result<Response<wire::GetWorkflowResponse>, Status> {
+    async fn get_workflow(
+        &self,
+        request: Request<wire::GetWorkflowRequest>,
+    ) -> Result<Response<wire::GetWorkflowResponse>, Status> {
         let id = request.into_inner().workflow_id;
         if id == 0 {
             return Err(Status::invalid_argument("workflow_id is required"));
@@ -76,7 +82,10 @@ impl WorkflowService for Api {
         Ok(Response::new(wire::GetWorkflowResponse { workflow: Some(encode(workflow, works)) }))
     }
 
-    async fn list_workflows(&self, request: Request<wire::ListWorkflowsRequest>) -> Result<Response<wire::ListWorkflowsResponse>, Status> {
+    async fn list_workflows(
+        &self,
+        request: Request<wire::ListWorkflowsRequest>,
+    ) -> Result<Response<wire::ListWorkflowsResponse>, Status> {
         let limit = request.into_inner().limit;
         if limit > 1000 {
             return Err(Status::invalid_argument(format!("limit must be at most 1000 (got {limit})")));

@@ -77,7 +77,12 @@ impl Handler for TaskEvents {
 ///
 /// # Errors
 /// [`RunError`] for bad config, the database, the bus, or a failing listener.
-pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     config.validate()?;
     let url = config.database.url_or_sqlite(&deps.data_dir, "idds.db");
     let db = panda_db::connect_and_migrate::<store::Migrator>(&url, config.database.max_connections).await?;
@@ -88,7 +93,11 @@ pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: Can
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
         .bus
-        .consume(Subscription::new(deps.bus.queue_name("idds", "tasks"), bindings), Arc::new(TaskEvents { engine: engine.clone() }), shutdown.clone())
+        .consume(
+            Subscription::new(deps.bus.queue_name("idds", "tasks"), bindings),
+            Arc::new(TaskEvents { engine: engine.clone() }),
+            shutdown.clone(),
+        )
         .await?;
     let submitter = {
         let engine = engine.clone();

@@ -161,7 +161,12 @@ impl Engine {
 
     /// Marks works whose parents finished ready (or skipped), and ends the workflow when every
     /// work is final.
-    async fn advance(&self, txn: &DatabaseTransaction, workflow_id: u64, events: &mut Vec<Envelope>) -> Result<(), Error> {
+    async fn advance(
+        &self,
+        txn: &DatabaseTransaction,
+        workflow_id: u64,
+        events: &mut Vec<Envelope>,
+    ) -> Result<(), Error> {
         let works = store::works_of(txn, workflow_id).await?;
         let graph: BTreeMap<String, (WorkStatus, Vec<String>)> =
             works.iter().map(|w| (w.name.clone(), (w.status, w.parents.clone()))).collect();
@@ -278,7 +283,8 @@ impl Engine {
             match self.server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await {
                 Ok(response) => {
                     if let Some(task) = response.into_inner().task
-                        && let Ok(status) = <TaskStatus as panda_proto::convert::WireEnum>::from_wire("status", task.status)
+                        && let Ok(status) =
+                            <TaskStatus as panda_proto::convert::WireEnum>::from_wire("status", task.status)
                     {
                         self.on_task_status(task_id, status).await?;
                     }
@@ -317,6 +323,10 @@ impl Engine {
 fn workflow_event(workflow: &Workflow, status: WorkflowStatus) -> Envelope {
     Envelope::new(
         format!("workflow.{}", status.as_str()),
-        &WorkflowStatusChanged { workflow_id: workflow.id, name: workflow.name.clone(), status: status.as_str().to_owned() },
+        &WorkflowStatusChanged {
+            workflow_id: workflow.id,
+            name: workflow.name.clone(),
+            status: status.as_str().to_owned(),
+        },
     )
 }

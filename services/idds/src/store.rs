@@ -175,7 +175,14 @@ pub async fn get_workflow(conn: &impl ConnectionTrait, id: u64) -> Result<Option
 
 /// Newest workflows.
 pub async fn list_workflows(conn: &impl ConnectionTrait, limit: u64) -> Result<Vec<Workflow>, DbErr> {
-    workflow::Entity::find().order_by_desc(workflow::Column::Id).limit(limit).all(conn).await?.into_iter().map(workflow_from).collect()
+    workflow::Entity::find()
+        .order_by_desc(workflow::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(workflow_from)
+        .collect()
 }
 
 /// Sets a workflow's state.
@@ -204,7 +211,14 @@ pub async fn works_of(conn: &impl ConnectionTrait, workflow_id: u64) -> Result<V
 
 /// Works in a state, across workflows.
 pub async fn works_in(conn: &impl ConnectionTrait, status: WorkStatus) -> Result<Vec<Work>, DbErr> {
-    work::Entity::find().filter(work::Column::Status.eq(status.as_str())).order_by_asc(work::Column::Id).all(conn).await?.into_iter().map(work_from).collect()
+    work::Entity::find()
+        .filter(work::Column::Status.eq(status.as_str()))
+        .order_by_asc(work::Column::Id)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(work_from)
+        .collect()
 }
 
 /// The work whose task is `task_id`.
@@ -291,9 +305,15 @@ impl MigrationTrait for M0001Workflows {
             )
             .await?;
         manager
-            .create_index(Index::create().if_not_exists().name("works_workflow").table("works").col("workflow_id").to_owned())
+            .create_index(
+                Index::create().if_not_exists().name("works_workflow").table("works").col("workflow_id").to_owned(),
+            )
             .await?;
-        manager.create_index(Index::create().if_not_exists().name("works_task").table("works").col("task_id").to_owned()).await?;
-        manager.create_index(Index::create().if_not_exists().name("works_status").table("works").col("status").to_owned()).await
+        manager
+            .create_index(Index::create().if_not_exists().name("works_task").table("works").col("task_id").to_owned())
+            .await?;
+        manager
+            .create_index(Index::create().if_not_exists().name("works_status").table("works").col("status").to_owned())
+            .await
     }
 }

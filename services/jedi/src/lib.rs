@@ -92,7 +92,12 @@ impl JediService for Api {
 ///
 /// # Errors
 /// [`RunError`] for bad config, a bus that refuses the subscription, or a failing listener.
-pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     config.validate()?;
     let server = panda_client::ServerClient::new(&config.server_url)?;
     let jedi = Jedi::new(server, config.queue_stale_after.as_secs());

@@ -70,8 +70,11 @@ impl Jedi {
             .into_inner()
             .task
             .ok_or(Error::Protocol { call: "GetTask", task_id, detail: "no task in the answer".into() })?;
-        let status = TaskStatus::from_wire("status", task.status)
-            .map_err(|e| Error::Protocol { call: "GetTask", task_id, detail: e.to_string() })?;
+        let status = TaskStatus::from_wire("status", task.status).map_err(|e| Error::Protocol {
+            call: "GetTask",
+            task_id,
+            detail: e.to_string(),
+        })?;
         if !matches!(status, TaskStatus::Registered | TaskStatus::Pending) {
             return Ok(Outcome::Skipped(status));
         }
@@ -188,7 +191,9 @@ impl Jedi {
                 Ok(Outcome::Pending(reason))
             }
             // The task left the active states meanwhile (e.g. killed): nothing to do.
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(Outcome::Skipped(TaskStatus::Aborting)),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Ok(Outcome::Skipped(TaskStatus::Aborting))
+            }
             Err(status) => Err(Error::Server { call: "SetTaskPending", task_id, status }),
         }
     }

@@ -55,8 +55,7 @@ pub fn split(task_id: TaskId, spec: &TaskSpec, input_files: &[String]) -> Result
         .enumerate()
         .map(|(i, inputs)| {
             let index = i as u32 + 1;
-            let outputs: Vec<String> =
-                spec.output_dataset.iter().map(|dataset| output_lfn(dataset, index)).collect();
+            let outputs: Vec<String> = spec.output_dataset.iter().map(|dataset| output_lfn(dataset, index)).collect();
             let mut values = BTreeMap::new();
             values.insert("inputs", inputs.join(" "));
             values.insert("output", outputs.first().cloned().unwrap_or_default());
@@ -105,7 +104,8 @@ mod tests {
 
     #[test]
     fn generated_jobs_get_indices_and_task_id() {
-        let plans = split(TaskId(9), &spec("", None, Some(3), "gen {index} {task_id} {job_id} > {output}"), &[]).unwrap();
+        let plans =
+            split(TaskId(9), &spec("", None, Some(3), "gen {index} {task_id} {job_id} > {output}"), &[]).unwrap();
         assert_eq!(plans.len(), 3);
         assert_eq!(plans[1].command, "gen 2 9 ${PANDA_JOB_ID} > out._000002");
         assert!(plans.iter().all(|p| p.inputs.is_empty()));

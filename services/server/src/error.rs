@@ -51,7 +51,9 @@ pub enum Error {
         allowed: &'static str,
     },
     /// The caller does not hold the job's current lease.
-    #[error("job {job_id} is not held by this pilot (lease token does not match the current dispatch); stop working on it")]
+    #[error(
+        "job {job_id} is not held by this pilot (lease token does not match the current dispatch); stop working on it"
+    )]
     NotHolder {
         /// The job.
         job_id: JobId,
@@ -90,7 +92,9 @@ impl ServiceError for Error {
     fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::TaskNotFound { .. } | Error::JobNotFound { .. } | Error::DatasetNotFound { .. } => ErrorCode::NotFound,
+            Error::TaskNotFound { .. } | Error::JobNotFound { .. } | Error::DatasetNotFound { .. } => {
+                ErrorCode::NotFound
+            }
             Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
             Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
                 ErrorCode::FailedPrecondition

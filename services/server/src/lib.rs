@@ -62,7 +62,12 @@ pub enum RunError {
 ///
 /// # Errors
 /// [`RunError`] when the database, storage directory or listeners fail.
-pub async fn run(config: Config, deps: Deps, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     config.validate().map_err(|e| RunError::Io { context: e.to_string(), source: std::io::Error::other("config") })?;
     let url = config.database.url_or_sqlite(&deps.data_dir, "server.db");
     let db = panda_db::connect_and_migrate::<store::migration::Migrator>(&url, config.database.max_connections).await?;

@@ -127,7 +127,10 @@ impl Service {
         if let Some(key) = &idempotency_key
             && key.len() > 200
         {
-            return Err(Error::invalid("idempotency_key", format!("must be at most 200 characters (got {})", key.len())));
+            return Err(Error::invalid(
+                "idempotency_key",
+                format!("must be at most 200 characters (got {})", key.len()),
+            ));
         }
         let spec = draft.validate().map_err(Error::InvalidArgument)?;
         let txn = self.db.begin().await?;
@@ -139,7 +142,10 @@ impl Service {
         if let panda_types::spec::TaskInput::Datasets { names, .. } = &spec.input {
             for (i, name) in names.iter().enumerate() {
                 if self.store.find_dataset(&txn, name).await?.is_none() {
-                    return Err(Error::invalid(format!("task.input_datasets[{i}]"), format!("dataset {name:?} does not exist")));
+                    return Err(Error::invalid(
+                        format!("task.input_datasets[{i}]"),
+                        format!("dataset {name:?} does not exist"),
+                    ));
                 }
             }
         }
@@ -201,7 +207,8 @@ impl Service {
             });
         }
         let mut events = Vec::new();
-        self.move_task(&txn, &mut task, TaskStatus::Aborting, Some("killed by request".to_owned()), &mut events).await?;
+        self.move_task(&txn, &mut task, TaskStatus::Aborting, Some("killed by request".to_owned()), &mut events)
+            .await?;
         let live: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect();
         for mut job in self.store.jobs_of_task(&txn, task_id, &live).await? {
             if job.status.is_queued() {
@@ -230,7 +237,9 @@ impl Service {
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
         let path: &[TaskStatus] = match task.status {
-            TaskStatus::Registered | TaskStatus::Pending => &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running],
+            TaskStatus::Registered | TaskStatus::Pending => {
+                &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]
+            }
             TaskStatus::Defined => &[TaskStatus::Ready, TaskStatus::Running],
             TaskStatus::Ready => &[TaskStatus::Running],
             status => {
@@ -278,7 +287,12 @@ impl Service {
         } else if task.status.can_transition_to(TaskStatus::Pending) {
             self.move_task(&txn, &mut task, TaskStatus::Pending, Some(reason), &mut events).await?;
         } else {
-            return Err(Error::TaskState { task_id, status: task.status, action: "pending", allowed: "an active task" });
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "pending",
+                allowed: "an active task",
+            });
         }
         self.commit(txn, events).await
     }
@@ -340,7 +354,12 @@ impl Service {
     /// NOT_FOUND; FAILED_PRECONDITION when the lease token is not the current one or the state
     /// machine refuses the change; INVALID_ARGUMENT for outputs the job does not declare.
     #[instrument(skip_all, fields(job_id = %job_id, status = %report.status))]
-    pub async fn update_job(&self, job_id: JobId, lease_token: &str, report: JobReport) -> Result<(JobStatus, PilotCommand)> {
+    pub async fn update_job(
+        &self,
+        job_id: JobId,
+        lease_token: &str,
+        report: JobReport,
+    ) -> Result<(JobStatus, PilotCommand)> {
         let txn = self.db.begin().await?;
         let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
         if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
@@ -350,7 +369,10 @@ impl Service {
             if !job.output_files.contains(&output.lfn) {
                 return Err(Error::invalid(
                     format!("output_files[{i}].lfn"),
-                    format!("{:?} is not an output of job {job_id} (expected one of {:?})", output.lfn, job.output_files),
+                    format!(
+                        "{:?} is not an output of job {job_id} (expected one of {:?})",
+                        output.lfn, job.output_files
+                    ),
                 ));
             }
         }
@@ -400,7 +422,10 @@ impl Service {
                 self.store.record_outputs(&txn, job_id, &[], FileStatus::Failed, now).await?;
             }
             other => {
-                return Err(Error::invalid("status", format!("{other} cannot be reported by a pilot; use starting, running, finished or failed")));
+                return Err(Error::invalid(
+                    "status",
+                    format!("{other} cannot be reported by a pilot; use starting, running, finished or failed"),
+                ));
             }
         }
         self.store.save_job(&txn, &job).await?;
@@ -495,10 +520,11 @@ impl Service {
         Ok(queues
             .into_iter()
             .map(|q| {
-                let load = loads.iter().find(|l| l.queue == q.name).cloned().unwrap_or_else(|| QueueLoad {
-                    queue: q.name.clone(),
-                    ..Default::default()
-                });
+                let load = loads
+                    .iter()
+                    .find(|l| l.queue == q.name)
+                    .cloned()
+                    .unwrap_or_else(|| QueueLoad { queue: q.name.clone(), ..Default::default() });
                 (q, load)
             })
             .collect())
@@ -577,11 +603,17 @@ fn validate_new_jobs(jobs: &[NewJob]) -> Result<()> {
             errors.push(panda_types::FieldError::new(format!("jobs[{i}].command"), "must not be empty"));
         }
         if !indices.insert(job.job_index) {
-            errors.push(panda_types::FieldError::new(format!("jobs[{i}].job_index"), format!("{} is repeated", job.job_index)));
+            errors.push(panda_types::FieldError::new(
+                format!("jobs[{i}].job_index"),
+                format!("{} is repeated", job.job_index),
+            ));
         }
         for lfn in &job.output_files {
             if !outputs.insert(lfn.clone()) {
-                errors.push(panda_types::FieldError::new(format!("jobs[{i}].output_files"), format!("{lfn:?} is repeated")));
+                errors.push(panda_types::FieldError::new(
+                    format!("jobs[{i}].output_files"),
+                    format!("{lfn:?} is repeated"),
+                ));
             }
         }
     }

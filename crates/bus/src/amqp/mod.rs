@@ -86,8 +86,11 @@ impl AmqpBus {
         let link = Link::open(&self.inner.url, "panda-bus admin", &self.inner.config.exchange).await?;
         for queue in queues {
             for name in [queue.clone(), format!("{queue}.dead")] {
-                operation("queue.delete", link.channel.queue_delete(short("queue", &name)?, QueueDeleteOptions::default()))
-                    .await?;
+                operation(
+                    "queue.delete",
+                    link.channel.queue_delete(short("queue", &name)?, QueueDeleteOptions::default()),
+                )
+                .await?;
             }
         }
         operation(

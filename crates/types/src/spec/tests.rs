@@ -27,29 +27,18 @@ fn with_input() -> TaskSpecDraft {
 /// Validates `draft`, expecting it to fail with exactly these (field, message) pairs, in order.
 /// A message ending in `...` only has to start with the text before it.
 fn check_errors(draft: TaskSpecDraft, expected: &[(&str, &str)]) {
-    let errors = draft
-        .clone()
-        .validate()
-        .expect_err("the draft should be invalid");
+    let errors = draft.clone().validate().expect_err("the draft should be invalid");
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     let expected_fields: Vec<&str> = expected.iter().map(|(field, _)| *field).collect();
-    assert_eq!(
-        fields, expected_fields,
-        "fields of {errors:#?}\nfor {draft:#?}"
-    );
+    assert_eq!(fields, expected_fields, "fields of {errors:#?}\nfor {draft:#?}");
     for (error, (field, message)) in errors.iter().zip(expected) {
         match message.strip_suffix("...") {
-            Some(prefix) => assert!(
-                error.message.starts_with(prefix),
-                "{field}: {:?} should start with {prefix:?}",
-                error.message
-            ),
+            Some(prefix) => {
+                assert!(error.message.starts_with(prefix), "{field}: {:?} should start with {prefix:?}", error.message)
+            }
             None => assert_eq!(error.message, *message, "{field}"),
         }
-        assert_eq!(
-            error.to_string(),
-            format!("{} {}", error.field, error.message)
-        );
+        assert_eq!(error.to_string(), format!("{} {}", error.field, error.message));
     }
 }
 
@@ -69,10 +58,7 @@ fn valid_generated_spec() {
             command: "generate --seed {index} --out {output}".to_owned(),
             input: TaskInput::Generated { n_jobs: 10 },
             output_dataset: Some("mc23.evgen.001.out".to_owned()),
-            resources: Resources {
-                cores: 1,
-                ..Resources::default()
-            },
+            resources: Resources { cores: 1, ..Resources::default() },
             priority: 0,
             environment: BTreeMap::new(),
             queues: Vec::new(),
@@ -83,28 +69,11 @@ fn valid_generated_spec() {
 #[test]
 fn valid_dataset_spec_defaults_to_one_file_per_job() {
     let spec = with_input().validate().expect("valid");
-    assert_eq!(
-        spec.input,
-        TaskInput::Datasets {
-            names: vec!["raw.042".to_owned()],
-            files_per_job: 1
-        }
-    );
+    assert_eq!(spec.input, TaskInput::Datasets { names: vec!["raw.042".to_owned()], files_per_job: 1 });
     assert_eq!(spec.output_dataset.as_deref(), Some("reco.042.out"));
 
-    let spec = TaskSpecDraft {
-        files_per_job: Some(5),
-        ..with_input()
-    }
-    .validate()
-    .expect("valid");
-    assert_eq!(
-        spec.input,
-        TaskInput::Datasets {
-            names: vec!["raw.042".to_owned()],
-            files_per_job: 5
-        }
-    );
+    let spec = TaskSpecDraft { files_per_job: Some(5), ..with_input() }.validate().expect("valid");
+    assert_eq!(spec.input, TaskInput::Datasets { names: vec!["raw.042".to_owned()], files_per_job: 5 });
 }
 
 #[test]
@@ -112,16 +81,8 @@ fn valid_spec_keeps_every_field() {
     let draft = TaskSpecDraft {
         user: "alice".to_owned(),
         priority: -7,
-        resources: Resources {
-            cores: 8,
-            memory_mb: 16_000,
-            disk_mb: 1_000,
-            walltime_seconds: 3_600,
-        },
-        environment: BTreeMap::from([
-            ("ATHENA_PROC".to_owned(), "8".to_owned()),
-            ("_x1".to_owned(), String::new()),
-        ]),
+        resources: Resources { cores: 8, memory_mb: 16_000, disk_mb: 1_000, walltime_seconds: 3_600 },
+        environment: BTreeMap::from([("ATHENA_PROC".to_owned(), "8".to_owned()), ("_x1".to_owned(), String::new())]),
         queues: vec!["CERN-PROD_UCORE".to_owned(), "BNL.long-1".to_owned()],
         command: "run {inputs} {output} {index} {task_id} {job_id} {{literal}}".to_owned(),
         ..with_input()
@@ -142,69 +103,37 @@ fn limits_are_inclusive() {
         name: "n".repeat(200),
         user: "u".repeat(200),
         n_jobs: Some(MAX_JOBS_PER_TASK),
-        resources: Resources {
-            cores: 1024,
-            memory_mb: 16 * 1024 * 1024,
-            ..Resources::default()
-        },
+        resources: Resources { cores: 1024, memory_mb: 16 * 1024 * 1024, ..Resources::default() },
         command: format!("run {}", "x".repeat(64 * 1024 - 4)),
         output_dataset: String::new(),
         ..generated()
     }
     .validate()
     .expect("valid at the limits");
-    assert_eq!(
-        spec.input,
-        TaskInput::Generated {
-            n_jobs: MAX_JOBS_PER_TASK
-        }
-    );
+    assert_eq!(spec.input, TaskInput::Generated { n_jobs: MAX_JOBS_PER_TASK });
     assert_eq!(spec.command.len(), 64 * 1024);
 }
 
 #[test]
 fn name_errors() {
+    check_error(TaskSpecDraft { name: String::new(), ..generated() }, "task.name", "must not be empty");
     check_error(
-        TaskSpecDraft {
-            name: String::new(),
-            ..generated()
-        },
-        "task.name",
-        "must not be empty",
-    );
-    check_error(
-        TaskSpecDraft {
-            name: "n".repeat(201),
-            ..generated()
-        },
+        TaskSpecDraft { name: "n".repeat(201), ..generated() },
         "task.name",
         "must be at most 200 characters (got 201)",
     );
     check_error(
-        TaskSpecDraft {
-            name: "my task".to_owned(),
-            ..generated()
-        },
+        TaskSpecDraft { name: "my task".to_owned(), ..generated() },
         "task.name",
         "\"my task\" contains ' '; allowed are letters, digits, '.', '_' and '-'",
     );
-    check_error(
-        TaskSpecDraft {
-            name: "tâche".to_owned(),
-            ..generated()
-        },
-        "task.name",
-        "\"tâche\" contains 'â'...",
-    );
+    check_error(TaskSpecDraft { name: "tâche".to_owned(), ..generated() }, "task.name", "\"tâche\" contains 'â'...");
 }
 
 #[test]
 fn user_errors() {
     check_error(
-        TaskSpecDraft {
-            user: "u".repeat(201),
-            ..generated()
-        },
+        TaskSpecDraft { user: "u".repeat(201), ..generated() },
         "task.user",
         "must be at most 200 characters (got 201)",
     );
@@ -213,55 +142,33 @@ fn user_errors() {
 #[test]
 fn command_errors() {
     for empty in ["", "  \n\t"] {
-        check_error(
-            TaskSpecDraft {
-                command: empty.to_owned(),
-                ..generated()
-            },
-            "task.command",
-            "must not be empty",
-        );
+        check_error(TaskSpecDraft { command: empty.to_owned(), ..generated() }, "task.command", "must not be empty");
     }
     check_error(
-        TaskSpecDraft {
-            command: "x".repeat(64 * 1024 + 1),
-            ..generated()
-        },
+        TaskSpecDraft { command: "x".repeat(64 * 1024 + 1), ..generated() },
         "task.command",
         "must be at most 65536 bytes (got 65537)",
     );
     check_error(
-        TaskSpecDraft {
-            command: "run {foo}".to_owned(),
-            ..generated()
-        },
+        TaskSpecDraft { command: "run {foo}".to_owned(), ..generated() },
         "task.command",
         "has unknown placeholder {foo}; allowed: {inputs} {output} {index} {task_id} {job_id}",
     );
     // Placeholder names are case-sensitive and exact.
     for unknown in ["{Index}", "{ index}", "{}", "{job-id}"] {
         check_error(
-            TaskSpecDraft {
-                command: format!("run {unknown}"),
-                ..generated()
-            },
+            TaskSpecDraft { command: format!("run {unknown}"), ..generated() },
             "task.command",
             &format!("has unknown placeholder {unknown}..."),
         );
     }
     check_error(
-        TaskSpecDraft {
-            output_dataset: String::new(),
-            ..generated()
-        },
+        TaskSpecDraft { output_dataset: String::new(), ..generated() },
         "task.command",
         "uses {output} but task.output_dataset is not set",
     );
     check_error(
-        TaskSpecDraft {
-            command: "run {inputs} {output}".to_owned(),
-            ..generated()
-        },
+        TaskSpecDraft { command: "run {inputs} {output}".to_owned(), ..generated() },
         "task.command",
         "uses {inputs} but task.input_datasets is not set",
     );
@@ -269,27 +176,14 @@ fn command_errors() {
 
 #[test]
 fn escaped_braces_are_not_placeholders() {
-    for command in [
-        "echo {{foo}}",
-        "echo {{output}} {{inputs}}",
-        "awk '{{print $1}}'",
-        "echo {{",
-        "echo }}",
-    ] {
-        let spec = TaskSpecDraft {
-            command: command.to_owned(),
-            output_dataset: String::new(),
-            ..generated()
-        }
-        .validate();
+    for command in ["echo {{foo}}", "echo {{output}} {{inputs}}", "awk '{{print $1}}'", "echo {{", "echo }}"] {
+        let spec =
+            TaskSpecDraft { command: command.to_owned(), output_dataset: String::new(), ..generated() }.validate();
         assert!(spec.is_ok(), "{command:?}: {spec:?}");
     }
     // An escaped brace next to a real placeholder still leaves the placeholder checked.
     check_error(
-        TaskSpecDraft {
-            command: "echo {{{foo}}}".to_owned(),
-            ..generated()
-        },
+        TaskSpecDraft { command: "echo {{{foo}}}".to_owned(), ..generated() },
         "task.command",
         "has unknown placeholder {foo}...",
     );
@@ -298,66 +192,38 @@ fn escaped_braces_are_not_placeholders() {
 #[test]
 fn input_errors() {
     check_error(
-        TaskSpecDraft {
-            n_jobs: None,
-            ..generated()
-        },
+        TaskSpecDraft { n_jobs: None, ..generated() },
         "task.n_jobs",
         "is required when there are no input_datasets (1..=100000)",
     );
+    check_error(TaskSpecDraft { n_jobs: Some(0), ..generated() }, "task.n_jobs", "must be 1..=100000 (got 0)");
     check_error(
-        TaskSpecDraft {
-            n_jobs: Some(0),
-            ..generated()
-        },
-        "task.n_jobs",
-        "must be 1..=100000 (got 0)",
-    );
-    check_error(
-        TaskSpecDraft {
-            n_jobs: Some(MAX_JOBS_PER_TASK + 1),
-            ..generated()
-        },
+        TaskSpecDraft { n_jobs: Some(MAX_JOBS_PER_TASK + 1), ..generated() },
         "task.n_jobs",
         "must be 1..=100000 (got 100001)",
     );
     check_error(
-        TaskSpecDraft {
-            files_per_job: Some(2),
-            ..generated()
-        },
+        TaskSpecDraft { files_per_job: Some(2), ..generated() },
         "task.files_per_job",
         "needs task.input_datasets",
     );
     check_error(
-        TaskSpecDraft {
-            files_per_job: Some(0),
-            ..with_input()
-        },
+        TaskSpecDraft { files_per_job: Some(0), ..with_input() },
         "task.files_per_job",
         "must be at least 1 (got 0)",
     );
     check_error(
-        TaskSpecDraft {
-            n_jobs: Some(3),
-            ..with_input()
-        },
+        TaskSpecDraft { n_jobs: Some(3), ..with_input() },
         "task.n_jobs",
         "must not be set with input_datasets (got 3); use files_per_job",
     );
     check_error(
-        TaskSpecDraft {
-            input_datasets: vec!["raw 042".to_owned()],
-            ..with_input()
-        },
+        TaskSpecDraft { input_datasets: vec!["raw 042".to_owned()], ..with_input() },
         "task.input_datasets[0]",
         "\"raw 042\" contains ' '...",
     );
     check_error(
-        TaskSpecDraft {
-            input_datasets: vec!["d".repeat(256)],
-            ..with_input()
-        },
+        TaskSpecDraft { input_datasets: vec!["d".repeat(256)], ..with_input() },
         "task.input_datasets[0]",
         "must be at most 255 characters (got 256)",
     );
@@ -366,26 +232,17 @@ fn input_errors() {
 #[test]
 fn output_dataset_errors() {
     check_error(
-        TaskSpecDraft {
-            output_dataset: "out/put".to_owned(),
-            ..generated()
-        },
+        TaskSpecDraft { output_dataset: "out/put".to_owned(), ..generated() },
         "task.output_dataset",
         "\"out/put\" contains '/'...",
     );
     check_error(
-        TaskSpecDraft {
-            output_dataset: "o".repeat(256),
-            ..generated()
-        },
+        TaskSpecDraft { output_dataset: "o".repeat(256), ..generated() },
         "task.output_dataset",
         "must be at most 255 characters (got 256)",
     );
     check_error(
-        TaskSpecDraft {
-            output_dataset: "raw.042".to_owned(),
-            ..with_input()
-        },
+        TaskSpecDraft { output_dataset: "raw.042".to_owned(), ..with_input() },
         "task.output_dataset",
         "must differ from the input datasets (both \"raw.042\")",
     );
@@ -393,22 +250,12 @@ fn output_dataset_errors() {
 
 #[test]
 fn resource_errors() {
-    let resources = Resources {
-        cores: 1025,
-        memory_mb: 16 * 1024 * 1024 + 1,
-        ..Resources::default()
-    };
+    let resources = Resources { cores: 1025, memory_mb: 16 * 1024 * 1024 + 1, ..Resources::default() };
     check_errors(
-        TaskSpecDraft {
-            resources,
-            ..generated()
-        },
+        TaskSpecDraft { resources, ..generated() },
         &[
             ("task.resources.cores", "must be at most 1024 (got 1025)"),
-            (
-                "task.resources.memory_mb",
-                "must be at most 16777216 (got 16777217)",
-            ),
+            ("task.resources.memory_mb", "must be at most 16777216 (got 16777217)"),
         ],
     );
 }
@@ -417,59 +264,32 @@ fn resource_errors() {
 fn environment_errors() {
     for key in ["", "1X", "A-B", "A B", "É"] {
         check_error(
-            TaskSpecDraft {
-                environment: BTreeMap::from([(key.to_owned(), "v".to_owned())]),
-                ..generated()
-            },
+            TaskSpecDraft { environment: BTreeMap::from([(key.to_owned(), "v".to_owned())]), ..generated() },
             "task.environment",
             &format!("key {key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
         );
     }
     check_error(
-        TaskSpecDraft {
-            environment: BTreeMap::from([("PANDA_JOB_ID".to_owned(), "1".to_owned())]),
-            ..generated()
-        },
+        TaskSpecDraft { environment: BTreeMap::from([("PANDA_JOB_ID".to_owned(), "1".to_owned())]), ..generated() },
         "task.environment",
         "key \"PANDA_JOB_ID\" is reserved (PANDA_* is set by the pilot)",
     );
     // Only the exact prefix is reserved.
-    let environment = BTreeMap::from([
-        ("panda_x".to_owned(), "1".to_owned()),
-        ("PANDAX".to_owned(), "1".to_owned()),
-    ]);
-    assert!(
-        TaskSpecDraft {
-            environment,
-            ..generated()
-        }
-        .validate()
-        .is_ok()
-    );
+    let environment = BTreeMap::from([("panda_x".to_owned(), "1".to_owned()), ("PANDAX".to_owned(), "1".to_owned())]);
+    assert!(TaskSpecDraft { environment, ..generated() }.validate().is_ok());
 }
 
 #[test]
 fn queue_errors_name_the_index() {
     check_errors(
         TaskSpecDraft {
-            queues: vec![
-                "ok".to_owned(),
-                String::new(),
-                "ok2".to_owned(),
-                "bad queue".to_owned(),
-            ],
+            queues: vec!["ok".to_owned(), String::new(), "ok2".to_owned(), "bad queue".to_owned()],
             ..generated()
         },
-        &[
-            ("task.queues[1]", "must not be empty"),
-            ("task.queues[3]", "\"bad queue\" contains ' '..."),
-        ],
+        &[("task.queues[1]", "must not be empty"), ("task.queues[3]", "\"bad queue\" contains ' '...")],
     );
     check_error(
-        TaskSpecDraft {
-            queues: vec!["q".repeat(101)],
-            ..generated()
-        },
+        TaskSpecDraft { queues: vec!["q".repeat(101)], ..generated() },
         "task.queues[0]",
         "must be at most 100 characters (got 101)",
     );
@@ -485,10 +305,7 @@ fn every_error_is_reported_at_once() {
         files_per_job: Some(0),
         n_jobs: Some(0),
         output_dataset: String::new(),
-        resources: Resources {
-            cores: 2000,
-            ..Resources::default()
-        },
+        resources: Resources { cores: 2000, ..Resources::default() },
         priority: 0,
         environment: BTreeMap::from([("PANDA_X".to_owned(), "1".to_owned())]),
         queues: vec!["a b".to_owned()],
@@ -501,14 +318,8 @@ fn every_error_is_reported_at_once() {
             ("task.command", "has unknown placeholder {foo}..."),
             ("task.files_per_job", "needs task.input_datasets"),
             ("task.n_jobs", "must be 1..=100000 (got 0)"),
-            (
-                "task.command",
-                "uses {output} but task.output_dataset is not set",
-            ),
-            (
-                "task.command",
-                "uses {inputs} but task.input_datasets is not set",
-            ),
+            ("task.command", "uses {output} but task.output_dataset is not set"),
+            ("task.command", "uses {inputs} but task.input_datasets is not set"),
             ("task.resources.cores", "must be at most 1024 (got 2000)"),
             ("task.environment", "key \"PANDA_X\" is reserved..."),
             ("task.queues[0]", "\"a b\" contains ' '..."),
@@ -520,11 +331,7 @@ fn every_error_is_reported_at_once() {
 fn an_error_elsewhere_still_refuses_a_valid_input() {
     // The input is fine, so validation has a `TaskInput`; one bad field must still fail it.
     check_error(
-        TaskSpecDraft {
-            priority: 1,
-            queues: vec!["a/b".to_owned()],
-            ..with_input()
-        },
+        TaskSpecDraft { priority: 1, queues: vec!["a/b".to_owned()], ..with_input() },
         "task.queues[0]",
         "\"a/b\" contains '/'...",
     );
@@ -532,29 +339,15 @@ fn an_error_elsewhere_still_refuses_a_valid_input() {
 
 /// Renders `template` with `values`, expecting `expected`.
 fn check_render(template: &str, values: &[(&'static str, &str)], expected: &str) {
-    let values: BTreeMap<&str, String> =
-        values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-    assert_eq!(
-        render_command(template, &values),
-        expected,
-        "template {template:?}"
-    );
+    let values: BTreeMap<&str, String> = values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    assert_eq!(render_command(template, &values), expected, "template {template:?}");
 }
 
 #[test]
 fn render_fills_placeholders() {
-    let values = [
-        ("inputs", "a.root b.root"),
-        ("output", "out.root"),
-        ("index", "7"),
-        ("task_id", "42"),
-        ("job_id", "1001"),
-    ];
-    check_render(
-        "reco {inputs} -o {output}",
-        &values,
-        "reco a.root b.root -o out.root",
-    );
+    let values =
+        [("inputs", "a.root b.root"), ("output", "out.root"), ("index", "7"), ("task_id", "42"), ("job_id", "1001")];
+    check_render("reco {inputs} -o {output}", &values, "reco a.root b.root -o out.root");
     check_render("{index}{index}-{task_id}/{job_id}", &values, "77-42/1001");
     check_render("", &values, "");
     check_render("no placeholders at all", &values, "no placeholders at all");
@@ -574,11 +367,7 @@ fn render_keeps_unknown_placeholders() {
 #[test]
 fn render_handles_escapes_and_stray_braces() {
     check_render("{{index}}", &[("index", "3")], "{index}");
-    check_render(
-        "awk '{{print $1}}' {index}",
-        &[("index", "3")],
-        "awk '{print $1}' 3",
-    );
+    check_render("awk '{{print $1}}' {index}", &[("index", "3")], "awk '{print $1}' 3");
     check_render("{{{index}}}", &[("index", "3")], "{3}");
     check_render("{{{{", &[], "{{");
     check_render("a { b", &[], "a { b");
@@ -593,12 +382,7 @@ fn check_fits(need: Resources, offer: Resources, expected: bool) {
 }
 
 fn res(cores: u32, memory_mb: u64, disk_mb: u64, walltime_seconds: u64) -> Resources {
-    Resources {
-        cores,
-        memory_mb,
-        disk_mb,
-        walltime_seconds,
-    }
+    Resources { cores, memory_mb, disk_mb, walltime_seconds }
 }
 
 #[test]
@@ -614,11 +398,7 @@ fn fits_into_compares_every_dimension() {
 #[test]
 fn fits_into_treats_zero_as_unlimited_or_unspecified() {
     // A zero offer is unlimited in that dimension.
-    check_fits(
-        res(1024, u64::MAX, u64::MAX, u64::MAX),
-        Resources::default(),
-        true,
-    );
+    check_fits(res(1024, u64::MAX, u64::MAX, u64::MAX), Resources::default(), true);
     check_fits(res(64, 1, 1, 1), res(0, 8000, 100, 3600), true);
     check_fits(res(1, 10_000_000, 1, 1), res(4, 0, 100, 3600), true);
     check_fits(res(1, 1, 1, 86_400 * 30), res(4, 8000, 100, 0), true);

@@ -33,9 +33,7 @@ fn transition_table() {
 #[test]
 fn transition_to_agrees_and_names_both_states() {
     support::check_transition_to::<DatasetStatus>();
-    let error = DatasetStatus::Done
-        .transition_to(DatasetStatus::Ready)
-        .unwrap_err();
+    let error = DatasetStatus::Done.transition_to(DatasetStatus::Ready).unwrap_err();
     assert_eq!(error.to_string(), "dataset cannot move from done to ready");
 }
 
@@ -48,8 +46,7 @@ fn self_transitions_refused() {
 fn names_round_trip() {
     assert_eq!(DatasetStatus::ENTITY, "dataset");
     support::check_names::<DatasetStatus>(&[
-        "defined", "ready", "pending", "toupdate", "running", "prepared", "done", "finished",
-        "failed", "broken",
+        "defined", "ready", "pending", "toupdate", "running", "prepared", "done", "finished", "failed", "broken",
     ]);
 }
 
@@ -71,12 +68,7 @@ fn reference_paths_are_allowed() {
     let output = [Defined, Ready, Running, Prepared, Done];
     for path in [&input[..], &output[..]] {
         for pair in path.windows(2) {
-            assert!(
-                pair[0].can_transition_to(pair[1]),
-                "{} -> {}",
-                pair[0],
-                pair[1]
-            );
+            assert!(pair[0].can_transition_to(pair[1]), "{} -> {}", pair[0], pair[1]);
         }
     }
 }

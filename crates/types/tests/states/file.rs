@@ -37,9 +37,7 @@ fn transition_table() {
 #[test]
 fn transition_to_agrees_and_names_both_states() {
     support::check_transition_to::<FileStatus>();
-    let error = FileStatus::NoOutput
-        .transition_to(FileStatus::Ready)
-        .unwrap_err();
+    let error = FileStatus::NoOutput.transition_to(FileStatus::Ready).unwrap_err();
     assert_eq!(error.to_string(), "file cannot move from nooutput to ready");
 }
 
@@ -90,12 +88,7 @@ fn reference_paths_are_allowed() {
     let output = [Defined, Running, Prepared, Merging, Finished];
     for path in [&input[..], &output[..]] {
         for pair in path.windows(2) {
-            assert!(
-                pair[0].can_transition_to(pair[1]),
-                "{} -> {}",
-                pair[0],
-                pair[1]
-            );
+            assert!(pair[0].can_transition_to(pair[1]), "{} -> {}", pair[0], pair[1]);
         }
     }
 }

@@ -40,13 +40,8 @@ fn transition_table() {
 #[test]
 fn transition_to_agrees_and_names_both_states() {
     support::check_transition_to::<JobStatus>();
-    let error = JobStatus::Finished
-        .transition_to(JobStatus::Running)
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "job cannot move from finished to running"
-    );
+    let error = JobStatus::Finished.transition_to(JobStatus::Running).unwrap_err();
+    assert_eq!(error.to_string(), "job cannot move from finished to running");
 }
 
 #[test]
@@ -97,48 +92,22 @@ fn state_groups() {
     use JobStatus::*;
     for &state in JobStatus::ALL {
         let reportable = matches!(state, Starting | Running | Finished | Failed);
-        assert_eq!(
-            state.is_pilot_reportable(),
-            reportable,
-            "is_pilot_reportable({state})"
-        );
+        assert_eq!(state.is_pilot_reportable(), reportable, "is_pilot_reportable({state})");
         let held = matches!(state, Sent | Starting | Running);
         assert_eq!(state.is_held_by_pilot(), held, "is_held_by_pilot({state})");
-        let queued = matches!(
-            state,
-            Pending | Defined | Waiting | Assigned | Activated | Throttled
-        );
+        let queued = matches!(state, Pending | Defined | Waiting | Assigned | Activated | Throttled);
         assert_eq!(state.is_queued(), queued, "is_queued({state})");
         // Queued, held by a pilot, and final never overlap.
-        assert!(
-            u8::from(queued) + u8::from(held) + u8::from(state.is_final()) <= 1,
-            "{state} is in two groups"
-        );
+        assert!(u8::from(queued) + u8::from(held) + u8::from(state.is_final()) <= 1, "{state} is in two groups");
     }
 }
 
 #[test]
 fn normal_path_is_allowed() {
     use JobStatus::*;
-    let path = [
-        Pending,
-        Defined,
-        Assigned,
-        Activated,
-        Sent,
-        Starting,
-        Running,
-        Holding,
-        Transferring,
-        Finished,
-    ];
+    let path = [Pending, Defined, Assigned, Activated, Sent, Starting, Running, Holding, Transferring, Finished];
     for pair in path.windows(2) {
-        assert!(
-            pair[0].can_transition_to(pair[1]),
-            "{} -> {}",
-            pair[0],
-            pair[1]
-        );
+        assert!(pair[0].can_transition_to(pair[1]), "{} -> {}", pair[0], pair[1]);
     }
 }
 
@@ -148,11 +117,7 @@ fn every_state_reachable_from_an_entry_state() {
     // `waiting` is an entry state of its own (event-service placeholders are inserted in it);
     // nothing moves a job into it, so everything else is reachable from `pending` alone.
     let from_pending = support::reachable(&[Pending]);
-    let unreachable: Vec<JobStatus> = JobStatus::ALL
-        .iter()
-        .copied()
-        .filter(|s| !from_pending.contains(s))
-        .collect();
+    let unreachable: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !from_pending.contains(s)).collect();
     assert_eq!(unreachable, [Waiting]);
     support::check_all_reachable_from(&[Pending, Waiting]);
 }

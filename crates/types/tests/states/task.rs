@@ -65,10 +65,7 @@ const TABLE: &[(TaskStatus, &[TaskStatus])] = {
 /// The only ways out of a final task state.
 fn leaves_final(from: TaskStatus, to: TaskStatus) -> bool {
     use TaskStatus::*;
-    matches!(
-        (from, to),
-        (Finished | Failed | Aborted, ToRetry) | (Done | Finished | Failed | Aborted, ToIncexec)
-    )
+    matches!((from, to), (Finished | Failed | Aborted, ToRetry) | (Done | Finished | Failed | Aborted, ToIncexec))
 }
 
 #[test]
@@ -79,9 +76,7 @@ fn transition_table() {
 #[test]
 fn transition_to_agrees_and_names_both_states() {
     support::check_transition_to::<TaskStatus>();
-    let error = TaskStatus::Broken
-        .transition_to(TaskStatus::Running)
-        .unwrap_err();
+    let error = TaskStatus::Broken.transition_to(TaskStatus::Running).unwrap_err();
     assert_eq!(error.to_string(), "task cannot move from broken to running");
 }
 
@@ -134,11 +129,7 @@ fn unknown_names_refused() {
     // The reference lists `merging` for tasks but nothing sets it; we do not have it.
     let error = "merging".parse::<TaskStatus>().unwrap_err();
     assert_eq!(error.kind, "TaskStatus");
-    assert!(
-        error
-            .to_string()
-            .starts_with("unknown TaskStatus \"merging\"; allowed: registered, defined, ")
-    );
+    assert!(error.to_string().starts_with("unknown TaskStatus \"merging\"; allowed: registered, defined, "));
 }
 
 #[test]
@@ -165,11 +156,7 @@ fn active_states() {
         Throttled,
     ];
     for &state in TaskStatus::ALL {
-        assert_eq!(
-            state.is_active(),
-            active.contains(&state),
-            "is_active({state})"
-        );
+        assert_eq!(state.is_active(), active.contains(&state), "is_active({state})");
     }
 }
 
@@ -177,29 +164,15 @@ fn active_states() {
 fn command_reject_list() {
     use TaskStatus::*;
     // `statusToRejectExtChange`.
-    let rejecting = [
-        Finished, Done, Prepared, Broken, ToBroken, Aborted, ToAbort, Aborting, Failed, Passed,
-    ];
+    let rejecting = [Finished, Done, Prepared, Broken, ToBroken, Aborted, ToAbort, Aborting, Failed, Passed];
     for &state in TaskStatus::ALL {
-        assert_eq!(
-            state.rejects_commands(),
-            rejecting.contains(&state),
-            "rejects_commands({state})"
-        );
+        assert_eq!(state.rejects_commands(), rejecting.contains(&state), "rejects_commands({state})");
         // kill and finish are accepted exactly outside the reject list.
         if state != Aborting {
-            assert_eq!(
-                state.can_transition_to(Aborting),
-                !rejecting.contains(&state),
-                "{state} -> aborting"
-            );
+            assert_eq!(state.can_transition_to(Aborting), !rejecting.contains(&state), "{state} -> aborting");
         }
         if state != Finishing {
-            assert_eq!(
-                state.can_transition_to(Finishing),
-                !rejecting.contains(&state),
-                "{state} -> finishing"
-            );
+            assert_eq!(state.can_transition_to(Finishing), !rejecting.contains(&state), "{state} -> finishing");
         }
     }
 }
@@ -207,16 +180,9 @@ fn command_reject_list() {
 #[test]
 fn normal_path_is_allowed() {
     use TaskStatus::*;
-    let path = [
-        Registered, Defined, Assigning, Ready, Scouting, Scouted, Running, Prepared, Done,
-    ];
+    let path = [Registered, Defined, Assigning, Ready, Scouting, Scouted, Running, Prepared, Done];
     for pair in path.windows(2) {
-        assert!(
-            pair[0].can_transition_to(pair[1]),
-            "{} -> {}",
-            pair[0],
-            pair[1]
-        );
+        assert!(pair[0].can_transition_to(pair[1]), "{} -> {}", pair[0], pair[1]);
     }
 }
 

@@ -33,13 +33,8 @@ fn transition_table() {
 #[test]
 fn transition_to_agrees_and_names_both_states() {
     support::check_transition_to::<WorkerStatus>();
-    let error = WorkerStatus::Running
-        .transition_to(WorkerStatus::Submitted)
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "worker cannot move from running to submitted"
-    );
+    let error = WorkerStatus::Running.transition_to(WorkerStatus::Submitted).unwrap_err();
+    assert_eq!(error.to_string(), "worker cannot move from running to submitted");
 }
 
 #[test]
@@ -89,10 +84,7 @@ fn started_workers_never_return_to_submitted_or_pending() {
     use WorkerStatus::*;
     for from in [Ready, Running, Idle] {
         let back = support::reachable(&[from]);
-        assert!(
-            !back.contains(&Submitted) && !back.contains(&Pending),
-            "{from} can go back: {back:?}"
-        );
+        assert!(!back.contains(&Submitted) && !back.contains(&Pending), "{from} can go back: {back:?}");
     }
 }
 

@@ -102,7 +102,9 @@ fn read_exit_code(dir: &Path) -> Option<i32> {
 fn process_alive(pid: &str) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
+        }
         Err(_) => false,
     }
 }
@@ -257,7 +259,12 @@ mod tests {
     #[tokio::test]
     async fn kill_ends_the_process_group() {
         let dir = tempfile::tempdir().unwrap();
-        let plugin = LocalPlugin::new(LocalConfig { pilot_command: Some(vec!["/bin/sh".into(), "-c".into(), "sleep 600".into(), "pilot".into()]) }, vec![]);
+        let plugin = LocalPlugin::new(
+            LocalConfig {
+                pilot_command: Some(vec!["/bin/sh".into(), "-c".into(), "sleep 600".into(), "pilot".into()]),
+            },
+            vec![],
+        );
         let worker = submit(&plugin, dir.path()).await;
         wait_for(&plugin, &worker, WorkerStatus::Running).await;
         plugin.kill(std::slice::from_ref(&worker)).await.remove(0).unwrap();

@@ -43,7 +43,10 @@ fn required_id(field: &'static str, id: u64) -> Result<u64, Status> {
 
 #[tonic::async_trait]
 impl TaskService for Api {
-    async fn submit_task(&self, request: Request<wire::SubmitTaskRequest>) -> Result<Response<wire::SubmitTaskResponse>, Status> {
+    async fn submit_task(
+        &self,
+        request: Request<wire::SubmitTaskRequest>,
+    ) -> Result<Response<wire::SubmitTaskResponse>, Status> {
         let request = request.into_inner();
         let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
@@ -51,13 +54,19 @@ impl TaskService for Api {
         Ok(Response::new(wire::SubmitTaskResponse { task_id: task.id.0, created }))
     }
 
-    async fn get_task(&self, request: Request<wire::GetTaskRequest>) -> Result<Response<wire::GetTaskResponse>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<wire::GetTaskRequest>,
+    ) -> Result<Response<wire::GetTaskResponse>, Status> {
         let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
         let (task, counts) = self.service.get_task(task_id).await?;
         Ok(Response::new(wire::GetTaskResponse { task: Some(convert::task(task, counts)) }))
     }
 
-    async fn list_tasks(&self, request: Request<wire::ListTasksRequest>) -> Result<Response<wire::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<wire::ListTasksRequest>,
+    ) -> Result<Response<wire::ListTasksResponse>, Status> {
         let request = request.into_inner();
         let statuses = request
             .statuses
@@ -83,7 +92,10 @@ impl TaskService for Api {
         }))
     }
 
-    async fn kill_task(&self, request: Request<wire::KillTaskRequest>) -> Result<Response<wire::KillTaskResponse>, Status> {
+    async fn kill_task(
+        &self,
+        request: Request<wire::KillTaskRequest>,
+    ) -> Result<Response<wire::KillTaskResponse>, Status> {
         let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
         let (task, counts) = self.service.kill_task(task_id).await?;
         Ok(Response::new(wire::KillTaskResponse { task: Some(convert::task(task, counts)) }))
@@ -92,7 +104,10 @@ impl TaskService for Api {
 
 #[tonic::async_trait]
 impl JobService for Api {
-    async fn list_jobs(&self, request: Request<wire::ListJobsRequest>) -> Result<Response<wire::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<wire::ListJobsRequest>,
+    ) -> Result<Response<wire::ListJobsResponse>, Status> {
         let request = request.into_inner();
         let statuses = request
             .statuses
@@ -128,7 +143,10 @@ impl JobService for Api {
         }))
     }
 
-    async fn show_job(&self, request: Request<wire::ShowJobRequest>) -> Result<Response<wire::ShowJobResponse>, Status> {
+    async fn show_job(
+        &self,
+        request: Request<wire::ShowJobRequest>,
+    ) -> Result<Response<wire::ShowJobResponse>, Status> {
         let job_id = JobId(required_id("job_id", request.into_inner().job_id)?);
         let job = self.service.show_job(job_id).await?;
         let outputs = outputs_of(&job.output_files);
@@ -181,7 +199,10 @@ impl PilotService for Api {
         Ok(Response::new(wire::GetJobResponse { jobs, storage_url }))
     }
 
-    async fn update_job(&self, request: Request<wire::UpdateJobRequest>) -> Result<Response<wire::UpdateJobResponse>, Status> {
+    async fn update_job(
+        &self,
+        request: Request<wire::UpdateJobRequest>,
+    ) -> Result<Response<wire::UpdateJobResponse>, Status> {
         let request = request.into_inner();
         let job_id = JobId(required_id("job_id", request.job_id)?);
         if request.lease_token.is_empty() {
@@ -193,7 +214,9 @@ impl PilotService for Api {
                 "status {status} cannot be reported by a pilot; use starting, running, finished or failed"
             )));
         }
-        for (field, value) in [("cpu_time_seconds", request.cpu_time_seconds), ("wall_time_seconds", request.wall_time_seconds)] {
+        for (field, value) in
+            [("cpu_time_seconds", request.cpu_time_seconds), ("wall_time_seconds", request.wall_time_seconds)]
+        {
             if !value.is_finite() || value < 0.0 {
                 return Err(Status::invalid_argument(format!("{field} must be a non-negative number (got {value})")));
             }
@@ -226,7 +249,10 @@ impl PilotService for Api {
 
 #[tonic::async_trait]
 impl InternalService for Api {
-    async fn insert_jobs(&self, request: Request<wire::InsertJobsRequest>) -> Result<Response<wire::InsertJobsResponse>, Status> {
+    async fn insert_jobs(
+        &self,
+        request: Request<wire::InsertJobsRequest>,
+    ) -> Result<Response<wire::InsertJobsResponse>, Status> {
         let request = request.into_inner();
         let task_id = TaskId(required_id("task_id", request.task_id)?);
         let jobs = request
@@ -260,7 +286,10 @@ impl InternalService for Api {
         Ok(Response::new(wire::SetTaskPendingResponse {}))
     }
 
-    async fn queue_demand(&self, request: Request<wire::QueueDemandRequest>) -> Result<Response<wire::QueueDemandResponse>, Status> {
+    async fn queue_demand(
+        &self,
+        request: Request<wire::QueueDemandRequest>,
+    ) -> Result<Response<wire::QueueDemandResponse>, Status> {
         let loads = self.service.queue_demand(&request.into_inner().queues).await?;
         Ok(Response::new(wire::QueueDemandResponse { queues: loads.into_iter().map(convert::queue_load).collect() }))
     }
@@ -290,7 +319,10 @@ impl InternalService for Api {
         Ok(Response::new(wire::RegisterQueuesResponse {}))
     }
 
-    async fn list_queues(&self, _request: Request<wire::ListQueuesRequest>) -> Result<Response<wire::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        _request: Request<wire::ListQueuesRequest>,
+    ) -> Result<Response<wire::ListQueuesResponse>, Status> {
         let now = Utc::now();
         let queues = self
             .service
@@ -306,7 +338,10 @@ impl InternalService for Api {
         Ok(Response::new(wire::ListQueuesResponse { queues }))
     }
 
-    async fn get_dataset(&self, request: Request<wire::GetDatasetRequest>) -> Result<Response<wire::GetDatasetResponse>, Status> {
+    async fn get_dataset(
+        &self,
+        request: Request<wire::GetDatasetRequest>,
+    ) -> Result<Response<wire::GetDatasetResponse>, Status> {
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(Status::invalid_argument("name is required"));

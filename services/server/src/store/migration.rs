@@ -77,7 +77,9 @@ impl MigrationTrait for M0001Initial {
             )
             .await?;
         manager
-            .create_index(Index::create().if_not_exists().name("files_dataset").table("files").col("dataset_id").to_owned())
+            .create_index(
+                Index::create().if_not_exists().name("files_dataset").table("files").col("dataset_id").to_owned(),
+            )
             .await?;
         manager
             .create_table(

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, TaskId, TaskSpec, TaskStatus};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 
 use self::entities::{dataset, file, job, queue, task};
@@ -177,7 +177,12 @@ impl Store {
 
     /// The task submitted with this idempotency key, if any.
     pub async fn find_task_by_key(&self, conn: &impl ConnectionTrait, key: &str) -> Result<Option<Task>> {
-        task::Entity::find().filter(task::Column::IdempotencyKey.eq(key)).one(conn).await?.map(task_from_row).transpose()
+        task::Entity::find()
+            .filter(task::Column::IdempotencyKey.eq(key))
+            .one(conn)
+            .await?
+            .map(task_from_row)
+            .transpose()
     }
 
     /// A task.
@@ -316,11 +321,16 @@ impl Store {
     }
 
     /// Catalog entries of the given files (any dataset).
-    pub async fn files_by_lfn(&self, conn: &impl ConnectionTrait, lfns: &[String]) -> Result<HashMap<String, FileRecord>> {
+    pub async fn files_by_lfn(
+        &self,
+        conn: &impl ConnectionTrait,
+        lfns: &[String],
+    ) -> Result<HashMap<String, FileRecord>> {
         if lfns.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = file::Entity::find().filter(file::Column::Lfn.is_in(lfns.iter().map(String::as_str))).all(conn).await?;
+        let rows =
+            file::Entity::find().filter(file::Column::Lfn.is_in(lfns.iter().map(String::as_str))).all(conn).await?;
         Ok(rows
             .into_iter()
             .map(|f| {
@@ -551,7 +561,9 @@ impl Store {
         let rows = query.into_model::<QueueStatusCount>().all(conn).await?;
         let mut loads: BTreeMap<String, QueueLoad> = BTreeMap::new();
         for row in rows {
-            let load = loads.entry(row.queue.clone()).or_insert_with(|| QueueLoad { queue: row.queue.clone(), ..Default::default() });
+            let load = loads
+                .entry(row.queue.clone())
+                .or_insert_with(|| QueueLoad { queue: row.queue.clone(), ..Default::default() });
             let n = row.n as u32;
             match row.status.as_str() {
                 "activated" => load.activated += n,

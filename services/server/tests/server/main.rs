@@ -170,19 +170,26 @@ async fn pilot_lifecycle_finishes_the_task(f: Fixture) {
         // A heartbeat repeats the state.
         assert_eq!(f.service.update_job(id, &lease, report(JobStatus::Running)).await.unwrap().0, JobStatus::Running);
         // A stale lease changes nothing.
-        assert!(matches!(f.service.update_job(id, "stale", report(JobStatus::Failed)).await, Err(Error::NotHolder { .. })));
+        assert!(matches!(
+            f.service.update_job(id, "stale", report(JobStatus::Failed)).await,
+            Err(Error::NotHolder { .. })
+        ));
         // An output the job does not declare is refused.
         let mut wrong = report(JobStatus::Finished);
         wrong.output_files = vec![OutputFile { lfn: "elsewhere".into(), size_bytes: 1, checksum: String::new() }];
         assert!(matches!(f.service.update_job(id, &lease, wrong).await, Err(Error::InvalidArgument(_))));
         let mut done = report(JobStatus::Finished);
         done.exit_code = Some(0);
-        done.output_files = vec![OutputFile { lfn: d.job.output_files[0].clone(), size_bytes: 5, checksum: "adler32:00000001".into() }];
+        done.output_files =
+            vec![OutputFile { lfn: d.job.output_files[0].clone(), size_bytes: 5, checksum: "adler32:00000001".into() }];
         assert_eq!(f.service.update_job(id, &lease, done.clone()).await.unwrap().0, JobStatus::Finished);
         // The retried final report is answered the same and changes nothing.
         assert_eq!(f.service.update_job(id, &lease, done).await.unwrap(), (JobStatus::Finished, PilotCommand::None));
         // A late heartbeat on a finished job is refused.
-        assert!(matches!(f.service.update_job(id, &lease, report(JobStatus::Running)).await, Err(Error::JobTransition { .. })));
+        assert!(matches!(
+            f.service.update_job(id, &lease, report(JobStatus::Running)).await,
+            Err(Error::JobTransition { .. })
+        ));
     }
     let (task, counts) = f.service.get_task(task).await.unwrap();
     assert_eq!(task.status, TaskStatus::Done);
@@ -207,7 +214,11 @@ async fn partial_and_total_failure(f: Fixture) {
         let (task, _) = f.service.get_task(task).await.unwrap();
         assert_eq!(task.status, expected, "{name}");
         if expected == TaskStatus::Failed {
-            assert!(task.error_diag.contains("all 2 jobs failed") && task.error_diag.contains("1305"), "{}", task.error_diag);
+            assert!(
+                task.error_diag.contains("all 2 jobs failed") && task.error_diag.contains("1305"),
+                "{}",
+                task.error_diag
+            );
         }
     }
 }
