@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use panda_client::{ServerClient, WorkflowServiceClient};
 use panda_db::TestDb;
+use panda_integration_tests::await_condition;
+use panda_proto::idds::v1 as idds;
 
 /// The directory holding this build's binaries (`target/<profile>`).
 fn bin_dir() -> PathBuf {
@@ -25,16 +28,144 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Kills its processes when dropped, so a failed test leaves nothing running.
-struct Processes(Vec<(String, Child)>);
+const SERVICES: [&str; 4] = ["panda-server", "panda-jedi", "panda-harvester", "panda-idds"];
 
-impl Drop for Processes {
+/// Four service processes with their environment; kills them when dropped, so a failed test
+/// leaves nothing running, and removes the run's queues and exchange from the broker.
+struct Deployment {
+    dir: tempfile::TempDir,
+    env: Vec<(String, Vec<(String, String)>)>,
+    running: Vec<(String, Child)>,
+    amqp: String,
+    exchange: String,
+    server_url: String,
+    idds_url: String,
+    _databases: Vec<TestDb>,
+}
+
+impl Deployment {
+    async fn new() -> Self {
+        let amqp = std::env::var("PANDA_TEST_AMQP_URL").expect("PANDA_TEST_AMQP_URL names a RabbitMQ broker");
+        let (server_db, harvester_db, idds_db) =
+            (TestDb::postgres_from_env().await, TestDb::postgres_from_env().await, TestDb::postgres_from_env().await);
+        let dir = tempfile::tempdir().unwrap();
+        let exchange = format!("panda.test.{}", uuid::Uuid::new_v4().simple());
+        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let server_url = format!("http://127.0.0.1:{}", ports[0]);
+        let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+        let common = vec![
+            ("PANDA_DATA_DIR".to_owned(), dir.path().display().to_string()),
+            ("PANDA_BUS__URL".to_owned(), amqp.clone()),
+            ("PANDA_BUS__EXCHANGE".to_owned(), exchange.clone()),
+            ("PANDA_TELEMETRY__FORMAT".to_owned(), "pretty".to_owned()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        let with = |extra: Vec<(&str, String)>| {
+            let mut env = common.clone();
+            env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            env
+        };
+        let env = vec![
+            (
+                "panda-server".to_owned(),
+                with(vec![
+                    ("PANDA_SERVER__LISTEN_ADDR", addr(0)),
+                    ("PANDA_SERVER__ADMIN_ADDR", addr(1)),
+                    ("PANDA_SERVER__DATABASE__URL", server_db.url.clone()),
+                    ("PANDA_SERVER__HEARTBEAT_INTERVAL", "1s".into()),
+                    ("PANDA_SERVER__LOST_HEARTBEAT_AFTER", "30s".into()),
+                ]),
+            ),
+            (
+                "panda-jedi".to_owned(),
+                with(vec![
+                    ("PANDA_JEDI__LISTEN_ADDR", addr(2)),
+                    ("PANDA_JEDI__ADMIN_ADDR", addr(3)),
+                    ("PANDA_JEDI__SERVER_URL", server_url.clone()),
+                    ("PANDA_JEDI__SWEEP_INTERVAL", "1s".into()),
+                ]),
+            ),
+            (
+                "panda-harvester".to_owned(),
+                with(vec![
+                    ("PANDA_HARVESTER__LISTEN_ADDR", addr(4)),
+                    ("PANDA_HARVESTER__ADMIN_ADDR", addr(5)),
+                    ("PANDA_HARVESTER__SERVER_URL", server_url.clone()),
+                    ("PANDA_HARVESTER__DATABASE__URL", harvester_db.url.clone()),
+                    ("PANDA_HARVESTER__CYCLE_INTERVAL", "300ms".into()),
+                ]),
+            ),
+            (
+                "panda-idds".to_owned(),
+                with(vec![
+                    ("PANDA_IDDS__LISTEN_ADDR", addr(6)),
+                    ("PANDA_IDDS__ADMIN_ADDR", addr(7)),
+                    ("PANDA_IDDS__SERVER_URL", server_url.clone()),
+                    ("PANDA_IDDS__DATABASE__URL", idds_db.url.clone()),
+                ]),
+            ),
+        ];
+        Self {
+            idds_url: format!("http://{}", addr(6)),
+            server_url,
+            dir,
+            env,
+            running: Vec::new(),
+            amqp,
+            exchange,
+            _databases: vec![server_db, harvester_db, idds_db],
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let env = self.env.iter().find(|(n, _)| n == name).map(|(_, e)| e.clone()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(binary(name))
+            .envs(env)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.running.push((name.to_owned(), child));
+    }
+
+    fn start_all(&mut self) {
+        for name in SERVICES {
+            self.start(name);
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    fn crash(&mut self, name: &str) {
+        let position = self.running.iter().position(|(n, _)| n == name).unwrap();
+        let (_, mut child) = self.running.remove(position);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn logs(&self) -> String {
+        SERVICES
+            .iter()
+            .map(|name| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!("--- {name} (last lines) ---\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect()
+    }
+
     #[allow(clippy::disallowed_methods)] // Drop cannot await
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
+    fn stop_all(&mut self) {
+        for (_, child) in &mut self.running {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
-        for (_, child) in &mut self.0 {
+        for (_, child) in &mut self.running {
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
@@ -44,99 +175,129 @@ impl Drop for Processes {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.running.clear();
     }
+
+    /// Stops everything and removes the run's broker objects (after the services stopped, or
+    /// their consumers would declare the queues again).
+    async fn finish(mut self) {
+        self.stop_all();
+        let config = panda_bus::BusConfig {
+            url: Some(self.amqp.clone()),
+            exchange: self.exchange.clone(),
+            ..Default::default()
+        };
+        let bus = panda_bus::Bus::connect(&config).await.expect("RabbitMQ answers");
+        let queues = [bus.queue_name("jedi", "tasks"), bus.queue_name("idds", "tasks")];
+        bus.remove(&queues).await.expect("test queues removed");
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Runs `body`; on failure prints the services' logs before failing.
+async fn with_logs<F: std::future::Future<Output = ()> + Send + 'static>(deployment: Deployment, body: F) {
+    let result = tokio::spawn(body).await;
+    if let Err(error) = result {
+        eprintln!("{}", deployment.logs());
+        drop(deployment);
+        std::panic::resume_unwind(error.into_panic());
+    }
+    deployment.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL and RabbitMQ: set PANDA_TEST_DATABASE_URL and PANDA_TEST_AMQP_URL"]
 async fn example_workflow_across_service_processes_on_postgres_and_rabbitmq() {
-    let amqp = std::env::var("PANDA_TEST_AMQP_URL").expect("PANDA_TEST_AMQP_URL names a RabbitMQ broker");
-    let server_db = TestDb::postgres_from_env().await;
-    let harvester_db = TestDb::postgres_from_env().await;
-    let idds_db = TestDb::postgres_from_env().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = format!("panda.test.{}", uuid::Uuid::new_v4().simple());
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
-    let server_url = format!("http://127.0.0.1:{}", ports[0]);
-    let idds_url = format!("http://127.0.0.1:{}", ports[6]);
-    let common = [
-        ("PANDA_DATA_DIR", dir.path().display().to_string()),
-        ("PANDA_BUS__URL", amqp.clone()),
-        ("PANDA_BUS__EXCHANGE", exchange.clone()),
-        ("PANDA_TELEMETRY__FORMAT", "pretty".into()),
-        ("RUST_LOG", "info".into()),
-    ];
-    let services: Vec<(&str, Vec<(String, String)>)> = vec![
-        (
-            "panda-server",
-            vec![
-                ("PANDA_SERVER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[0])),
-                ("PANDA_SERVER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[1])),
-                ("PANDA_SERVER__DATABASE__URL".into(), server_db.url.clone()),
-                ("PANDA_SERVER__HEARTBEAT_INTERVAL".into(), "2s".into()),
-            ],
-        ),
-        (
-            "panda-jedi",
-            vec![
-                ("PANDA_JEDI__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[2])),
-                ("PANDA_JEDI__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[3])),
-                ("PANDA_JEDI__SERVER_URL".into(), server_url.clone()),
-                ("PANDA_JEDI__SWEEP_INTERVAL".into(), "1s".into()),
-            ],
-        ),
-        (
-            "panda-harvester",
-            vec![
-                ("PANDA_HARVESTER__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[4])),
-                ("PANDA_HARVESTER__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[5])),
-                ("PANDA_HARVESTER__SERVER_URL".into(), server_url.clone()),
-                ("PANDA_HARVESTER__DATABASE__URL".into(), harvester_db.url.clone()),
-                ("PANDA_HARVESTER__CYCLE_INTERVAL".into(), "300ms".into()),
-            ],
-        ),
-        (
-            "panda-idds",
-            vec![
-                ("PANDA_IDDS__LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[6])),
-                ("PANDA_IDDS__ADMIN_ADDR".into(), format!("127.0.0.1:{}", ports[7])),
-                ("PANDA_IDDS__SERVER_URL".into(), server_url.clone()),
-                ("PANDA_IDDS__DATABASE__URL".into(), idds_db.url.clone()),
-            ],
-        ),
-    ];
-    let mut processes = Processes(Vec::new());
-    for (name, env) in services {
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(binary(name))
-            .envs(common.iter().map(|(k, v)| (k.to_string(), v.clone())))
-            .envs(env)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        processes.0.push((name.to_owned(), child));
-    }
-    let result = tokio::spawn(async move {
-        crate::checks::run_example_workflow(&server_url, &idds_url, Duration::from_secs(240)).await
+    let mut deployment = Deployment::new().await;
+    deployment.start_all();
+    let (server_url, idds_url) = (deployment.server_url.clone(), deployment.idds_url.clone());
+    with_logs(deployment, async move {
+        crate::checks::run_example_workflow(&server_url, &idds_url, Duration::from_secs(240)).await;
     })
     .await;
-    // Stop the services before removing the queues, or their consumers would declare them again.
-    drop(processes);
-    // Remove this run's queues and exchange from the broker.
-    let config = panda_bus::BusConfig { url: Some(amqp), exchange, ..Default::default() };
-    let bus = panda_bus::Bus::connect(&config).await.expect("RabbitMQ answers");
-    let queues = [bus.queue_name("jedi", "tasks"), bus.queue_name("idds", "tasks")];
-    bus.remove(&queues).await.expect("test queues removed");
-    // Print the services' logs when the run failed, then fail.
-    if result.is_err() {
-        for name in ["panda-server", "panda-jedi", "panda-harvester", "panda-idds"] {
-            let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {name} (last lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and RabbitMQ: set PANDA_TEST_DATABASE_URL and PANDA_TEST_AMQP_URL"]
+async fn crashed_services_restart_and_lose_nothing() {
+    let mut deployment = Deployment::new().await;
+    deployment.start_all();
+    let (server_url, idds_url) = (deployment.server_url.clone(), deployment.idds_url.clone());
+    // Jobs that take a while, so the crashes happen while work is in flight.
+    let spec = panda_client::files::parse_workflow(
+        "name: slow\nworks:\n  - name: a\n    task: { n_jobs: 4, command: 'sleep 2; echo {index} > {output}', output_dataset: a }\n  \
+         - name: b\n    parents: [a]\n    task: { input_datasets: [a], files_per_job: 2, command: 'sleep 1; cat {inputs} > {output}', output_dataset: b }\n",
+    )
+    .unwrap();
+    let workflows = WorkflowServiceClient::new(panda_client::channel(&idds_url).unwrap());
+    let workflow_id = panda_client::retry(50, false, || {
+        let mut workflows = workflows.clone();
+        let spec = spec.clone();
+        async move { workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) }).await }
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .workflow_id;
+    let server = ServerClient::new(&server_url).unwrap();
+    // Wait until jobs run, then crash every service and start them again, one by one.
+    await_condition(Duration::from_secs(60), "jobs to run", || {
+        let server = server.clone();
+        async move {
+            let tasks = server
+                .tasks
+                .clone()
+                .list_tasks(panda_proto::server::v1::ListTasksRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .tasks;
+            tasks.iter().any(|t| t.job_counts.is_some_and(|c| c.running > 0)).then_some(())
         }
-        panic!("the workflow did not finish across processes: {result:?}");
+    })
+    .await;
+    for name in SERVICES {
+        deployment.crash(name);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        deployment.start(name);
     }
+    with_logs(deployment, async move {
+        let workflow = await_condition(Duration::from_secs(180), "the workflow to end after the crashes", || {
+            let mut workflows = workflows.clone();
+            async move {
+                let workflow = workflows
+                    .get_workflow(idds::GetWorkflowRequest { workflow_id })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .workflow?;
+                (workflow.status != idds::WorkflowStatus::Running as i32).then_some(workflow)
+            }
+        })
+        .await;
+        assert_eq!(workflow.status, idds::WorkflowStatus::Finished as i32, "{workflow:?}");
+        // Exactly one task per work (no duplicate submission), each job finished once.
+        let tasks = server
+            .tasks
+            .clone()
+            .list_tasks(panda_proto::server::v1::ListTasksRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        assert_eq!(tasks.len(), 2, "one task per work: {tasks:?}");
+        for work in &workflow.works {
+            let jobs = panda_integration_tests::jobs_of(&server, work.task_id).await;
+            assert_eq!(jobs.len(), if work.name == "a" { 4 } else { 2 });
+            for job in jobs {
+                assert_eq!(job.status, panda_proto::common::v1::JobStatus::Finished as i32, "{job:?}");
+            }
+        }
+    })
+    .await;
 }

@@ -6,11 +6,12 @@
 //!
 //! Modules: `config` (`[harvester]`), `queues` (the site admin's queue file), `adjuster` (pure
 //! sizing), `plugins` (role traits, config enum, factory, `local`), `store`, `provisioner` (the
-//! cycle), `grpc` (HarvesterService).
+//! cycle), `grpc` (HarvesterService), `metrics`.
 
 pub mod adjuster;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod plugins;
 pub mod provisioner;
 pub mod queues;
@@ -130,7 +131,9 @@ pub async fn run(
             }
         })
     };
-    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    provisioner.metrics.register(&mut registry);
+    let registry = Arc::new(registry);
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let mut server = panda_runtime::grpc::server("harvester")?;
     server.router =

@@ -48,6 +48,8 @@ pub struct Provisioner {
     server_url: String,
     worker_dir: PathBuf,
     keep_finished: Duration,
+    /// Counters.
+    pub metrics: crate::metrics::Metrics,
 }
 
 const LIVE: &[WorkerStatus] =
@@ -82,7 +84,17 @@ impl Provisioner {
         worker_dir: PathBuf,
         keep_finished: Duration,
     ) -> Self {
-        Self { harvester_id, queues: Arc::new(queues), db, outbox, server, server_url, worker_dir, keep_finished }
+        Self {
+            harvester_id,
+            queues: Arc::new(queues),
+            db,
+            outbox,
+            server,
+            server_url,
+            worker_dir,
+            keep_finished,
+            metrics: Default::default(),
+        }
     }
 
     /// The harvester database.
@@ -181,6 +193,7 @@ impl Provisioner {
         outbox::append(&txn, &[event]).await?;
         txn.commit().await?;
         self.outbox.notify();
+        self.metrics.transition(&worker.queue, to);
         info!(entity = "worker", id = worker.id, queue = %worker.queue, from = %worker.status, %to, "state change");
         Ok(())
     }
@@ -274,10 +287,12 @@ impl Provisioner {
         for (worker, outcome) in pending.iter().zip(outcomes) {
             match outcome {
                 crate::plugins::SubmitOutcome::Submitted { batch_id } => {
+                    self.metrics.submission(&queue.name, "submitted");
                     self.transition(worker, WorkerStatus::Submitted, Some(&batch_id), None, "").await?;
                 }
                 crate::plugins::SubmitOutcome::Temporary(diag) | crate::plugins::SubmitOutcome::Permanent(diag) => {
                     warn!(queue = %queue.name, worker_id = worker.id, %diag, "worker submission failed");
+                    self.metrics.submission(&queue.name, "missed");
                     self.transition(worker, WorkerStatus::Missed, None, None, &diag).await?;
                 }
             }

@@ -120,7 +120,9 @@ pub async fn run(
             }
         })
     };
-    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    engine.metrics.register(&mut registry);
+    let registry = Arc::new(registry);
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let mut server = panda_runtime::grpc::server("idds")?;
     server.router = server.router.add_service(WorkflowServiceServer::new(grpc::Api { engine }));

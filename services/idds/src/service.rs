@@ -75,9 +75,32 @@ pub enum Handled {
     NotYet,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Ended {
+    status: &'static str,
+}
+
+/// The engine's counters.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    works_submitted: prometheus_client::metrics::counter::Counter,
+    workflows_ended: prometheus_client::metrics::family::Family<Ended, prometheus_client::metrics::counter::Counter>,
+}
+
+impl Metrics {
+    /// Registers `panda_idds_works_submitted_total` and `panda_idds_workflows_ended_total{status}`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let idds = registry.sub_registry_with_prefix("panda_idds");
+        idds.register("works_submitted", "Works submitted as tasks", self.works_submitted.clone());
+        idds.register("workflows_ended", "Workflows that ended, by state", self.workflows_ended.clone());
+    }
+}
+
 /// The engine.
 #[derive(Clone)]
 pub struct Engine {
+    /// Counters.
+    pub metrics: Metrics,
     db: DatabaseConnection,
     outbox: Outbox,
     server: ServerClient,
@@ -90,7 +113,7 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine.
     pub fn new(db: DatabaseConnection, outbox: Outbox, server: ServerClient) -> Self {
-        Self { db, outbox, server, wake: Arc::default(), submitting: Arc::default() }
+        Self { metrics: Metrics::default(), db, outbox, server, wake: Arc::default(), submitting: Arc::default() }
     }
 
     async fn commit(&self, txn: DatabaseTransaction, events: Vec<Envelope>) -> Result<(), Error> {
@@ -188,6 +211,7 @@ impl Engine {
             if workflow.status == WorkflowStatus::Running {
                 store::set_workflow_status(txn, workflow_id, workflow_status).await?;
                 info!(workflow_id, status = workflow_status.as_str(), "workflow ended");
+                self.metrics.workflows_ended.get_or_create(&Ended { status: workflow_status.as_str() }).inc();
                 events.push(workflow_event(&workflow, workflow_status));
             }
         }
@@ -221,6 +245,7 @@ impl Engine {
                     store::set_work(&txn, work.id, WorkStatus::Submitted, Some(task_id), Some("registered")).await?;
                     txn.commit().await?;
                     info!(workflow_id = work.workflow_id, work = %work.name, task_id, "work submitted");
+                    self.metrics.works_submitted.inc();
                     submitted += 1;
                 }
                 Err(status) if panda_client::is_transient(&status, true) => {

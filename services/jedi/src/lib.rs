@@ -13,7 +13,6 @@ pub mod service;
 pub mod split;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
 use panda_proto::events::v1::TaskStatusChanged;
@@ -81,9 +80,9 @@ impl JediService for Api {
     ) -> Result<tonic::Response<wire::GetStatsResponse>, tonic::Status> {
         let stats = &self.jedi.stats;
         Ok(tonic::Response::new(wire::GetStatsResponse {
-            tasks_processed: stats.tasks_processed.load(Ordering::Relaxed),
-            jobs_generated: stats.jobs_generated.load(Ordering::Relaxed),
-            tasks_pending: stats.tasks_pending.load(Ordering::Relaxed),
+            tasks_processed: stats.tasks_processed.get(),
+            jobs_generated: stats.jobs_generated.get(),
+            tasks_pending: stats.tasks_pending.get(),
         }))
     }
 }
@@ -127,7 +126,9 @@ pub async fn run(
             }
         })
     };
-    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    jedi.stats.register(&mut registry);
+    let registry = Arc::new(registry);
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let mut server = panda_runtime::grpc::server("jedi")?;
     server.router = server.router.add_service(JediServiceServer::new(Api { jedi }));

@@ -2,8 +2,8 @@
 //! brokered, and its jobs inserted in one call. Safe to repeat: the server refuses a second
 //! insertion, which counts as done.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use panda_client::ServerClient;
 use panda_proto::convert::WireEnum;
@@ -27,15 +27,25 @@ pub enum Outcome {
     Skipped(TaskStatus),
 }
 
-/// Counters for `GetStats`.
-#[derive(Debug, Default)]
+/// What JEDI did: `GetStats` and the Prometheus metrics read the same counters.
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Tasks that got jobs.
-    pub tasks_processed: AtomicU64,
-    /// Jobs generated.
-    pub jobs_generated: AtomicU64,
-    /// Times a task was parked in pending.
-    pub tasks_pending: AtomicU64,
+    /// `panda_jedi_tasks_processed_total`: tasks that got jobs.
+    pub tasks_processed: Counter,
+    /// `panda_jedi_jobs_generated_total`.
+    pub jobs_generated: Counter,
+    /// `panda_jedi_tasks_pending_total`: times a task was parked in pending.
+    pub tasks_pending: Counter,
+}
+
+impl Stats {
+    /// Registers the counters under `panda_jedi_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let jedi = registry.sub_registry_with_prefix("panda_jedi");
+        jedi.register("tasks_processed", "Tasks whose jobs were generated", self.tasks_processed.clone());
+        jedi.register("jobs_generated", "Jobs generated and brokered", self.jobs_generated.clone());
+        jedi.register("tasks_pending", "Times a task was parked in pending", self.tasks_pending.clone());
+    }
 }
 
 /// JEDI's job generator.
@@ -44,13 +54,13 @@ pub struct Jedi {
     server: ServerClient,
     queue_stale_after_seconds: u64,
     /// Counters.
-    pub stats: Arc<Stats>,
+    pub stats: Stats,
 }
 
 impl Jedi {
     /// A generator talking to the server through `server`.
     pub fn new(server: ServerClient, queue_stale_after_seconds: u64) -> Self {
-        Self { server, queue_stale_after_seconds, stats: Arc::default() }
+        Self { server, queue_stale_after_seconds, stats: Stats::default() }
     }
 
     /// Generates and brokers the jobs of one task.
@@ -165,8 +175,8 @@ impl Jedi {
         match self.server.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs }).await {
             Ok(_) => {
                 info!(task_id = %task_id, jobs = n, "jobs generated");
-                self.stats.tasks_processed.fetch_add(1, Ordering::Relaxed);
-                self.stats.jobs_generated.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.tasks_processed.inc();
+                self.stats.jobs_generated.inc_by(n as u64);
                 Ok(Outcome::Generated(n))
             }
             // Another delivery of the same event (or a JEDI replica) got there first.
@@ -187,7 +197,7 @@ impl Jedi {
             .await
         {
             Ok(_) => {
-                self.stats.tasks_pending.fetch_add(1, Ordering::Relaxed);
+                self.stats.tasks_pending.inc();
                 Ok(Outcome::Pending(reason))
             }
             // The task left the active states meanwhile (e.g. killed): nothing to do.

@@ -24,6 +24,13 @@ pub struct Config {
     /// Heartbeat interval asked of pilots.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A job whose pilot sent nothing for this long is taken back (sent: requeued; starting or
+    /// running: failed with "lost heartbeat").
+    #[serde(with = "humantime_serde")]
+    pub lost_heartbeat_after: Duration,
+    /// How often the watchdog looks for such jobs.
+    #[serde(with = "humantime_serde")]
+    pub watchdog_interval: Duration,
 }
 
 impl Default for Config {
@@ -34,6 +41,8 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             storage_dir: None,
             heartbeat_interval: Duration::from_secs(30),
+            lost_heartbeat_after: Duration::from_secs(600),
+            watchdog_interval: Duration::from_secs(30),
         }
     }
 }
@@ -47,6 +56,16 @@ impl Config {
         let mut problems = Problems::default();
         problems.check(self.heartbeat_interval >= Duration::from_secs(1), || {
             format!("server.heartbeat_interval = {:?}: must be at least 1s", self.heartbeat_interval)
+        });
+        problems.check(self.lost_heartbeat_after >= self.heartbeat_interval * 3, || {
+            format!(
+                "server.lost_heartbeat_after = {:?}: must be at least 3 heartbeat intervals ({:?}), or live jobs get failed",
+                self.lost_heartbeat_after,
+                self.heartbeat_interval * 3
+            )
+        });
+        problems.check(self.watchdog_interval >= Duration::from_millis(100), || {
+            format!("server.watchdog_interval = {:?}: must be at least 100ms", self.watchdog_interval)
         });
         problems.finish()
     }

@@ -84,6 +84,24 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let service = service::Service::new(db, outbox, storage_dir, metrics);
+    let watchdog = {
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        let (interval, lost_after) = (config.watchdog_interval, config.lost_heartbeat_after);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => if let Err(error) = service.sweep_lost_jobs(lost_after).await {
+                        tracing::warn!(error = %panda_runtime::error::chain(&error), "watchdog cycle failed; retrying next cycle");
+                    },
+                }
+            }
+        })
+    };
     let api = grpc::Api::new(service, config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -99,6 +117,7 @@ pub async fn run(
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay.await;
+    let _ = watchdog.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

@@ -27,6 +27,9 @@ pub enum PilotCommand {
     Kill,
 }
 
+/// Server error code of a job whose pilot went silent (the reference dispatcher's 100).
+pub const LOST_HEARTBEAT: u32 = 100;
+
 /// What `command_to_pilot` holds for a job being killed.
 const TO_BE_KILLED: &str = "tobekilled";
 
@@ -480,6 +483,53 @@ impl Service {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The watchdog: a job whose pilot went silent for `lost_after` is taken back. A `sent` job
+    /// (the pilot never started it) returns to `activated` for another pilot; a `starting` or
+    /// `running` one fails with "lost heartbeat" (code 100, as the reference's dispatcher error),
+    /// so its task can end. Either way its lease is revoked, so a late update from the lost pilot
+    /// is refused.
+    ///
+    /// # Errors
+    /// Database failures.
+    #[instrument(skip_all)]
+    pub async fn sweep_lost_jobs(&self, lost_after: std::time::Duration) -> Result<usize> {
+        let before = Utc::now() - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::MAX);
+        let txn = self.db.begin().await?;
+        let stale = self.store.stale_held_jobs(&txn, before, 500).await?;
+        if stale.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let mut events = Vec::new();
+        let mut tasks = BTreeSet::new();
+        let n = stale.len();
+        for mut job in stale {
+            let silent = (Utc::now() - job.modified_at).num_seconds();
+            if job.status == JobStatus::Sent {
+                self.move_job(&mut job, JobStatus::Activated, &mut events)?;
+                job.error_diag = format!("dispatched to {} but never started ({silent}s); back in the queue", job.node);
+                job.node.clear();
+                job.worker_id.clear();
+            } else {
+                self.move_job(&mut job, JobStatus::Failed, &mut events)?;
+                job.error_code = LOST_HEARTBEAT;
+                job.error_diag = format!("lost heartbeat: no update from the pilot on {} for {silent}s", job.node);
+                self.store.record_outputs(&txn, job.id, &[], FileStatus::Failed, Utc::now()).await?;
+                tasks.insert(job.task_id);
+            }
+            job.lease_token = None;
+            tracing::warn!(job_id = %job.id, status = %job.status, "{}", job.error_diag);
+            self.store.save_job(&txn, &job).await?;
+        }
+        for task_id in tasks {
+            if let Some(mut task) = self.store.lock_task(&txn, task_id).await? {
+                self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+            }
+        }
+        self.commit(txn, events).await?;
+        Ok(n)
     }
 
     /// Jobs waiting and running per queue.

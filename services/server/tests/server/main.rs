@@ -252,6 +252,41 @@ async fn pending_keeps_the_reason(f: Fixture) {
     assert_eq!(f.service.get_task(task.id).await.unwrap().0.status, TaskStatus::Running);
 }
 
+async fn watchdog_requeues_unstarted_and_fails_silent_jobs(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 2, "").await;
+    let never_started = f.service.dispatch("q", "n1", "", Resources::default(), 1).await.unwrap().remove(0);
+    let silent = f.service.dispatch("q", "n2", "", Resources::default(), 1).await.unwrap().remove(0);
+    let silent_lease = silent.job.lease_token.clone().unwrap();
+    f.service.update_job(silent.job.id, &silent_lease, report(JobStatus::Running)).await.unwrap();
+    // Nothing is stale yet with a generous limit.
+    assert_eq!(f.service.sweep_lost_jobs(std::time::Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(f.service.sweep_lost_jobs(std::time::Duration::ZERO).await.unwrap(), 2);
+    let requeued = f.service.show_job(never_started.job.id).await.unwrap();
+    assert_eq!(requeued.status, JobStatus::Activated);
+    assert_eq!(requeued.lease_token, None);
+    let failed = f.service.show_job(silent.job.id).await.unwrap();
+    assert_eq!((failed.status, failed.error_code), (JobStatus::Failed, panda_server::service::LOST_HEARTBEAT));
+    assert!(failed.error_diag.contains("lost heartbeat"), "{}", failed.error_diag);
+    // The lost pilots are fenced off.
+    let old_lease = never_started.job.lease_token.clone().unwrap();
+    assert!(matches!(
+        f.service.update_job(never_started.job.id, &old_lease, report(JobStatus::Running)).await,
+        Err(Error::NotHolder { .. })
+    ));
+    assert!(matches!(
+        f.service.update_job(silent.job.id, &silent_lease, report(JobStatus::Running)).await,
+        Err(Error::NotHolder { .. })
+    ));
+    // The requeued job runs again under a new lease; the task ends partly successful.
+    let again = f.service.dispatch("q", "n3", "", Resources::default(), 1).await.unwrap().remove(0);
+    assert_eq!(again.job.id, never_started.job.id);
+    let lease = again.job.lease_token.clone().unwrap();
+    assert_ne!(lease, old_lease);
+    f.service.update_job(again.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    f.service.update_job(again.job.id, &lease, report(JobStatus::Finished)).await.unwrap();
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Finished);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -283,4 +318,5 @@ store_suite!(
     partial_and_total_failure,
     kill_cancels_queued_and_tells_running_pilots,
     pending_keeps_the_reason,
+    watchdog_requeues_unstarted_and_fails_silent_jobs,
 );
