@@ -1,6 +1,17 @@
 //! `panda`: the command line. `panda up` runs every service in this process; the other commands
 //! talk to running services over gRPC (`--server-url`, `--idds-url`, `--harvester-url`).
 
+/// Prints a line to stdout; a closed pipe (`panda task list | head`) ends the program quietly
+/// instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::render::emit(String::new())
+    };
+    ($($arg:tt)*) => {
+        $crate::render::emit(format!($($arg)*))
+    };
+}
+
 mod render;
 mod up;
 
@@ -259,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Config(ConfigCommand::Show { config }) => {
             let config = panda_all::AllConfig::load(&Loader::new(config.as_deref()))?;
-            print!("{}", toml::to_string_pretty(&config).context("cannot print the configuration")?);
+            out!("{}", toml::to_string_pretty(&config).context("cannot print the configuration")?.trim_end());
             Ok(0)
         }
         Command::Task(command) => {
@@ -303,8 +314,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         .into_inner()
                         .workflow_id;
                     match format {
-                        Format::Json => println!("{}", serde_json::json!({"workflow_id": id})),
-                        Format::Table => println!("workflow {id} submitted; follow it with: panda workflow show {id}"),
+                        Format::Json => out!("{}", serde_json::json!({"workflow_id": id})),
+                        Format::Table => out!("workflow {id} submitted; follow it with: panda workflow show {id}"),
                     }
                 }
                 WorkflowCommand::List { limit } => {
@@ -345,8 +356,8 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
                 .await?;
             let id = response.into_inner().task_id;
             match format {
-                Format::Json => println!("{}", serde_json::json!({"task_id": id})),
-                Format::Table => println!("task {id} submitted; follow it with: panda task show {id}"),
+                Format::Json => out!("{}", serde_json::json!({"task_id": id})),
+                Format::Table => out!("task {id} submitted; follow it with: panda task show {id}"),
             }
         }
         TaskCommand::List { status, user, limit } => {

@@ -8,6 +8,20 @@ use panda_proto::idds::v1 as idds;
 use panda_proto::server::v1 as server;
 use serde_json::{Value, json};
 
+/// Writes one line to stdout. When the reader went away (a closed pipe), exits with success:
+/// there is no one left to tell.
+pub fn emit(line: String) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}") {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(1);
+    }
+}
+
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -84,7 +98,7 @@ fn task_json(t: &server::Task) -> Value {
 /// Prints tasks.
 pub fn tasks(format: Format, tasks: &[server::Task]) {
     match format {
-        Format::Json => println!("{}", Value::Array(tasks.iter().map(task_json).collect())),
+        Format::Json => out!("{}", Value::Array(tasks.iter().map(task_json).collect())),
         Format::Table => {
             let mut t = table(&["ID", "NAME", "USER", "STATUS", "JOBS", "DONE", "FAILED", "CREATED"]);
             for task in tasks {
@@ -101,7 +115,7 @@ pub fn tasks(format: Format, tasks: &[server::Task]) {
                     time_text(&task.created_at),
                 ]);
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -109,7 +123,7 @@ pub fn tasks(format: Format, tasks: &[server::Task]) {
 /// Prints one task in detail.
 pub fn task(format: Format, task: &server::Task) {
     match format {
-        Format::Json => println!("{}", task_json(task)),
+        Format::Json => out!("{}", task_json(task)),
         Format::Table => {
             let value = task_json(task);
             let mut t = table(&["FIELD", "VALUE"]);
@@ -122,7 +136,7 @@ pub fn task(format: Format, task: &server::Task) {
                     t.add_row(vec![key, text]);
                 }
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -142,7 +156,7 @@ fn job_json(j: &server::Job) -> Value {
 /// Prints jobs.
 pub fn jobs(format: Format, jobs: &[server::Job]) {
     match format {
-        Format::Json => println!("{}", Value::Array(jobs.iter().map(job_json).collect())),
+        Format::Json => out!("{}", Value::Array(jobs.iter().map(job_json).collect())),
         Format::Table => {
             let mut t = table(&["ID", "TASK", "#", "STATUS", "QUEUE", "EXIT", "ERROR", "WALL s", "CPU s", "ENDED"]);
             for j in jobs {
@@ -159,7 +173,7 @@ pub fn jobs(format: Format, jobs: &[server::Job]) {
                     time_text(&j.ended_at),
                 ]);
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -167,7 +181,7 @@ pub fn jobs(format: Format, jobs: &[server::Job]) {
 /// Prints one job in detail.
 pub fn job(format: Format, job: &server::Job) {
     match format {
-        Format::Json => println!("{}", job_json(job)),
+        Format::Json => out!("{}", job_json(job)),
         Format::Table => {
             let mut t = table(&["FIELD", "VALUE"]);
             if let Value::Object(map) = job_json(job) {
@@ -179,7 +193,7 @@ pub fn job(format: Format, job: &server::Job) {
                     t.add_row(vec![key, text]);
                 }
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -199,7 +213,7 @@ fn workflow_json(w: &idds::Workflow) -> Value {
 /// Prints workflows.
 pub fn workflows(format: Format, workflows: &[idds::Workflow]) {
     match format {
-        Format::Json => println!("{}", Value::Array(workflows.iter().map(workflow_json).collect())),
+        Format::Json => out!("{}", Value::Array(workflows.iter().map(workflow_json).collect())),
         Format::Table => {
             let mut t = table(&["ID", "NAME", "USER", "STATUS", "WORKS", "FINISHED", "CREATED"]);
             for w in workflows {
@@ -214,7 +228,7 @@ pub fn workflows(format: Format, workflows: &[idds::Workflow]) {
                     time_text(&w.created_at),
                 ]);
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -222,9 +236,9 @@ pub fn workflows(format: Format, workflows: &[idds::Workflow]) {
 /// Prints one workflow with its works.
 pub fn workflow(format: Format, w: &idds::Workflow) {
     match format {
-        Format::Json => println!("{}", workflow_json(w)),
+        Format::Json => out!("{}", workflow_json(w)),
         Format::Table => {
-            println!("workflow {} {:?}: {}", w.workflow_id, w.name, workflow_status(w.status));
+            out!("workflow {} {:?}: {}", w.workflow_id, w.name, workflow_status(w.status));
             let mut t = table(&["WORK", "PARENTS", "STATUS", "TASK", "TASK STATUS", "SUBMITTED", "ENDED"]);
             for k in &w.works {
                 t.add_row(vec![
@@ -237,7 +251,7 @@ pub fn workflow(format: Format, w: &idds::Workflow) {
                     time_text(&k.ended_at),
                 ]);
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -255,7 +269,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
         })
         .collect();
     match format {
-        Format::Json => println!("{}", Value::Array(rows)),
+        Format::Json => out!("{}", Value::Array(rows)),
         Format::Table => {
             let mut t = table(&[
                 "QUEUE",
@@ -287,7 +301,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                     .collect::<Vec<_>>(),
                 );
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }
@@ -301,7 +315,7 @@ pub fn workers(format: Format, workers: &[harvester::Worker]) {
                         "ended_at": time_json(&w.ended_at), "work_dir": w.work_dir}))
         .collect();
     match format {
-        Format::Json => println!("{}", Value::Array(rows)),
+        Format::Json => out!("{}", Value::Array(rows)),
         Format::Table => {
             let mut t = table(&["WORKER", "QUEUE", "STATUS", "BATCH ID", "EXIT", "DIAG", "SUBMITTED", "ENDED"]);
             for w in workers {
@@ -316,7 +330,7 @@ pub fn workers(format: Format, workers: &[harvester::Worker]) {
                     time_text(&w.ended_at),
                 ]);
             }
-            println!("{t}");
+            out!("{t}");
         }
     }
 }

@@ -141,7 +141,7 @@ async fn summary(
     data_dir: &Path,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
-    println!(
+    out!(
         "\nworkflow {} {:?} {} in {:.1}s",
         workflow.workflow_id,
         workflow.name,
@@ -149,7 +149,7 @@ async fn summary(
         elapsed.as_secs_f64()
     );
     render::workflow(render::Format::Table, workflow);
-    println!("tasks:");
+    out!("tasks:");
     render::tasks(render::Format::Table, tasks);
     let mut jobs = Vec::new();
     for task in tasks {
@@ -161,9 +161,9 @@ async fn summary(
             .into_inner();
         jobs.extend(response.jobs);
     }
-    println!("jobs:");
+    out!("jobs:");
     render::jobs(render::Format::Table, &jobs);
-    println!("outputs:");
+    out!("outputs:");
     // The leaves' outputs are the workflow's results: show them.
     let parents: std::collections::BTreeSet<&str> =
         workflow.works.iter().flat_map(|w| w.parents.iter().map(String::as_str)).collect();
@@ -181,14 +181,14 @@ async fn summary(
             .dataset
             .unwrap_or_default();
         let bytes: u64 = dataset.files.iter().map(|f| f.size_bytes).sum();
-        println!("  {} ({}): {} files, {} bytes", dataset.name, dataset.status, dataset.files.len(), bytes);
+        out!("  {} ({}): {} files, {} bytes", dataset.name, dataset.status, dataset.files.len(), bytes);
         let is_leaf = workflow.works.iter().any(|w| w.task_id == task.task_id && !parents.contains(w.name.as_str()));
         if is_leaf {
             for file in &dataset.files {
                 let path = data_dir.join("storage").join(&file.lfn);
                 if let Ok(text) = std::fs::read_to_string(&path) {
                     for line in text.lines().take(10) {
-                        println!("    {}: {line}", file.lfn);
+                        out!("    {}: {line}", file.lfn);
                     }
                 }
             }

@@ -74,7 +74,10 @@ impl Loader {
     /// # Errors
     /// [`ConfigError::Load`] naming the key, the problem and where the value came from.
     pub fn section<T: DeserializeOwned + Serialize + Default>(&self, key: &str) -> Result<T, ConfigError> {
-        Ok(Figment::from(Serialized::default(key, T::default())).merge(self.layers.clone()).extract_inner(key)?)
+        Figment::from(Serialized::default(key, T::default()))
+            .merge(self.layers.clone())
+            .extract_inner(key)
+            .map_err(|error| ConfigError::Load(error.into_iter().map(|e| describe(key, &e)).collect()))
     }
 
     /// The data directory (top-level `data_dir`, default `./panda-data`).
@@ -104,6 +107,31 @@ impl Loader {
         }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Load(errors)) }
     }
+}
+
+/// One figment error as `section.key: problem (in source)`. figment reports the path of a nested
+/// extraction in its own order, with the profile and in the case of the environment upper-cased;
+/// rebuilding it from the section we asked for gives a key people can search their file for.
+fn describe(section: &str, error: &figment::Error) -> String {
+    let mut path: Vec<String> = error
+        .path
+        .iter()
+        .map(|p| p.to_lowercase())
+        .filter(|p| p != "default" && p != "global" && p != section)
+        .collect();
+    path.insert(0, section.to_owned());
+    let source = match &error.metadata {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ => format!(" (in {})", m.name),
+        },
+        None => String::new(),
+    };
+    let env_hint = match &error.metadata {
+        Some(m) if m.name.contains("environment") => format!(", set by PANDA_{}", path.join("__").to_uppercase()),
+        _ => String::new(),
+    };
+    format!("{}: {}{source}{env_hint}", path.join("."), error.kind)
 }
 
 /// Collects rule violations so that `validate()` reports all of them at once.
@@ -163,7 +191,14 @@ mod tests {
     fn unknown_key_is_named() {
         let loader = Loader::from_toml("[server]\nprot = 7\n");
         let error = loader.section::<Section>("server").unwrap_err().to_string();
-        assert!(error.contains("prot"), "{error}");
+        assert!(error.contains("server.prot: unknown field: found `prot`"), "{error}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_source() {
+        let error = Loader::from_toml("[server]\nport = \"x\"\n").section::<Section>("server").unwrap_err().to_string();
+        assert!(error.contains("server.port: invalid type"), "{error}");
+        assert!(error.contains("TOML"), "{error}");
     }
 
     #[test]
@@ -190,7 +225,8 @@ mod tests {
             loader.check_top_level().unwrap();
             jail.set_env("PANDA_SERVER__PROT", "42");
             let error = Loader::new(None).section::<Section>("server").unwrap_err().to_string();
-            assert!(error.contains("prot"), "{error}");
+            assert!(error.contains("server.prot: unknown field"), "{error}");
+            assert!(error.contains("set by PANDA_SERVER__PROT"), "{error}");
             Ok(())
         });
     }
