@@ -65,7 +65,7 @@ impl Handler for TaskEvents {
     async fn handle(&self, event: &Envelope) -> Result<(), HandleError> {
         let body: TaskStatusChanged = event.decode().map_err(|e| HandleError::Reject(e.to_string()))?;
         let status = TaskStatus::from_wire("status", body.status).map_err(|e| HandleError::Reject(e.to_string()))?;
-        match self.engine.on_task_status(body.task_id, status).await {
+        match self.engine.on_task_status(body.task_id, status, Some(event.event_id)).await {
             Ok(Handled::NotYet) => Err(HandleError::Retry(format!("task {} not linked to a work yet", body.task_id))),
             Ok(_) => Ok(()),
             Err(error) => Err(HandleError::Retry(error.to_string())),

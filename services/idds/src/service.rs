@@ -64,6 +64,9 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// The consumer name under which idds records processed task events.
+const CONSUMER: &str = "idds.tasks";
+
 /// How an event was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -123,6 +126,11 @@ impl Engine {
             self.outbox.notify();
         }
         Ok(())
+    }
+
+    /// The engine's database (for tests and tools).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Validates and stores a workflow and starts it.
@@ -272,28 +280,43 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a task's new state to its work.
+    /// Applies a task's new state to its work, once per event: the event id is recorded in the
+    /// same transaction as the change (`processed_events`), so a redelivered event does nothing.
+    /// Reconciliation passes no event id; it is idempotent on its own (a final work never changes).
     ///
     /// # Errors
     /// Database failures.
-    pub async fn on_task_status(&self, task_id: u64, task_status: TaskStatus) -> Result<Handled, Error> {
-        let Some(work) = store::work_by_task(&self.db, task_id).await? else {
+    pub async fn on_task_status(
+        &self,
+        task_id: u64,
+        task_status: TaskStatus,
+        event_id: Option<uuid::Uuid>,
+    ) -> Result<Handled, Error> {
+        let txn = self.db.begin().await?;
+        let Some(work) = store::work_by_task(&txn, task_id).await? else {
             // Our submitter may not have recorded this task yet.
-            let in_flight = !store::works_in(&self.db, WorkStatus::Ready).await?.is_empty();
+            let in_flight = !store::works_in(&txn, WorkStatus::Ready).await?.is_empty();
             return Ok(if in_flight && task_status.is_final() { Handled::NotYet } else { Handled::Ignored });
         };
         if work.status.is_final() {
             return Ok(Handled::Ignored);
         }
+        if let Some(event_id) = event_id
+            && !panda_bus::idempotency::first_delivery(&txn, CONSUMER, event_id).await?
+        {
+            return Ok(Handled::Ignored);
+        }
+        let mut events = Vec::new();
         match WorkStatus::from_task_status(task_status) {
             Some(status) => {
                 info!(workflow_id = work.workflow_id, work = %work.name, task_id, %task_status, "work ended");
-                self.finish_work(&work, status, task_status.as_str()).await?;
+                store::set_work(&txn, work.id, status, None, Some(task_status.as_str())).await?;
+                self.advance(&txn, work.workflow_id, &mut events).await?;
             }
-            None => {
-                store::set_work(&self.db, work.id, work.status, None, Some(task_status.as_str())).await?;
-            }
+            None => store::set_work(&txn, work.id, work.status, None, Some(task_status.as_str())).await?,
         }
+        self.commit(txn, events).await?;
+        self.wake.notify_one();
         Ok(Handled::Applied)
     }
 
@@ -311,7 +334,7 @@ impl Engine {
                         && let Ok(status) =
                             <TaskStatus as panda_proto::convert::WireEnum>::from_wire("status", task.status)
                     {
-                        self.on_task_status(task_id, status).await?;
+                        self.on_task_status(task_id, status, None).await?;
                     }
                 }
                 Err(status) => warn!(task_id, %status, "could not reconcile a work's task"),
