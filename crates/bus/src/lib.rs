@@ -165,6 +165,24 @@ impl Bus {
         }
     }
 
+    /// Connects a standalone service: its events must cross processes, so the in-process bus is
+    /// refused with a message saying how to configure RabbitMQ.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] without `bus.url`, else as [`Bus::connect`].
+    pub async fn connect_broker(config: &BusConfig, service: &str) -> Result<Bus, Error> {
+        if config.url.is_none() {
+            return Err(Error::InvalidConfig {
+                problems: format!(
+                    "bus.url is not set: a standalone {service} exchanges events through RabbitMQ (set bus.url or \
+                     PANDA_BUS__URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f); the in-process bus works only \
+                     inside `panda up`"
+                ),
+            });
+        }
+        Bus::connect(config).await
+    }
+
     /// A new in-process bus with the default configuration.
     pub fn memory() -> Bus {
         Bus::Memory(MemoryBus::new())

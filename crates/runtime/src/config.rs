@@ -109,6 +109,22 @@ impl Loader {
     }
 }
 
+/// What a service binary does first: layers its config file and the environment, rejects unknown
+/// top-level keys, and starts telemetry from `[telemetry]`.
+///
+/// # Errors
+/// A bad file, key or value, or telemetry that cannot start.
+pub fn boot(
+    service: &'static str,
+    path: Option<&Path>,
+) -> Result<(Loader, crate::telemetry::TelemetryGuard), Box<dyn std::error::Error + Send + Sync>> {
+    let loader = Loader::new(path);
+    loader.check_top_level()?;
+    let telemetry: crate::telemetry::TelemetryConfig = loader.section("telemetry")?;
+    let guard = crate::telemetry::init(service, &telemetry)?;
+    Ok((loader, guard))
+}
+
 /// One figment error as `section.key: problem (in source)`. figment reports the path of a nested
 /// extraction in its own order, with the profile and in the case of the environment upper-cased;
 /// rebuilding it from the section we asked for gives a key people can search their file for.

@@ -1,13 +1,14 @@
 //! Scaffolding every panda service shares: layered config loading (`config`), telemetry
 //! (`telemetry`), the gRPC server with health, reflection and request spans (`grpc`), the
 //! Prometheus admin endpoint (`metrics`), the one mapping from errors to gRPC statuses
-//! (`error`) and shutdown on signals (`shutdown`).
+//! (`error`), shutdown on signals (`shutdown`) and periodic background loops (`task`).
 
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod shutdown;
+pub mod task;
 pub mod telemetry;
 
 pub use error::{ErrorCode, ServiceError, to_status};

@@ -117,18 +117,9 @@ pub async fn run(
     );
     let cycles = {
         let provisioner = provisioner.clone();
-        let shutdown = shutdown.clone();
-        let interval = config.cycle_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => provisioner.cycle().await,
-                }
-            }
+        panda_runtime::task::every("provisioning", config.cycle_interval, shutdown.clone(), move || {
+            let provisioner = provisioner.clone();
+            async move { provisioner.cycle().await }
         })
     };
     let mut registry = prometheus_client::registry::Registry::default();

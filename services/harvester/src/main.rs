@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use panda_runtime::config::Loader;
 
 /// Harvester: provisions pilots on resources.
 #[derive(Parser)]
@@ -35,18 +33,10 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", serde_yaml_ng::to_string(&queues)?);
         return Ok(());
     }
-    let loader = Loader::new(args.config.as_deref());
-    loader.check_top_level()?;
-    let telemetry = loader.section("telemetry")?;
-    let _guard = panda_runtime::telemetry::init("panda-harvester", &telemetry)?;
+    let (loader, _telemetry) =
+        panda_runtime::config::boot("panda-harvester", args.config.as_deref()).map_err(anyhow::Error::from_boxed)?;
     let config: panda_harvester::Config = loader.section("harvester")?;
-    let bus_config: panda_bus::BusConfig = loader.section("bus")?;
-    anyhow::ensure!(
-        bus_config.url.is_some(),
-        "bus.url is not set: a standalone panda-harvester publishes worker events to RabbitMQ (set bus.url or \
-         PANDA_BUS__URL); the in-process bus works only inside `panda up`"
-    );
-    let bus = panda_bus::Bus::connect(&bus_config).await.context("connecting to the event bus")?;
+    let bus = panda_bus::Bus::connect_broker(&loader.section("bus")?, "panda-harvester").await?;
     let listeners = panda_runtime::Listeners::bind(config.listen_addr, Some(config.admin_addr)).await?;
     // The pilot binary is installed next to this one.
     let pilot = std::env::current_exe()?.with_file_name("panda-pilot");

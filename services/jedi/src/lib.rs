@@ -110,18 +110,11 @@ pub async fn run(
         .await?;
     let sweeper = {
         let jedi = jedi.clone();
-        let shutdown = shutdown.clone();
-        let interval = config.sweep_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => if let Err(error) = jedi.sweep_once().await {
-                        warn!(%error, "task sweep failed; retrying next cycle");
-                    },
+        panda_runtime::task::every("task-sweep", config.sweep_interval, shutdown.clone(), move || {
+            let jedi = jedi.clone();
+            async move {
+                if let Err(error) = jedi.sweep_once().await {
+                    warn!(%error, "task sweep failed; retrying next cycle");
                 }
             }
         })

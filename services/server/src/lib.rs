@@ -86,18 +86,12 @@ pub async fn run(
     let service = service::Service::new(db, outbox, storage_dir, metrics);
     let watchdog = {
         let service = service.clone();
-        let shutdown = shutdown.clone();
-        let (interval, lost_after) = (config.watchdog_interval, config.lost_heartbeat_after);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => if let Err(error) = service.sweep_lost_jobs(lost_after).await {
-                        tracing::warn!(error = %panda_runtime::error::chain(&error), "watchdog cycle failed; retrying next cycle");
-                    },
+        let lost_after = config.lost_heartbeat_after;
+        panda_runtime::task::every("watchdog", config.watchdog_interval, shutdown.clone(), move || {
+            let service = service.clone();
+            async move {
+                if let Err(error) = service.sweep_lost_jobs(lost_after).await {
+                    tracing::warn!(error = %panda_runtime::error::chain(&error), "watchdog cycle failed; retrying next cycle");
                 }
             }
         })
