@@ -64,17 +64,24 @@ pub(crate) mod entity {
 /// # Errors
 /// The insert failed; the caller's transaction should roll back.
 pub async fn append<C: ConnectionTrait>(txn: &C, events: &[Envelope]) -> Result<(), sea_orm::DbErr> {
-    let rows = events.iter().map(|event| entity::ActiveModel {
-        event_id: Set(event.event_id.hyphenated().to_string()),
-        routing_key: Set(event.routing_key.clone()),
-        occurred_at: Set(event.occurred_at),
-        body: Set(event.body.to_vec()),
-        ..Default::default()
-    });
-    // Without RETURNING: we need no IDs back, and an empty list is a no-op.
-    entity::Entity::insert_many(rows).exec_without_returning(txn).await?;
+    // In chunks: one statement for a 100000-job task would pass SQLite's limit on bound
+    // variables (32766) and PostgreSQL's (65535).
+    for chunk in events.chunks(APPEND_CHUNK) {
+        let rows = chunk.iter().map(|event| entity::ActiveModel {
+            event_id: Set(event.event_id.hyphenated().to_string()),
+            routing_key: Set(event.routing_key.clone()),
+            occurred_at: Set(event.occurred_at),
+            body: Set(event.body.to_vec()),
+            ..Default::default()
+        });
+        // Without RETURNING: we need no IDs back, and an empty list is a no-op.
+        entity::Entity::insert_many(rows).exec_without_returning(txn).await?;
+    }
     Ok(())
 }
+
+/// Rows per INSERT statement of [`append`] (4 bound values each).
+const APPEND_CHUNK: usize = 1000;
 
 /// A service's outbox: its database and the signal that wakes the relay.
 #[derive(Clone)]

@@ -54,6 +54,10 @@ pub fn channel_with_timeout(url: &str, timeout: Duration) -> Result<Channel, Err
     Ok(endpoint.connect_lazy())
 }
 
+/// Largest message a panda service or client accepts (tonic's default is 4 MiB, less than one
+/// InsertJobs call of a large task or one page of 10000 jobs).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The server's four APIs over one channel.
 #[derive(Debug, Clone)]
 pub struct ServerClient {
@@ -75,10 +79,10 @@ impl ServerClient {
     pub fn new(url: &str) -> Result<Self, Error> {
         let channel = channel(url)?;
         Ok(Self {
-            tasks: TaskServiceClient::new(channel.clone()),
-            jobs: JobServiceClient::new(channel.clone()),
-            pilot: PilotServiceClient::new(channel.clone()),
-            internal: InternalServiceClient::new(channel),
+            tasks: TaskServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pilot: PilotServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
 }

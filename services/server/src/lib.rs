@@ -101,10 +101,11 @@ pub async fn run(
     let mut server = panda_runtime::grpc::server("server")?;
     server.router = server
         .router
-        .add_service(TaskServiceServer::new(api.clone()))
-        .add_service(JobServiceServer::new(api.clone()))
-        .add_service(PilotServiceServer::new(api.clone()))
-        .add_service(InternalServiceServer::new(api));
+        .add_service(TaskServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
+        .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
+        .add_service(PilotServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
+        // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
+        .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let addr = listeners.grpc.local_addr().ok();
     info!(addr = ?addr, database = %panda_db::redact(&url), "server ready");

@@ -29,6 +29,8 @@ macro_rules! outbox_suite {
             async fn the_relay_retries_until_the_broker_is_back() { cases::the_relay_retries_until_the_broker_is_back($database).await }
             $(#[$attr])* #[tokio::test]
             async fn the_relay_flushes_once_more_at_shutdown() { cases::the_relay_flushes_once_more_at_shutdown($database).await }
+            $(#[$attr])* #[tokio::test]
+            async fn a_huge_batch_appends_in_one_transaction() { cases::a_huge_batch_appends_in_one_transaction($database).await }
         }
     };
 }
@@ -111,6 +113,16 @@ mod cases {
         eventually("the outbox to empty", || async { outbox.pending().await.unwrap() == 0 }).await;
         shutdown.cancel();
         relay.await.unwrap();
+    }
+
+    pub async fn a_huge_batch_appends_in_one_transaction(database_kind: Database) {
+        // More rows than one statement may bind (SQLite: 32766 variables, PostgreSQL: 65535).
+        let (_test_db, db) = database(database_kind).await;
+        let events: Vec<_> = (0..20_000).map(|i| event("job.activated", &i.to_string())).collect();
+        let txn = db.begin().await.unwrap();
+        outbox::append(&txn, &events).await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(Outbox::new(db.clone()).pending().await.unwrap(), 20_000);
     }
 
     pub async fn flush_once_publishes_in_order_and_deletes(database_kind: Database) {

@@ -329,8 +329,16 @@ impl Store {
         if lfns.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows =
-            file::Entity::find().filter(file::Column::Lfn.is_in(lfns.iter().map(String::as_str))).all(conn).await?;
+        // In chunks: a long IN list would pass the databases' limits on bound variables.
+        let mut rows = Vec::with_capacity(lfns.len());
+        for chunk in lfns.chunks(1000) {
+            rows.extend(
+                file::Entity::find()
+                    .filter(file::Column::Lfn.is_in(chunk.iter().map(String::as_str)))
+                    .all(conn)
+                    .await?,
+            );
+        }
         Ok(rows
             .into_iter()
             .map(|f| {
