@@ -113,6 +113,12 @@ enum TaskCommand {
         /// Only this user's.
         #[arg(long)]
         user: Option<String>,
+        /// Only tasks whose name contains this text.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only tasks created within this long, e.g. 30m, 2h, 7days.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        since: Option<std::time::Duration>,
         /// How many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -127,6 +133,24 @@ enum TaskCommand {
         /// Task ID.
         id: u64,
     },
+    /// Freezes a task: its queued jobs wait until it is resumed.
+    Pause {
+        /// Task ID.
+        id: u64,
+    },
+    /// Resumes a paused task.
+    Resume {
+        /// Task ID.
+        id: u64,
+    },
+    /// Changes the priority of a task and its queued jobs.
+    Priority {
+        /// Task ID.
+        id: u64,
+        /// New priority (higher runs first).
+        #[arg(allow_hyphen_values = true)]
+        priority: i32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,12 +163,20 @@ enum JobCommand {
         /// Only these states (repeatable).
         #[arg(long)]
         status: Vec<String>,
+        /// Only this queue's.
+        #[arg(long)]
+        queue: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
     /// One job, with what the pilot reported.
     Show {
+        /// Job ID.
+        id: u64,
+    },
+    /// Kills a job.
+    Kill {
         /// Job ID.
         id: u64,
     },
@@ -281,23 +313,26 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Job(command) => {
             let server = ServerClient::new(&cli.server)?;
             match command {
-                JobCommand::List { task, status, limit } => {
+                JobCommand::List { task, status, queue, limit } => {
                     let statuses = parse_states::<JobStatus>(&status)?;
-                    let response = server
-                        .jobs
-                        .clone()
-                        .list_jobs(server::ListJobsRequest {
-                            task_id: task.unwrap_or(0),
-                            statuses,
-                            limit,
-                            after_job_id: 0,
-                        })
-                        .await?;
+                    let request = server::ListJobsRequest {
+                        task_id: task.unwrap_or(0),
+                        statuses,
+                        limit,
+                        after_job_id: 0,
+                        queue: queue.unwrap_or_default(),
+                    };
+                    let response = server.jobs.clone().list_jobs(request).await?;
                     render::jobs(format, &response.into_inner().jobs);
                 }
                 JobCommand::Show { id } => {
                     let job =
                         server.jobs.clone().show_job(server::ShowJobRequest { job_id: id }).await?.into_inner().job;
+                    render::job(format, &job.context("server answered without a job")?);
+                }
+                JobCommand::Kill { id } => {
+                    let job =
+                        server.jobs.clone().kill_job(server::KillJobRequest { job_id: id }).await?.into_inner().job;
                     render::job(format, &job.context("server answered without a job")?);
                 }
             }
@@ -360,16 +395,20 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
                 Format::Table => out!("task {id} submitted; follow it with: panda task show {id}"),
             }
         }
-        TaskCommand::List { status, user, limit } => {
+        TaskCommand::List { status, user, name, since, limit } => {
             let statuses = parse_states::<TaskStatus>(&status)?;
-            let response = tasks
-                .list_tasks(server::ListTasksRequest {
-                    statuses,
-                    user: user.unwrap_or_default(),
-                    limit,
-                    before_task_id: 0,
-                })
-                .await?;
+            let created_after = since
+                .map(|since| chrono::Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX))
+                .map(panda_proto::convert::timestamp);
+            let request = server::ListTasksRequest {
+                statuses,
+                user: user.unwrap_or_default(),
+                limit,
+                name_contains: name.unwrap_or_default(),
+                created_after,
+                ..Default::default()
+            };
+            let response = tasks.list_tasks(request).await?;
             render::tasks(format, &response.into_inner().tasks);
         }
         TaskCommand::Show { id } => {
@@ -378,6 +417,19 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
         }
         TaskCommand::Kill { id } => {
             let task = tasks.kill_task(server::KillTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Pause { id } => {
+            let task = tasks.pause_task(server::PauseTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Resume { id } => {
+            let task = tasks.resume_task(server::ResumeTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Priority { id, priority } => {
+            let request = server::SetTaskPriorityRequest { task_id: id, priority };
+            let task = tasks.set_task_priority(request).await?.into_inner().task;
             render::task(format, &task.context("server answered without a task")?);
         }
     }

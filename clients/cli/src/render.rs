@@ -89,7 +89,7 @@ fn task_json(t: &server::Task) -> Value {
     json!({
         "task_id": t.task_id, "name": spec.name, "user": spec.user, "status": task_status(t.status),
         "error_diag": t.error_diag, "command": spec.command, "input_datasets": spec.input_datasets,
-        "output_dataset": spec.output_dataset, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
+        "output_dataset": spec.output_dataset, "priority": spec.priority, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
         "jobs": {"total": counts.total, "queued": counts.queued, "running": counts.running, "finished": counts.finished,
                  "failed": counts.failed, "cancelled": counts.cancelled},
     })
@@ -144,7 +144,7 @@ pub fn task(format: Format, task: &server::Task) {
 fn job_json(j: &server::Job) -> Value {
     json!({
         "job_id": j.job_id, "task_id": j.task_id, "index": j.job_index, "status": job_status(j.status), "queue": j.queue,
-        "attempt_nr": j.attempt_nr, "command": j.command, "input_files": j.input_files,
+        "attempt_nr": j.attempt_nr, "priority": j.priority, "command": j.command, "input_files": j.input_files,
         "output_files": j.output_files.iter().map(|f| f.lfn.clone()).collect::<Vec<_>>(),
         "exit_code": j.exit_code, "error_code": j.error_code, "error_diag": j.error_diag,
         "cpu_time_seconds": j.cpu_time_seconds, "wall_time_seconds": j.wall_time_seconds, "max_rss_kb": j.max_rss_kb,

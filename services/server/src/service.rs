@@ -229,6 +229,117 @@ impl Service {
         Ok((task, counts))
     }
 
+    /// Freezes a task: its activated jobs are held back (`throttled`) so no pilot takes them;
+    /// jobs already running go on. The state it left is remembered for [`Service::resume_task`].
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task is not active (or already paused).
+    #[instrument(skip_all, fields(task_id = %task_id))]
+    pub async fn pause_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        if !task.status.can_transition_to(TaskStatus::Paused) {
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "pause",
+                allowed: "an active or pending task",
+            });
+        }
+        let mut events = Vec::new();
+        self.store.set_task_old_status(&txn, task_id, Some(task.status)).await?;
+        self.move_task(&txn, &mut task, TaskStatus::Paused, None, &mut events).await?;
+        for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Activated]).await? {
+            self.move_job(&mut job, JobStatus::Throttled, &mut events)?;
+            self.store.save_job(&txn, &job).await?;
+        }
+        self.commit(txn, events).await?;
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
+    /// Returns a paused task to where it was and releases its held jobs.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task is not paused.
+    #[instrument(skip_all, fields(task_id = %task_id))]
+    pub async fn resume_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        if task.status != TaskStatus::Paused {
+            return Err(Error::TaskState { task_id, status: task.status, action: "resume", allowed: "a paused task" });
+        }
+        let mut back = self.store.task_old_status(&txn, task_id).await?.unwrap_or(TaskStatus::Registered);
+        // A task paused while pending goes back to registered, so JEDI looks at it again at once.
+        if !TaskStatus::Paused.can_transition_to(back) {
+            back = TaskStatus::Registered;
+        }
+        let mut events = Vec::new();
+        self.move_task(&txn, &mut task, back, None, &mut events).await?;
+        self.store.set_task_old_status(&txn, task_id, None).await?;
+        for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Throttled]).await? {
+            self.move_job(&mut job, JobStatus::Activated, &mut events)?;
+            self.store.save_job(&txn, &job).await?;
+        }
+        // Jobs that ran out while it was paused may have drained it.
+        self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+        self.commit(txn, events).await?;
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
+    /// Changes a task's priority and that of its jobs not yet dispatched.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task has ended.
+    pub async fn set_task_priority(&self, task_id: TaskId, priority: i32) -> Result<(Task, JobCounts)> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        if task.status.is_final() {
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "a priority change",
+                allowed: "a task that has not ended",
+            });
+        }
+        self.store.set_task_priority(&txn, &task, priority, Utc::now()).await?;
+        txn.commit().await?;
+        task.spec.priority = priority;
+        info!(entity = "task", id = %task_id, priority, "priority changed");
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
+    /// Kills one job: cancelled at once when queued; when a pilot holds it, the pilot is told at
+    /// its next heartbeat and the job ends as cancelled when it reports.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the job has ended.
+    #[instrument(skip_all, fields(job_id = %job_id))]
+    pub async fn kill_job(&self, job_id: JobId) -> Result<Job> {
+        let txn = self.db.begin().await?;
+        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        if job.status.is_final() {
+            return Err(Error::JobTransition { job_id, from: job.status, to: JobStatus::Cancelled });
+        }
+        let mut events = Vec::new();
+        if job.status.is_queued() {
+            self.move_job(&mut job, JobStatus::Cancelled, &mut events)?;
+            job.error_diag = "killed by request".to_owned();
+            self.store.save_job(&txn, &job).await?;
+            self.store.record_outputs(&txn, job_id, &[], FileStatus::Cancelled, Utc::now()).await?;
+            let mut task =
+                self.store.lock_task(&txn, job.task_id).await?.ok_or(Error::TaskNotFound { task_id: job.task_id })?;
+            self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+        } else {
+            job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
+            self.store.save_job(&txn, &job).await?;
+        }
+        self.commit(txn, events).await?;
+        Ok(job)
+    }
+
     /// Inserts a task's brokered jobs and moves the task to running, all or nothing. Repeating
     /// the call for a task that already has its jobs is refused (JEDI treats that as done).
     ///
@@ -475,7 +586,12 @@ impl Service {
                         .first()
                         .map(|j| format!("; first failure: job {} error {} {}", j.id, j.error_code, j.error_diag))
                         .unwrap_or_default();
-                    (TaskStatus::Failed, DatasetStatus::Failed, format!("all {} jobs failed{detail}", counts.total))
+                    let summary = if counts.failed == counts.total {
+                        format!("all {} jobs failed", counts.total)
+                    } else {
+                        format!("no job finished ({} failed, {} cancelled)", counts.failed, counts.cancelled)
+                    };
+                    (TaskStatus::Failed, DatasetStatus::Failed, format!("{summary}{detail}"))
                 };
                 self.move_task(txn, task, status, Some(diag), events).await?;
                 self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;

@@ -78,11 +78,21 @@ impl TaskService for Api {
             return Err(Error::invalid("limit", format!("must be at most 1000 (got {})", request.limit)).into());
         }
         let limit = if request.limit == 0 { 100 } else { request.limit };
+        let time = |field: &'static str, ts: Option<prost_types::Timestamp>| -> Result<_, Status> {
+            ts.map(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                    .ok_or_else(|| Status::invalid_argument(format!("{field} is not a valid time")))
+            })
+            .transpose()
+        };
         let filter = TaskFilter {
             statuses,
             user: (!request.user.is_empty()).then_some(request.user),
             limit: u64::from(limit),
             before: (request.before_task_id != 0).then_some(TaskId(request.before_task_id)),
+            name_contains: (!request.name_contains.is_empty()).then_some(request.name_contains),
+            created_after: time("created_after", request.created_after)?,
+            created_before: time("created_before", request.created_before)?,
         };
         let tasks = self.service.list_tasks(filter).await?;
         let next_before = if tasks.len() == limit as usize { tasks.last().map_or(0, |(t, _)| t.id.0) } else { 0 };
@@ -99,6 +109,34 @@ impl TaskService for Api {
         let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
         let (task, counts) = self.service.kill_task(task_id).await?;
         Ok(Response::new(wire::KillTaskResponse { task: Some(convert::task(task, counts)) }))
+    }
+
+    async fn pause_task(
+        &self,
+        request: Request<wire::PauseTaskRequest>,
+    ) -> Result<Response<wire::PauseTaskResponse>, Status> {
+        let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
+        let (task, counts) = self.service.pause_task(task_id).await?;
+        Ok(Response::new(wire::PauseTaskResponse { task: Some(convert::task(task, counts)) }))
+    }
+
+    async fn resume_task(
+        &self,
+        request: Request<wire::ResumeTaskRequest>,
+    ) -> Result<Response<wire::ResumeTaskResponse>, Status> {
+        let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
+        let (task, counts) = self.service.resume_task(task_id).await?;
+        Ok(Response::new(wire::ResumeTaskResponse { task: Some(convert::task(task, counts)) }))
+    }
+
+    async fn set_task_priority(
+        &self,
+        request: Request<wire::SetTaskPriorityRequest>,
+    ) -> Result<Response<wire::SetTaskPriorityResponse>, Status> {
+        let request = request.into_inner();
+        let task_id = TaskId(required_id("task_id", request.task_id)?);
+        let (task, counts) = self.service.set_task_priority(task_id, request.priority).await?;
+        Ok(Response::new(wire::SetTaskPriorityResponse { task: Some(convert::task(task, counts)) }))
     }
 }
 
@@ -128,6 +166,7 @@ impl JobService for Api {
             statuses,
             limit: u64::from(limit),
             after: (request.after_job_id != 0).then_some(JobId(request.after_job_id)),
+            queue: (!request.queue.is_empty()).then_some(request.queue),
         };
         let jobs = self.service.list_jobs(filter).await?;
         let next_after = if jobs.len() == limit as usize { jobs.last().map_or(0, |j| j.id.0) } else { 0 };
@@ -151,6 +190,16 @@ impl JobService for Api {
         let job = self.service.show_job(job_id).await?;
         let outputs = outputs_of(&job.output_files);
         Ok(Response::new(wire::ShowJobResponse { job: Some(convert::job(job, outputs)) }))
+    }
+
+    async fn kill_job(
+        &self,
+        request: Request<wire::KillJobRequest>,
+    ) -> Result<Response<wire::KillJobResponse>, Status> {
+        let job_id = JobId(required_id("job_id", request.into_inner().job_id)?);
+        let job = self.service.kill_job(job_id).await?;
+        let outputs = outputs_of(&job.output_files);
+        Ok(Response::new(wire::KillJobResponse { job: Some(convert::job(job, outputs)) }))
     }
 }
 

@@ -18,6 +18,7 @@ pub(crate) mod task {
         pub idempotency_key: Option<String>,
         pub created_at: DateTimeUtc,
         pub modified_at: DateTimeUtc,
+        pub old_status: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

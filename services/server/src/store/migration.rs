@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut all = panda_bus::migration::migrations();
         all.push(Box::new(M0001Initial));
+        all.push(Box::new(M0002TaskOldStatus));
         all
     }
 }
@@ -158,5 +159,21 @@ impl MigrationTrait for M0001Initial {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Where a paused task returns to (the reference's `oldStatus`).
+struct M0002TaskOldStatus;
+
+impl MigrationName for M0002TaskOldStatus {
+    fn name(&self) -> &str {
+        "server_m0002_task_old_status"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002TaskOldStatus {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.alter_table(Table::alter().table("tasks").add_column(string_null("old_status")).to_owned()).await
     }
 }

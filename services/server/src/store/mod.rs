@@ -34,6 +34,12 @@ pub struct TaskFilter {
     pub limit: u64,
     /// Only tasks with a smaller id.
     pub before: Option<TaskId>,
+    /// Only tasks whose name contains this text.
+    pub name_contains: Option<String>,
+    /// Only tasks created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only tasks created before this time.
+    pub created_before: Option<DateTime<Utc>>,
 }
 
 /// Filters of `list_jobs`.
@@ -47,6 +53,8 @@ pub struct JobFilter {
     pub limit: u64,
     /// Only jobs with a larger id.
     pub after: Option<JobId>,
+    /// Only jobs of this queue.
+    pub queue: Option<String>,
 }
 
 /// Access to the server tables.
@@ -214,6 +222,57 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers (or forgets) where a paused task returns to.
+    pub async fn set_task_old_status(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: TaskId,
+        old: Option<TaskStatus>,
+    ) -> Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::OldStatus, Expr::value(old.map(|s| s.as_str())))
+            .filter(task::Column::Id.eq(to_i64(id.0)))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Where a paused task returns to.
+    pub async fn task_old_status(&self, conn: &impl ConnectionTrait, id: TaskId) -> Result<Option<TaskStatus>> {
+        let row = task::Entity::find_by_id(to_i64(id.0)).one(conn).await?;
+        match row.and_then(|r| r.old_status) {
+            Some(text) => Ok(Some(parse_status("task", to_i64(id.0), &text)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Changes a task's priority (in its spec) and that of its jobs not yet dispatched.
+    pub async fn set_task_priority(
+        &self,
+        conn: &impl ConnectionTrait,
+        task: &Task,
+        priority: i32,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut spec = task.spec.clone();
+        spec.priority = priority;
+        task::Entity::update_many()
+            .col_expr(task::Column::SpecJson, Expr::value(to_json(&spec)))
+            .col_expr(task::Column::ModifiedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(to_i64(task.id.0)))
+            .exec(conn)
+            .await?;
+        let queued: Vec<&str> = JobStatus::ALL.iter().filter(|s| s.is_queued()).map(|s| s.as_str()).collect();
+        job::Entity::update_many()
+            .col_expr(job::Column::Priority, Expr::value(priority))
+            .col_expr(job::Column::ModifiedAt, Expr::value(now))
+            .filter(job::Column::TaskId.eq(to_i64(task.id.0)))
+            .filter(job::Column::Status.is_in(queued))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Tasks, newest first.
     pub async fn list_tasks(&self, conn: &impl ConnectionTrait, filter: &TaskFilter) -> Result<Vec<Task>> {
         let mut query = task::Entity::find().order_by_desc(task::Column::Id).limit(filter.limit);
@@ -225,6 +284,15 @@ impl Store {
         }
         if let Some(before) = filter.before {
             query = query.filter(task::Column::Id.lt(to_i64(before.0)));
+        }
+        if let Some(text) = &filter.name_contains {
+            query = query.filter(task::Column::Name.contains(text.as_str()));
+        }
+        if let Some(after) = filter.created_after {
+            query = query.filter(task::Column::CreatedAt.gte(after));
+        }
+        if let Some(before) = filter.created_before {
+            query = query.filter(task::Column::CreatedAt.lt(before));
         }
         query.all(conn).await?.into_iter().map(task_from_row).collect()
     }
@@ -538,6 +606,9 @@ impl Store {
         }
         if let Some(after) = filter.after {
             query = query.filter(job::Column::Id.gt(to_i64(after.0)));
+        }
+        if let Some(queue) = &filter.queue {
+            query = query.filter(job::Column::Queue.eq(queue.as_str()));
         }
         query.all(conn).await?.into_iter().map(job_from_row).collect()
     }

@@ -287,6 +287,108 @@ async fn watchdog_requeues_unstarted_and_fails_silent_jobs(f: Fixture) {
     assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Finished);
 }
 
+async fn pause_holds_queued_jobs_and_resume_releases_them(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 3, "").await;
+    let running = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap().remove(0);
+    let (paused, counts) = f.service.pause_task(task).await.unwrap();
+    assert_eq!(paused.status, TaskStatus::Paused);
+    assert_eq!(counts.queued, 2);
+    // Held jobs are not dispatched; the running one goes on.
+    assert!(f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap().is_empty());
+    let lease = running.job.lease_token.clone().unwrap();
+    f.service.update_job(running.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    assert!(matches!(f.service.pause_task(task).await, Err(Error::TaskState { status: TaskStatus::Paused, .. })));
+    let (resumed, _) = f.service.resume_task(task).await.unwrap();
+    assert_eq!(resumed.status, TaskStatus::Running);
+    assert_eq!(f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap().len(), 2);
+    assert!(matches!(f.service.resume_task(task).await, Err(Error::TaskState { status: TaskStatus::Running, .. })));
+    // A task paused before JEDI got to it goes back to registered (and gets its jobs then).
+    let (fresh, _) = f.service.submit_task(draft("fresh", 1, ""), None).await.unwrap();
+    f.service.pause_task(fresh.id).await.unwrap();
+    assert!(matches!(f.service.insert_jobs(fresh.id, jobs(1, "q", "")).await, Err(Error::TaskState { .. })));
+    assert_eq!(f.service.resume_task(fresh.id).await.unwrap().0.status, TaskStatus::Registered);
+}
+
+async fn priority_changes_reach_queued_jobs(f: Fixture) {
+    let low = submit_with_jobs(&f, "low", 2, "").await;
+    let high = submit_with_jobs(&f, "high", 2, "").await;
+    let (task, _) = f.service.set_task_priority(low, 500).await.unwrap();
+    assert_eq!(task.spec.priority, 500);
+    assert_eq!(f.service.get_task(low).await.unwrap().0.spec.priority, 500);
+    // The raised task's jobs now go first.
+    let first = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+    assert!(first.iter().all(|d| d.job.task_id == low && d.job.priority == 500), "{first:?}");
+    assert!(
+        f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap().iter().all(|d| d.job.task_id == high)
+    );
+}
+
+async fn killing_a_job_cancels_it_alone(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 2, "out").await;
+    let (_, counts) = f.service.get_task(task).await.unwrap();
+    assert_eq!(counts.queued, 2);
+    let jobs = f
+        .service
+        .list_jobs(panda_server::store::JobFilter { task_id: Some(task), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    let killed = f.service.kill_job(jobs[0].id).await.unwrap();
+    assert_eq!(killed.status, JobStatus::Cancelled);
+    assert!(matches!(f.service.kill_job(jobs[0].id).await, Err(Error::JobTransition { .. })));
+    // The other job still runs, and the task ends partly done.
+    let other = f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap().remove(0);
+    let lease = other.job.lease_token.clone().unwrap();
+    f.service.update_job(other.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    let mut done = report(JobStatus::Finished);
+    done.output_files =
+        vec![OutputFile { lfn: other.job.output_files[0].clone(), size_bytes: 1, checksum: String::new() }];
+    f.service.update_job(other.job.id, &lease, done).await.unwrap();
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Finished);
+    // Killing a running job reaches its pilot at the next heartbeat.
+    let second = submit_with_jobs(&f, "u", 1, "").await;
+    let held = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap().remove(0);
+    let lease = held.job.lease_token.clone().unwrap();
+    f.service.kill_job(held.job.id).await.unwrap();
+    assert_eq!(
+        f.service.update_job(held.job.id, &lease, report(JobStatus::Running)).await.unwrap().1,
+        PilotCommand::Kill
+    );
+    f.service.update_job(held.job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+    let (task, _) = f.service.get_task(second).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(task.error_diag.contains("1 cancelled"), "{}", task.error_diag);
+}
+
+async fn list_filters(f: Fixture) {
+    submit_with_jobs(&f, "mc23.evgen", 1, "").await;
+    submit_with_jobs(&f, "data24.reco", 1, "").await;
+    let names =
+        |tasks: Vec<(panda_server::model::Task, _)>| tasks.into_iter().map(|(t, _)| t.spec.name).collect::<Vec<_>>();
+    let filter = |name: &str| panda_server::store::TaskFilter {
+        limit: 10,
+        name_contains: Some(name.into()),
+        ..Default::default()
+    };
+    assert_eq!(names(f.service.list_tasks(filter("evgen")).await.unwrap()), vec!["mc23.evgen"]);
+    let future = panda_server::store::TaskFilter {
+        limit: 10,
+        created_after: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert!(f.service.list_tasks(future).await.unwrap().is_empty());
+    let past = panda_server::store::TaskFilter {
+        limit: 10,
+        created_after: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert_eq!(f.service.list_tasks(past).await.unwrap().len(), 2);
+    let other_queue =
+        panda_server::store::JobFilter { limit: 10, queue: Some("elsewhere".into()), ..Default::default() };
+    assert!(f.service.list_jobs(other_queue).await.unwrap().is_empty());
+    let this_queue = panda_server::store::JobFilter { limit: 10, queue: Some("q".into()), ..Default::default() };
+    assert_eq!(f.service.list_jobs(this_queue).await.unwrap().len(), 2);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -319,4 +421,8 @@ store_suite!(
     kill_cancels_queued_and_tells_running_pilots,
     pending_keeps_the_reason,
     watchdog_requeues_unstarted_and_fails_silent_jobs,
+    pause_holds_queued_jobs_and_resume_releases_them,
+    priority_changes_reach_queued_jobs,
+    killing_a_job_cancels_it_alone,
+    list_filters,
 );
