@@ -184,12 +184,15 @@ impl Service {
     /// Database failures.
     pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<(Task, JobCounts)>> {
         let tasks = self.store.list_tasks(&self.db, &filter).await?;
-        let mut out = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let counts = self.store.job_counts(&self.db, task.id).await?;
-            out.push((task, counts));
-        }
-        Ok(out)
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let mut counts = self.store.job_counts_of(&self.db, &ids).await?;
+        Ok(tasks
+            .into_iter()
+            .map(|task| {
+                let c = counts.remove(&task.id).unwrap_or_default();
+                (task, c)
+            })
+            .collect())
     }
 
     /// Kills a task: queued jobs are cancelled now, jobs held by pilots are told to stop at their

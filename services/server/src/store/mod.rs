@@ -142,6 +142,13 @@ struct StatusCount {
 }
 
 #[derive(Debug, FromQueryResult)]
+struct TaskStatusCount {
+    task_id: i64,
+    status: String,
+    n: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
 struct QueueStatusCount {
     queue: String,
     status: String,
@@ -312,6 +319,33 @@ impl Store {
         for row in rows {
             let status: JobStatus = parse_status("job count of task", to_i64(task_id.0), &row.status)?;
             counts.add(status, row.n as u32);
+        }
+        Ok(counts)
+    }
+
+    /// Job counts of several tasks in one query (a page of `list_tasks`).
+    pub async fn job_counts_of(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_ids: &[TaskId],
+    ) -> Result<std::collections::HashMap<TaskId, JobCounts>> {
+        let mut counts = std::collections::HashMap::new();
+        for chunk in task_ids.chunks(1000) {
+            let rows = job::Entity::find()
+                .select_only()
+                .column(job::Column::TaskId)
+                .column(job::Column::Status)
+                .column_as(job::Column::Id.count(), "n")
+                .filter(job::Column::TaskId.is_in(chunk.iter().map(|id| to_i64(id.0))))
+                .group_by(job::Column::TaskId)
+                .group_by(job::Column::Status)
+                .into_model::<TaskStatusCount>()
+                .all(conn)
+                .await?;
+            for row in rows {
+                let status: JobStatus = parse_status("job count of task", row.task_id, &row.status)?;
+                counts.entry(TaskId(row.task_id as u64)).or_insert_with(JobCounts::default).add(status, row.n as u32);
+            }
         }
         Ok(counts)
     }

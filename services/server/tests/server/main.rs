@@ -381,7 +381,9 @@ async fn list_filters(f: Fixture) {
         created_after: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
         ..Default::default()
     };
-    assert_eq!(f.service.list_tasks(past).await.unwrap().len(), 2);
+    let listed = f.service.list_tasks(past).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|(_, counts)| counts.total == 1 && counts.queued == 1), "{listed:?}");
     let other_queue =
         panda_server::store::JobFilter { limit: 10, queue: Some("elsewhere".into()), ..Default::default() };
     assert!(f.service.list_jobs(other_queue).await.unwrap().is_empty());
