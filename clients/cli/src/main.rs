@@ -143,6 +143,11 @@ enum TaskCommand {
         /// Task ID.
         id: u64,
     },
+    /// Runs an ended task's failed, cancelled and closed jobs again.
+    Retry {
+        /// Task ID.
+        id: u64,
+    },
     /// Changes the priority of a task and its queued jobs.
     Priority {
         /// Task ID.
@@ -421,6 +426,10 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
         }
         TaskCommand::Pause { id } => {
             let task = tasks.pause_task(server::PauseTaskRequest { task_id: id }).await?.into_inner().task;
+            render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Retry { id } => {
+            let task = tasks.retry_task(server::RetryTaskRequest { task_id: id }).await?.into_inner().task;
             render::task(format, &task.context("server answered without a task")?);
         }
         TaskCommand::Resume { id } => {

@@ -291,6 +291,54 @@ impl Service {
         Ok((task, counts))
     }
 
+    /// Retries an ended task's failed, cancelled and closed jobs: each gets a new job (the next
+    /// attempt, same inputs and outputs) and the task runs again (`toretry → ready → running`, as
+    /// the reference's retry command). Finished jobs are kept.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the task is not finished, failed or aborted, or has no
+    /// job to retry.
+    #[instrument(skip_all, fields(task_id = %task_id))]
+    pub async fn retry_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
+        let txn = self.db.begin().await?;
+        let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        if !task.status.can_transition_to(TaskStatus::ToRetry) {
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "retry",
+                allowed: "a finished, failed or aborted task",
+            });
+        }
+        let ended = self
+            .store
+            .jobs_of_task(&txn, task_id, &[JobStatus::Failed, JobStatus::Cancelled, JobStatus::Closed])
+            .await?;
+        if ended.is_empty() {
+            return Err(Error::TaskState {
+                task_id,
+                status: task.status,
+                action: "retry",
+                allowed: "failed, cancelled or closed jobs",
+            });
+        }
+        let mut events = Vec::new();
+        for step in [TaskStatus::ToRetry, TaskStatus::Ready, TaskStatus::Running] {
+            let diag = (step == TaskStatus::Running).then(String::new);
+            self.move_task(&txn, &mut task, step, diag, &mut events).await?;
+        }
+        let now = Utc::now();
+        for old in &ended {
+            let new = self.store.insert_retry(&txn, old, now).await?;
+            events.push(events::job_changed(&new, JobStatus::Defined));
+        }
+        self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Running, now).await?;
+        info!(entity = "task", id = %task_id, jobs = ended.len(), "task retried");
+        self.commit(txn, events).await?;
+        let counts = self.store.job_counts(&self.db, task_id).await?;
+        Ok((task, counts))
+    }
+
     /// Changes a task's priority and that of its jobs not yet dispatched.
     ///
     /// # Errors

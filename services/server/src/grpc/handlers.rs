@@ -129,6 +129,15 @@ impl TaskService for Api {
         Ok(Response::new(wire::ResumeTaskResponse { task: Some(convert::task(task, counts)) }))
     }
 
+    async fn retry_task(
+        &self,
+        request: Request<wire::RetryTaskRequest>,
+    ) -> Result<Response<wire::RetryTaskResponse>, Status> {
+        let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
+        let (task, counts) = self.service.retry_task(task_id).await?;
+        Ok(Response::new(wire::RetryTaskResponse { task: Some(convert::task(task, counts)) }))
+    }
+
     async fn set_task_priority(
         &self,
         request: Request<wire::SetTaskPriorityRequest>,

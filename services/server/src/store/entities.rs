@@ -117,6 +117,7 @@ pub(crate) mod job {
         pub ended_at: Option<DateTimeUtc>,
         pub modified_at: DateTimeUtc,
         pub heartbeat_at: Option<DateTimeUtc>,
+        pub superseded: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

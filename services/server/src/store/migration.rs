@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
         let mut all = panda_bus::migration::migrations();
         all.push(Box::new(M0001Initial));
         all.push(Box::new(M0002TaskOldStatus));
+        all.push(Box::new(M0003JobSuperseded));
         all
     }
 }
@@ -175,5 +176,23 @@ impl MigrationName for M0002TaskOldStatus {
 impl MigrationTrait for M0002TaskOldStatus {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.alter_table(Table::alter().table("tasks").add_column(string_null("old_status")).to_owned()).await
+    }
+}
+
+/// Marks jobs replaced by a retry, so a task's outcome counts only each job's latest attempt.
+struct M0003JobSuperseded;
+
+impl MigrationName for M0003JobSuperseded {
+    fn name(&self) -> &str {
+        "server_m0003_job_superseded"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003JobSuperseded {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table("jobs").add_column(boolean("superseded").default(false)).to_owned())
+            .await
     }
 }

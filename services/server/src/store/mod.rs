@@ -311,6 +311,7 @@ impl Store {
             .column(job::Column::Status)
             .column_as(job::Column::Id.count(), "n")
             .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
+            .filter(job::Column::Superseded.eq(false))
             .group_by(job::Column::Status)
             .into_model::<StatusCount>()
             .all(conn)
@@ -337,6 +338,7 @@ impl Store {
                 .column(job::Column::Status)
                 .column_as(job::Column::Id.count(), "n")
                 .filter(job::Column::TaskId.is_in(chunk.iter().map(|id| to_i64(id.0))))
+                .filter(job::Column::Superseded.eq(false))
                 .group_by(job::Column::TaskId)
                 .group_by(job::Column::Status)
                 .into_model::<TaskStatusCount>()
@@ -469,42 +471,7 @@ impl Store {
     ) -> Result<Vec<Job>> {
         let mut inserted = Vec::with_capacity(jobs.len());
         for new in jobs {
-            let row = job::ActiveModel {
-                task_id: Set(to_i64(task_id.0)),
-                job_index: Set(new.job_index as i32),
-                status: Set(JobStatus::Activated.as_str().to_owned()),
-                queue: Set(new.queue.clone()),
-                attempt_nr: Set(1),
-                command: Set(new.command.clone()),
-                environment_json: Set(to_json(&new.environment)),
-                input_files_json: Set(to_json(&new.input_files)),
-                output_files_json: Set(to_json(&new.output_files)),
-                cores: Set(new.resources.cores as i32),
-                memory_mb: Set(to_i64(new.resources.memory_mb)),
-                disk_mb: Set(to_i64(new.resources.disk_mb)),
-                walltime_seconds: Set(to_i64(new.resources.walltime_seconds)),
-                priority: Set(new.priority),
-                lease_token: Set(None),
-                command_to_pilot: Set(None),
-                exit_code: Set(None),
-                error_code: Set(0),
-                error_diag: Set(String::new()),
-                stdout_tail: Set(String::new()),
-                stderr_tail: Set(String::new()),
-                cpu_time_seconds: Set(0.0),
-                wall_time_seconds: Set(0.0),
-                max_rss_kb: Set(0),
-                node: Set(String::new()),
-                worker_id: Set(String::new()),
-                created_at: Set(now),
-                started_at: Set(None),
-                ended_at: Set(None),
-                modified_at: Set(now),
-                heartbeat_at: Set(None),
-                ..Default::default()
-            }
-            .insert(conn)
-            .await?;
+            let row = new_job_row(task_id, new, 1, now).insert(conn).await?;
             if let Some(dataset_id) = output_dataset {
                 for lfn in &new.output_files {
                     file::ActiveModel {
@@ -524,6 +491,38 @@ impl Store {
             inserted.push(job_from_row(row)?);
         }
         Ok(inserted)
+    }
+
+    /// Inserts the next attempt of an ended job (activated, same index, command and outputs), marks
+    /// the old one superseded (kept for history, no longer counted) and hands its output file rows
+    /// to the new one.
+    pub async fn insert_retry(&self, conn: &impl ConnectionTrait, old: &Job, now: DateTime<Utc>) -> Result<Job> {
+        let new = NewJob {
+            job_index: old.job_index,
+            queue: old.queue.clone(),
+            command: old.command.clone(),
+            environment: old.environment.clone(),
+            input_files: old.input_files.clone(),
+            output_files: old.output_files.clone(),
+            resources: old.resources,
+            priority: old.priority,
+        };
+        let row = new_job_row(old.task_id, &new, old.attempt_nr + 1, now).insert(conn).await?;
+        job::Entity::update_many()
+            .col_expr(job::Column::Superseded, Expr::value(true))
+            .filter(job::Column::Id.eq(to_i64(old.id.0)))
+            .exec(conn)
+            .await?;
+        file::Entity::update_many()
+            .col_expr(file::Column::JobId, Expr::value(row.id))
+            .col_expr(file::Column::Status, Expr::value(FileStatus::Defined.as_str()))
+            .col_expr(file::Column::SizeBytes, Expr::value(0i64))
+            .col_expr(file::Column::Checksum, Expr::value(""))
+            .col_expr(file::Column::ModifiedAt, Expr::value(now))
+            .filter(file::Column::JobId.eq(to_i64(old.id.0)))
+            .exec(conn)
+            .await?;
+        job_from_row(row)
     }
 
     /// Picks up to `limit` activated jobs of `queue` that fit `offer`, highest priority first,
@@ -591,7 +590,7 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs of a task in the given states.
+    /// Jobs of a task in the given states (current attempts only).
     pub async fn jobs_of_task(
         &self,
         conn: &impl ConnectionTrait,
@@ -601,6 +600,7 @@ impl Store {
         job::Entity::find()
             .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
             .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .filter(job::Column::Superseded.eq(false))
             .order_by_asc(job::Column::Id)
             .all(conn)
             .await?
@@ -751,6 +751,45 @@ impl Store {
                 heartbeat_at: q.heartbeat_at,
             })
             .collect())
+    }
+}
+
+/// The row of a new activated job.
+fn new_job_row(task_id: TaskId, new: &NewJob, attempt_nr: u32, now: DateTime<Utc>) -> job::ActiveModel {
+    job::ActiveModel {
+        task_id: Set(to_i64(task_id.0)),
+        job_index: Set(new.job_index as i32),
+        status: Set(JobStatus::Activated.as_str().to_owned()),
+        queue: Set(new.queue.clone()),
+        attempt_nr: Set(attempt_nr as i32),
+        command: Set(new.command.clone()),
+        environment_json: Set(to_json(&new.environment)),
+        input_files_json: Set(to_json(&new.input_files)),
+        output_files_json: Set(to_json(&new.output_files)),
+        cores: Set(new.resources.cores as i32),
+        memory_mb: Set(to_i64(new.resources.memory_mb)),
+        disk_mb: Set(to_i64(new.resources.disk_mb)),
+        walltime_seconds: Set(to_i64(new.resources.walltime_seconds)),
+        priority: Set(new.priority),
+        lease_token: Set(None),
+        command_to_pilot: Set(None),
+        exit_code: Set(None),
+        error_code: Set(0),
+        error_diag: Set(String::new()),
+        stdout_tail: Set(String::new()),
+        stderr_tail: Set(String::new()),
+        cpu_time_seconds: Set(0.0),
+        wall_time_seconds: Set(0.0),
+        max_rss_kb: Set(0),
+        node: Set(String::new()),
+        worker_id: Set(String::new()),
+        created_at: Set(now),
+        started_at: Set(None),
+        ended_at: Set(None),
+        modified_at: Set(now),
+        heartbeat_at: Set(None),
+        superseded: Set(false),
+        ..Default::default()
     }
 }
 

@@ -391,6 +391,49 @@ async fn list_filters(f: Fixture) {
     assert_eq!(f.service.list_jobs(this_queue).await.unwrap().len(), 2);
 }
 
+async fn retry_reruns_failed_jobs_as_new_attempts(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 2, "out").await;
+    let first = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+    let mut failed_job = None;
+    for (i, d) in first.iter().enumerate() {
+        let lease = d.job.lease_token.clone().unwrap();
+        f.service.update_job(d.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+        if i == 0 {
+            f.service.update_job(d.job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+            failed_job = Some(d.job.clone());
+        } else {
+            let mut done = report(JobStatus::Finished);
+            done.output_files =
+                vec![OutputFile { lfn: d.job.output_files[0].clone(), size_bytes: 1, checksum: String::new() }];
+            f.service.update_job(d.job.id, &lease, done).await.unwrap();
+        }
+    }
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Finished);
+    let (retried, counts) = f.service.retry_task(task).await.unwrap();
+    assert_eq!(retried.status, TaskStatus::Running);
+    // Counts are of current attempts: the failed one is superseded by its retry.
+    assert_eq!((counts.total, counts.queued, counts.finished, counts.failed), (2, 1, 1, 0));
+    // The new attempt runs the same index and writes the same output.
+    let again = f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let failed_job = failed_job.unwrap();
+    let new = &again[0].job;
+    assert_eq!((new.job_index, new.attempt_nr, &new.output_files), (failed_job.job_index, 2, &failed_job.output_files));
+    let lease = new.lease_token.clone().unwrap();
+    f.service.update_job(new.id, &lease, report(JobStatus::Running)).await.unwrap();
+    let mut done = report(JobStatus::Finished);
+    done.output_files = vec![OutputFile { lfn: new.output_files[0].clone(), size_bytes: 7, checksum: String::new() }];
+    f.service.update_job(new.id, &lease, done).await.unwrap();
+    // Every job's latest attempt finished: the task is done, and the old attempt stays in the
+    // history as failed.
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Done);
+    let dataset = f.service.get_dataset("out").await.unwrap();
+    assert!(dataset.files.iter().all(|file| file.status == "finished"), "{dataset:?}");
+    assert_eq!(f.service.show_job(failed_job.id).await.unwrap().status, JobStatus::Failed);
+    // A task with every job finished has nothing to retry.
+    assert!(matches!(f.service.retry_task(task).await, Err(Error::TaskState { .. })));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -427,4 +470,5 @@ store_suite!(
     priority_changes_reach_queued_jobs,
     killing_a_job_cancels_it_alone,
     list_filters,
+    retry_reruns_failed_jobs_as_new_attempts,
 );
