@@ -143,6 +143,11 @@ enum TaskCommand {
         /// Task ID.
         id: u64,
     },
+    /// Follows a task's changes as they happen, until it ends.
+    Watch {
+        /// Task ID.
+        id: u64,
+    },
     /// Runs an ended task's failed, cancelled and closed jobs again.
     Retry {
         /// Task ID.
@@ -427,6 +432,17 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
         TaskCommand::Pause { id } => {
             let task = tasks.pause_task(server::PauseTaskRequest { task_id: id }).await?.into_inner().task;
             render::task(format, &task.context("server answered without a task")?);
+        }
+        TaskCommand::Watch { id } => {
+            let mut stream = tasks.watch_task(server::WatchTaskRequest { task_id: id }).await?.into_inner();
+            // A task line only when the task's summary changed, not with every job line.
+            let mut last_task = None;
+            while let Some(update) = stream.message().await? {
+                let summary = update.task.as_ref().map(|t| (t.status, t.job_counts, t.error_diag.clone()));
+                let task_changed = summary != last_task;
+                last_task = summary;
+                render::watch_update(format, &update, task_changed);
+            }
         }
         TaskCommand::Retry { id } => {
             let task = tasks.retry_task(server::RetryTaskRequest { task_id: id }).await?.into_inner().task;

@@ -334,3 +334,49 @@ pub fn workers(format: Format, workers: &[harvester::Worker]) {
         }
     }
 }
+
+/// Prints one update of `panda task watch`: a line per change.
+pub fn watch_update(format: Format, update: &server::WatchTaskResponse, task_changed: bool) {
+    match format {
+        Format::Json => out!(
+            "{}",
+            json!({
+                "task": update.task.as_ref().map(task_json),
+                "job": update.job.as_ref().map(job_json),
+            })
+        ),
+        Format::Table => {
+            let now = Utc::now().format("%H:%M:%S");
+            if let Some(job) = &update.job {
+                let error = if job.error_code == 0 {
+                    String::new()
+                } else {
+                    format!(" error {} {}", job.error_code, job.error_diag)
+                };
+                out!(
+                    "{now} job {} (#{}, attempt {}) {} on {}{error}",
+                    job.job_id,
+                    job.job_index,
+                    job.attempt_nr,
+                    job_status(job.status),
+                    job.queue
+                );
+            }
+            if let Some(task) = update.task.as_ref().filter(|_| task_changed) {
+                let c = task.job_counts.unwrap_or_default();
+                out!(
+                    "{now} task {} {}: {} jobs, {} queued, {} running, {} finished, {} failed, {} cancelled{}",
+                    task.task_id,
+                    task_status(task.status),
+                    c.total,
+                    c.queued,
+                    c.running,
+                    c.finished,
+                    c.failed,
+                    c.cancelled,
+                    if task.error_diag.is_empty() { String::new() } else { format!(" ({})", task.error_diag) }
+                );
+            }
+        }
+    }
+}

@@ -262,3 +262,47 @@ async fn a_queue_file_with_an_unknown_plugin_stops_startup_with_the_file_and_key
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watching_a_task_streams_its_changes_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let mut tasks = server.tasks.clone();
+    let error = tasks.watch_task(server::WatchTaskRequest { task_id: 777 }).await.unwrap_err();
+    assert_eq!((error.code(), error.message()), (tonic::Code::NotFound, "task 777 not found"));
+
+    let task_id = tasks
+        .submit_task(server::SubmitTaskRequest {
+            spec: Some(task("watched", "sleep 1", 3)),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let mut stream = tasks.watch_task(server::WatchTaskRequest { task_id }).await.unwrap().into_inner();
+    let mut updates = Vec::new();
+    let collect = async {
+        while let Some(update) = stream.message().await.unwrap() {
+            updates.push(update);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), collect).await.expect("the watch ends when the task ends");
+    let last = updates.last().unwrap().task.as_ref().unwrap();
+    assert_eq!(last.status, TaskStatus::Done as i32);
+    // Every job's start and end came through, as they happened.
+    let finished: std::collections::BTreeSet<u64> = updates
+        .iter()
+        .filter_map(|u| u.job.as_ref())
+        .filter(|j| j.status == JobStatus::Finished as i32)
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(finished.len(), 3, "{updates:?}");
+    assert!(updates.iter().filter_map(|u| u.job.as_ref()).any(|j| j.status == JobStatus::Running as i32));
+    // The task's finished count never goes down along the stream.
+    let counts: Vec<u32> =
+        updates.iter().map(|u| u.task.as_ref().unwrap().job_counts.unwrap_or_default().finished).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    cluster.stop().await.unwrap();
+}
