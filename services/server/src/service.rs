@@ -639,6 +639,9 @@ impl Service {
         task: &mut Task,
         events: &mut Vec<Envelope>,
     ) -> Result<()> {
+        if self.store.has_unfinished_jobs(txn, task.id).await? {
+            return Ok(());
+        }
         let counts = self.store.job_counts(txn, task.id).await?;
         if counts.unfinished() > 0 {
             return Ok(());

@@ -1,6 +1,7 @@
 //! Schema migrations of the server database. Run at every start; each is applied once (recorded in
 //! `seaql_migrations`). Never edit a released migration: add a new one.
 
+use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0001Initial));
         all.push(Box::new(M0002TaskOldStatus));
         all.push(Box::new(M0003JobSuperseded));
+        all.push(Box::new(M0004DispatchIndex));
         all
     }
 }
@@ -194,5 +196,29 @@ impl MigrationTrait for M0003JobSuperseded {
         manager
             .alter_table(Table::alter().table("jobs").add_column(boolean("superseded").default(false)).to_owned())
             .await
+    }
+}
+
+/// Dispatch reads only activated jobs: a partial index over them keeps its cost independent of
+/// how many ended jobs the table holds (the reference moves ended jobs to other tables instead).
+/// Same SQL on PostgreSQL and SQLite; sea-query has no builder for partial indexes.
+struct M0004DispatchIndex;
+
+impl MigrationName for M0004DispatchIndex {
+    fn name(&self) -> &str {
+        "server_m0004_dispatch_index"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004DispatchIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS jobs_activated ON jobs (queue, priority DESC, id) WHERE status = 'activated'",
+            )
+            .await?;
+        Ok(())
     }
 }

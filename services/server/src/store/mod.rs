@@ -12,7 +12,7 @@ pub mod migration;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, TaskId, TaskSpec, TaskStatus};
+use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId, TaskSpec, TaskStatus};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
@@ -322,6 +322,23 @@ impl Store {
             counts.add(status, row.n as u32);
         }
         Ok(counts)
+    }
+
+    /// Whether a task still has a job that has not ended (current attempts). An indexed probe, so
+    /// the check after every job's end does not scan the task's jobs.
+    pub async fn has_unfinished_jobs(&self, conn: &impl ConnectionTrait, task_id: TaskId) -> Result<bool> {
+        let live: Vec<&str> = JobStatus::ALL.iter().filter(|s| !s.is_final()).map(|s| s.as_str()).collect();
+        let found = job::Entity::find()
+            .select_only()
+            .column(job::Column::Id)
+            .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
+            .filter(job::Column::Status.is_in(live))
+            .filter(job::Column::Superseded.eq(false))
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(conn)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Job counts of several tasks in one query (a page of `list_tasks`).
