@@ -100,6 +100,26 @@ impl Service {
         Ok(())
     }
 
+    /// Locks a job, and first its task when `with_task`. Every transaction takes row locks in the
+    /// order task, then job, so two of them never wait on each other (kill_task locks the task and
+    /// then updates its jobs; a pilot's final report locks the job and needs its task).
+    async fn lock_job_in_order(
+        &self,
+        txn: &DatabaseTransaction,
+        job_id: JobId,
+        with_task: bool,
+    ) -> Result<(Option<Task>, Job)> {
+        let task = if with_task {
+            let peek = self.store.get_job(txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+            let task_id = peek.task_id;
+            Some(self.store.lock_task(txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?)
+        } else {
+            None
+        };
+        let job = self.store.lock_job(txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        Ok((task, job))
+    }
+
     /// Moves a task, recording the event; refuses what the state machine refuses.
     async fn move_task(
         &self,
@@ -397,7 +417,7 @@ impl Service {
     #[instrument(skip_all, fields(job_id = %job_id))]
     pub async fn kill_job(&self, job_id: JobId) -> Result<Job> {
         let txn = self.db.begin().await?;
-        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        let (task, mut job) = self.lock_job_in_order(&txn, job_id, true).await?;
         if job.status.is_final() {
             return Err(Error::JobTransition { job_id, from: job.status, to: JobStatus::Cancelled });
         }
@@ -407,9 +427,9 @@ impl Service {
             job.error_diag = "killed by request".to_owned();
             self.store.save_job(&txn, &job).await?;
             self.store.record_outputs(&txn, job_id, &[], FileStatus::Cancelled, Utc::now()).await?;
-            let mut task =
-                self.store.lock_task(&txn, job.task_id).await?.ok_or(Error::TaskNotFound { task_id: job.task_id })?;
-            self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+            if let Some(mut task) = task {
+                self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+            }
         } else {
             job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
             self.store.save_job(&txn, &job).await?;
@@ -553,7 +573,8 @@ impl Service {
         report: JobReport,
     ) -> Result<(JobStatus, PilotCommand)> {
         let txn = self.db.begin().await?;
-        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        let final_report = matches!(report.status, JobStatus::Finished | JobStatus::Failed);
+        let (task, mut job) = self.lock_job_in_order(&txn, job_id, final_report).await?;
         if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
             return Err(Error::NotHolder { job_id });
         }
@@ -621,9 +642,9 @@ impl Service {
             }
         }
         self.store.save_job(&txn, &job).await?;
-        if job.status.is_final() {
-            let mut task =
-                self.store.lock_task(&txn, job.task_id).await?.ok_or(Error::TaskNotFound { task_id: job.task_id })?;
+        if job.status.is_final()
+            && let Some(mut task) = task
+        {
             self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         }
         self.commit(txn, events).await?;
@@ -694,34 +715,43 @@ impl Service {
     pub async fn sweep_lost_jobs(&self, lost_after: std::time::Duration) -> Result<usize> {
         let before = Utc::now() - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::MAX);
         let txn = self.db.begin().await?;
-        let stale = self.store.stale_held_jobs(&txn, before, 500).await?;
-        if stale.is_empty() {
-            txn.commit().await?;
-            return Ok(0);
+        // Candidates are read without locks; each is then locked task first, job second (the
+        // order every transaction uses) and checked again, since its pilot may just have reported.
+        let candidates = self.store.stale_held_jobs(&txn, before, 500).await?;
+        let mut by_task: std::collections::BTreeMap<TaskId, Vec<JobId>> = std::collections::BTreeMap::new();
+        for job in &candidates {
+            by_task.entry(job.task_id).or_default().push(job.id);
         }
         let mut events = Vec::new();
-        let mut tasks = BTreeSet::new();
-        let n = stale.len();
-        for mut job in stale {
-            let silent = (Utc::now() - job.modified_at).num_seconds();
-            if job.status == JobStatus::Sent {
-                self.move_job(&mut job, JobStatus::Activated, &mut events)?;
-                job.error_diag = format!("dispatched to {} but never started ({silent}s); back in the queue", job.node);
-                job.node.clear();
-                job.worker_id.clear();
-            } else {
-                self.move_job(&mut job, JobStatus::Failed, &mut events)?;
-                job.error_code = LOST_HEARTBEAT;
-                job.error_diag = format!("lost heartbeat: no update from the pilot on {} for {silent}s", job.node);
-                self.store.record_outputs(&txn, job.id, &[], FileStatus::Failed, Utc::now()).await?;
-                tasks.insert(job.task_id);
+        let mut n = 0;
+        for (task_id, job_ids) in by_task {
+            let Some(mut task) = self.store.lock_task(&txn, task_id).await? else { continue };
+            let mut failed_any = false;
+            for job_id in job_ids {
+                let Some(mut job) = self.store.lock_job(&txn, job_id).await? else { continue };
+                if !job.status.is_held_by_pilot() || job.modified_at >= before {
+                    continue;
+                }
+                let silent = (Utc::now() - job.modified_at).num_seconds();
+                if job.status == JobStatus::Sent {
+                    self.move_job(&mut job, JobStatus::Activated, &mut events)?;
+                    job.error_diag =
+                        format!("dispatched to {} but never started ({silent}s); back in the queue", job.node);
+                    job.node.clear();
+                    job.worker_id.clear();
+                } else {
+                    self.move_job(&mut job, JobStatus::Failed, &mut events)?;
+                    job.error_code = LOST_HEARTBEAT;
+                    job.error_diag = format!("lost heartbeat: no update from the pilot on {} for {silent}s", job.node);
+                    self.store.record_outputs(&txn, job.id, &[], FileStatus::Failed, Utc::now()).await?;
+                    failed_any = true;
+                }
+                job.lease_token = None;
+                tracing::warn!(job_id = %job.id, status = %job.status, "{}", job.error_diag);
+                self.store.save_job(&txn, &job).await?;
+                n += 1;
             }
-            job.lease_token = None;
-            tracing::warn!(job_id = %job.id, status = %job.status, "{}", job.error_diag);
-            self.store.save_job(&txn, &job).await?;
-        }
-        for task_id in tasks {
-            if let Some(mut task) = self.store.lock_task(&txn, task_id).await? {
+            if failed_any {
                 self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
             }
         }

@@ -626,8 +626,8 @@ impl Store {
             .collect()
     }
 
-    /// Jobs held by pilots (sent, starting, running) whose last change is older than `before`,
-    /// locked (skipping rows others hold) until the end of the caller's transaction.
+    /// Jobs held by pilots (sent, starting, running) whose last change is older than `before`
+    /// (read without locks: the watchdog locks and re-checks each one).
     pub async fn stale_held_jobs(
         &self,
         conn: &impl ConnectionTrait,
@@ -635,15 +635,16 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<Job>> {
         let held = [JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
-        let mut query = job::Entity::find()
+        job::Entity::find()
             .filter(job::Column::Status.is_in(held.iter().map(|s| s.as_str())))
             .filter(job::Column::ModifiedAt.lt(before))
             .order_by_asc(job::Column::Id)
-            .limit(limit);
-        if self.backend == DbBackend::Postgres {
-            query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-        }
-        query.all(conn).await?.into_iter().map(job_from_row).collect()
+            .limit(limit)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(job_from_row)
+            .collect()
     }
 
     /// Jobs, oldest first.

@@ -13,7 +13,7 @@ use panda_server::model::{JobReport, NewJob, OutputFile};
 use panda_server::service::{PilotCommand, Service};
 use panda_server::store::migration::Migrator;
 use panda_types::spec::TaskSpecDraft;
-use panda_types::{JobStatus, Resources, TaskId, TaskStatus};
+use panda_types::{JobStatus, Resources, StateMachine, TaskId, TaskStatus};
 use sea_orm_migration::MigratorTrait;
 
 struct Fixture {
@@ -434,6 +434,44 @@ async fn retry_reruns_failed_jobs_as_new_attempts(f: Fixture) {
     assert!(matches!(f.service.retry_task(task).await, Err(Error::TaskState { .. })));
 }
 
+async fn final_reports_racing_a_kill_never_deadlock(f: Fixture) {
+    // Pilots' final reports lock job then need the task; a kill locks the task then its jobs.
+    // With one lock order (task, then job) none of them fails; PostgreSQL would abort one with
+    // "deadlock detected" otherwise.
+    let task = submit_with_jobs(&f, "t", 40, "").await;
+    let held = f.service.dispatch("q", "n", "", Resources::default(), 40).await.unwrap();
+    for d in &held {
+        f.service
+            .update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Running))
+            .await
+            .unwrap();
+    }
+    let service = Arc::new(f.service.clone());
+    let mut handles = Vec::new();
+    for d in held {
+        let service = service.clone();
+        handles.push(tokio::spawn(async move {
+            let lease = d.job.lease_token.clone().unwrap();
+            service.update_job(d.job.id, &lease, report(JobStatus::Failed)).await.map(|_| ())
+        }));
+    }
+    let killer = {
+        let service = service.clone();
+        tokio::spawn(async move { service.kill_task(task).await.map(|_| ()) })
+    };
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    match killer.await.unwrap() {
+        // The kill may come after the task already failed: refused, not an internal error.
+        Ok(()) | Err(Error::TaskState { .. }) => {}
+        Err(other) => panic!("kill failed: {other}"),
+    }
+    let (task, counts) = f.service.get_task(task).await.unwrap();
+    assert_eq!(counts.unfinished(), 0);
+    assert!(task.status.is_final(), "{:?}", task.status);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -471,4 +509,5 @@ store_suite!(
     killing_a_job_cancels_it_alone,
     list_filters,
     retry_reruns_failed_jobs_as_new_attempts,
+    final_reports_racing_a_kill_never_deadlock,
 );
