@@ -93,6 +93,9 @@ pub async fn run(
                 if let Err(error) = service.sweep_lost_jobs(lost_after).await {
                     tracing::warn!(error = %panda_runtime::error::chain(&error), "watchdog cycle failed; retrying next cycle");
                 }
+                if let Err(error) = service.end_drained_tasks().await {
+                    tracing::warn!(error = %panda_runtime::error::chain(&error), "ending drained tasks failed; retrying next cycle");
+                }
             }
         })
     };

@@ -100,26 +100,6 @@ impl Service {
         Ok(())
     }
 
-    /// Locks a job, and first its task when `with_task`. Every transaction takes row locks in the
-    /// order task, then job, so two of them never wait on each other (kill_task locks the task and
-    /// then updates its jobs; a pilot's final report locks the job and needs its task).
-    async fn lock_job_in_order(
-        &self,
-        txn: &DatabaseTransaction,
-        job_id: JobId,
-        with_task: bool,
-    ) -> Result<(Option<Task>, Job)> {
-        let task = if with_task {
-            let peek = self.store.get_job(txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
-            let task_id = peek.task_id;
-            Some(self.store.lock_task(txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?)
-        } else {
-            None
-        };
-        let job = self.store.lock_job(txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
-        Ok((task, job))
-    }
-
     /// Moves a task, recording the event; refuses what the state machine refuses.
     async fn move_task(
         &self,
@@ -417,7 +397,7 @@ impl Service {
     #[instrument(skip_all, fields(job_id = %job_id))]
     pub async fn kill_job(&self, job_id: JobId) -> Result<Job> {
         let txn = self.db.begin().await?;
-        let (task, mut job) = self.lock_job_in_order(&txn, job_id, true).await?;
+        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
         if job.status.is_final() {
             return Err(Error::JobTransition { job_id, from: job.status, to: JobStatus::Cancelled });
         }
@@ -427,14 +407,14 @@ impl Service {
             job.error_diag = "killed by request".to_owned();
             self.store.save_job(&txn, &job).await?;
             self.store.record_outputs(&txn, job_id, &[], FileStatus::Cancelled, Utc::now()).await?;
-            if let Some(mut task) = task {
-                self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
-            }
         } else {
             job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
             self.store.save_job(&txn, &job).await?;
         }
         self.commit(txn, events).await?;
+        if job.status.is_final() {
+            self.end_task_if_drained(job.task_id).await;
+        }
         Ok(job)
     }
 
@@ -573,8 +553,7 @@ impl Service {
         report: JobReport,
     ) -> Result<(JobStatus, PilotCommand)> {
         let txn = self.db.begin().await?;
-        let final_report = matches!(report.status, JobStatus::Finished | JobStatus::Failed);
-        let (task, mut job) = self.lock_job_in_order(&txn, job_id, final_report).await?;
+        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
         if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
             return Err(Error::NotHolder { job_id });
         }
@@ -642,14 +621,46 @@ impl Service {
             }
         }
         self.store.save_job(&txn, &job).await?;
-        if job.status.is_final()
-            && let Some(mut task) = task
-        {
-            self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
-        }
         self.commit(txn, events).await?;
+        if job.status.is_final() {
+            self.end_task_if_drained(job.task_id).await;
+        }
         let command = if kill_requested && !job.status.is_final() { PilotCommand::Kill } else { PilotCommand::None };
         Ok((job.status, command))
+    }
+
+    /// After a job ended (and committed): ends its task if that was its last live job. Runs in its
+    /// own transaction, so the hot path of a job's end never waits for the task's row lock; the
+    /// last job to commit always sees every other job ended, so some check finds the task drained.
+    /// If this check is lost (a crash right after the job's commit), the watchdog's
+    /// `end_drained_tasks` finds the task.
+    async fn end_task_if_drained(&self, task_id: TaskId) {
+        if let Err(error) = self.try_end_task(task_id).await {
+            tracing::warn!(task_id = %task_id, error = %panda_runtime::error::chain(&error), "could not end a drained task; the watchdog will");
+        }
+    }
+
+    async fn try_end_task(&self, task_id: TaskId) -> Result<()> {
+        if self.store.has_unfinished_jobs(&self.db, task_id).await? {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        let Some(mut task) = self.store.lock_task(&txn, task_id).await? else { return Ok(()) };
+        let mut events = Vec::new();
+        self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
+        self.commit(txn, events).await
+    }
+
+    /// The watchdog's safety net: ends running or aborting tasks whose jobs have all ended.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn end_drained_tasks(&self) -> Result<usize> {
+        let drained = self.store.drained_active_tasks(&self.db, 500).await?;
+        for task_id in &drained {
+            self.try_end_task(*task_id).await?;
+        }
+        Ok(drained.len())
     }
 
     /// Ends a task whose jobs are all final: done / finished / failed by the reference's rules

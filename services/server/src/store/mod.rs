@@ -341,6 +341,26 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Running or aborting tasks with no live job left (normally ended right after their last job;
+    /// this finds those whose check was lost).
+    pub async fn drained_active_tasks(&self, conn: &impl ConnectionTrait, limit: u64) -> Result<Vec<TaskId>> {
+        let quote = |s: &str| format!("'{s}'");
+        // Only our own state names go into the text: nothing from a request.
+        let live: Vec<String> = JobStatus::ALL.iter().filter(|s| !s.is_final()).map(|s| quote(s.as_str())).collect();
+        let sql = format!(
+            "SELECT id FROM tasks WHERE status IN ({}, {}) AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE jobs.task_id = tasks.id AND jobs.superseded = false AND jobs.status IN ({})) \
+             ORDER BY id LIMIT {limit}",
+            quote(TaskStatus::Running.as_str()),
+            quote(TaskStatus::Aborting.as_str()),
+            live.join(", ")
+        );
+        let rows = conn.query_all_raw(sea_orm::Statement::from_string(self.backend, sql)).await?;
+        rows.into_iter()
+            .map(|row| row.try_get::<i64>("", "id").map(|id| TaskId(id as u64)).map_err(Error::from))
+            .collect()
+    }
+
     /// Job counts of several tasks in one query (a page of `list_tasks`).
     pub async fn job_counts_of(
         &self,

@@ -472,6 +472,17 @@ async fn final_reports_racing_a_kill_never_deadlock(f: Fixture) {
     assert!(task.status.is_final(), "{:?}", task.status);
 }
 
+async fn the_watchdog_ends_tasks_whose_last_check_was_lost(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 2, "").await;
+    // As if the server died right after the jobs' commits, before the end-of-task check.
+    let conn = f._db.connect().await;
+    sea_orm::ConnectionTrait::execute_unprepared(&conn, "UPDATE jobs SET status = 'finished'").await.unwrap();
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Running);
+    assert_eq!(f.service.end_drained_tasks().await.unwrap(), 1);
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Done);
+    assert_eq!(f.service.end_drained_tasks().await.unwrap(), 0);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -510,4 +521,5 @@ store_suite!(
     list_filters,
     retry_reruns_failed_jobs_as_new_attempts,
     final_reports_racing_a_kill_never_deadlock,
+    the_watchdog_ends_tasks_whose_last_check_was_lost,
 );
