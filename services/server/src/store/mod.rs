@@ -627,23 +627,21 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs of a task in the given states (current attempts only).
+    /// Jobs of a task in the given states (current attempts only), locked until the end of the
+    /// caller's transaction: callers change them, and a pilot's concurrent update must not be
+    /// overwritten by a stale copy (PostgreSQL re-checks the states once it gets each lock).
     pub async fn jobs_of_task(
         &self,
         conn: &impl ConnectionTrait,
         task_id: TaskId,
         statuses: &[JobStatus],
     ) -> Result<Vec<Job>> {
-        job::Entity::find()
+        let query = job::Entity::find()
             .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
             .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
             .filter(job::Column::Superseded.eq(false))
-            .order_by_asc(job::Column::Id)
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(job_from_row)
-            .collect()
+            .order_by_asc(job::Column::Id);
+        self.locking(query).all(conn).await?.into_iter().map(job_from_row).collect()
     }
 
     /// Jobs held by pilots (sent, starting, running) whose last change is older than `before`
