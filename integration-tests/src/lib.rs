@@ -61,6 +61,26 @@ pub async fn jobs_of(server: &ServerClient, task_id: u64) -> Vec<server::Job> {
         .jobs
 }
 
+/// Waits until a task is in `status` and returns it.
+///
+/// # Panics
+/// When it does not get there within `timeout`.
+pub async fn await_task(
+    server: &ServerClient,
+    task_id: u64,
+    status: panda_proto::common::v1::TaskStatus,
+    timeout: Duration,
+) -> server::Task {
+    await_condition(timeout, &format!("task {task_id} to be {}", status.as_str_name()), || {
+        let mut tasks = server.tasks.clone();
+        async move {
+            let task = tasks.get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            (task.status == status as i32).then_some(task)
+        }
+    })
+    .await
+}
+
 /// A workflow file from `examples/workflows`.
 ///
 /// # Panics

@@ -122,10 +122,14 @@ pub fn tasks(format: Format, tasks: &[server::Task]) {
 
 /// Prints one task in detail.
 pub fn task(format: Format, task: &server::Task) {
+    detail(format, task_json(task));
+}
+
+/// One record: its JSON, or a FIELD/VALUE table of it.
+fn detail(format: Format, value: Value) {
     match format {
-        Format::Json => out!("{}", task_json(task)),
+        Format::Json => out!("{value}"),
         Format::Table => {
-            let value = task_json(task);
             let mut t = table(&["FIELD", "VALUE"]);
             if let Value::Object(map) = value {
                 for (key, value) in map {
@@ -180,22 +184,7 @@ pub fn jobs(format: Format, jobs: &[server::Job]) {
 
 /// Prints one job in detail.
 pub fn job(format: Format, job: &server::Job) {
-    match format {
-        Format::Json => out!("{}", job_json(job)),
-        Format::Table => {
-            let mut t = table(&["FIELD", "VALUE"]);
-            if let Value::Object(map) = job_json(job) {
-                for (key, value) in map {
-                    let text = match value {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    t.add_row(vec![key, text]);
-                }
-            }
-            out!("{t}");
-        }
-    }
+    detail(format, job_json(job));
 }
 
 fn workflow_json(w: &idds::Workflow) -> Value {

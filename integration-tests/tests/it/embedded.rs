@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use panda_client::ServerClient;
-use panda_integration_tests::{await_condition, fast_config, jobs_of, start};
+use panda_integration_tests::{await_condition, await_task, fast_config, jobs_of, start};
 use panda_proto::common::v1::{JobStatus, Resources, TaskStatus};
 use panda_proto::server::v1 as server;
 
@@ -169,15 +169,7 @@ async fn killing_a_task_stops_its_running_and_queued_jobs() {
         server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap().into_inner().task.unwrap();
     assert_eq!(killed.status, TaskStatus::Aborting as i32);
     // The queued jobs are cancelled at once; the running ones when their pilots hear of it.
-    let task = await_condition(Duration::from_secs(60), "the task to be aborted", || {
-        let server = server.clone();
-        async move {
-            let task =
-                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
-            (task.status == TaskStatus::Aborted as i32).then_some(task)
-        }
-    })
-    .await;
+    let task = await_task(&server, task_id, TaskStatus::Aborted, Duration::from_secs(60)).await;
     assert_eq!(task.job_counts.unwrap().cancelled, 4);
     // Killing again is refused: the task has ended.
     let error = server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap_err();
@@ -200,15 +192,7 @@ async fn a_task_no_queue_fits_waits_in_pending_with_the_reason() {
         .unwrap()
         .into_inner()
         .task_id;
-    let task = await_condition(Duration::from_secs(60), "the task to be pending", || {
-        let server = server.clone();
-        async move {
-            let task =
-                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
-            (task.status == TaskStatus::Pending as i32).then_some(task)
-        }
-    })
-    .await;
+    let task = await_task(&server, task_id, TaskStatus::Pending, Duration::from_secs(60)).await;
     assert!(task.error_diag.contains("local: needs 64 cores, queue offers 1"), "{}", task.error_diag);
     cluster.stop().await.unwrap();
 }
@@ -233,15 +217,7 @@ async fn the_default_configuration_runs_a_task() {
         .unwrap()
         .into_inner()
         .task_id;
-    await_condition(Duration::from_secs(120), "the task to be done", || {
-        let server = server.clone();
-        async move {
-            let task =
-                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
-            (task.status == TaskStatus::Done as i32).then_some(())
-        }
-    })
-    .await;
+    await_task(&server, task_id, TaskStatus::Done, Duration::from_secs(120)).await;
     let text = std::fs::read_to_string(dir.path().join("storage/hello.out._000002")).unwrap();
     assert_eq!(text, "hello 2\n");
     cluster.stop().await.unwrap();
