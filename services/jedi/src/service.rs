@@ -208,31 +208,39 @@ impl Jedi {
         }
     }
 
-    /// Examines registered and pending tasks once (the safety-net sweep).
+    /// Examines every registered and pending task once, oldest first (the safety-net sweep:
+    /// lost events, and pending tasks whose reason may have gone).
     ///
     /// # Errors
     /// When the server cannot list tasks.
     pub async fn sweep_once(&self) -> Result<usize, tonic::Status> {
-        let tasks = self
-            .server
-            .tasks
-            .clone()
-            .list_tasks(wire::ListTasksRequest {
-                statuses: vec![TaskStatus::Registered.to_wire(), TaskStatus::Pending.to_wire()],
-                limit: 100,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .tasks;
         let mut generated = 0;
-        for task in tasks {
-            match self.process_task(TaskId(task.task_id)).await {
-                Ok(Outcome::Generated(_)) => generated += 1,
-                Ok(_) => {}
-                Err(error) => warn!(%error, "sweep could not process a task"),
+        let mut after = 0;
+        loop {
+            let page = self
+                .server
+                .tasks
+                .clone()
+                .list_tasks(wire::ListTasksRequest {
+                    statuses: vec![TaskStatus::Registered.to_wire(), TaskStatus::Pending.to_wire()],
+                    limit: 100,
+                    oldest_first: true,
+                    after_task_id: after,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            for task in page.tasks {
+                match self.process_task(TaskId(task.task_id)).await {
+                    Ok(Outcome::Generated(_)) => generated += 1,
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, "sweep could not process a task"),
+                }
             }
+            if page.next_after == 0 {
+                return Ok(generated);
+            }
+            after = page.next_after;
         }
-        Ok(generated)
     }
 }

@@ -196,12 +196,16 @@ impl TaskService for Api {
             name_contains: (!request.name_contains.is_empty()).then_some(request.name_contains),
             created_after: time("created_after", request.created_after)?,
             created_before: time("created_before", request.created_before)?,
+            oldest_first: request.oldest_first,
+            after: (request.after_task_id != 0).then_some(TaskId(request.after_task_id)),
         };
         let tasks = self.service.list_tasks(filter).await?;
-        let next_before = if tasks.len() == limit as usize { tasks.last().map_or(0, |(t, _)| t.id.0) } else { 0 };
+        let next = if tasks.len() == limit as usize { tasks.last().map_or(0, |(t, _)| t.id.0) } else { 0 };
+        let (next_before, next_after) = if request.oldest_first { (0, next) } else { (next, 0) };
         Ok(Response::new(wire::ListTasksResponse {
             tasks: tasks.into_iter().map(|(t, c)| convert::task(t, c)).collect(),
             next_before,
+            next_after,
         }))
     }
 

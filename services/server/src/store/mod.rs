@@ -40,6 +40,10 @@ pub struct TaskFilter {
     pub created_after: Option<DateTime<Utc>>,
     /// Only tasks created before this time.
     pub created_before: Option<DateTime<Utc>>,
+    /// Oldest first (paged with `after`) instead of newest first.
+    pub oldest_first: bool,
+    /// With `oldest_first`: only tasks with a larger id.
+    pub after: Option<TaskId>,
 }
 
 /// Filters of `list_jobs`.
@@ -282,14 +286,22 @@ impl Store {
 
     /// Tasks, newest first.
     pub async fn list_tasks(&self, conn: &impl ConnectionTrait, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut query = task::Entity::find().order_by_desc(task::Column::Id).limit(filter.limit);
+        let mut query = task::Entity::find().limit(filter.limit);
+        query = if filter.oldest_first {
+            if let Some(after) = filter.after {
+                query = query.filter(task::Column::Id.gt(to_i64(after.0)));
+            }
+            query.order_by_asc(task::Column::Id)
+        } else {
+            query.order_by_desc(task::Column::Id)
+        };
         if !filter.statuses.is_empty() {
             query = query.filter(task::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
         }
         if let Some(user) = &filter.user {
             query = query.filter(task::Column::UserName.eq(user.as_str()));
         }
-        if let Some(before) = filter.before {
+        if let Some(before) = filter.before.filter(|_| !filter.oldest_first) {
             query = query.filter(task::Column::Id.lt(to_i64(before.0)));
         }
         if let Some(text) = &filter.name_contains {
