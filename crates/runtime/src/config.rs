@@ -162,6 +162,13 @@ impl Problems {
         }
     }
 
+    /// Records a problem when `value` of `key` is not an http:// or https:// URL.
+    pub fn check_url(&mut self, key: &str, value: &str) {
+        self.check(value.starts_with("http://") || value.starts_with("https://"), || {
+            format!("{key} = {value:?}: must be an http:// or https:// URL")
+        });
+    }
+
     /// Records a problem.
     pub fn push(&mut self, message: String) {
         self.0.push(message);

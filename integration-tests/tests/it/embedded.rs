@@ -32,6 +32,12 @@ async fn example_workflow_finishes_in_dag_order() {
     cluster.stop().await.unwrap();
 }
 
+/// Submits a task that must be accepted; returns its id.
+async fn submit(server: &ServerClient, spec: server::TaskSpec) -> u64 {
+    let request = server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() };
+    server.tasks.clone().submit_task(request).await.unwrap().into_inner().task_id
+}
+
 fn task(name: &str, command: &str, n_jobs: u32) -> server::TaskSpec {
     server::TaskSpec { name: name.into(), command: command.into(), n_jobs: Some(n_jobs), ..Default::default() }
 }
@@ -146,17 +152,7 @@ async fn killing_a_task_stops_its_running_and_queued_jobs() {
     config.harvester.local_workers = 2;
     let cluster = start(config, PILOT).await;
     let server = ServerClient::new(&cluster.server_url).unwrap();
-    let task_id = server
-        .tasks
-        .clone()
-        .submit_task(server::SubmitTaskRequest {
-            spec: Some(task("sleepers", "sleep 600", 4)),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = submit(&server, task("sleepers", "sleep 600", 4)).await;
     await_condition(Duration::from_secs(60), "two jobs running", || {
         let server = server.clone();
         async move {
@@ -184,14 +180,7 @@ async fn a_task_no_queue_fits_waits_in_pending_with_the_reason() {
     let server = ServerClient::new(&cluster.server_url).unwrap();
     let mut spec = task("big", "true", 1);
     spec.resources = Some(Resources { cores: 64, ..Default::default() });
-    let task_id = server
-        .tasks
-        .clone()
-        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = submit(&server, spec).await;
     let task = await_task(&server, task_id, TaskStatus::Pending, Duration::from_secs(60)).await;
     assert!(task.error_diag.contains("local: needs 64 cores, queue offers 1"), "{}", task.error_diag);
     cluster.stop().await.unwrap();
@@ -209,14 +198,7 @@ async fn the_default_configuration_runs_a_task() {
     let server = ServerClient::new(&cluster.server_url).unwrap();
     let mut spec = task("hello", "echo hello {index} > {output}", 2);
     spec.output_dataset = "hello.out".into();
-    let task_id = server
-        .tasks
-        .clone()
-        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = submit(&server, spec).await;
     await_task(&server, task_id, TaskStatus::Done, Duration::from_secs(120)).await;
     let text = std::fs::read_to_string(dir.path().join("storage/hello.out._000002")).unwrap();
     assert_eq!(text, "hello 2\n");
@@ -248,15 +230,7 @@ async fn watching_a_task_streams_its_changes_until_it_ends() {
     let error = tasks.watch_task(server::WatchTaskRequest { task_id: 777 }).await.unwrap_err();
     assert_eq!((error.code(), error.message()), (tonic::Code::NotFound, "task 777 not found"));
 
-    let task_id = tasks
-        .submit_task(server::SubmitTaskRequest {
-            spec: Some(task("watched", "sleep 1", 3)),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = submit(&server, task("watched", "sleep 1", 3)).await;
     let mut stream = tasks.watch_task(server::WatchTaskRequest { task_id }).await.unwrap().into_inner();
     let mut updates = Vec::new();
     let collect = async {

@@ -264,5 +264,8 @@ mod tests {
     fn values_are_validated() {
         let error = AllConfig::load(&Loader::from_toml("[harvester]\nlocal_workers = 0\n")).unwrap_err().to_string();
         assert!(error.contains("harvester.local_workers"), "{error}");
+        let error =
+            AllConfig::load(&Loader::from_toml("[jedi]\nserver_url = \"127.0.0.1:1\"\n")).unwrap_err().to_string();
+        assert!(error.contains("jedi.server_url = \"127.0.0.1:1\": must be an http:// or https:// URL"), "{error}");
     }
 }

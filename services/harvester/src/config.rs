@@ -67,9 +67,7 @@ impl Config {
             format!("harvester.cycle_interval = {:?}: must be at least 100ms", self.cycle_interval)
         });
         problems.check(self.local_workers >= 1, || "harvester.local_workers = 0: must be at least 1".to_owned());
-        problems.check(self.server_url.starts_with("http://") || self.server_url.starts_with("https://"), || {
-            format!("harvester.server_url = {:?}: must be an http:// or https:// URL", self.server_url)
-        });
+        problems.check_url("harvester.server_url", &self.server_url);
         problems.finish()
     }
 }

@@ -46,9 +46,7 @@ impl Config {
         problems.check(self.submit_retry_interval >= Duration::from_millis(100), || {
             format!("idds.submit_retry_interval = {:?}: must be at least 100ms", self.submit_retry_interval)
         });
-        problems.check(self.server_url.starts_with("http://") || self.server_url.starts_with("https://"), || {
-            format!("idds.server_url = {:?}: must be an http:// or https:// URL", self.server_url)
-        });
+        problems.check_url("idds.server_url", &self.server_url);
         problems.finish()
     }
 }

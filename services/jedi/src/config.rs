@@ -47,9 +47,7 @@ impl Config {
         problems.check(self.sweep_interval >= Duration::from_millis(100), || {
             format!("jedi.sweep_interval = {:?}: must be at least 100ms", self.sweep_interval)
         });
-        problems.check(self.server_url.starts_with("http://") || self.server_url.starts_with("https://"), || {
-            format!("jedi.server_url = {:?}: must be an http:// or https:// URL", self.server_url)
-        });
+        problems.check_url("jedi.server_url", &self.server_url);
         problems.finish()
     }
 }
