@@ -52,6 +52,9 @@ struct DispatchArgs {
     /// gRPC connections the pilots share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Report each GetJob's jobs with one UpdateJobs call instead of one UpdateJob per job.
+    #[arg(long)]
+    bulk_updates: bool,
 }
 
 #[tokio::main]
@@ -134,8 +137,8 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     let mut pilots = Vec::with_capacity(args.pilots);
     for pilot in 0..args.pilots {
         let client = channels[pilot % channels.len()].clone();
-        let batch = args.batch;
-        pilots.push(tokio::spawn(async move { run_pilot(client, pilot, batch).await }));
+        let (batch, bulk) = (args.batch, args.bulk_updates);
+        pilots.push(tokio::spawn(async move { run_pilot(client, pilot, batch, bulk).await }));
     }
     let (mut ids, mut get_latency, mut update_latency) = (Vec::new(), Vec::new(), Vec::new());
     for pilot in pilots {
@@ -149,9 +152,10 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     get_latency.sort();
     update_latency.sort();
     println!(
-        "{backend_name}: {} pilots, batch {}: {} jobs dispatched and finished in {elapsed:.2}s = {:.0} dispatches/s",
+        "{backend_name}: {} pilots, GetJob n={}, {}: {} jobs dispatched and finished in {elapsed:.2}s = {:.0} dispatches/s",
         args.pilots,
         args.batch,
+        if args.bulk_updates { "one UpdateJobs per GetJob" } else { "one UpdateJob per job" },
         ids.len(),
         ids.len() as f64 / elapsed
     );
@@ -162,7 +166,8 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         get_latency.len()
     );
     println!(
-        "  UpdateJob p50 {:.2} ms  p99 {:.2} ms  ({} calls)",
+        "  {} p50 {:.2} ms  p99 {:.2} ms  ({} calls)",
+        if args.bulk_updates { "UpdateJobs" } else { "UpdateJob " },
         percentile(&update_latency, 0.5),
         percentile(&update_latency, 0.99),
         update_latency.len()
@@ -189,7 +194,7 @@ struct PilotOutcome {
 
 /// Takes jobs until none are left and reports each finished (the server walks it through
 /// starting, holding and finished in one transaction).
-async fn run_pilot(client: ServerClient, pilot: usize, batch: u32) -> anyhow::Result<PilotOutcome> {
+async fn run_pilot(client: ServerClient, pilot: usize, batch: u32, bulk: bool) -> anyhow::Result<PilotOutcome> {
     let mut outcome = PilotOutcome { ids: Vec::new(), get_latency: Vec::new(), update_latency: Vec::new() };
     let node = format!("bench-{pilot}");
     loop {
@@ -201,19 +206,33 @@ async fn run_pilot(client: ServerClient, pilot: usize, batch: u32) -> anyhow::Re
         if jobs.is_empty() {
             return Ok(outcome);
         }
-        for job in jobs {
-            outcome.ids.push(job.job_id);
-            let update = wire::UpdateJobRequest {
-                job_id: job.job_id,
-                lease_token: job.lease_token,
-                status: JobStatus::Finished as i32,
-                exit_code: Some(0),
-                node: node.clone(),
-                ..Default::default()
-            };
+        let updates: Vec<wire::UpdateJobRequest> = jobs
+            .into_iter()
+            .map(|job| {
+                outcome.ids.push(job.job_id);
+                wire::UpdateJobRequest {
+                    job_id: job.job_id,
+                    lease_token: job.lease_token,
+                    status: JobStatus::Finished as i32,
+                    exit_code: Some(0),
+                    node: node.clone(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        if bulk {
             let t0 = Instant::now();
-            client.pilot.clone().update_job(update).await?;
+            let results = client.pilot.clone().update_jobs(wire::UpdateJobsRequest { updates }).await?.into_inner();
             outcome.update_latency.push(t0.elapsed());
+            if let Some(refused) = results.results.iter().find(|r| r.code != 0) {
+                anyhow::bail!("job {} report refused: {}", refused.job_id, refused.message);
+            }
+        } else {
+            for update in updates {
+                let t0 = Instant::now();
+                client.pilot.clone().update_job(update).await?;
+                outcome.update_latency.push(t0.elapsed());
+            }
         }
     }
 }

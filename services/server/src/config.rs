@@ -31,6 +31,37 @@ pub struct Config {
     /// How often the watchdog looks for such jobs.
     #[serde(with = "humantime_serde")]
     pub watchdog_interval: Duration,
+    /// Group commit of pilots' GetJob and UpdateJob calls.
+    pub group_commit: GroupCommitConfig,
+}
+
+/// `[server.group_commit]`: pilots' calls that arrive while a transaction commits share the next
+/// one. There is no timer: a lone call runs at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitConfig {
+    /// Batches in flight at once per kind (dispatch, report); 0 = automatic: 1 on SQLite (one
+    /// writer), 4 on PostgreSQL.
+    pub workers: usize,
+    /// Most calls in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self { workers: 0, max_batch: 256 }
+    }
+}
+
+impl GroupCommitConfig {
+    /// Workers for a database backend.
+    pub fn workers_for(&self, postgres: bool) -> usize {
+        match self.workers {
+            0 if postgres => 4,
+            0 => 1,
+            n => n,
+        }
+    }
 }
 
 impl Default for Config {
@@ -43,6 +74,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(30),
             lost_heartbeat_after: Duration::from_secs(600),
             watchdog_interval: Duration::from_secs(30),
+            group_commit: GroupCommitConfig::default(),
         }
     }
 }
@@ -66,6 +98,12 @@ impl Config {
         });
         problems.check(self.watchdog_interval >= Duration::from_millis(100), || {
             format!("server.watchdog_interval = {:?}: must be at least 100ms", self.watchdog_interval)
+        });
+        problems.check(self.group_commit.workers <= 64, || {
+            format!("server.group_commit.workers = {}: must be at most 64 (0 = automatic)", self.group_commit.workers)
+        });
+        problems.check((1..=10_000).contains(&self.group_commit.max_batch), || {
+            format!("server.group_commit.max_batch = {}: must be between 1 and 10000", self.group_commit.max_batch)
         });
         problems.finish()
     }

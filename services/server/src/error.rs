@@ -68,6 +68,9 @@ pub enum Error {
         /// Asked state.
         to: JobStatus,
     },
+    /// The server is shutting down.
+    #[error("the server is shutting down ({0}); retry against another replica or later")]
+    ShuttingDown(#[from] crate::group_commit::Stopped),
     /// The database failed.
     #[error("database operation failed")]
     Db(#[from] sea_orm::DbErr),
@@ -99,6 +102,7 @@ impl ServiceError for Error {
             Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
                 ErrorCode::FailedPrecondition
             }
+            Error::ShuttingDown(_) => ErrorCode::Unavailable,
             Error::Db(error) => db_code(error),
             Error::Corrupt { .. } => ErrorCode::Internal,
         }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod group_commit;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
@@ -80,6 +81,7 @@ pub async fn run(
         context: format!("cannot resolve the storage directory {}", storage_dir.display()),
         source,
     })?;
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
     let (registry, metrics) = metrics::registry();
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
@@ -99,7 +101,12 @@ pub async fn run(
             }
         })
     };
-    let api = grpc::Api::new(service, config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+    let shape = group_commit::Shape {
+        workers: config.group_commit.workers_for(postgres),
+        max_batch: config.group_commit.max_batch,
+    };
+    let pilots = service::PilotBatches::start(&service, shape);
+    let api = grpc::Api::new(service, pilots, config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
 
     let mut server = panda_runtime::grpc::server("server")?;
     server.router = server

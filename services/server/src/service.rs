@@ -8,7 +8,7 @@ use chrono::Utc;
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
 use panda_types::spec::TaskSpecDraft;
-use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId, TaskStatus};
+use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, StateMachine, TaskId, TaskStatus};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tracing::{info, instrument};
 
@@ -17,6 +17,10 @@ use crate::events;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, FileRecord, Job, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
 use crate::store::{JobFilter, Store, TaskFilter};
+
+mod pilot;
+
+pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
 
 /// Pilot instruction from the server's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,146 +491,6 @@ impl Service {
             });
         }
         self.commit(txn, events).await
-    }
-
-    /// Hands up to `n` activated jobs of `queue` that fit `offer` to a pilot, each exactly once.
-    ///
-    /// # Errors
-    /// INVALID_ARGUMENT for a bad queue name; database failures.
-    #[instrument(skip_all, fields(queue = %queue))]
-    pub async fn dispatch(
-        &self,
-        queue: &str,
-        node: &str,
-        worker_id: &str,
-        offer: Resources,
-        n: u32,
-    ) -> Result<Vec<Dispatched>> {
-        panda_types::QueueName::new(queue).map_err(|e| Error::invalid("queue", e))?;
-        let txn = self.db.begin().await?;
-        let claimed = self.store.claim_jobs(&txn, queue, &offer, u64::from(n)).await?;
-        if claimed.is_empty() {
-            txn.commit().await?;
-            return Ok(Vec::new());
-        }
-        let mut events = Vec::with_capacity(claimed.len());
-        let mut out = Vec::with_capacity(claimed.len());
-        let lfns: Vec<String> = claimed.iter().flat_map(|j| j.input_files.iter().cloned()).collect();
-        let catalog = self.store.files_by_lfn(&txn, &lfns).await?;
-        for mut job in claimed {
-            self.move_job(&mut job, JobStatus::Sent, &mut events)?;
-            job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
-            job.node = node.to_owned();
-            job.worker_id = worker_id.to_owned();
-            self.store.save_job(&txn, &job).await?;
-            let inputs = job
-                .input_files
-                .iter()
-                .map(|lfn| {
-                    catalog.get(lfn).cloned().unwrap_or_else(|| FileRecord {
-                        lfn: lfn.clone(),
-                        dataset: String::new(),
-                        size_bytes: 0,
-                        checksum: String::new(),
-                        status: String::new(),
-                    })
-                })
-                .collect();
-            out.push(Dispatched { job, inputs });
-        }
-        self.metrics.jobs_dispatched.inc_by(out.len() as u64);
-        self.commit(txn, events).await?;
-        Ok(out)
-    }
-
-    /// Applies a pilot's report on a job it holds: a state change, a heartbeat, or the final
-    /// report. Repeating a final report changes nothing.
-    ///
-    /// # Errors
-    /// NOT_FOUND; FAILED_PRECONDITION when the lease token is not the current one or the state
-    /// machine refuses the change; INVALID_ARGUMENT for outputs the job does not declare.
-    #[instrument(skip_all, fields(job_id = %job_id, status = %report.status))]
-    pub async fn update_job(
-        &self,
-        job_id: JobId,
-        lease_token: &str,
-        report: JobReport,
-    ) -> Result<(JobStatus, PilotCommand)> {
-        let txn = self.db.begin().await?;
-        let mut job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
-        if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
-            return Err(Error::NotHolder { job_id });
-        }
-        for (i, output) in report.output_files.iter().enumerate() {
-            if !job.output_files.contains(&output.lfn) {
-                return Err(Error::invalid(
-                    format!("output_files[{i}].lfn"),
-                    format!(
-                        "{:?} is not an output of job {job_id} (expected one of {:?})",
-                        output.lfn, job.output_files
-                    ),
-                ));
-            }
-        }
-        let kill_requested = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED);
-        if job.status.is_final() {
-            // A retried final report: answer as before, change nothing.
-            let same = report.status == job.status
-                || (report.status == JobStatus::Failed && job.status == JobStatus::Cancelled);
-            return if same {
-                Ok((job.status, PilotCommand::None))
-            } else {
-                Err(Error::JobTransition { job_id, from: job.status, to: report.status })
-            };
-        }
-        let mut events = Vec::new();
-        let now = Utc::now();
-        job.heartbeat_at = Some(now);
-        job.modified_at = now;
-        if !report.node.is_empty() {
-            job.node = report.node.clone();
-        }
-        apply_metrics(&mut job, &report);
-        match report.status {
-            JobStatus::Starting => {
-                if job.status == JobStatus::Sent {
-                    self.move_job(&mut job, JobStatus::Starting, &mut events)?;
-                }
-            }
-            JobStatus::Running => {
-                if matches!(job.status, JobStatus::Sent | JobStatus::Starting) {
-                    self.move_job(&mut job, JobStatus::Running, &mut events)?;
-                }
-            }
-            JobStatus::Finished => {
-                if job.status == JobStatus::Sent {
-                    self.move_job(&mut job, JobStatus::Starting, &mut events)?;
-                }
-                // The reference stores a final report as holding, then post-processing finishes
-                // the job; outputs are registered right here, so both steps happen together.
-                self.move_job(&mut job, JobStatus::Holding, &mut events)?;
-                self.move_job(&mut job, JobStatus::Finished, &mut events)?;
-                self.store.record_outputs(&txn, job_id, &report.output_files, FileStatus::NoOutput, now).await?;
-            }
-            JobStatus::Failed => {
-                let to = if kill_requested { JobStatus::Cancelled } else { JobStatus::Failed };
-                self.move_job(&mut job, to, &mut events)?;
-                self.store.record_outputs(&txn, job_id, &[], FileStatus::Failed, now).await?;
-            }
-            other => {
-                return Err(Error::invalid(
-                    "status",
-                    format!("{other} cannot be reported by a pilot; use starting, running, finished or failed"),
-                ));
-            }
-        }
-        self.store.save_job(&txn, &job).await?;
-        self.commit(txn, events).await?;
-        if job.status.is_final() {
-            self.end_task_if_drained(job.task_id).await;
-        }
-        let command = if kill_requested && !job.status.is_final() { PilotCommand::Kill } else { PilotCommand::None };
-        Ok((job.status, command))
     }
 
     /// After a job ended (and committed): ends its task if that was its last live job. Runs in its

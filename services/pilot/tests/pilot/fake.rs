@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use panda_proto::common::v1::JobStatus;
 use panda_proto::server::v1::pilot_service_server::{PilotService, PilotServiceServer};
 use panda_proto::server::v1::{
-    DispatchedJob, GetJobRequest, GetJobResponse, PilotCommand, UpdateJobRequest, UpdateJobResponse,
+    DispatchedJob, GetJobRequest, GetJobResponse, PilotCommand, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
+    UpdateJobsResponse,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -170,5 +171,9 @@ impl PilotService for Fake {
         let current = request.status;
         state.seen.updates.push(request);
         Ok(Response::new(UpdateJobResponse { command: command as i32, status: current }))
+    }
+
+    async fn update_jobs(&self, _request: Request<UpdateJobsRequest>) -> Result<Response<UpdateJobsResponse>, Status> {
+        Err(Status::unimplemented("the pilot reports one job at a time"))
     }
 }

@@ -16,22 +16,26 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::error::Error;
 use crate::model::{JobReport, NewJob, OutputFile, Queue};
-use crate::service::{PilotCommand, Service};
+use crate::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use crate::store::{JobFilter, TaskFilter};
 
 /// Serves TaskService, JobService, PilotService and InternalService.
 #[derive(Clone)]
 pub struct Api {
     service: Service,
+    pilots: PilotBatches,
     heartbeat_interval_seconds: u32,
 }
 
 impl Api {
-    /// An adapter over the service.
-    pub fn new(service: Service, heartbeat_interval_seconds: u32) -> Self {
-        Self { service, heartbeat_interval_seconds }
+    /// An adapter over the service; pilots' calls go through its group commits.
+    pub fn new(service: Service, pilots: PilotBatches, heartbeat_interval_seconds: u32) -> Self {
+        Self { service, pilots, heartbeat_interval_seconds }
     }
 }
+
+/// Most reports in one UpdateJobs call.
+const MAX_REPORTS_PER_CALL: usize = 1000;
 
 fn invalid(error: panda_proto::convert::ProtocolError) -> Status {
     Status::invalid_argument(error.to_string())
@@ -335,7 +339,16 @@ impl PilotService for Api {
         }
         let offer = resources(request.resources);
         let n = request.n_jobs.max(1);
-        let dispatched = self.service.dispatch(&request.queue, &request.node, &request.worker_id, offer, n).await?;
+        let dispatched = self
+            .pilots
+            .dispatch(DispatchRequest {
+                queue: request.queue,
+                node: request.node,
+                worker_id: request.worker_id,
+                offer,
+                n,
+            })
+            .await?;
         let storage_url = self.service.storage_url();
         let jobs = dispatched
             .into_iter()
@@ -368,48 +381,108 @@ impl PilotService for Api {
         &self,
         request: Request<wire::UpdateJobRequest>,
     ) -> Result<Response<wire::UpdateJobResponse>, Status> {
-        let request = request.into_inner();
-        let job_id = JobId(required_id("job_id", request.job_id)?);
-        if request.lease_token.is_empty() {
-            return Err(Status::invalid_argument("lease_token is required"));
+        let update = update_request(request.into_inner())?;
+        let (status, command) = self.pilots.update(update).await?;
+        Ok(Response::new(update_response(status, command)))
+    }
+
+    async fn update_jobs(
+        &self,
+        request: Request<wire::UpdateJobsRequest>,
+    ) -> Result<Response<wire::UpdateJobsResponse>, Status> {
+        let updates = request.into_inner().updates;
+        if updates.len() > MAX_REPORTS_PER_CALL {
+            return Err(Error::invalid(
+                "updates",
+                format!("at most {MAX_REPORTS_PER_CALL} reports per call (got {}); split them", updates.len()),
+            )
+            .into());
         }
-        let status = JobStatus::from_wire("status", request.status).map_err(invalid)?;
-        if !status.is_pilot_reportable() {
-            return Err(Status::invalid_argument(format!(
-                "status {status} cannot be reported by a pilot; use starting, running, finished or failed"
-            )));
-        }
-        for (field, value) in
-            [("cpu_time_seconds", request.cpu_time_seconds), ("wall_time_seconds", request.wall_time_seconds)]
-        {
-            if !value.is_finite() || value < 0.0 {
-                return Err(Status::invalid_argument(format!("{field} must be a non-negative number (got {value})")));
+        let job_ids: Vec<u64> = updates.iter().map(|u| u.job_id).collect();
+        // Malformed reports are answered here; the others are applied together.
+        let mut answers: Vec<Option<Result<wire::UpdateJobResponse, Status>>> = Vec::with_capacity(updates.len());
+        let mut valid = Vec::new();
+        for update in updates {
+            match update_request(update) {
+                Ok(update) => {
+                    valid.push(update);
+                    answers.push(None);
+                }
+                Err(status) => answers.push(Some(Err(status))),
             }
         }
-        let report = JobReport {
-            status,
-            exit_code: request.exit_code,
-            error_code: request.error_code,
-            error_diag: request.error_diag,
-            stdout_tail: request.stdout_tail,
-            stderr_tail: request.stderr_tail,
-            cpu_time_seconds: request.cpu_time_seconds,
-            wall_time_seconds: request.wall_time_seconds,
-            max_rss_kb: request.max_rss_kb,
-            output_files: request
-                .output_files
-                .into_iter()
-                .map(|f| OutputFile { lfn: f.lfn, size_bytes: f.size_bytes, checksum: f.checksum })
-                .collect(),
-            node: request.node,
-        };
-        let (status, command) = self.service.update_job(job_id, &request.lease_token, report).await?;
-        let command = match command {
-            PilotCommand::None => wire::PilotCommand::None,
-            PilotCommand::Kill => wire::PilotCommand::Kill,
-        };
-        Ok(Response::new(wire::UpdateJobResponse { command: command as i32, status: status.to_wire() }))
+        let mut applied = self.pilots.update_many(valid).await?.into_iter();
+        let results = answers
+            .into_iter()
+            .zip(job_ids)
+            .map(|(answer, job_id)| {
+                let answer = answer.unwrap_or_else(|| match applied.next() {
+                    Some(Ok((status, command))) => Ok(update_response(status, command)),
+                    Some(Err(error)) => Err(error.into()),
+                    None => Err(Status::internal("a report got no answer")),
+                });
+                match answer {
+                    Ok(response) => {
+                        wire::UpdateJobResult { job_id, code: 0, message: String::new(), response: Some(response) }
+                    }
+                    Err(status) => wire::UpdateJobResult {
+                        job_id,
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        response: None,
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(wire::UpdateJobsResponse { results }))
     }
+}
+
+/// A pilot's report, checked for what needs no database.
+fn update_request(request: wire::UpdateJobRequest) -> Result<UpdateRequest, Status> {
+    let job_id = JobId(required_id("job_id", request.job_id)?);
+    if request.lease_token.is_empty() {
+        return Err(Status::invalid_argument(format!("job {job_id}: lease_token is required")));
+    }
+    let status = JobStatus::from_wire("status", request.status).map_err(invalid)?;
+    if !status.is_pilot_reportable() {
+        return Err(Status::invalid_argument(format!(
+            "status {status} cannot be reported by a pilot; use starting, running, finished or failed"
+        )));
+    }
+    for (field, value) in
+        [("cpu_time_seconds", request.cpu_time_seconds), ("wall_time_seconds", request.wall_time_seconds)]
+    {
+        if !value.is_finite() || value < 0.0 {
+            return Err(Status::invalid_argument(format!("{field} must be a non-negative number (got {value})")));
+        }
+    }
+    let report = JobReport {
+        status,
+        exit_code: request.exit_code,
+        error_code: request.error_code,
+        error_diag: request.error_diag,
+        stdout_tail: request.stdout_tail,
+        stderr_tail: request.stderr_tail,
+        cpu_time_seconds: request.cpu_time_seconds,
+        wall_time_seconds: request.wall_time_seconds,
+        max_rss_kb: request.max_rss_kb,
+        output_files: request
+            .output_files
+            .into_iter()
+            .map(|f| OutputFile { lfn: f.lfn, size_bytes: f.size_bytes, checksum: f.checksum })
+            .collect(),
+        node: request.node,
+    };
+    Ok(UpdateRequest { job_id, lease_token: request.lease_token, report })
+}
+
+fn update_response(status: JobStatus, command: PilotCommand) -> wire::UpdateJobResponse {
+    let command = match command {
+        PilotCommand::None => wire::PilotCommand::None,
+        PilotCommand::Kill => wire::PilotCommand::Kill,
+    };
+    wire::UpdateJobResponse { command: command as i32, status: status.to_wire() }
 }
 
 #[tonic::async_trait]

@@ -6,6 +6,7 @@
 //! `claim_jobs` skips rows another dispatcher holds (`FOR UPDATE SKIP LOCKED`), so replicas never
 //! hand out a job twice. SQLite runs one writer at a time, which gives the same guarantees.
 
+mod bulk;
 mod entities;
 pub mod migration;
 

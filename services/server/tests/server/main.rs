@@ -9,8 +9,9 @@ use std::sync::Arc;
 use panda_bus::outbox::Outbox;
 use panda_db::TestDb;
 use panda_server::error::Error;
+use panda_server::group_commit::Shape;
 use panda_server::model::{JobReport, NewJob, OutputFile};
-use panda_server::service::{PilotCommand, Service};
+use panda_server::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use panda_server::store::migration::Migrator;
 use panda_types::spec::TaskSpecDraft;
 use panda_types::{JobStatus, Resources, StateMachine, TaskId, TaskStatus};
@@ -483,6 +484,176 @@ async fn the_watchdog_ends_tasks_whose_last_check_was_lost(f: Fixture) {
     assert_eq!(f.service.end_drained_tasks().await.unwrap(), 0);
 }
 
+/// Many pilots' requests in one transaction: different queues and offers, overlapping ones on
+/// the same queue; each job goes to one request, each request gets at most what it asked for.
+async fn a_dispatch_batch_serves_each_request_and_no_job_twice(f: Fixture) {
+    let (task, _) = f.service.submit_task(draft("t", 30, ""), None).await.unwrap();
+    let mut new = jobs(20, "q", "");
+    new.extend(jobs(10, "r", "").into_iter().map(|mut j| {
+        j.job_index += 100;
+        j
+    }));
+    new[0].resources.cores = 8;
+    f.service.insert_jobs(task.id, new).await.unwrap();
+    let request = |queue: &str, cores: u32, n: u32| DispatchRequest {
+        queue: queue.into(),
+        node: format!("{queue}-{cores}-{n}"),
+        worker_id: String::new(),
+        offer: Resources { cores, ..Default::default() },
+        n,
+    };
+    let requests = vec![
+        request("q", 8, 5),
+        request("q", 1, 4),
+        request("bad queue!", 1, 1),
+        request("r", 0, 6),
+        request("q", 0, 20),
+        request("r", 0, 6),
+    ];
+    let answers = f.service.dispatch_batch(&requests).await.unwrap();
+    assert_eq!(answers.len(), requests.len());
+    assert!(matches!(answers[2], Err(Error::InvalidArgument(_))), "a bad request is refused alone");
+    let mut all = Vec::new();
+    for (request, answer) in requests.iter().zip(&answers) {
+        let Ok(jobs) = answer else { continue };
+        assert!(jobs.len() <= request.n as usize);
+        for d in jobs {
+            assert_eq!(d.job.queue, request.queue);
+            assert_eq!(d.job.status, JobStatus::Sent);
+            assert_eq!(d.job.node, request.node);
+            assert!(request.offer.cores == 0 || d.job.resources.cores <= request.offer.cores);
+            all.push(d.job.id);
+        }
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "no job dispatched twice within a batch");
+    assert_eq!(all.len(), 30, "all 30 jobs fit the requests");
+    assert_eq!(answers[3].as_ref().unwrap().len() + answers[5].as_ref().unwrap().len(), 10);
+    // What was handed out is what the database says.
+    for d in answers.iter().flatten().flatten() {
+        let stored = f.service.show_job(d.job.id).await.unwrap();
+        assert_eq!(
+            (stored.status, stored.lease_token.clone(), stored.node.clone()),
+            (JobStatus::Sent, d.job.lease_token.clone(), d.job.node.clone())
+        );
+    }
+}
+
+/// Reports in one batch: each gets its own answer; refused ones leave no trace; several reports
+/// on one job apply in order.
+async fn a_report_batch_answers_each_report_alone(f: Fixture) {
+    let task = submit_with_jobs(&f, "t", 3, "out").await;
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 3).await.unwrap();
+    let lease = |i: usize| sent[i].job.lease_token.clone().unwrap();
+    let id = |i: usize| sent[i].job.id;
+    let mut finished = report(JobStatus::Finished);
+    finished.exit_code = Some(0);
+    finished.output_files = vec![OutputFile {
+        lfn: sent[0].job.output_files[0].clone(),
+        size_bytes: 7,
+        checksum: "adler32:00000001".into(),
+    }];
+    let mut wrong_output = report(JobStatus::Finished);
+    wrong_output.output_files = vec![OutputFile { lfn: "elsewhere".into(), size_bytes: 1, checksum: String::new() }];
+    let update = |job_id, lease_token: String, report| UpdateRequest { job_id, lease_token, report };
+    let updates = vec![
+        update(id(0), lease(0), report(JobStatus::Running)),
+        update(id(0), lease(0), finished.clone()),
+        update(id(1), "stale".into(), report(JobStatus::Failed)),
+        update(id(2), lease(2), wrong_output),
+        update(panda_types::JobId(999_999), "x".into(), report(JobStatus::Running)),
+        update(id(2), lease(2), report(JobStatus::Running)),
+        update(id(0), lease(0), finished),
+    ];
+    let outcomes = f.service.update_batch(&updates).await.unwrap();
+    assert_eq!(outcomes.len(), updates.len());
+    assert_eq!(outcomes[0].as_ref().unwrap().0, JobStatus::Running);
+    assert_eq!(outcomes[1].as_ref().unwrap().0, JobStatus::Finished);
+    assert!(matches!(outcomes[2], Err(Error::NotHolder { .. })));
+    assert!(matches!(outcomes[3], Err(Error::InvalidArgument(_))));
+    assert!(matches!(outcomes[4], Err(Error::JobNotFound { .. })));
+    assert_eq!(outcomes[5].as_ref().unwrap().0, JobStatus::Running, "a refused report does not block the next one");
+    assert_eq!(*outcomes[6].as_ref().unwrap(), (JobStatus::Finished, PilotCommand::None), "a repeated final report");
+    let job0 = f.service.show_job(id(0)).await.unwrap();
+    assert_eq!((job0.status, job0.exit_code), (JobStatus::Finished, Some(0)));
+    let job1 = f.service.show_job(id(1)).await.unwrap();
+    assert_eq!(job1.status, JobStatus::Sent, "the stale report changed nothing");
+    let job2 = f.service.show_job(id(2)).await.unwrap();
+    assert_eq!(job2.status, JobStatus::Running);
+    let dataset = f.service.get_dataset("out").await.unwrap();
+    let file0 = dataset.files.iter().find(|file| file.lfn == sent[0].job.output_files[0]).unwrap();
+    assert_eq!((file0.status.as_str(), file0.size_bytes), ("finished", 7));
+    assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Running);
+}
+
+/// A dispatch whose answer could not be delivered goes back to the queue, unless the pilot
+/// already holds it (a later lease or a started job is never taken away).
+async fn undelivered_dispatches_go_back_to_the_queue(f: Fixture) {
+    submit_with_jobs(&f, "t", 2, "").await;
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+    let lease1 = sent[1].job.lease_token.clone().unwrap();
+    f.service.update_job(sent[1].job.id, &lease1, report(JobStatus::Running)).await.unwrap();
+    assert_eq!(f.service.release_undelivered(sent.clone()).await.unwrap(), 1);
+    let back = f.service.show_job(sent[0].job.id).await.unwrap();
+    assert_eq!((back.status, back.lease_token), (JobStatus::Activated, None));
+    assert_eq!(f.service.show_job(sent[1].job.id).await.unwrap().status, JobStatus::Running);
+    // The released job is dispatched again, under a new lease; the old one is dead.
+    let again = f.service.dispatch("q", "m", "", Resources::default(), 5).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].job.lease_token, sent[0].job.lease_token);
+    let old = sent[0].job.lease_token.clone().unwrap();
+    assert!(matches!(
+        f.service.update_job(sent[0].job.id, &old, report(JobStatus::Running)).await,
+        Err(Error::NotHolder { .. })
+    ));
+}
+
+/// The group commit front as the gRPC adapter uses it: many concurrent pilots, batched
+/// transactions, every job dispatched and finished exactly once.
+async fn group_committed_pilots_take_each_job_once(f: Fixture) {
+    let n = 400;
+    let task = submit_with_jobs(&f, "t", n, "").await;
+    let pilots = PilotBatches::start(&f.service, Shape { workers: 3, max_batch: 64 });
+    let mut handles = Vec::new();
+    for pilot in 0..40 {
+        let pilots = pilots.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let request = DispatchRequest {
+                    queue: "q".into(),
+                    node: format!("node{pilot}"),
+                    worker_id: String::new(),
+                    offer: Resources::default(),
+                    n: 1 + pilot % 3,
+                };
+                let batch = pilots.dispatch(request).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                for d in batch {
+                    let lease_token = d.job.lease_token.clone().unwrap();
+                    let mut done = report(JobStatus::Finished);
+                    done.exit_code = Some(0);
+                    let update = UpdateRequest { job_id: d.job.id, lease_token, report: done };
+                    assert_eq!(pilots.update(update).await.unwrap().0, JobStatus::Finished);
+                    got.push(d.job.id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), n as usize, "every job dispatched");
+    assert_eq!(unique.len(), all.len(), "no job dispatched twice");
+    let (task, counts) = f.service.get_task(task).await.unwrap();
+    assert_eq!(counts.finished, n);
+    assert_eq!(task.status, TaskStatus::Done);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -522,4 +693,8 @@ store_suite!(
     retry_reruns_failed_jobs_as_new_attempts,
     final_reports_racing_a_kill_never_deadlock,
     the_watchdog_ends_tasks_whose_last_check_was_lost,
+    a_dispatch_batch_serves_each_request_and_no_job_twice,
+    a_report_batch_answers_each_report_alone,
+    undelivered_dispatches_go_back_to_the_queue,
+    group_committed_pilots_take_each_job_once,
 );

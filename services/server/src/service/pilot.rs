@@ -1,0 +1,476 @@
+//! The pilot protocol's use cases, batch first: many pilots' `GetJob` and `UpdateJob` calls share
+//! one transaction (see `group_commit`), read and written with bulk statements, so one durable
+//! commit serves them all. Each call still gets its own answer and its own errors: a bad report
+//! is refused without touching the others in its batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use panda_bus::Envelope;
+use panda_types::{FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId};
+use sea_orm::TransactionTrait;
+use tracing::instrument;
+
+use super::{Dispatched, PilotCommand, Service, TO_BE_KILLED, apply_metrics};
+use crate::error::{Error, Result};
+use crate::group_commit::{GroupCommit, Shape};
+use crate::model::{FileRecord, Job, JobReport, OutputFile};
+
+/// One pilot's request for jobs.
+#[derive(Debug, Clone)]
+pub struct DispatchRequest {
+    /// Queue the pilot serves.
+    pub queue: String,
+    /// Node it runs on.
+    pub node: String,
+    /// Harvester worker id, if any.
+    pub worker_id: String,
+    /// Resources it offers (zero: any).
+    pub offer: Resources,
+    /// Most jobs it takes (at least one).
+    pub n: u32,
+}
+
+/// One pilot's report on a job it holds.
+#[derive(Debug, Clone)]
+pub struct UpdateRequest {
+    /// The job.
+    pub job_id: JobId,
+    /// The lease token its dispatch handed out.
+    pub lease_token: String,
+    /// What the pilot reports.
+    pub report: JobReport,
+}
+
+/// The answer to one report: the job's state now, and what the pilot should do.
+pub type UpdateOutcome = Result<(JobStatus, PilotCommand)>;
+
+/// Files a report settles, written after the jobs themselves.
+struct OutputsToRecord {
+    job_id: JobId,
+    produced: Vec<OutputFile>,
+    others: FileStatus,
+}
+
+/// What a report did to a job.
+enum Applied {
+    /// A repeated final report: nothing to write.
+    Unchanged,
+    /// The job changed (maybe only its heartbeat).
+    Changed { outputs: Option<OutputsToRecord> },
+}
+
+impl Service {
+    /// Hands up to `n` activated jobs of `queue` that fit `offer` to a pilot, each exactly once.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad queue name; database failures.
+    pub async fn dispatch(
+        &self,
+        queue: &str,
+        node: &str,
+        worker_id: &str,
+        offer: Resources,
+        n: u32,
+    ) -> Result<Vec<Dispatched>> {
+        let request = DispatchRequest {
+            queue: queue.to_owned(),
+            node: node.to_owned(),
+            worker_id: worker_id.to_owned(),
+            offer,
+            n,
+        };
+        self.dispatch_batch(std::slice::from_ref(&request)).await?.pop().unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Serves many pilots' requests in one transaction. Requests for the same queue and offer are
+    /// served by one claim, in arrival order; each job goes to exactly one request (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED` against other batches; SQLite: one writer).
+    ///
+    /// # Errors
+    /// The outer error is a database failure (nothing was dispatched); the inner ones are each
+    /// request's own (INVALID_ARGUMENT for a bad queue name).
+    #[instrument(skip_all, fields(calls = requests.len()))]
+    pub async fn dispatch_batch(&self, requests: &[DispatchRequest]) -> Result<Vec<Result<Vec<Dispatched>>>> {
+        let mut answers: Vec<Result<Vec<Job>>> = requests
+            .iter()
+            .map(|r| {
+                panda_types::QueueName::new(r.queue.clone()).map(|_| Vec::new()).map_err(|e| Error::invalid("queue", e))
+            })
+            .collect();
+        let mut groups: BTreeMap<(&str, [u64; 4]), Vec<usize>> = BTreeMap::new();
+        for (i, request) in requests.iter().enumerate() {
+            if answers[i].is_ok() {
+                let o = request.offer;
+                let key = [u64::from(o.cores), o.memory_mb, o.disk_mb, o.walltime_seconds];
+                groups.entry((request.queue.as_str(), key)).or_default().push(i);
+            }
+        }
+        if groups.is_empty() {
+            return Ok(answers.into_iter().map(|a| a.map(|_| Vec::new())).collect());
+        }
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let mut events = Vec::new();
+        for ((queue, _), members) in &groups {
+            let offer = requests[members[0]].offer;
+            let wanted: u64 = members.iter().map(|&i| u64::from(requests[i].n.max(1))).sum();
+            let mut claimed = self.store.claim_jobs(&txn, queue, &offer, wanted).await?.into_iter();
+            for &i in members {
+                let request = &requests[i];
+                let Ok(mine) = &mut answers[i] else { continue };
+                for mut job in claimed.by_ref().take(request.n.max(1) as usize) {
+                    self.move_job(&mut job, JobStatus::Sent, &mut events)?;
+                    job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
+                    job.node.clone_from(&request.node);
+                    job.worker_id.clone_from(&request.worker_id);
+                    job.modified_at = now;
+                    mine.push(job);
+                }
+            }
+            // Written before the next group's claim, which must not see these as activated.
+            let mut sent: Vec<&Job> = Vec::new();
+            for &i in members {
+                if let Ok(jobs) = &answers[i] {
+                    sent.extend(jobs);
+                }
+            }
+            self.store.mark_sent(&txn, sent, now).await?;
+        }
+        let lfns: Vec<String> =
+            answers.iter().flatten().flatten().flat_map(|j| j.input_files.iter().cloned()).collect();
+        let catalog = self.store.files_by_lfn(&txn, &lfns).await?;
+        let n_sent = events.len();
+        self.commit(txn, events).await?;
+        self.metrics.jobs_dispatched.inc_by(n_sent as u64);
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.map(|jobs| jobs.into_iter().map(|job| with_inputs(job, &catalog)).collect()))
+            .collect())
+    }
+
+    /// Puts back jobs whose dispatch answer never reached its pilot (it hung up first), so they
+    /// need not wait for the watchdog. A job is only put back while it is still `sent` under
+    /// the same lease: a pilot that did get it is never robbed.
+    ///
+    /// # Errors
+    /// Database failures (the watchdog then puts the jobs back later).
+    pub async fn release_undelivered(&self, jobs: Vec<Dispatched>) -> Result<usize> {
+        let ids: Vec<JobId> = jobs.iter().map(|d| d.job.id).collect();
+        let txn = self.db.begin().await?;
+        let mut current = self.store.lock_jobs(&txn, &ids).await?;
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        for Dispatched { job: sent, .. } in &jobs {
+            let Some(job) = current.get_mut(&sent.id) else { continue };
+            if job.status != JobStatus::Sent || job.lease_token != sent.lease_token {
+                continue;
+            }
+            self.move_job(job, JobStatus::Activated, &mut events)?;
+            job.lease_token = None;
+            job.node.clear();
+            job.worker_id.clear();
+            released.push(job.id);
+        }
+        let changed: Vec<&Job> = released.iter().filter_map(|id| current.get(id)).collect();
+        self.store.save_reported_jobs(&txn, &changed).await?;
+        self.commit(txn, events).await?;
+        if !released.is_empty() {
+            tracing::info!(jobs = ?released, "dispatch answer not delivered; jobs back in the queue");
+        }
+        Ok(released.len())
+    }
+
+    /// Applies a pilot's report on a job it holds: a state change, a heartbeat, or the final
+    /// report. Repeating a final report changes nothing.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the lease token is not the current one or the state
+    /// machine refuses the change; INVALID_ARGUMENT for outputs the job does not declare.
+    pub async fn update_job(&self, job_id: JobId, lease_token: &str, report: JobReport) -> UpdateOutcome {
+        let update = UpdateRequest { job_id, lease_token: lease_token.to_owned(), report };
+        self.update_batch(std::slice::from_ref(&update)).await?.pop().unwrap_or(Err(Error::JobNotFound { job_id }))
+    }
+
+    /// Applies many reports in one transaction: their jobs are read with one locking query (in id
+    /// order), each report is checked and applied in memory in arrival order, and the changed
+    /// jobs are written with one statement. A refused report changes nothing and leaves the
+    /// others in its batch unaffected.
+    ///
+    /// # Errors
+    /// The outer error is a database failure (nothing was written); the inner ones are each
+    /// report's own.
+    #[instrument(skip_all, fields(calls = updates.len()))]
+    pub async fn update_batch(&self, updates: &[UpdateRequest]) -> Result<Vec<UpdateOutcome>> {
+        let ids: Vec<JobId> = updates.iter().map(|u| u.job_id).collect();
+        let txn = self.db.begin().await?;
+        let mut jobs = self.store.lock_jobs(&txn, &ids).await?;
+        let now = Utc::now();
+        let mut events = Vec::new();
+        let mut changed = BTreeSet::new();
+        let mut outputs = Vec::new();
+        let mut outcomes = Vec::with_capacity(updates.len());
+        for update in updates {
+            let Some(job) = jobs.get_mut(&update.job_id) else {
+                outcomes.push(Err(Error::JobNotFound { job_id: update.job_id }));
+                continue;
+            };
+            // Applied to a copy: a refused report must leave no trace on the job.
+            let mut draft = job.clone();
+            let mut own_events = Vec::new();
+            let outcome = match self.apply_report(&mut draft, &update.lease_token, &update.report, now, &mut own_events)
+            {
+                Ok(Applied::Unchanged) => Ok((job.status, PilotCommand::None)),
+                Ok(Applied::Changed { outputs: settled }) => {
+                    *job = draft;
+                    events.append(&mut own_events);
+                    changed.insert(job.id);
+                    outputs.extend(settled);
+                    let kill = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED) && !job.status.is_final();
+                    Ok((job.status, if kill { PilotCommand::Kill } else { PilotCommand::None }))
+                }
+                Err(error) => Err(error),
+            };
+            outcomes.push(outcome);
+        }
+        let to_save: Vec<&Job> = changed.iter().filter_map(|id| jobs.get(id)).collect();
+        self.store.save_reported_jobs(&txn, &to_save).await?;
+        for OutputsToRecord { job_id, produced, others } in &outputs {
+            self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
+        }
+        self.commit(txn, events).await?;
+        let ended: BTreeSet<TaskId> = to_save.iter().filter(|j| j.status.is_final()).map(|j| j.task_id).collect();
+        for task_id in ended {
+            self.end_task_if_drained(task_id).await;
+        }
+        Ok(outcomes)
+    }
+
+    /// Checks one report against the job (lease, outputs, state machine) and applies it.
+    fn apply_report(
+        &self,
+        job: &mut Job,
+        lease_token: &str,
+        report: &JobReport,
+        now: DateTime<Utc>,
+        events: &mut Vec<Envelope>,
+    ) -> Result<Applied> {
+        let job_id = job.id;
+        if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
+            return Err(Error::NotHolder { job_id });
+        }
+        for (i, output) in report.output_files.iter().enumerate() {
+            if !job.output_files.contains(&output.lfn) {
+                return Err(Error::invalid(
+                    format!("output_files[{i}].lfn"),
+                    format!(
+                        "{:?} is not an output of job {job_id} (expected one of {:?})",
+                        output.lfn, job.output_files
+                    ),
+                ));
+            }
+        }
+        let kill_requested = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED);
+        if job.status.is_final() {
+            // A retried final report: answer as before, change nothing.
+            let same = report.status == job.status
+                || (report.status == JobStatus::Failed && job.status == JobStatus::Cancelled);
+            return if same {
+                Ok(Applied::Unchanged)
+            } else {
+                Err(Error::JobTransition { job_id, from: job.status, to: report.status })
+            };
+        }
+        job.heartbeat_at = Some(now);
+        job.modified_at = now;
+        if !report.node.is_empty() {
+            job.node.clone_from(&report.node);
+        }
+        apply_metrics(job, report);
+        // Only jobs that declare outputs have file rows to settle.
+        let settle = |produced: Vec<OutputFile>, others| {
+            (!job.output_files.is_empty()).then_some(OutputsToRecord { job_id, produced, others })
+        };
+        let outputs = match report.status {
+            JobStatus::Starting => {
+                if job.status == JobStatus::Sent {
+                    self.move_job(job, JobStatus::Starting, events)?;
+                }
+                None
+            }
+            JobStatus::Running => {
+                if matches!(job.status, JobStatus::Sent | JobStatus::Starting) {
+                    self.move_job(job, JobStatus::Running, events)?;
+                }
+                None
+            }
+            JobStatus::Finished => {
+                let outputs = settle(report.output_files.clone(), FileStatus::NoOutput);
+                if job.status == JobStatus::Sent {
+                    self.move_job(job, JobStatus::Starting, events)?;
+                }
+                // The reference stores a final report as holding, then post-processing finishes
+                // the job; outputs are registered right here, so both steps happen together.
+                self.move_job(job, JobStatus::Holding, events)?;
+                self.move_job(job, JobStatus::Finished, events)?;
+                outputs
+            }
+            JobStatus::Failed => {
+                let outputs = settle(Vec::new(), FileStatus::Failed);
+                let to = if kill_requested { JobStatus::Cancelled } else { JobStatus::Failed };
+                self.move_job(job, to, events)?;
+                outputs
+            }
+            other => {
+                return Err(Error::invalid(
+                    "status",
+                    format!("{other} cannot be reported by a pilot; use starting, running, finished or failed"),
+                ));
+            }
+        };
+        Ok(Applied::Changed { outputs })
+    }
+}
+
+/// A dispatched job with its inputs' catalog entries (an input the catalog does not know yet is
+/// passed on by name only).
+fn with_inputs(job: Job, catalog: &HashMap<String, FileRecord>) -> Dispatched {
+    let inputs = job
+        .input_files
+        .iter()
+        .map(|lfn| {
+            catalog.get(lfn).cloned().unwrap_or_else(|| FileRecord {
+                lfn: lfn.clone(),
+                dataset: String::new(),
+                size_bytes: 0,
+                checksum: String::new(),
+                status: String::new(),
+            })
+        })
+        .collect();
+    Dispatched { job, inputs }
+}
+
+/// The pilot protocol behind group commits: what the gRPC adapter calls. Calls that arrive
+/// while a batch commits share the next batch; a batch that fails as a whole (a database error)
+/// is retried call by call, so each caller gets its own answer.
+#[derive(Clone)]
+pub struct PilotBatches {
+    dispatch: GroupCommit<DispatchRequest, Result<Vec<Dispatched>>>,
+    update: GroupCommit<Vec<UpdateRequest>, Result<Vec<UpdateOutcome>>>,
+}
+
+impl PilotBatches {
+    /// Starts the dispatch and report batchers over `service`.
+    pub fn start(service: &Service, shape: Shape) -> Self {
+        let dispatch = {
+            let (service, releaser) = (service.clone(), service.clone());
+            GroupCommit::start(
+                "dispatch",
+                shape,
+                move |requests: Vec<DispatchRequest>| {
+                    let service = service.clone();
+                    async move {
+                        match service.dispatch_batch(&requests).await {
+                            Ok(answers) => answers,
+                            Err(error) if requests.len() == 1 => vec![Err(error)],
+                            Err(error) => {
+                                tracing::warn!(error = %panda_runtime::error::chain(&error), calls = requests.len(), "dispatch batch failed; serving its calls one by one");
+                                let mut answers = Vec::with_capacity(requests.len());
+                                for request in &requests {
+                                    answers.push(match service.dispatch_batch(std::slice::from_ref(request)).await {
+                                        Ok(mut one) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
+                                        Err(error) => Err(error),
+                                    });
+                                }
+                                answers
+                            }
+                        }
+                    }
+                    .boxed()
+                },
+                move |lost: Vec<Result<Vec<Dispatched>>>| {
+                    let service = releaser.clone();
+                    async move {
+                        let jobs: Vec<Dispatched> = lost.into_iter().flatten().flatten().collect();
+                        if jobs.is_empty() {
+                            return;
+                        }
+                        if let Err(error) = service.release_undelivered(jobs).await {
+                            tracing::warn!(error = %panda_runtime::error::chain(&error), "could not put back undelivered jobs; the watchdog will");
+                        }
+                    }
+                    .boxed()
+                },
+            )
+        };
+        let update = {
+            let service = service.clone();
+            GroupCommit::start(
+                "update",
+                shape,
+                // Each item is one call's reports (UpdateJob: one; UpdateJobs: many); all the
+                // reports of a batch of calls are applied in one transaction.
+                move |calls: Vec<Vec<UpdateRequest>>| {
+                    let service = service.clone();
+                    async move {
+                        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+                        let all: Vec<UpdateRequest> = calls.concat();
+                        match service.update_batch(&all).await {
+                            Ok(outcomes) => split(outcomes, &sizes),
+                            Err(error) if calls.len() == 1 => vec![Err(error)],
+                            Err(error) => {
+                                tracing::warn!(error = %panda_runtime::error::chain(&error), calls = calls.len(), "report batch failed; applying its calls one by one");
+                                let mut answers = Vec::with_capacity(calls.len());
+                                for call in &calls {
+                                    answers.push(service.update_batch(call).await);
+                                }
+                                answers
+                            }
+                        }
+                    }
+                    .boxed()
+                },
+                // A report whose caller left is still applied; nothing to undo.
+                |_lost: Vec<Result<Vec<UpdateOutcome>>>| async {}.boxed(),
+            )
+        };
+        Self { dispatch, update }
+    }
+
+    /// One pilot's GetJob, in the next dispatch batch.
+    ///
+    /// # Errors
+    /// As [`Service::dispatch_batch`]; UNAVAILABLE while shutting down.
+    pub async fn dispatch(&self, request: DispatchRequest) -> Result<Vec<Dispatched>> {
+        self.dispatch.call(request).await.map_err(Error::from)?
+    }
+
+    /// One pilot's UpdateJob, in the next report batch.
+    ///
+    /// # Errors
+    /// As [`Service::update_batch`]; UNAVAILABLE while shutting down.
+    pub async fn update(&self, request: UpdateRequest) -> UpdateOutcome {
+        let job_id = request.job_id;
+        self.update_many(vec![request]).await?.pop().unwrap_or(Err(Error::JobNotFound { job_id }))
+    }
+
+    /// One call's reports (UpdateJobs), in the next report batch; an answer per report.
+    ///
+    /// # Errors
+    /// The outer error: the batch could not be applied (nothing was written); UNAVAILABLE while
+    /// shutting down.
+    pub async fn update_many(&self, requests: Vec<UpdateRequest>) -> Result<Vec<UpdateOutcome>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.update.call(requests).await.map_err(Error::from)?
+    }
+}
+
+/// Cuts a batch's outcomes back into one list per call.
+fn split(outcomes: Vec<UpdateOutcome>, sizes: &[usize]) -> Vec<Result<Vec<UpdateOutcome>>> {
+    let mut outcomes = outcomes.into_iter();
+    sizes.iter().map(|&n| Ok(outcomes.by_ref().take(n).collect())).collect()
+}
