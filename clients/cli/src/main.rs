@@ -143,10 +143,15 @@ enum TaskCommand {
         /// Task ID.
         id: u64,
     },
-    /// Follows a task's changes as they happen, until it ends.
+    /// Follows a task's changes as they happen, until it ends; or, with --user, every change of
+    /// a user's tasks until interrupted.
     Watch {
         /// Task ID.
-        id: u64,
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        id: Option<u64>,
+        /// Follow this user's tasks instead.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Runs an ended task's failed, cancelled and closed jobs again.
     Retry {
@@ -187,6 +192,11 @@ enum JobCommand {
     },
     /// Kills a job.
     Kill {
+        /// Job ID.
+        id: u64,
+    },
+    /// Follows a job's transitions as they happen, until it ends.
+    Watch {
         /// Job ID.
         id: u64,
     },
@@ -345,6 +355,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         server.jobs.clone().kill_job(server::KillJobRequest { job_id: id }).await?.into_inner().job;
                     render::job(format, &job.context("server answered without a job")?);
                 }
+                JobCommand::Watch { id } => {
+                    let request = server::WatchJobRequest { job_id: id };
+                    let mut stream = server.jobs.clone().watch_job(request).await?.into_inner();
+                    while let Some(update) = stream.message().await? {
+                        let job = update.job.context("server answered without a job")?;
+                        render::watch_update(format, &server::WatchTaskResponse { task: None, job: Some(job) }, false);
+                    }
+                }
             }
             Ok(0)
         }
@@ -433,7 +451,14 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
             let task = tasks.pause_task(server::PauseTaskRequest { task_id: id }).await?.into_inner().task;
             render::task(format, &task.context("server answered without a task")?);
         }
-        TaskCommand::Watch { id } => {
+        TaskCommand::Watch { id: None, user } => {
+            let user = user.context("give a task ID or --user")?;
+            let mut stream = tasks.watch_user_tasks(server::WatchUserTasksRequest { user }).await?.into_inner();
+            while let Some(update) = stream.message().await? {
+                render::watch_update(format, &update, true);
+            }
+        }
+        TaskCommand::Watch { id: Some(id), .. } => {
             let mut stream = tasks.watch_task(server::WatchTaskRequest { task_id: id }).await?.into_inner();
             // A task line only when the task's summary changed, not with every job line.
             let mut last_task = None;

@@ -102,12 +102,21 @@ pub struct Subscription {
     /// Topic patterns such as `task.*` or `job.#`: `*` matches one dot-separated word, `#` zero
     /// or more. Bindings are added to those the queue already has, never removed.
     pub bindings: Vec<String>,
+    /// A queue that lives only while its consumer runs (RabbitMQ: exclusive, auto-delete, not
+    /// durable): for one process's live view of events (watch streams), never for work that must
+    /// survive a restart. Events published while it has no consumer are not kept.
+    pub transient: bool,
 }
 
 impl Subscription {
-    /// A subscription of `queue` to `bindings`.
+    /// A subscription of the durable `queue` to `bindings`.
     pub fn new(queue: impl Into<String>, bindings: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self { queue: queue.into(), bindings: bindings.into_iter().map(Into::into).collect() }
+        Self { queue: queue.into(), bindings: bindings.into_iter().map(Into::into).collect(), transient: false }
+    }
+
+    /// A subscription of a transient `queue` (see [`Subscription::transient`]) to `bindings`.
+    pub fn transient(queue: impl Into<String>, bindings: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { transient: true, ..Self::new(queue, bindings) }
     }
 }
 

@@ -80,7 +80,17 @@ impl MemoryBus {
         let queue = self.declare(&sub.queue, &sub.bindings);
         let span = tracing::info_span!("consume", queue = %sub.queue, backend = "memory");
         let bus = self.clone();
-        Ok(tokio::spawn(async move { bus.consume_loop(queue, handler, shutdown).await }.instrument(span)))
+        let transient = sub.transient;
+        Ok(tokio::spawn(
+            async move {
+                bus.clone().consume_loop(queue, handler, shutdown).await;
+                if transient {
+                    // As RabbitMQ deletes an auto-delete queue: nothing more is kept for it.
+                    bus.lock_queues().remove(&sub.queue);
+                }
+            }
+            .instrument(span),
+        ))
     }
 
     /// Creates the queue if needed and adds the bindings it does not have yet.

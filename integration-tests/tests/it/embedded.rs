@@ -256,3 +256,56 @@ async fn watching_a_task_streams_its_changes_until_it_ends() {
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watching_a_job_and_a_users_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let (mut tasks, mut jobs) = (server.tasks.clone(), server.jobs.clone());
+    let error = jobs.watch_job(server::WatchJobRequest { job_id: 777 }).await.unwrap_err();
+    assert_eq!((error.code(), error.message()), (tonic::Code::NotFound, "job 777 not found"));
+    let error = tasks.watch_user_tasks(server::WatchUserTasksRequest { user: " ".into() }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error}");
+
+    // Following a user before the task exists: its whole life comes through.
+    let mut user_stream =
+        tasks.watch_user_tasks(server::WatchUserTasksRequest { user: "carol".into() }).await.unwrap().into_inner();
+    let mut spec = task("followed", "sleep 1", 1);
+    spec.user = "carol".into();
+    let task_id = submit(&server, spec).await;
+    // Someone else's task is not part of carol's stream.
+    submit(&server, task("other", "true", 1)).await;
+    let job_id = await_condition(Duration::from_secs(60), "the job exists", || {
+        let server = server.clone();
+        async move { jobs_of(&server, task_id).await.first().map(|j| j.job_id) }
+    })
+    .await;
+    let mut job_stream = jobs.watch_job(server::WatchJobRequest { job_id }).await.unwrap().into_inner();
+    let mut job_states = Vec::new();
+    let follow_job = async {
+        while let Some(update) = job_stream.message().await.unwrap() {
+            job_states.push(JobStatus::try_from(update.job.unwrap().status).unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), follow_job).await.expect("the job watch ends when the job ends");
+    assert_eq!(job_states.last(), Some(&JobStatus::Finished), "{job_states:?}");
+    assert!(job_states.windows(2).all(|w| w[0] != w[1]), "each state reported once: {job_states:?}");
+
+    let mut task_states = Vec::new();
+    let follow_user = async {
+        while let Some(update) = user_stream.message().await.unwrap() {
+            let task = update.task.unwrap();
+            assert_eq!(task.task_id, task_id, "only carol's task");
+            task_states.push(TaskStatus::try_from(task.status).unwrap());
+            if task_states.last() == Some(&TaskStatus::Done) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), follow_user).await.expect("carol's task reaches done");
+    for state in [TaskStatus::Registered, TaskStatus::Ready, TaskStatus::Running, TaskStatus::Done] {
+        assert!(task_states.contains(&state), "{state:?} missing from {task_states:?}");
+    }
+    cluster.stop().await.unwrap();
+}

@@ -17,6 +17,7 @@ pub fn task_changed(task: &Task, from: TaskStatus) -> Envelope {
             status: task.status.to_wire(),
             previous_status: from.to_wire(),
             error_diag: task.error_diag.clone(),
+            user: task.spec.user.clone(),
         },
     )
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod group_commit;
 pub mod grpc;
 pub mod metrics;
@@ -106,7 +107,9 @@ pub async fn run(
         max_batch: config.group_commit.max_batch,
     };
     let pilots = service::PilotBatches::start(&service, shape);
-    let api = grpc::Api::new(service, pilots, config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+    let feed = feed::ChangeFeed::new(deps.bus.clone(), shutdown.clone());
+    let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+    let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
     server.router = server

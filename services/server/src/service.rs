@@ -46,15 +46,6 @@ pub struct Dispatched {
     pub inputs: Vec<FileRecord>,
 }
 
-/// A committed change, announced to watchers in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change {
-    /// The task that changed, or whose job changed.
-    pub task_id: TaskId,
-    /// The job that changed, and the state it moved to.
-    pub job: Option<(JobId, JobStatus)>,
-}
-
 /// The server's use cases.
 #[derive(Clone)]
 pub struct Service {
@@ -63,23 +54,13 @@ pub struct Service {
     outbox: Outbox,
     storage_dir: PathBuf,
     metrics: Metrics,
-    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl Service {
     /// Builds the service over a migrated database.
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
         let store = Store::new(db.get_database_backend());
-        // Watchers that fall this far behind re-read the task instead (see `subscribe`).
-        let (changes, _) = tokio::sync::broadcast::channel(4096);
-        Self { db, store, outbox, storage_dir, metrics, changes }
-    }
-
-    /// Committed changes made by this process, for watch streams. A receiver that lags gets
-    /// `RecvError::Lagged` and should re-read what it follows. Changes committed by other server
-    /// replicas are not announced here: watchers also re-read periodically.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
-        self.changes.subscribe()
+        Self { db, store, outbox, storage_dir, metrics }
     }
 
     /// `file://` URL of the storage directory.
@@ -91,15 +72,8 @@ impl Service {
         outbox::append(&txn, &events).await?;
         txn.commit().await?;
         if !events.is_empty() {
+            // Watchers learn of the change from the bus, once the relay published it.
             self.outbox.notify();
-            if self.changes.receiver_count() > 0 {
-                for event in &events {
-                    if let Some(change) = change_of(event) {
-                        // No receiver left is fine: nobody watches.
-                        let _ = self.changes.send(change);
-                    }
-                }
-            }
         }
         Ok(())
     }
@@ -708,20 +682,6 @@ impl Service {
 }
 
 /// The task (and job) an event is about.
-fn change_of(event: &Envelope) -> Option<Change> {
-    use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
-    if event.routing_key.starts_with("task.") {
-        let body: TaskStatusChanged = event.decode().ok()?;
-        Some(Change { task_id: TaskId(body.task_id), job: None })
-    } else if event.routing_key.starts_with("job.") {
-        let body: JobStatusChanged = event.decode().ok()?;
-        let status = <JobStatus as panda_proto::convert::WireEnum>::from_wire("status", body.status).ok()?;
-        Some(Change { task_id: TaskId(body.task_id), job: Some((JobId(body.job_id), status)) })
-    } else {
-        None
-    }
-}
-
 fn apply_metrics(job: &mut Job, report: &JobReport) {
     if report.exit_code.is_some() {
         job.exit_code = report.exit_code;

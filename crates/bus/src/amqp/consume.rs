@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpBus, Inner, Link, confirmed, declare_queue, message, operation, short};
+use super::{AmqpBus, Inner, Link, confirmed, declare_queue, declare_transient_queue, message, operation, short};
 use crate::delivery::{self, Outcome};
 use crate::{Error, Handler, Subscription};
 
@@ -41,7 +41,11 @@ impl Session {
             Link::open(&bus.url, &format!("panda-bus consumer {}", sub.queue), &bus.config.exchange).await?;
         let queue = short("queue", &sub.queue)?;
         let exchange = short("exchange", &bus.config.exchange)?;
-        declare_queue(&channel, &sub.queue).await?;
+        if sub.transient {
+            declare_transient_queue(&channel, &sub.queue).await?;
+        } else {
+            declare_queue(&channel, &sub.queue).await?;
+        }
         for binding in &sub.bindings {
             let pattern = short("binding", binding)?;
             operation(

@@ -220,6 +220,14 @@ impl Link {
     }
 }
 
+/// Declares a queue that lives only as long as this connection: exclusive, auto-delete, classic.
+async fn declare_transient_queue(channel: &Channel, queue: &str) -> Result<(), Error> {
+    let options =
+        QueueDeclareOptions { durable: false, exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    operation("queue.declare", channel.queue_declare(short("queue", queue)?, options, FieldTable::default())).await?;
+    Ok(())
+}
+
 /// Declares a durable quorum queue: replicated on a cluster, and it keeps its messages while no
 /// consumer runs.
 async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), Error> {

@@ -31,6 +31,10 @@ macro_rules! bus_suite {
             }
             $(#[$attr])* #[tokio::test]
             async fn consumers_of_one_queue_share_its_events() { cases::consumers_of_one_queue_share_its_events($backend).await }
+            $(#[$attr])* #[tokio::test]
+            async fn a_transient_queue_keeps_nothing_once_its_consumer_stops() {
+                cases::a_transient_queue_keeps_nothing_once_its_consumer_stops($backend).await
+            }
         }
     };
 }
@@ -223,5 +227,27 @@ mod cases {
         let mut expected: Vec<_> = events.iter().map(|e| e.event_id).collect();
         expected.sort();
         assert_eq!(handled, expected, "each event handled by exactly one of the consumers");
+    }
+
+    pub async fn a_transient_queue_keeps_nothing_once_its_consumer_stops(backend: Backend) {
+        let bus = TestBus::new(backend, BusConfig::default()).await;
+        let queue = bus.queue("feed");
+        let first = Recorder::ok();
+        let consumer = bus.consume_transient(&queue, &["job.#"], first.clone()).await;
+        let live = event("job.finished", "live");
+        bus.publish(std::slice::from_ref(&live)).await;
+        first.wait_for(&[&live]).await;
+        consumer.stop().await;
+
+        // Nobody listens: the queue is gone, and so is what is published meanwhile.
+        let missed = event("job.failed", "missed");
+        bus.publish(std::slice::from_ref(&missed)).await;
+        let second = Recorder::ok();
+        let _consumer = bus.consume_transient(&queue, &["job.#"], second.clone()).await;
+        let next = event("job.finished", "next");
+        bus.publish(std::slice::from_ref(&next)).await;
+        second.wait_for(&[&next]).await;
+        assert!(!second.has(&missed), "a transient queue keeps nothing while no consumer runs");
+        assert_eq!(second.handled(), [next]);
     }
 }

@@ -114,6 +114,17 @@ impl TestBus {
         Consumer { handle, token }
     }
 
+    /// As `consume`, on a transient queue (lives only while its consumer runs).
+    pub async fn consume_transient(&self, queue: &str, bindings: &[&str], handler: Arc<dyn Handler>) -> Consumer {
+        let token = self.shutdown.child_token();
+        let handle = self
+            .bus
+            .consume(Subscription::transient(queue, bindings.iter().copied()), handler, token.clone())
+            .await
+            .expect("consume");
+        Consumer { handle, token }
+    }
+
     pub async fn publish(&self, events: &[Envelope]) {
         self.bus.publish(events).await.expect("publish");
     }

@@ -14,7 +14,9 @@ use panda_types::{JobId, JobStatus, TaskId, TaskStatus};
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::watch;
 use crate::error::Error;
+use crate::feed::ChangeFeed;
 use crate::model::{JobReport, NewJob, OutputFile, Queue};
 use crate::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use crate::store::{JobFilter, TaskFilter};
@@ -22,15 +24,16 @@ use crate::store::{JobFilter, TaskFilter};
 /// Serves TaskService, JobService, PilotService and InternalService.
 #[derive(Clone)]
 pub struct Api {
-    service: Service,
+    pub(super) service: Service,
     pilots: PilotBatches,
+    pub(super) feed: ChangeFeed,
     heartbeat_interval_seconds: u32,
 }
 
 impl Api {
     /// An adapter over the service; pilots' calls go through its group commits.
-    pub fn new(service: Service, pilots: PilotBatches, heartbeat_interval_seconds: u32) -> Self {
-        Self { service, pilots, heartbeat_interval_seconds }
+    pub fn new(service: Service, pilots: PilotBatches, feed: ChangeFeed, heartbeat_interval_seconds: u32) -> Self {
+        Self { service, pilots, feed, heartbeat_interval_seconds }
     }
 }
 
@@ -45,109 +48,25 @@ fn required_id(field: &'static str, id: u64) -> Result<u64, Status> {
     if id == 0 { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(id) }
 }
 
-/// How often a watch re-reads its task anyway (changes made by other server replicas).
-const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl Api {
-    /// The task now, and the job of a change as it was at that change (its state from the event;
-    /// the other fields as they are now), so every transition is reported once and in order.
-    async fn watch_snapshot(
-        &self,
-        task_id: TaskId,
-        job: Option<(JobId, JobStatus)>,
-    ) -> Result<wire::WatchTaskResponse, Status> {
-        let (task, counts) = self.service.get_task(task_id).await?;
-        let job = match job {
-            Some((job_id, status)) => {
-                let mut job = self.service.show_job(job_id).await?;
-                job.status = status;
-                let outputs = outputs_of(&job.output_files);
-                Some(convert::job(job, outputs))
-            }
-            None => None,
-        };
-        Ok(wire::WatchTaskResponse { task: Some(convert::task(task, counts)), job })
-    }
-}
-
-/// Whether two snapshots show the same task state (a refresh that finds nothing new sends nothing).
-fn same_task(a: &wire::WatchTaskResponse, b: &wire::WatchTaskResponse) -> bool {
-    match (&a.task, &b.task) {
-        (Some(a), Some(b)) => a.status == b.status && a.job_counts == b.job_counts && a.modified_at == b.modified_at,
-        _ => false,
-    }
-}
-
 #[tonic::async_trait]
 impl TaskService for Api {
-    type WatchTaskStream = tokio_stream::wrappers::ReceiverStream<Result<wire::WatchTaskResponse, Status>>;
+    type WatchTaskStream = watch::Stream<wire::WatchTaskResponse>;
 
     async fn watch_task(
         &self,
         request: Request<wire::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        use tokio::sync::broadcast::error::RecvError;
         let task_id = TaskId(required_id("task_id", request.into_inner().task_id)?);
-        // Subscribe before the first read, so no change falls between the two.
-        let mut changes = self.service.subscribe();
-        let first = self.watch_snapshot(task_id, None).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let api = self.clone();
-        tokio::spawn(async move {
-            let ended = |update: &wire::WatchTaskResponse| {
-                update.task.as_ref().is_some_and(|t| {
-                    TaskStatus::from_wire("status", t.status).is_ok_and(panda_types::StateMachine::is_final)
-                })
-            };
-            let mut last = first.clone();
-            if tx.send(Ok(first)).await.is_err() || ended(&last) {
-                return;
-            }
-            let mut refresh = tokio::time::interval(WATCH_REFRESH);
-            refresh.tick().await;
-            loop {
-                let job = tokio::select! {
-                    () = tx.closed() => return,
-                    change = changes.recv() => match change {
-                        Ok(change) if change.task_id == task_id => change.job,
-                        Ok(_) => continue,
-                        // Missed some changes: the snapshot below catches up.
-                        Err(RecvError::Lagged(_)) => None,
-                        Err(RecvError::Closed) => return,
-                    },
-                    _ = refresh.tick() => None,
-                };
-                let update = match api.watch_snapshot(task_id, job).await {
-                    Ok(update) => update,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                if update.job.is_none() && same_task(&update, &last) {
-                    continue;
-                }
-                last = update.clone();
-                let done = ended(&update);
-                if tx.send(Ok(update)).await.is_err() {
-                    return;
-                }
-                if done {
-                    // The task ended: report the job changes still queued, then close the stream.
-                    while let Ok(change) = changes.try_recv() {
-                        if change.task_id != task_id || change.job.is_none() {
-                            continue;
-                        }
-                        let Ok(update) = api.watch_snapshot(task_id, change.job).await else { return };
-                        if tx.send(Ok(update)).await.is_err() {
-                            return;
-                        }
-                    }
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(watch::task(self, task_id).await?))
+    }
+
+    type WatchUserTasksStream = watch::Stream<wire::WatchTaskResponse>;
+
+    async fn watch_user_tasks(
+        &self,
+        request: Request<wire::WatchUserTasksRequest>,
+    ) -> Result<Response<Self::WatchUserTasksStream>, Status> {
+        Ok(Response::new(watch::user_tasks(self, request.into_inner().user).await?))
     }
 
     async fn submit_task(
@@ -312,6 +231,16 @@ impl JobService for Api {
         Ok(Response::new(wire::ShowJobResponse { job: Some(convert::job(job, outputs)) }))
     }
 
+    type WatchJobStream = watch::Stream<wire::WatchJobResponse>;
+
+    async fn watch_job(
+        &self,
+        request: Request<wire::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job_id = JobId(required_id("job_id", request.into_inner().job_id)?);
+        Ok(Response::new(watch::job(self, job_id).await?))
+    }
+
     async fn kill_job(
         &self,
         request: Request<wire::KillJobRequest>,
@@ -323,7 +252,7 @@ impl JobService for Api {
     }
 }
 
-fn outputs_of(lfns: &[String]) -> Vec<common::FileInfo> {
+pub(super) fn outputs_of(lfns: &[String]) -> Vec<common::FileInfo> {
     lfns.iter().map(|lfn| common::FileInfo { lfn: lfn.clone(), ..Default::default() }).collect()
 }
 

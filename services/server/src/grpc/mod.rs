@@ -3,5 +3,6 @@
 
 mod convert;
 mod handlers;
+mod watch;
 
 pub use handlers::Api;
