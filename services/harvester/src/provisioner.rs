@@ -223,12 +223,28 @@ impl Provisioner {
             return Ok(());
         }
         let refs: Vec<WorkerRef> = live.iter().map(worker_ref).collect();
-        let states = queue.plugins.monitor.check(&refs).await;
-        for (worker, state) in live.iter().zip(states) {
-            let Some(state) = state else { continue };
-            if state.status != worker.status {
-                self.transition(worker, state.status, None, state.exit_code, &state.diag).await?;
+        let results = queue.plugins.monitor.check(&refs).await;
+        // Workers the resource could not tell about, grouped by reason: one log line per reason.
+        let mut unknown: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (worker, result) in live.iter().zip(results) {
+            match result {
+                Ok(state) => {
+                    let status = settled(worker.status, state.status);
+                    if status != worker.status {
+                        self.transition(worker, status, None, state.exit_code, &state.diag).await?;
+                    }
+                }
+                Err(diag) => {
+                    if diag != worker.diag {
+                        store::set_diag(&self.db, worker.id, &diag).await?;
+                    }
+                    unknown.entry(diag).or_default().push(worker.id);
+                }
             }
+        }
+        for (diag, ids) in unknown {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            warn!(queue = %queue.name, workers = %ids.join(","), %diag, "worker state unknown; kept as it was");
         }
         Ok(())
     }
@@ -338,6 +354,17 @@ impl Provisioner {
                 }
             }
         }
+    }
+}
+
+/// A started worker never goes back to `submitted` (reference §2.1): a batch system that queues
+/// it again (requeue, eviction) makes it `idle`.
+fn settled(current: WorkerStatus, reported: WorkerStatus) -> WorkerStatus {
+    match (current, reported) {
+        (WorkerStatus::Running | WorkerStatus::Idle | WorkerStatus::Ready, WorkerStatus::Submitted) => {
+            WorkerStatus::Idle
+        }
+        _ => reported,
     }
 }
 

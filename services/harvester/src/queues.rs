@@ -157,9 +157,15 @@ impl QueueFile {
     /// # Errors
     /// [`QueueConfigError::Parse`] or [`QueueConfigError::Invalid`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, QueueConfigError> {
-        let file: QueueFile = serde_yaml_ng::from_str(text)
+        let mut file: QueueFile = serde_yaml_ng::from_str(text)
             .map_err(|e| QueueConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let problems = file.problems();
+        // Template files are named relative to the queue file.
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut problems = Vec::new();
+        for (name, queue) in &mut file.queues {
+            problems.extend(queue.plugin.load_files(base_dir).into_iter().map(|p| format!("queues.{name}.plugin.{p}")));
+        }
+        problems.extend(file.problems());
         if problems.is_empty() { Ok(file) } else { Err(QueueConfigError::Invalid { path: path.to_owned(), problems }) }
     }
 
@@ -183,7 +189,22 @@ impl QueueFile {
             if let Some(0) = queue.max_new_workers_per_cycle {
                 problems.push(format!("queues.{name}.max_new_workers_per_cycle: must be at least 1 (got 0)"));
             }
-            problems.extend(queue.plugin.problems().into_iter().map(|p| format!("queues.{name}.plugin.{p}")));
+            if queue.plugin.is_batch() {
+                // A batch job asks for what it needs; "unlimited" is not a request.
+                let plugin = queue.plugin.name();
+                if queue.resources.cores == 0 {
+                    problems.push(format!("queues.{name}.resources.cores: must be set for a {plugin} queue (got 0)"));
+                }
+                if queue.resources.memory_mb == 0 {
+                    problems
+                        .push(format!("queues.{name}.resources.memory_mb: must be set for a {plugin} queue (got 0)"));
+                }
+            }
+            // A template file that could not be read was reported when loading it.
+            let unread = |p: &String| p.ends_with(" was not read");
+            problems.extend(
+                queue.plugin.problems().into_iter().filter(|p| !unread(p)).map(|p| format!("queues.{name}.plugin.{p}")),
+            );
         }
         problems
     }
