@@ -35,7 +35,8 @@ impl Fake {
 
     /// Runs an admin command of the fake (moves jobs along).
     async fn admin(&self, args: &[&str]) {
-        let status = tokio::process::Command::new(FAKE).arg(&self.state).args(args).status().await.unwrap();
+        let status =
+            tokio::process::Command::new(FAKE).arg(&self.state).args(args).status().await.expect("fake-condor runs");
         assert!(status.success(), "fake-condor {args:?} failed");
     }
 
@@ -46,12 +47,15 @@ impl Fake {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.state.join("state.json")).unwrap()).unwrap()
+        let text = std::fs::read_to_string(self.state.join("state.json")).expect("the fake's state file exists");
+        serde_json::from_str(&text).expect("the fake's state file is JSON")
     }
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    let since_epoch =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("the clock is past 1970");
+    i64::try_from(since_epoch.as_secs()).expect("seconds fit")
 }
 
 fn spec(dir: &Path, id: u32) -> WorkerSpec {
