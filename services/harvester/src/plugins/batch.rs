@@ -183,11 +183,16 @@ impl Unseen {
         self.lock().remove(batch_id);
     }
 
-    /// The job was not seen; whether it has been missing for `lost_after` or longer.
+    /// The job was not seen; whether it has been missing for `lost_after` or longer (then it is
+    /// forgotten: its worker ends and is not asked about again).
     pub fn lost(&self, batch_id: &str, lost_after: Duration) -> bool {
         let now = Instant::now();
-        let since = *self.lock().entry(batch_id.to_owned()).or_insert(now);
-        now.duration_since(since) >= lost_after
+        let mut since = self.lock();
+        let lost = now.duration_since(*since.entry(batch_id.to_owned()).or_insert(now)) >= lost_after;
+        if lost {
+            since.remove(batch_id);
+        }
+        lost
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
@@ -234,7 +239,9 @@ mod tests {
         let unseen = Unseen::default();
         assert!(!unseen.lost("1", Duration::from_secs(60)));
         assert!(unseen.lost("1", Duration::ZERO));
-        unseen.seen("1");
-        assert!(!unseen.lost("1", Duration::from_secs(60)));
+        assert!(unseen.lock().is_empty(), "a lost job is forgotten");
+        assert!(!unseen.lost("2", Duration::from_secs(60)));
+        unseen.seen("2");
+        assert!(unseen.lock().is_empty(), "a job seen again is forgotten");
     }
 }
