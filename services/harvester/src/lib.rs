@@ -5,7 +5,7 @@
 //! them up again; each worker state change is a `worker.<state>` event (outbox).
 //!
 //! Modules: `config` (`[harvester]`), `queues` (the site admin's queue file), `adjuster` (pure
-//! sizing), `plugins` (role traits, config enum, factory, `local`), `store`, `provisioner` (the
+//! sizing), `plugins` (role traits, config enum, factory; `local`, `slurm`, `htcondor`), `store`, `provisioner` (the
 //! cycle), `grpc` (HarvesterService), `metrics`.
 
 pub mod adjuster;
@@ -94,7 +94,7 @@ pub async fn run(
         .queues
         .into_iter()
         .map(|(name, config)| {
-            let plugins = plugins::build(&config.plugin, &plugin_deps);
+            let plugins = plugins::build(&name, &config.plugin, &plugin_deps);
             (name.clone(), provisioner::Queue { name, config, plugins })
         })
         .collect();

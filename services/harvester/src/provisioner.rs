@@ -223,12 +223,31 @@ impl Provisioner {
             return Ok(());
         }
         let refs: Vec<WorkerRef> = live.iter().map(worker_ref).collect();
-        let states = queue.plugins.monitor.check(&refs).await;
-        for (worker, state) in live.iter().zip(states) {
-            let Some(state) = state else { continue };
-            if state.status != worker.status {
-                self.transition(worker, state.status, None, state.exit_code, &state.diag).await?;
+        let results = queue.plugins.monitor.check(&refs).await;
+        // Workers the resource could not tell about, grouped by reason: one log line per reason.
+        let mut unknown: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (worker, result) in live.iter().zip(results) {
+            match result {
+                Ok(state) => {
+                    let status = settled(worker.status, state.status);
+                    if status != worker.status {
+                        self.transition(worker, status, None, state.exit_code, &state.diag).await?;
+                    } else if !state.diag.is_empty() && state.diag != worker.diag {
+                        // Same state, news about it (a pending reason, a hold reason).
+                        store::set_diag(&self.db, worker.id, &state.diag).await?;
+                    }
+                }
+                Err(diag) => {
+                    if diag != worker.diag {
+                        store::set_diag(&self.db, worker.id, &diag).await?;
+                    }
+                    unknown.entry(diag).or_default().push(worker.id);
+                }
             }
+        }
+        for (diag, ids) in unknown {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            warn!(queue = %queue.name, workers = %ids.join(","), %diag, "worker state unknown; kept as it was");
         }
         Ok(())
     }
@@ -341,10 +360,119 @@ impl Provisioner {
     }
 }
 
+/// A started worker never goes back to `submitted` (reference §2.1): a batch system that queues
+/// it again (requeue, eviction) makes it `idle`.
+fn settled(current: WorkerStatus, reported: WorkerStatus) -> WorkerStatus {
+    match (current, reported) {
+        (WorkerStatus::Running | WorkerStatus::Idle | WorkerStatus::Ready, WorkerStatus::Submitted) => {
+            WorkerStatus::Idle
+        }
+        _ => reported,
+    }
+}
+
 fn worker_ref(worker: &Worker) -> WorkerRef {
     WorkerRef {
         worker_id: worker.id.to_string(),
         batch_id: worker.batch_id.clone(),
         work_dir: PathBuf::from(&worker.work_dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use panda_db::TestDb;
+
+    use super::*;
+    use crate::plugins::{BatchState, CheckResult, Monitor, SubmitOutcome, Submitter, Sweeper};
+    use crate::queues::QueueFile;
+
+    /// A plugin whose monitor answers what the test set.
+    #[derive(Default)]
+    struct Scripted {
+        answer: Mutex<Option<CheckResult>>,
+    }
+
+    #[async_trait]
+    impl Submitter for Scripted {
+        async fn submit(&self, workers: &[WorkerSpec]) -> Vec<SubmitOutcome> {
+            workers.iter().map(|w| SubmitOutcome::Submitted { batch_id: w.worker_id.clone() }).collect()
+        }
+    }
+
+    #[async_trait]
+    impl Monitor for Scripted {
+        async fn check(&self, workers: &[WorkerRef]) -> Vec<CheckResult> {
+            let answer = self.answer.lock().unwrap().clone().expect("an answer is set");
+            workers.iter().map(|_| answer.clone()).collect()
+        }
+    }
+
+    #[async_trait]
+    impl Sweeper for Scripted {
+        async fn kill(&self, workers: &[WorkerRef]) -> Vec<Result<(), String>> {
+            workers.iter().map(|_| Ok(())).collect()
+        }
+        async fn clean(&self, _: &WorkerRef) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn state(status: WorkerStatus, diag: &str) -> CheckResult {
+        Ok(BatchState { status, exit_code: None, diag: diag.to_owned() })
+    }
+
+    #[tokio::test]
+    async fn monitoring_keeps_unknown_workers_records_reasons_and_never_requeues_started_ones() {
+        let test_db = TestDb::sqlite_temp();
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let plugin = Arc::new(Scripted::default());
+        let plugins = Plugins { submitter: plugin.clone(), monitor: plugin.clone(), sweeper: plugin.clone() };
+        let config = QueueFile::embedded_default(1).queues.remove("local").unwrap();
+        let queue = Queue { name: "q".into(), config, plugins };
+        let provisioner = Provisioner::new(
+            "h".into(),
+            BTreeMap::from([("q".to_owned(), queue.clone())]),
+            db.clone(),
+            Outbox::new(db.clone()),
+            ServerClient::new("http://127.0.0.1:1").unwrap(),
+            "http://127.0.0.1:1".into(),
+            std::env::temp_dir(),
+            Duration::from_secs(3600),
+        );
+        let worker = store::insert_pending(&db, "q", &std::env::temp_dir()).await.unwrap();
+        store::set_status(&db, worker.id, WorkerStatus::Submitted, Some("7"), None, "").await.unwrap();
+        let reread = || async { store::list(&db, Some("q"), 1).await.unwrap().remove(0) };
+        let answer = |a: CheckResult| *plugin.answer.lock().unwrap() = Some(a);
+
+        // The batch system cannot tell: the state stays, the reason becomes the diagnostic.
+        answer(Err("squeue ended with exit code 1: Unable to contact slurm controller".into()));
+        provisioner.monitor(&queue).await.unwrap();
+        let now = reread().await;
+        assert_eq!(
+            (now.status, now.diag.as_str()),
+            (WorkerStatus::Submitted, "squeue ended with exit code 1: Unable to contact slurm controller")
+        );
+
+        // Same state with news (a pending reason): recorded without a transition.
+        answer(state(WorkerStatus::Submitted, "Slurm job 7 PENDING (Priority)"));
+        provisioner.monitor(&queue).await.unwrap();
+        assert_eq!(reread().await.diag, "Slurm job 7 PENDING (Priority)");
+
+        // Running, then queued again by the batch system (requeue): idle, not submitted.
+        answer(state(WorkerStatus::Running, ""));
+        provisioner.monitor(&queue).await.unwrap();
+        assert_eq!(reread().await.status, WorkerStatus::Running);
+        answer(state(WorkerStatus::Submitted, "Slurm job 7 REQUEUED"));
+        provisioner.monitor(&queue).await.unwrap();
+        let now = reread().await;
+        assert_eq!((now.status, now.diag.as_str()), (WorkerStatus::Idle, "Slurm job 7 REQUEUED"));
+
+        answer(state(WorkerStatus::Failed, "Slurm job 7 NODE_FAIL"));
+        provisioner.monitor(&queue).await.unwrap();
+        assert_eq!(reread().await.status, WorkerStatus::Failed);
     }
 }

@@ -12,8 +12,38 @@
 //!     resources: { cores: 1, memory_mb: 2000 }   # what one worker offers a job
 //!     pilot_max_jobs: 0           # jobs per pilot; 0 = until the queue has none
 //!     plugin:
-//!       type: local               # local (slurm, htcondor, kubernetes: later)
+//!       type: local               # local | slurm | htcondor
+//!       pilot_command: [/usr/bin/panda-pilot]    # optional; default: the pilot next to the harvester
+//!   hpc:
+//!     max_workers: 50
+//!     resources: { cores: 8, memory_mb: 16000, walltime_seconds: 86400 }  # required for batch plugins
+//!     plugin:
+//!       type: slurm
+//!       template_file: slurm.sh   # or `template: |` inline; relative to this file; default built in
+//!       partition: debug          # optional: sbatch --partition, {partition}
+//!       account: atlas            # optional: sbatch --account, {account}
+//!       log_dir: /var/log/panda   # optional: <log_dir>/<queue>/<worker_id>; default the worker dir
+//!       accounting: auto          # auto | slurmdbd | jobcomp | none (sacct after squeue)
+//!       sbatch: sbatch            # also squeue, sacct, scancel: a path or [program, args...]
+//!       pilot_command: [...]      # as for local
+//!       command_timeout: 60s
+//!       submit_parallelism: 8     # sbatch calls at once
+//!       lost_after: 10m           # unknown to squeue and sacct this long: cancelled
+//!   grid:
+//!     max_workers: 200
+//!     resources: { cores: 1, memory_mb: 2000 }
+//!     plugin:
+//!       type: htcondor
+//!       template_file: grid.sub   # exactly one `queue` statement, last
+//!       schedd: schedd01          # optional: -name; pool: -pool
+//!       condor_submit: condor_submit   # also condor_q, condor_history, condor_rm
+//!       held_timeout: 1h          # held this long: condor_rm, cancelled with the hold reason
+//!       log_dir, pilot_command, command_timeout (2m), lost_after (10m) as for slurm
 //! ```
+//!
+//! Templates use `{placeholder}`s (`plugins::batch::COMMON_PLACEHOLDERS`, plus `partition` and
+//! `account` for Slurm, `pilot_executable` and `pilot_arguments` for HTCondor) and `{{`/`}}` for
+//! literal braces; an unknown placeholder is an error naming the file, queue, key and line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,9 +187,15 @@ impl QueueFile {
     /// # Errors
     /// [`QueueConfigError::Parse`] or [`QueueConfigError::Invalid`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, QueueConfigError> {
-        let file: QueueFile = serde_yaml_ng::from_str(text)
+        let mut file: QueueFile = serde_yaml_ng::from_str(text)
             .map_err(|e| QueueConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let problems = file.problems();
+        // Template files are named relative to the queue file.
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut problems = Vec::new();
+        for (name, queue) in &mut file.queues {
+            problems.extend(queue.plugin.load_files(base_dir).into_iter().map(|p| format!("queues.{name}.plugin.{p}")));
+        }
+        problems.extend(file.problems());
         if problems.is_empty() { Ok(file) } else { Err(QueueConfigError::Invalid { path: path.to_owned(), problems }) }
     }
 
@@ -183,7 +219,22 @@ impl QueueFile {
             if let Some(0) = queue.max_new_workers_per_cycle {
                 problems.push(format!("queues.{name}.max_new_workers_per_cycle: must be at least 1 (got 0)"));
             }
-            problems.extend(queue.plugin.problems().into_iter().map(|p| format!("queues.{name}.plugin.{p}")));
+            if queue.plugin.is_batch() {
+                // A batch job asks for what it needs; "unlimited" is not a request.
+                let plugin = queue.plugin.name();
+                if queue.resources.cores == 0 {
+                    problems.push(format!("queues.{name}.resources.cores: must be set for a {plugin} queue (got 0)"));
+                }
+                if queue.resources.memory_mb == 0 {
+                    problems
+                        .push(format!("queues.{name}.resources.memory_mb: must be set for a {plugin} queue (got 0)"));
+                }
+            }
+            // A template file that could not be read was reported when loading it.
+            let unread = |p: &String| p.ends_with(" was not read");
+            problems.extend(
+                queue.plugin.problems().into_iter().filter(|p| !unread(p)).map(|p| format!("queues.{name}.plugin.{p}")),
+            );
         }
         problems
     }
@@ -237,8 +288,90 @@ mod tests {
     }
 
     #[test]
-    fn example_file_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/queues.yaml");
-        QueueFile::load(&path).unwrap();
+    fn example_files_are_valid() {
+        for name in ["queues.yaml", "queues-batch.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+            let file = QueueFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            for queue in file.queues.values() {
+                if let PluginConfig::Slurm(config) = &queue.plugin {
+                    assert!(config.template_text.as_deref().is_some_and(|t| t.contains("{pilot_command}")));
+                }
+            }
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const BATCH_RESOURCES: &str = "    resources: { cores: 1, memory_mb: 1000 }\n";
+
+    #[test]
+    fn slurm_and_htcondor_queues_load_their_templates_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        write(dir.path(), "t/job.sh", "#!/bin/sh\n#SBATCH -p {partition}\n{pilot_command}\n");
+        write(dir.path(), "t/job.sub", "executable = {pilot_executable}\narguments = {pilot_arguments}\nqueue\n");
+        let path = write(
+            dir.path(),
+            "queues.yaml",
+            &format!(
+                "queues:\n  hpc:\n    max_workers: 2\n{BATCH_RESOURCES}    plugin:\n      type: slurm\n      template_file: t/job.sh\n      partition: debug\n      squeue: [ssh, login1, squeue]\n      lost_after: 5m\n  grid:\n    max_workers: 2\n{BATCH_RESOURCES}    plugin: {{ type: htcondor, template_file: t/job.sub, held_timeout: 30m }}\n"
+            ),
+        );
+        let file = QueueFile::load(&path).unwrap();
+        let PluginConfig::Slurm(slurm) = &file.queues["hpc"].plugin else { panic!() };
+        assert_eq!(slurm.template_file.as_deref(), Some(dir.path().join("t/job.sh").as_path()));
+        assert!(slurm.template_text.as_deref().unwrap().contains("#SBATCH -p {partition}"));
+        assert_eq!(slurm.squeue.0, ["ssh", "login1", "squeue"]);
+        assert_eq!(slurm.lost_after, std::time::Duration::from_secs(300));
+        let PluginConfig::Htcondor(condor) = &file.queues["grid"].plugin else { panic!() };
+        assert_eq!(condor.held_timeout, std::time::Duration::from_secs(1800));
+        // The effective configuration prints (check-queues) and names the file, not its text.
+        let printed = serde_yaml_ng::to_string(&file).unwrap();
+        assert!(printed.contains("template_file:") && !printed.contains("#SBATCH"), "{printed}");
+    }
+
+    #[test]
+    fn batch_plugin_errors_name_file_queue_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "bad.sh", "#!/bin/sh\necho ${HOME}\n{pilot_command}\n");
+        let path = write(
+            dir.path(),
+            "queues.yaml",
+            "queues:\n  hpc:\n    max_workers: 2\n    plugin: { type: slurm, template_file: bad.sh }\n  grid:\n    max_workers: 2\n    resources: { cores: 1, memory_mb: 1 }\n    plugin: { type: htcondor, template_file: missing.sub }\n",
+        );
+        let error = QueueFile::load(&path).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("queue config {}: ", path.display())), "{error}");
+        assert!(
+            error.contains(&format!(
+                "queues.hpc.plugin.template_file: {} line 2: unknown placeholder {{HOME}}",
+                dir.path().join("bad.sh").display()
+            )),
+            "{error}"
+        );
+        assert!(error.contains("queues.hpc.resources.cores: must be set for a slurm queue"), "{error}");
+        assert!(error.contains("queues.hpc.resources.memory_mb: must be set for a slurm queue"), "{error}");
+        assert!(error.contains("queues.grid.plugin.template_file: cannot read"), "{error}");
+        assert!(error.contains("missing.sub"), "{error}");
+        assert!(!error.contains("was not read"), "{error}");
+
+        let error = parse(&format!(
+            "queues:\n  hpc:\n    max_workers: 1\n{BATCH_RESOURCES}    plugin: {{ type: slurm, partiton: debug }}\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("queues.yaml") && error.contains("partiton") && error.contains("partition"), "{error}");
+        let error = parse(&format!(
+            "queues:\n  hpc:\n    max_workers: 1\n{BATCH_RESOURCES}    plugin: {{ type: htcondor, template: \"queue 2\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("queues.hpc.plugin.template: `queue 2` must queue exactly one job"), "{error}");
+        let error = parse(&format!(
+            "queues:\n  hpc:\n    max_workers: 1\n{BATCH_RESOURCES}    plugin: {{ type: slurm, accounting: slurmdb }}\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("slurmdb") && error.contains("jobcomp"), "{error}");
     }
 }

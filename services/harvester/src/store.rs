@@ -143,6 +143,17 @@ pub async fn set_status(
     Ok(())
 }
 
+/// Records a diagnostic without a state change (the resource could not tell the worker's state).
+pub async fn set_diag(conn: &impl ConnectionTrait, id: i64, diag: &str) -> Result<(), DbErr> {
+    worker::Entity::update_many()
+        .col_expr(worker::Column::Diag, Expr::value(diag))
+        .col_expr(worker::Column::ModifiedAt, Expr::value(Utc::now()))
+        .filter(worker::Column::Id.eq(id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// Workers of a queue in the given states.
 pub async fn workers_in(
     conn: &impl ConnectionTrait,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use super::{BatchState, Monitor, SubmitOutcome, Submitter, Sweeper, WorkerRef, WorkerSpec};
+use super::{BatchState, CheckResult, Monitor, SubmitOutcome, Submitter, Sweeper, WorkerRef, WorkerSpec};
 
 /// `plugin: { type: local }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,23 +60,7 @@ impl LocalPlugin {
         let log = std::fs::File::create(worker.work_dir.join(LOG_FILE))
             .map_err(|e| format!("cannot create {}: {e}", worker.work_dir.join(LOG_FILE).display()))?;
         let log_err = log.try_clone().map_err(|e| format!("cannot open the pilot log: {e}"))?;
-        let mut args: Vec<String> = self.program.clone();
-        args.extend([
-            "--server".to_owned(),
-            worker.server_url.clone(),
-            "--queue".to_owned(),
-            worker.queue.clone(),
-            "--worker-id".to_owned(),
-            worker.worker_id.clone(),
-            "--work-dir".to_owned(),
-            worker.work_dir.join("pilot").display().to_string(),
-            "--cores".to_owned(),
-            worker.resources.cores.to_string(),
-            "--memory-mb".to_owned(),
-            worker.resources.memory_mb.to_string(),
-            "--max-jobs".to_owned(),
-            worker.max_jobs.to_string(),
-        ]);
+        let args = super::batch::pilot_args(&self.program, worker);
         // sh records the pilot's exit code next to its log; `$@` keeps arguments intact.
         let script = format!("\"$@\"; echo $? > {EXIT_CODE_FILE}");
         Command::new("/bin/sh")
@@ -137,7 +121,7 @@ impl Submitter for LocalPlugin {
 
 #[async_trait]
 impl Monitor for LocalPlugin {
-    async fn check(&self, workers: &[WorkerRef]) -> Vec<Option<BatchState>> {
+    async fn check(&self, workers: &[WorkerRef]) -> Vec<CheckResult> {
         let mut children = self.children.lock().await;
         let mut states = Vec::with_capacity(workers.len());
         for worker in workers {
@@ -161,7 +145,7 @@ impl Monitor for LocalPlugin {
                     diag: "pilot process is gone and left no exit code (killed?)".to_owned(),
                 }
             };
-            states.push(Some(state));
+            states.push(Ok(state));
         }
         states
     }

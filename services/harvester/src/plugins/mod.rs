@@ -1,10 +1,19 @@
 //! How workers reach a resource. Small role traits (submit, monitor, kill/clean) with bulk calls
 //! that answer per worker, a tagged config enum, and one factory holding the only `match` on it.
 //! A new plugin is a module, a `PluginConfig` variant and a factory arm.
+//!
+//! Modules: `local` (pilots as processes), `slurm` and `htcondor` (batch systems through their
+//! commands), `batch` (what those two share), `command` (running commands: the only place that
+//! spawns them), `template` (`{placeholder}` templates).
 
+pub mod batch;
+pub mod command;
+pub mod htcondor;
 pub mod local;
+pub mod slurm;
+pub mod template;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -71,17 +80,23 @@ pub trait Submitter: Send + Sync {
     async fn submit(&self, workers: &[WorkerSpec]) -> Vec<SubmitOutcome>;
 }
 
+/// A worker's state, or why the resource could not tell (the worker then keeps its state, and the
+/// reason becomes its diagnostic).
+pub type CheckResult = Result<BatchState, String>;
+
 /// Reports worker states.
 #[async_trait]
 pub trait Monitor: Send + Sync {
-    /// One state per worker, in order; `None` when the resource could not tell.
-    async fn check(&self, workers: &[WorkerRef]) -> Vec<Option<BatchState>>;
+    /// One result per worker, in order. A batch plugin asks its batch system once per call, not
+    /// once per worker.
+    async fn check(&self, workers: &[WorkerRef]) -> Vec<CheckResult>;
 }
 
 /// Kills workers and cleans up after them.
 #[async_trait]
 pub trait Sweeper: Send + Sync {
-    /// Kills workers (idempotent); one result per worker.
+    /// Kills workers (idempotent: a worker already gone counts as killed); one result per
+    /// worker, an error meaning "try again later".
     async fn kill(&self, workers: &[WorkerRef]) -> Vec<Result<(), String>>;
     /// Removes what a finished worker left behind.
     async fn clean(&self, worker: &WorkerRef) -> Result<(), String>;
@@ -104,6 +119,10 @@ pub struct Plugins {
 pub enum PluginConfig {
     /// Pilots as local processes.
     Local(local::LocalConfig),
+    /// Workers as Slurm batch jobs.
+    Slurm(Box<slurm::SlurmConfig>),
+    /// Workers as HTCondor jobs.
+    Htcondor(Box<htcondor::HtcondorConfig>),
 }
 
 impl PluginConfig {
@@ -111,6 +130,18 @@ impl PluginConfig {
     pub fn name(&self) -> &'static str {
         match self {
             PluginConfig::Local(_) => "local",
+            PluginConfig::Slurm(_) => "slurm",
+            PluginConfig::Htcondor(_) => "htcondor",
+        }
+    }
+
+    /// Reads the files the config names (templates), relative to `base_dir` (the queue file's
+    /// directory). Problems as `key: problem`.
+    pub fn load_files(&mut self, base_dir: &Path) -> Vec<String> {
+        match self {
+            PluginConfig::Local(_) => Vec::new(),
+            PluginConfig::Slurm(config) => config.load_files(base_dir),
+            PluginConfig::Htcondor(config) => config.load_files(base_dir),
         }
     }
 
@@ -118,7 +149,14 @@ impl PluginConfig {
     pub fn problems(&self) -> Vec<String> {
         match self {
             PluginConfig::Local(config) => config.problems(),
+            PluginConfig::Slurm(config) => config.problems(),
+            PluginConfig::Htcondor(config) => config.problems(),
         }
+    }
+
+    /// Whether workers run on a batch system (which needs a resource request per worker).
+    pub fn is_batch(&self) -> bool {
+        !matches!(self, PluginConfig::Local(_))
     }
 }
 
@@ -129,12 +167,20 @@ pub struct PluginDeps {
     pub pilot_program: Vec<String>,
 }
 
-/// Builds a queue's plugins.
-pub fn build(config: &PluginConfig, deps: &PluginDeps) -> Plugins {
+/// Builds the plugins of queue `queue`.
+pub fn build(queue: &str, config: &PluginConfig, deps: &PluginDeps) -> Plugins {
+    fn roles<P: Submitter + Monitor + Sweeper + 'static>(plugin: P) -> Plugins {
+        let plugin = Arc::new(plugin);
+        Plugins { submitter: plugin.clone(), monitor: plugin.clone(), sweeper: plugin }
+    }
+    let runner: Arc<dyn command::CommandRunner> = Arc::new(command::ProcessRunner);
     match config {
-        PluginConfig::Local(config) => {
-            let plugin = Arc::new(local::LocalPlugin::new(config.clone(), deps.pilot_program.clone()));
-            Plugins { submitter: plugin.clone(), monitor: plugin.clone(), sweeper: plugin }
+        PluginConfig::Local(config) => roles(local::LocalPlugin::new(config.clone(), deps.pilot_program.clone())),
+        PluginConfig::Slurm(config) => {
+            roles(slurm::SlurmPlugin::new(queue, (**config).clone(), deps.pilot_program.clone(), runner))
+        }
+        PluginConfig::Htcondor(config) => {
+            roles(htcondor::HtcondorPlugin::new(queue, (**config).clone(), deps.pilot_program.clone(), runner))
         }
     }
 }
