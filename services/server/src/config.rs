@@ -31,6 +31,10 @@ pub struct Config {
     /// How often the watchdog looks for such jobs.
     #[serde(with = "humantime_serde")]
     pub watchdog_interval: Duration,
+    /// `[server.cache]`: users' code archives.
+    pub cache: crate::cache::Config,
+    /// `[server.logs]`: jobs' stdout and stderr.
+    pub logs: crate::logs::Config,
 }
 
 impl Default for Config {
@@ -43,6 +47,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(30),
             lost_heartbeat_after: Duration::from_secs(600),
             watchdog_interval: Duration::from_secs(30),
+            cache: crate::cache::Config::default(),
+            logs: crate::logs::Config::default(),
         }
     }
 }
@@ -66,6 +72,12 @@ impl Config {
         });
         problems.check(self.watchdog_interval >= Duration::from_millis(100), || {
             format!("server.watchdog_interval = {:?}: must be at least 100ms", self.watchdog_interval)
+        });
+        problems.check(self.cache.max_archive_bytes > 0, || {
+            "server.cache.max_archive_bytes = 0: must be at least 1".to_owned()
+        });
+        problems.check(self.logs.max_bytes_per_job > 0, || {
+            "server.logs.max_bytes_per_job = 0: must be at least 1".to_owned()
         });
         problems.finish()
     }

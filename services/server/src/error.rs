@@ -68,6 +68,21 @@ pub enum Error {
         /// Asked state.
         to: JobStatus,
     },
+    /// No such archive in the cache.
+    #[error("archive {sha256} is not in the cache")]
+    ArchiveNotFound {
+        /// The digest asked for.
+        sha256: String,
+    },
+    /// The cache's files could not be read or written.
+    #[error("cache storage failed: {context}")]
+    Storage {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database failed.
     #[error("database operation failed")]
     Db(#[from] sea_orm::DbErr),
@@ -92,15 +107,16 @@ impl ServiceError for Error {
     fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::TaskNotFound { .. } | Error::JobNotFound { .. } | Error::DatasetNotFound { .. } => {
-                ErrorCode::NotFound
-            }
+            Error::TaskNotFound { .. }
+            | Error::JobNotFound { .. }
+            | Error::DatasetNotFound { .. }
+            | Error::ArchiveNotFound { .. } => ErrorCode::NotFound,
             Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
             Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
                 ErrorCode::FailedPrecondition
             }
             Error::Db(error) => db_code(error),
-            Error::Corrupt { .. } => ErrorCode::Internal,
+            Error::Corrupt { .. } | Error::Storage { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -1,7 +1,11 @@
 //! gRPC adapters: decode the request into domain types, call the service, encode the answer.
 //! No business rules live here.
 
+mod cache;
 mod convert;
 mod handlers;
+mod logs;
 
+pub use cache::CacheApi;
 pub use handlers::Api;
+pub use logs::LogApi;

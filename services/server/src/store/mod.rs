@@ -6,7 +6,9 @@
 //! `claim_jobs` skips rows another dispatcher holds (`FOR UPDATE SKIP LOCKED`), so replicas never
 //! hand out a job twice. SQLite runs one writer at a time, which gives the same guarantees.
 
+mod cache;
 mod entities;
+mod logs;
 pub mod migration;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +24,9 @@ use sea_orm::{
 use self::entities::{dataset, file, job, queue, task};
 use crate::error::{Error, Result};
 use crate::model::{Dataset, FileRecord, Job, JobCounts, NewJob, OutputFile, Queue, QueueLoad, Task};
+
+pub use self::cache::ArchiveRecord;
+pub use self::logs::LogSizes;
 
 /// Filters of `list_tasks`.
 #[derive(Debug, Clone, Default)]
