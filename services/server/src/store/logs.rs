@@ -68,7 +68,8 @@ impl Store {
         let rows = chunk::Entity::find()
             .select_only()
             .column(chunk::Column::Stream)
-            .column_as(chunk::Column::SizeBytes.sum(), "n")
+            // SUM of a BIGINT is NUMERIC on PostgreSQL.
+            .column_as(Expr::cust("CAST(SUM(size_bytes) AS BIGINT)"), "n")
             .filter(chunk::Column::JobId.eq(to_i64(job_id.0)))
             .group_by(chunk::Column::Stream)
             .into_model::<StreamSize>()
