@@ -142,29 +142,46 @@ fn check_link(entry: &str, target: &Path) -> Result<(), CacheError> {
     })
 }
 
-/// Checks every entry of a tar.gz (first pass) and then unpacks it into `into`: regular files,
-/// directories, and symlinks that stay inside; absolute paths, `..`, hard links and special files
-/// are refused before anything is written. Returns the number of entries. Blocking.
+type TarGz = tar::Archive<flate2::read::GzDecoder<BufReader<File>>>;
+
+fn open_tar_gz(archive: &Path) -> Result<TarGz, CacheError> {
+    let file = File::open(archive).map_err(io_error(format!("cannot open {}", archive.display())))?;
+    Ok(tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file))))
+}
+
+fn unreadable(archive: &Path) -> impl Fn(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io { context: format!("{} is not a readable tar.gz", archive.display()), source }
+}
+
+/// Checks that `archive` is a tar.gz that [`unpack`] accepts; returns its number of entries.
+/// Blocking.
+///
+/// # Errors
+/// [`CacheError::UnsafeEntry`] naming the first refused entry, [`CacheError::Io`] for a file
+/// that is not a readable tar.gz.
+pub fn check_archive(archive: &Path) -> Result<usize, CacheError> {
+    let mut checked = 0;
+    let mut reader = open_tar_gz(archive)?;
+    for entry in reader.entries().map_err(unreadable(archive))? {
+        check_entry(&entry.map_err(unreadable(archive))?)?;
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// Checks every entry of a tar.gz (a first pass, [`check_archive`]) and then unpacks it into
+/// `into`: regular files, directories, and symlinks that stay inside; absolute paths, `..`, hard
+/// links and special files are refused before anything is written. Returns the number of
+/// entries. Blocking.
 ///
 /// # Errors
 /// [`CacheError::UnsafeEntry`] naming the entry, [`CacheError::Io`] for unreadable archives.
 pub fn unpack(archive: &Path, into: &Path) -> Result<usize, CacheError> {
-    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<BufReader<File>>>, CacheError> {
-        let file = File::open(archive).map_err(io_error(format!("cannot open {}", archive.display())))?;
-        Ok(tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file))))
-    };
-    let bad = |context: &str| io_error(format!("{} is not a readable tar.gz ({context})", archive.display()));
-    let mut checked = 0;
-    let mut reader = open()?;
-    for entry in reader.entries().map_err(bad("entries"))? {
-        let entry = entry.map_err(bad("entry"))?;
-        check_entry(&entry)?;
-        checked += 1;
-    }
-    let mut reader = open()?;
+    let checked = check_archive(archive)?;
+    let mut reader = open_tar_gz(archive)?;
     reader.set_overwrite(true);
-    for entry in reader.entries().map_err(bad("entries"))? {
-        let mut entry = entry.map_err(bad("entry"))?;
+    for entry in reader.entries().map_err(unreadable(archive))? {
+        let mut entry = entry.map_err(unreadable(archive))?;
         let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
         // unpack_in also refuses to write through a symlink that leaves `into`.
         let unpacked = entry.unpack_in(into).map_err(io_error(format!("cannot unpack {name}")))?;
