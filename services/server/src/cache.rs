@@ -57,7 +57,7 @@ pub enum UploadStart {
     /// The cache holds this archive already: nothing to send.
     Exists(ArchiveRecord),
     /// Send the bytes to this upload, then finish it.
-    Receiving(Upload),
+    Receiving(Box<Upload>),
 }
 
 /// The code cache's use cases.
@@ -143,14 +143,14 @@ impl Cache {
             .tempfile_in(&tmp)
             .map_err(storage(format!("cannot create a temporary file in {}", tmp.display())))?;
         let (file, path) = temp.into_parts();
-        Ok(UploadStart::Receiving(Upload {
+        Ok(UploadStart::Receiving(Box::new(Upload {
             cache: self.clone(),
             header,
             file: tokio::fs::File::from_std(file),
             path,
             hasher: Sha256::new(),
             received: 0,
-        }))
+        })))
     }
 
     /// An archive's metadata and its file, opened for reading.
