@@ -11,9 +11,18 @@ pub async fn print(server: &ServerClient, job_id: u64, stderr: bool, follow: boo
     let request = server::ReadJobLogRequest { job_id, stream: stream as i32, offset: 0, follow };
     let mut messages = server.logs.clone().read_job_log(request).await?.into_inner();
     let mut cap_reached = false;
+    let mut printed = 0;
+    let mut last_status = 0;
     while let Some(message) = messages.message().await? {
         write_raw(&message.data);
+        printed += message.data.len();
         cap_reached |= message.cap_reached;
+        last_status = message.job_status;
+    }
+    if printed == 0 {
+        let status = <panda_types::JobStatus as panda_proto::convert::WireEnum>::from_wire("job_status", last_status)
+            .map_or_else(|_| "unknown".to_owned(), |s| s.to_string());
+        eprintln!("(no {} stored for job {job_id}; it is {status})", if stderr { "stderr" } else { "stdout" });
     }
     if cap_reached {
         eprintln!(

@@ -132,7 +132,7 @@ impl Cache {
             return Err(Error::invalid(
                 "header.size_bytes",
                 format!(
-                    "archive of {} bytes is over the cache's limit of {} bytes (server.cache.max_archive_bytes)",
+                    "is {}: over the cache's limit of {} bytes (server.cache.max_archive_bytes)",
                     header.size_bytes, self.max_archive_bytes
                 ),
             ));
@@ -187,17 +187,20 @@ impl Upload {
         let received = self.received + chunk.len() as u64;
         if received > self.cache.max_archive_bytes {
             return Err(Error::invalid(
-                "chunk",
+                "upload",
                 format!(
-                    "the archive passed the cache's limit of {} bytes (server.cache.max_archive_bytes); upload refused",
+                    "passed the cache's limit of {} bytes (server.cache.max_archive_bytes); refused, nothing was stored",
                     self.cache.max_archive_bytes
                 ),
             ));
         }
         if received > self.header.size_bytes {
             return Err(Error::invalid(
-                "chunk",
-                format!("more bytes than the {} stated in header.size_bytes; upload refused", self.header.size_bytes),
+                "upload",
+                format!(
+                    "sent more bytes than the {} stated in header.size_bytes; refused, nothing was stored",
+                    self.header.size_bytes
+                ),
             ));
         }
         self.hasher.update(chunk);
@@ -215,9 +218,9 @@ impl Upload {
         let expected = &self.header.sha256;
         if self.received != self.header.size_bytes {
             return Err(Error::invalid(
-                "chunk",
+                "upload",
                 format!(
-                    "the upload ended after {} of the {} bytes stated in header.size_bytes; nothing was stored",
+                    "ended after {} of the {} bytes stated in header.size_bytes; nothing was stored",
                     self.received, self.header.size_bytes
                 ),
             ));
@@ -227,7 +230,7 @@ impl Upload {
             return Err(Error::invalid(
                 "header.sha256",
                 format!(
-                    "checksum mismatch: expected {expected}, got {actual} for the {} bytes received; nothing was stored",
+                    "does not match the {} bytes received (checksum mismatch): expected {expected}, got {actual}; nothing was stored",
                     self.received
                 ),
             ));
