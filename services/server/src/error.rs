@@ -58,6 +58,15 @@ pub enum Error {
         /// The job.
         job_id: JobId,
     },
+    /// A log append for a job that has ended (pilots send all output before the final report,
+    /// so followers see a job's whole log when it ends).
+    #[error("job {job_id} is {status}: its log is closed")]
+    LogClosed {
+        /// The job.
+        job_id: JobId,
+        /// Its final state.
+        status: JobStatus,
+    },
     /// A job transition the state machine refuses.
     #[error("job {job_id} is {from}; it cannot move to {to}")]
     JobTransition {
@@ -112,9 +121,10 @@ impl ServiceError for Error {
             | Error::DatasetNotFound { .. }
             | Error::ArchiveNotFound { .. } => ErrorCode::NotFound,
             Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
-            Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            Error::TaskState { .. }
+            | Error::NotHolder { .. }
+            | Error::JobTransition { .. }
+            | Error::LogClosed { .. } => ErrorCode::FailedPrecondition,
             Error::Db(error) => db_code(error),
             Error::Corrupt { .. } | Error::Storage { .. } => ErrorCode::Internal,
         }

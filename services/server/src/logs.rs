@@ -7,7 +7,7 @@
 //! bytes of each stream still reach the job record with the final report (`stdout_tail`).
 
 use chrono::Utc;
-use panda_types::{JobId, JobStatus};
+use panda_types::{JobId, JobStatus, StateMachine};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -125,7 +125,8 @@ impl Logs {
     ///
     /// # Errors
     /// INVALID_ARGUMENT for empty or oversized data and an offset past the stream's end;
-    /// NOT_FOUND; FAILED_PRECONDITION when `lease_token` is not the job's current one.
+    /// NOT_FOUND; FAILED_PRECONDITION when `lease_token` is not the job's current one, or the job
+    /// has ended.
     #[instrument(skip_all, fields(job_id = %job_id, stream = stream.as_str(), offset))]
     pub async fn append(
         &self,
@@ -149,6 +150,9 @@ impl Logs {
         let job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
         if lease_token.is_empty() || job.lease_token.as_deref() != Some(lease_token) {
             return Err(Error::NotHolder { job_id });
+        }
+        if job.status.is_final() {
+            return Err(Error::LogClosed { job_id, status: job.status });
         }
         let sizes = self.store.log_sizes(&txn, job_id).await?;
         let stored = match stream {

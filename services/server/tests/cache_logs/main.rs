@@ -363,6 +363,15 @@ async fn bad_log_requests_are_refused_and_store_nothing(f: Fixture) {
     let (stderr, end) = read_all(&f, job_id, Stderr).await;
     assert_eq!(stderr.len() as u64, MAX_LOG - 10);
     assert!(end.cap_reached);
+
+    // Once the job ended its log is closed, even to its last holder.
+    report(&f, job_id, &token, JobStatus::Starting).await;
+    report(&f, job_id, &token, JobStatus::Failed).await;
+    assert_status(
+        append(&f, job_id, &token, Stdout, 10, b"late").await,
+        Code::FailedPrecondition,
+        &[&format!("job {job_id} is failed: its log is closed")],
+    );
     f.stop().await;
 }
 
