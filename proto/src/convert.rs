@@ -112,6 +112,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             priority: spec.priority,
             environment: spec.environment.into_iter().collect(),
             queues: spec.queues,
+            code_sha256: spec.code_sha256,
         }
     }
 }
@@ -135,6 +136,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
             priority: spec.priority,
             environment: spec.environment.into_iter().collect(),
             queues: spec.queues.into_iter().map(String::from).collect(),
+            code_sha256: spec.code_sha256.unwrap_or_default(),
         }
     }
 }

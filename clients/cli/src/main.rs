@@ -12,6 +12,8 @@ macro_rules! out {
     };
 }
 
+mod code;
+mod logs;
 mod render;
 mod up;
 
@@ -86,6 +88,9 @@ enum Command {
     /// Harvester workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Code archives (tar.gz) that tasks unpack into each job's directory.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Runs a pilot (what harvester's local plugin starts); `panda pilot --help` lists its flags.
     #[command(disable_help_flag = true)]
     Pilot {
@@ -104,6 +109,10 @@ enum TaskCommand {
     Submit {
         /// The file.
         file: PathBuf,
+        /// Code for the jobs: a directory (packed) or a tar.gz, uploaded unless the cache has
+        /// it, then named by the task (overrides `code_sha256` in the file).
+        #[arg(long)]
+        code: Option<PathBuf>,
     },
     /// Lists tasks, newest first.
     List {
@@ -199,6 +208,37 @@ enum JobCommand {
     Watch {
         /// Job ID.
         id: u64,
+    },
+    /// Prints a job's stdout (or stderr) as its pilot sent it.
+    Logs {
+        /// Job ID.
+        id: u64,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing new output until the job ended.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Uploads a tar.gz, or a directory (packed first); prints the archive's sha256.
+    Upload {
+        /// A .tar.gz file or a directory.
+        path: PathBuf,
+        /// Recorded as the uploader.
+        #[arg(long, env = "USER", default_value = "anonymous")]
+        user: String,
+    },
+    /// Downloads an archive by sha256 (verified before it is written).
+    Download {
+        /// The archive's sha256.
+        sha256: String,
+        /// Where to write it [default: <sha256>.tar.gz] (a positional argument: `-o` is the
+        /// output format of every command).
+        file: Option<PathBuf>,
     },
 }
 
@@ -363,6 +403,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         render::watch_update(format, &server::WatchTaskResponse { task: None, job: Some(job) }, false);
                     }
                 }
+                JobCommand::Logs { id, stderr, follow } => logs::print(&server, id, stderr, follow).await?,
+            }
+            Ok(0)
+        }
+        Command::Cache(command) => {
+            let server = ServerClient::new(&cli.server)?;
+            match command {
+                CacheCommand::Upload { path, user } => code::upload_command(&server, &path, &user, format).await?,
+                CacheCommand::Download { sha256, file } => {
+                    let file = file.unwrap_or_else(|| PathBuf::from(format!("{sha256}.tar.gz")));
+                    code::download_command(&server, &sha256, &file, format).await?
+                }
             }
             Ok(0)
         }
@@ -412,8 +464,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 async fn task(server: ServerClient, command: TaskCommand, format: Format) -> anyhow::Result<()> {
     let mut tasks = server.tasks.clone();
     match command {
-        TaskCommand::Submit { file } => {
-            let spec = panda_client::files::load_task(&file)?;
+        TaskCommand::Submit { file, code } => {
+            let mut spec = panda_client::files::load_task(&file)?;
+            if let Some(code) = code {
+                let uploader = if spec.user.is_empty() { "anonymous" } else { spec.user.as_str() };
+                spec.code_sha256 = code::upload(&server, &code, uploader).await?.sha256;
+            }
             let response = tasks
                 .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
                 .await?;

@@ -45,6 +45,9 @@ pub struct TaskFile {
     environment: BTreeMap<String, String>,
     #[serde(default)]
     queues: Vec<String>,
+    /// Code archive (sha256 from `panda cache upload`) unpacked into each job's directory.
+    #[serde(default)]
+    code_sha256: String,
 }
 
 impl TaskFile {
@@ -67,6 +70,7 @@ impl TaskFile {
             priority: self.priority,
             environment: self.environment.into_iter().collect(),
             queues: self.queues,
+            code_sha256: self.code_sha256,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! order) with connect and per-call deadlines; [`retry`] repeats a call while the peer answers
 //! UNAVAILABLE (or DEADLINE_EXCEEDED for idempotent calls), with exponential backoff.
 
+pub mod cache;
 pub mod files;
 
 use std::future::Future;
@@ -13,8 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 pub use panda_proto::harvester::v1::harvester_service_client::HarvesterServiceClient;
 pub use panda_proto::idds::v1::workflow_service_client::WorkflowServiceClient;
 pub use panda_proto::jedi::v1::jedi_service_client::JediServiceClient;
+pub use panda_proto::server::v1::cache_service_client::CacheServiceClient;
 pub use panda_proto::server::v1::internal_service_client::InternalServiceClient;
 pub use panda_proto::server::v1::job_service_client::JobServiceClient;
+pub use panda_proto::server::v1::log_service_client::LogServiceClient;
 pub use panda_proto::server::v1::pilot_service_client::PilotServiceClient;
 pub use panda_proto::server::v1::task_service_client::TaskServiceClient;
 
@@ -58,7 +61,10 @@ pub fn channel_with_timeout(url: &str, timeout: Duration) -> Result<Channel, Err
 /// InsertJobs call of a large task or one page of 10000 jobs).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// The server's four APIs over one channel.
+/// Deadline of a whole archive upload (the 30 s call deadline would cut a large one short).
+pub const ARCHIVE_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The server's APIs.
 #[derive(Debug, Clone)]
 pub struct ServerClient {
     /// Tasks.
@@ -69,6 +75,10 @@ pub struct ServerClient {
     pub pilot: PilotServiceClient<Channel>,
     /// Calls from jedi, harvester and idds.
     pub internal: InternalServiceClient<Channel>,
+    /// Code archives, on a channel with [`ARCHIVE_TRANSFER_TIMEOUT`].
+    pub cache: CacheServiceClient<Channel>,
+    /// Jobs' stdout and stderr.
+    pub logs: LogServiceClient<Channel>,
 }
 
 impl ServerClient {
@@ -82,7 +92,9 @@ impl ServerClient {
             tasks: TaskServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             pilot: PilotServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            logs: LogServiceClient::new(channel.clone()),
             internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            cache: CacheServiceClient::new(channel_with_timeout(url, ARCHIVE_TRANSFER_TIMEOUT)?),
         })
     }
 }

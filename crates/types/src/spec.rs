@@ -9,6 +9,9 @@ use crate::ids::{QueueName, check_name};
 
 /// Largest number of jobs one task may ask for without an input dataset.
 pub const MAX_JOBS_PER_TASK: u32 = 100_000;
+/// Job environment variable naming the task's code archive (set by the server on each job, so
+/// the pilot knows what to unpack and the payload what it runs).
+pub const CODE_SHA256_ENV: &str = "PANDA_CODE_SHA256";
 /// Placeholders a task command may use.
 pub const COMMAND_PLACEHOLDERS: &[&str] = &["inputs", "output", "index", "task_id", "job_id"];
 
@@ -77,6 +80,10 @@ pub struct TaskSpec {
     pub environment: BTreeMap<String, String>,
     /// Queues brokerage may use (empty: any).
     pub queues: Vec<QueueName>,
+    /// sha256 of the code archive unpacked into each job's directory (tasks stored before code
+    /// archives existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_sha256: Option<String>,
 }
 
 /// A task specification as received, before validation (every field optional).
@@ -104,6 +111,8 @@ pub struct TaskSpecDraft {
     pub environment: BTreeMap<String, String>,
     /// Allowed queues.
     pub queues: Vec<String>,
+    /// Code archive sha256, empty for none.
+    pub code_sha256: String,
 }
 
 /// One problem with one field of a request.
@@ -226,6 +235,12 @@ impl TaskSpecDraft {
                 Err(e) => bad(&format!("queues[{i}]"), e),
             }
         }
+        let code_sha256 = (!self.code_sha256.is_empty()).then(|| self.code_sha256.clone());
+        if let Some(sha) = &code_sha256
+            && let Err(e) = check_sha256(sha)
+        {
+            bad("code_sha256", e);
+        }
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
                 name: self.name,
@@ -237,9 +252,22 @@ impl TaskSpecDraft {
                 priority: self.priority,
                 environment: self.environment,
                 queues,
+                code_sha256,
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// Checks that `text` is a sha256 digest as the cache names archives: 64 lowercase hex digits.
+///
+/// # Errors
+/// What is wrong, for a field error.
+pub fn check_sha256(text: &str) -> Result<(), String> {
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(format!("must be a sha256 digest: 64 lowercase hex digits (got {text:?})"))
     }
 }
 

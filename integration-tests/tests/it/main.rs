@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod cache_logs;
 mod checks;
 mod embedded;
 mod processes;

@@ -67,6 +67,9 @@ pub struct Args {
     /// Heartbeat interval, overriding the server's.
     #[arg(long, env = "PANDA_PILOT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// How often the payload's output is sent to the server [default: 5s].
+    #[arg(long, env = "PANDA_PILOT_LOG_INTERVAL", value_parser = humantime::parse_duration)]
+    pub log_interval: Option<Duration>,
 }
 
 impl Args {
@@ -91,7 +94,8 @@ impl Args {
         loader = set(loader, "lifetime", text(self.lifetime));
         loader = set(loader, "kill_grace", text(self.kill_grace));
         loader = set(loader, "server_deadline", text(self.server_deadline));
-        set(loader, "heartbeat_interval", text(self.heartbeat_interval))
+        loader = set(loader, "heartbeat_interval", text(self.heartbeat_interval));
+        set(loader, "log_interval", text(self.log_interval))
     }
 }
 

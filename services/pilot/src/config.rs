@@ -44,6 +44,9 @@ pub struct Config {
     /// Overrides the heartbeat interval the server sends with each job.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
+    /// How often the payload's new output is sent to the server (sooner when 64 KiB wait).
+    #[serde(with = "humantime_serde")]
+    pub log_interval: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             kill_grace: Duration::from_secs(10),
             server_deadline: Duration::from_secs(3 * 3600),
             heartbeat_interval: None,
+            log_interval: Duration::from_secs(5),
         }
     }
 }
@@ -90,6 +94,9 @@ impl Config {
         if self.heartbeat_interval.is_some_and(|interval| interval.is_zero()) {
             problems
                 .push("pilot.heartbeat_interval = 0s: must be positive (leave it unset for the server's)".to_owned());
+        }
+        if self.log_interval.is_zero() {
+            problems.push("pilot.log_interval = 0s: must be positive".to_owned());
         }
         if problems.is_empty() { Ok(()) } else { Err(Error::InvalidConfig(problems)) }
     }

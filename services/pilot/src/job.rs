@@ -10,10 +10,12 @@ use panda_types::{JobId, JobStatus, TaskId};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::code;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::error_codes;
 use crate::heartbeat::{self, End, KillReason, Timing};
+use crate::logship;
 use crate::payload::{self, Payload};
 use crate::server::{Delivery, Lease, ServerLink, Update};
 use crate::stage::{self, InputFile};
@@ -30,6 +32,8 @@ pub(crate) struct Job {
     pub outputs: Vec<String>,
     /// Requested by the server (0: unspecified).
     pub heartbeat_interval_seconds: u32,
+    /// Code archive to unpack into the job directory.
+    pub code_sha256: Option<String>,
 }
 
 impl From<DispatchedJob> for Job {
@@ -52,6 +56,7 @@ impl From<DispatchedJob> for Job {
                 .collect(),
             outputs: job.output_files,
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
+            code_sha256: (!job.code_sha256.is_empty()).then_some(job.code_sha256),
         }
     }
 }
@@ -133,7 +138,7 @@ async fn run_in_span(job: Job, cx: &mut Context<'_>) -> Result<Outcome> {
     let staged = tokio::select! {
         biased;
         () = cx.shutdown.cancelled() => None,
-        staged = stage::stage_in(&dir, &job.inputs) => Some(staged),
+        staged = prepare_inputs(cx, &job, &dir) => Some(staged),
     };
     let update = match staged {
         None => Update::failed(error_codes::SIGTERM, "pilot was told to stop during stage-in"),
@@ -178,6 +183,15 @@ async fn announce(cx: &mut Context<'_>, lease: &Lease) -> Result<Option<Outcome>
     }
 }
 
+/// Unpacks the code archive, then stages in the inputs (which win over archive files of the same
+/// name).
+async fn prepare_inputs(cx: &Context<'_>, job: &Job, dir: &Path) -> Result<(), stage::StageError> {
+    if let Some(sha256) = &job.code_sha256 {
+        code::install(cx.server.cache(), cx.work_dir, sha256, dir).await?;
+    }
+    stage::stage_in(dir, &job.inputs).await
+}
+
 /// Runs the payload with heartbeats and judges how it ended; the final update, or `None` when
 /// the lease was lost and nothing more may be sent.
 async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<Update>> {
@@ -195,7 +209,17 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
         interval: cx.config.heartbeat_interval_for(job.heartbeat_interval_seconds),
         kill_grace: cx.config.kill_grace,
     };
-    let end = heartbeat::watch(&mut payload, cx.server, &job.lease, timing, cx.shutdown).await;
+    // The output goes to the server while the payload runs; what is left goes before the final
+    // report (the join waits for it).
+    let stop_shipping = CancellationToken::new();
+    let shipping =
+        logship::ship(cx.server.logs(), job.lease.clone(), dir, cx.config.log_interval, stop_shipping.clone());
+    let watching = async {
+        let end = heartbeat::watch(&mut payload, cx.server, &job.lease, timing, cx.shutdown).await;
+        stop_shipping.cancel();
+        end
+    };
+    let (end, ()) = tokio::join!(watching, shipping);
     let usage = payload.finish();
     let with_exit =
         |status, code, diag: &str| Update { exit_code: Some(payload::exit_code(status)), ..Update::failed(code, diag) };

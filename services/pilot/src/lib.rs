@@ -13,15 +13,19 @@
 //! - `server`: the PilotService client side: GetJob, UpdateJob, retries and the server deadline.
 //! - `job`: one job from dispatch to final report.
 //! - `stage`: stage-in and stage-out over `file://` URLs, with adler32.
+//! - `code`: the job's code archive from the server's cache, unpacked into the job directory.
+//! - `logship`: the payload's stdout and stderr sent to the server while it runs.
 //! - `payload`: starting, killing and measuring the payload's process group.
 //! - `heartbeat`: watching the payload: heartbeats and the reasons to kill it.
 
 pub mod cli;
+mod code;
 mod config;
 mod error;
 pub mod error_codes;
 mod heartbeat;
 mod job;
+mod logship;
 mod payload;
 mod server;
 mod stage;

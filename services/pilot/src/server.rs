@@ -14,7 +14,7 @@ use panda_types::{JobId, JobStatus};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use panda_client::PilotServiceClient;
+use panda_client::{CacheServiceClient, LogServiceClient, PilotServiceClient};
 
 use crate::error::{Error, Result};
 use crate::stage::StagedOutput;
@@ -102,6 +102,8 @@ pub(crate) enum Delivery {
 #[derive(Debug)]
 pub(crate) struct ServerLink {
     client: PilotServiceClient<Channel>,
+    cache: CacheServiceClient<Channel>,
+    logs: LogServiceClient<Channel>,
     node: String,
     server_deadline: Duration,
     last_success: Instant,
@@ -110,8 +112,25 @@ pub(crate) struct ServerLink {
 impl ServerLink {
     /// A lazily connecting link; the deadline clock starts now.
     pub(crate) fn new(url: &str, node: String, server_deadline: Duration) -> Result<Self> {
-        let client = panda_client::ServerClient::new(url).map_err(Error::ServerUrl)?.pilot;
-        Ok(Self { client, node, server_deadline, last_success: Instant::now() })
+        let server = panda_client::ServerClient::new(url).map_err(Error::ServerUrl)?;
+        Ok(Self {
+            client: server.pilot,
+            cache: server.cache,
+            logs: server.logs,
+            node,
+            server_deadline,
+            last_success: Instant::now(),
+        })
+    }
+
+    /// The CacheService client (code archives).
+    pub(crate) fn cache(&self) -> &CacheServiceClient<Channel> {
+        &self.cache
+    }
+
+    /// A LogService client (the payload's output).
+    pub(crate) fn logs(&self) -> LogServiceClient<Channel> {
+        self.logs.clone()
     }
 
     /// The node name sent with every call.

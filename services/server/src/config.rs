@@ -33,6 +33,10 @@ pub struct Config {
     pub watchdog_interval: Duration,
     /// Group commit of pilots' GetJob and UpdateJob calls.
     pub group_commit: GroupCommitConfig,
+    /// `[server.cache]`: users' code archives.
+    pub cache: crate::cache::Config,
+    /// `[server.logs]`: jobs' stdout and stderr.
+    pub logs: crate::logs::Config,
 }
 
 /// `[server.group_commit]`: pilots' calls that arrive while a transaction commits share the next
@@ -75,6 +79,8 @@ impl Default for Config {
             lost_heartbeat_after: Duration::from_secs(600),
             watchdog_interval: Duration::from_secs(30),
             group_commit: GroupCommitConfig::default(),
+            cache: crate::cache::Config::default(),
+            logs: crate::logs::Config::default(),
         }
     }
 }
@@ -104,6 +110,12 @@ impl Config {
         });
         problems.check((1..=10_000).contains(&self.group_commit.max_batch), || {
             format!("server.group_commit.max_batch = {}: must be between 1 and 10000", self.group_commit.max_batch)
+        });
+        problems.check(self.cache.max_archive_bytes > 0, || {
+            "server.cache.max_archive_bytes = 0: must be at least 1".to_owned()
+        });
+        problems.check(self.logs.max_bytes_per_job > 0, || {
+            "server.logs.max_bytes_per_job = 0: must be at least 1".to_owned()
         });
         problems.finish()
     }

@@ -58,6 +58,15 @@ pub enum Error {
         /// The job.
         job_id: JobId,
     },
+    /// A log append for a job that has ended (pilots send all output before the final report,
+    /// so followers see a job's whole log when it ends).
+    #[error("job {job_id} is {status}: its log is closed")]
+    LogClosed {
+        /// The job.
+        job_id: JobId,
+        /// Its final state.
+        status: JobStatus,
+    },
     /// A job transition the state machine refuses.
     #[error("job {job_id} is {from}; it cannot move to {to}")]
     JobTransition {
@@ -71,6 +80,21 @@ pub enum Error {
     /// The server is shutting down.
     #[error("the server is shutting down ({0}); retry against another replica or later")]
     ShuttingDown(#[from] crate::group_commit::Stopped),
+    /// No such archive in the cache.
+    #[error("archive {sha256} is not in the cache")]
+    ArchiveNotFound {
+        /// The digest asked for.
+        sha256: String,
+    },
+    /// The cache's files could not be read or written.
+    #[error("cache storage failed: {context}")]
+    Storage {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database failed.
     #[error("database operation failed")]
     Db(#[from] sea_orm::DbErr),
@@ -95,16 +119,18 @@ impl ServiceError for Error {
     fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::TaskNotFound { .. } | Error::JobNotFound { .. } | Error::DatasetNotFound { .. } => {
-                ErrorCode::NotFound
-            }
+            Error::TaskNotFound { .. }
+            | Error::JobNotFound { .. }
+            | Error::DatasetNotFound { .. }
+            | Error::ArchiveNotFound { .. } => ErrorCode::NotFound,
             Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
-            Error::TaskState { .. } | Error::NotHolder { .. } | Error::JobTransition { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            Error::TaskState { .. }
+            | Error::NotHolder { .. }
+            | Error::JobTransition { .. }
+            | Error::LogClosed { .. } => ErrorCode::FailedPrecondition,
             Error::ShuttingDown(_) => ErrorCode::Unavailable,
             Error::Db(error) => db_code(error),
-            Error::Corrupt { .. } => ErrorCode::Internal,
+            Error::Corrupt { .. } | Error::Storage { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -4,14 +4,17 @@
 //!
 //! Modules: `config` (`[server]`), `error` (errors and their gRPC codes), `model` (domain
 //! records), `store` (tables, migrations, use-case queries), `service` (use cases, transactions),
-//! `events` (bus bodies), `grpc` (thin adapters), `metrics`.
+//! `cache` (code archives), `logs` (jobs' stdout and stderr), `events` (bus bodies), `grpc` (thin
+//! adapters), `metrics`.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod feed;
 pub mod group_commit;
 pub mod grpc;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod service;
@@ -22,8 +25,10 @@ use std::sync::Arc;
 
 use panda_bus::Bus;
 use panda_bus::outbox::{self, Outbox};
+use panda_proto::server::v1::cache_service_server::CacheServiceServer;
 use panda_proto::server::v1::internal_service_server::InternalServiceServer;
 use panda_proto::server::v1::job_service_server::JobServiceServer;
+use panda_proto::server::v1::log_service_server::LogServiceServer;
 use panda_proto::server::v1::pilot_service_server::PilotServiceServer;
 use panda_proto::server::v1::task_service_server::TaskServiceServer;
 use panda_runtime::Listeners;
@@ -83,6 +88,14 @@ pub async fn run(
         source,
     })?;
     let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let cache_dir = config.cache.dir.clone().unwrap_or_else(|| deps.data_dir.join("cache"));
+    let cache = cache::Cache::open(db.clone(), cache_dir.clone(), config.cache.max_archive_bytes).map_err(|e| {
+        RunError::Io {
+            context: e.to_string(),
+            source: std::io::Error::other(format!("cache directory {}", cache_dir.display())),
+        }
+    })?;
+    let logs = logs::Logs::new(db.clone(), &config.logs);
     let (registry, metrics) = metrics::registry();
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
@@ -108,6 +121,7 @@ pub async fn run(
     };
     let pilots = service::PilotBatches::start(&service, shape);
     let feed = feed::ChangeFeed::new(deps.bus.clone(), shutdown.clone());
+    let log_api = grpc::LogApi::new(logs, feed.clone());
     let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
@@ -117,6 +131,9 @@ pub async fn run(
         .add_service(TaskServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
         .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
         .add_service(PilotServiceServer::new(api.clone()).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES))
+        // Default 4 MiB message limit: archives come in chunks, logs in chunks of at most 1 MiB.
+        .add_service(CacheServiceServer::new(grpc::CacheApi::new(cache)))
+        .add_service(LogServiceServer::new(log_api))
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));

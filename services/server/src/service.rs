@@ -157,6 +157,14 @@ impl Service {
                 }
             }
         }
+        if let Some(sha256) = &spec.code_sha256
+            && self.store.find_archive(&txn, sha256).await?.is_none()
+        {
+            return Err(Error::invalid(
+                "task.code_sha256",
+                format!("archive {sha256} is not in the cache; upload it first (panda cache upload)"),
+            ));
+        }
         if let Some(output) = &spec.output_dataset
             && let Some((_, owner, _)) = self.store.find_dataset(&txn, output).await?
         {
@@ -402,10 +410,17 @@ impl Service {
     /// # Errors
     /// INVALID_ARGUMENT for bad jobs, NOT_FOUND, FAILED_PRECONDITION when jobs exist already.
     #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len()))]
-    pub async fn insert_jobs(&self, task_id: TaskId, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    pub async fn insert_jobs(&self, task_id: TaskId, mut jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
         validate_new_jobs(&jobs)?;
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        // The job carries its task's code archive (the pilot gets it with the dispatch; users
+        // cannot set PANDA_* variables themselves).
+        if let Some(sha256) = &task.spec.code_sha256 {
+            for job in &mut jobs {
+                job.environment.insert(panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone());
+            }
+        }
         let path: &[TaskStatus] = match task.status {
             TaskStatus::Registered | TaskStatus::Pending => {
                 &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]

@@ -62,6 +62,7 @@ fn valid_generated_spec() {
             priority: 0,
             environment: BTreeMap::new(),
             queues: Vec::new(),
+            code_sha256: None,
         }
     );
 }
@@ -296,6 +297,21 @@ fn queue_errors_name_the_index() {
 }
 
 #[test]
+fn code_archive_must_be_a_sha256() {
+    let sha = "0123456789abcdef".repeat(4);
+    let spec = TaskSpecDraft { code_sha256: sha.clone(), ..generated() }.validate().expect("valid");
+    assert_eq!(spec.code_sha256, Some(sha));
+    assert_eq!(generated().validate().expect("valid").code_sha256, None);
+    for bad in ["abc", &"0123456789ABCDEF".repeat(4), &"g".repeat(64), &"0".repeat(65)] {
+        check_error(
+            TaskSpecDraft { code_sha256: bad.to_owned(), ..generated() },
+            "task.code_sha256",
+            "must be a sha256 digest: 64 lowercase hex digits...",
+        );
+    }
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let draft = TaskSpecDraft {
         name: String::new(),
@@ -309,6 +325,7 @@ fn every_error_is_reported_at_once() {
         priority: 0,
         environment: BTreeMap::from([("PANDA_X".to_owned(), "1".to_owned())]),
         queues: vec!["a b".to_owned()],
+        code_sha256: "nope".to_owned(),
     };
     check_errors(
         draft,
@@ -323,6 +340,7 @@ fn every_error_is_reported_at_once() {
             ("task.resources.cores", "must be at most 1024 (got 2000)"),
             ("task.environment", "key \"PANDA_X\" is reserved..."),
             ("task.queues[0]", "\"a b\" contains ' '..."),
+            ("task.code_sha256", "must be a sha256 digest..."),
         ],
     );
 }

@@ -26,6 +26,7 @@ fn job() -> Job {
         ],
         outputs: vec!["out.1".to_owned(), "out.2".to_owned()],
         heartbeat_interval_seconds: 0,
+        code_sha256: None,
     }
 }
 

@@ -7,10 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use panda_proto::common::v1::JobStatus;
+use panda_proto::server::v1::cache_service_server::{CacheService, CacheServiceServer};
+use panda_proto::server::v1::log_service_server::{LogService, LogServiceServer};
 use panda_proto::server::v1::pilot_service_server::{PilotService, PilotServiceServer};
 use panda_proto::server::v1::{
-    DispatchedJob, GetJobRequest, GetJobResponse, PilotCommand, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
-    UpdateJobsResponse,
+    AppendJobLogRequest, AppendJobLogResponse, ArchiveInfo, DispatchedJob, DownloadArchiveRequest,
+    DownloadArchiveResponse, GetJobRequest, GetJobResponse, PilotCommand, ReadJobLogRequest, ReadJobLogResponse,
+    StatArchiveRequest, StatArchiveResponse, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
+    UpdateJobsResponse, UploadArchiveRequest, UploadArchiveResponse,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -43,6 +47,8 @@ pub struct Script {
     pub unavailable_running: std::ops::Range<usize>,
     /// How many final updates (finished or failed) to answer UNAVAILABLE first.
     pub unavailable_finals: usize,
+    /// Code archives the fake CacheService serves, by sha256.
+    pub archives: HashMap<String, Vec<u8>>,
 }
 
 /// What the fake saw.
@@ -55,6 +61,21 @@ pub struct Seen {
     pub running: usize,
     /// Updates answered with an error.
     pub refused: Vec<(u64, i32, tonic::Code)>,
+    /// Accepted log chunks, in order.
+    pub appends: Vec<Append>,
+    /// Archive downloads served.
+    pub downloads: usize,
+}
+
+/// A log chunk the fake stored.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub job_id: u64,
+    pub stream: i32,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// Updates accepted before it (to check the order against the final report).
+    pub updates_before: usize,
 }
 
 #[derive(Debug, Default)]
@@ -80,9 +101,12 @@ impl Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = PilotServiceServer::new(self.clone());
+        let (logs, cache) = (LogServiceServer::new(self.clone()), CacheServiceServer::new(self.clone()));
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(logs)
+                .add_service(cache)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await
                 .unwrap();
@@ -103,6 +127,17 @@ impl Fake {
     /// The accepted updates' states, in order.
     pub fn statuses(&self) -> Vec<JobStatus> {
         self.seen(|seen| seen.updates.iter().map(|update| status(update.status)).collect())
+    }
+
+    /// The bytes of a job's stream as the fake stored them.
+    pub fn log(&self, job_id: u64, stream: i32) -> Vec<u8> {
+        self.seen(|seen| {
+            seen.appends
+                .iter()
+                .filter(|a| a.job_id == job_id && a.stream == stream)
+                .flat_map(|a| a.data.clone())
+                .collect()
+        })
     }
 
     /// The last accepted update.
@@ -175,5 +210,88 @@ impl PilotService for Fake {
 
     async fn update_jobs(&self, _request: Request<UpdateJobsRequest>) -> Result<Response<UpdateJobsResponse>, Status> {
         Err(Status::unimplemented("the pilot reports one job at a time"))
+    }
+}
+
+#[tonic::async_trait]
+impl LogService for Fake {
+    type ReadJobLogStream = tokio_stream::Empty<Result<ReadJobLogResponse, Status>>;
+
+    async fn append_job_log(
+        &self,
+        request: Request<AppendJobLogRequest>,
+    ) -> Result<Response<AppendJobLogResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.state.lock().unwrap();
+        if state.leases.get(&request.job_id) != Some(&request.lease_token) {
+            return Err(Status::failed_precondition("lease token does not match"));
+        }
+        let stored: u64 = state
+            .seen
+            .appends
+            .iter()
+            .filter(|a| a.job_id == request.job_id && a.stream == request.stream)
+            .map(|a| a.data.len() as u64)
+            .sum();
+        if request.offset != stored {
+            return Err(Status::invalid_argument(format!("offset {} but {stored} stored", request.offset)));
+        }
+        let updates_before = state.seen.updates.len();
+        let stored_bytes = stored + request.data.len() as u64;
+        state.seen.appends.push(Append {
+            job_id: request.job_id,
+            stream: request.stream,
+            offset: request.offset,
+            data: request.data,
+            updates_before,
+        });
+        Ok(Response::new(AppendJobLogResponse { stored_bytes, cap_reached: false }))
+    }
+
+    async fn read_job_log(
+        &self,
+        _request: Request<ReadJobLogRequest>,
+    ) -> Result<Response<Self::ReadJobLogStream>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for Fake {
+    type DownloadArchiveStream = tokio_stream::Iter<std::vec::IntoIter<Result<DownloadArchiveResponse, Status>>>;
+
+    async fn stat_archive(
+        &self,
+        _request: Request<StatArchiveRequest>,
+    ) -> Result<Response<StatArchiveResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn upload_archive(
+        &self,
+        _request: Request<tonic::Streaming<UploadArchiveRequest>>,
+    ) -> Result<Response<UploadArchiveResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn download_archive(
+        &self,
+        request: Request<DownloadArchiveRequest>,
+    ) -> Result<Response<Self::DownloadArchiveStream>, Status> {
+        let sha256 = request.into_inner().sha256;
+        let mut state = self.state.lock().unwrap();
+        let Some(bytes) = state.script.archives.get(&sha256).cloned() else {
+            return Err(Status::not_found(format!("archive {sha256} is not in the cache")));
+        };
+        state.seen.downloads += 1;
+        let info = ArchiveInfo { sha256, size_bytes: bytes.len() as u64, ..Default::default() };
+        let messages = bytes
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, chunk)| {
+                Ok(DownloadArchiveResponse { archive: (i == 0).then(|| info.clone()), chunk: chunk.to_vec() })
+            })
+            .collect::<Vec<_>>();
+        Ok(Response::new(tokio_stream::iter(messages)))
     }
 }

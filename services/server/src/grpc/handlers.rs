@@ -301,6 +301,7 @@ impl PilotService for Api {
                 output_files: d.job.output_files.clone(),
                 resources: Some(d.job.resources.into()),
                 heartbeat_interval_seconds: self.heartbeat_interval_seconds,
+                code_sha256: d.job.environment.get(panda_types::spec::CODE_SHA256_ENV).cloned().unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(wire::GetJobResponse { jobs, storage_url }))

@@ -1,8 +1,12 @@
 //! gRPC adapters: decode the request into domain types, call the service, encode the answer.
 //! No business rules live here.
 
+mod cache;
 mod convert;
 mod handlers;
+mod logs;
 mod watch;
 
+pub use cache::CacheApi;
 pub use handlers::Api;
+pub use logs::LogApi;

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0002TaskOldStatus));
         all.push(Box::new(M0003JobSuperseded));
         all.push(Box::new(M0004DispatchIndex));
+        all.push(Box::new(M0005CacheAndLogs));
         all
     }
 }
@@ -217,6 +218,50 @@ impl MigrationTrait for M0004DispatchIndex {
             .get_connection()
             .execute_unprepared(
                 "CREATE INDEX IF NOT EXISTS jobs_activated ON jobs (queue, priority DESC, id) WHERE status = 'activated'",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Code archives' metadata (the bytes are files under the cache directory) and jobs' log chunks,
+/// keyed by (job, stream, byte offset) so that a retried chunk is stored once.
+struct M0005CacheAndLogs;
+
+impl MigrationName for M0005CacheAndLogs {
+    fn name(&self) -> &str {
+        "server_m0005_cache_and_logs"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0005CacheAndLogs {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("cache_archives")
+                    .if_not_exists()
+                    .col(string("sha256").primary_key())
+                    .col(big_integer("size_bytes"))
+                    .col(string("uploader"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("job_logs")
+                    .if_not_exists()
+                    .col(big_integer("job_id"))
+                    .col(string("stream"))
+                    .col(big_integer("byte_offset"))
+                    .col(big_integer("size_bytes"))
+                    .col(blob("data"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .primary_key(Index::create().col("job_id").col("stream").col("byte_offset"))
+                    .to_owned(),
             )
             .await?;
         Ok(())

@@ -7,7 +7,9 @@
 //! hand out a job twice. SQLite runs one writer at a time, which gives the same guarantees.
 
 mod bulk;
+mod cache;
 mod entities;
+mod logs;
 pub mod migration;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +25,9 @@ use sea_orm::{
 use self::entities::{dataset, file, job, queue, task};
 use crate::error::{Error, Result};
 use crate::model::{Dataset, FileRecord, Job, JobCounts, NewJob, OutputFile, Queue, QueueLoad, Task};
+
+pub use self::cache::ArchiveRecord;
+pub use self::logs::LogSizes;
 
 /// Filters of `list_tasks`.
 #[derive(Debug, Clone, Default)]
