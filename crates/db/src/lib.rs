@@ -11,7 +11,7 @@ mod testdb;
 use std::path::Path;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ pub enum Error {
         source: sea_orm::DbErr,
     },
     /// Migrations failed.
-    #[error("database migrations failed")]
+    #[error("database migrations failed: {0}")]
     Migrate(#[source] sea_orm::DbErr),
     /// The directory for a SQLite file cannot be created.
     #[error("cannot create the database directory {path}")]
@@ -142,9 +142,26 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     max_connections: Option<u32>,
 ) -> Result<DatabaseConnection, Error> {
     let db = connect(url, max_connections).await?;
-    M::up(&db, None).await.map_err(Error::Migrate)?;
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Replicas starting together on a new database would race to create the same tables:
+        // one migrates, the others wait on a lock held by a connection of its own (the pool may
+        // have a single connection) and then find nothing left to do.
+        let lock = connect(url, Some(1)).await?;
+        let held = lock.begin().await.map_err(Error::Migrate)?;
+        held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await
+            .map_err(Error::Migrate)?;
+        M::up(&db, None).await.map_err(Error::Migrate)?;
+        held.commit().await.map_err(Error::Migrate)?;
+        lock.close().await.map_err(Error::Migrate)?;
+    } else {
+        M::up(&db, None).await.map_err(Error::Migrate)?;
+    }
     Ok(db)
 }
+
+/// PostgreSQL advisory lock key serializing migrations (any fixed number; "panda" in ASCII).
+const MIGRATION_LOCK: i64 = 0x70_61_6e_64_61;
 
 /// Whether an error is a unique-constraint violation (a duplicate insert).
 pub fn is_unique_violation(error: &sea_orm::DbErr) -> bool {

@@ -301,3 +301,136 @@ async fn crashed_services_restart_and_lose_nothing() {
     })
     .await;
 }
+
+/// Server replicas as separate processes, killed when dropped.
+struct Replicas(Vec<Child>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and RabbitMQ: set PANDA_TEST_DATABASE_URL and PANDA_TEST_AMQP_URL"]
+async fn two_server_replicas_on_one_database_dispatch_each_job_once() {
+    use panda_proto::common::v1::{JobStatus, TaskStatus};
+    use panda_proto::server::v1 as wire;
+
+    let amqp = std::env::var("PANDA_TEST_AMQP_URL").expect("PANDA_TEST_AMQP_URL names a RabbitMQ broker");
+    let db = TestDb::postgres_from_env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = format!("panda.test.{}", uuid::Uuid::new_v4().simple());
+    let mut urls = Vec::new();
+    let mut replicas = Replicas(Vec::new());
+    for replica in 0..2 {
+        let (grpc, admin) = (free_port(), free_port());
+        let data_dir = dir.path().join(format!("replica-{replica}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = std::fs::File::create(data_dir.join("server.log")).unwrap();
+        let child = Command::new(binary("panda-server"))
+            .env("PANDA_DATA_DIR", &data_dir)
+            .env("PANDA_BUS__URL", &amqp)
+            .env("PANDA_BUS__EXCHANGE", &exchange)
+            .env("PANDA_SERVER__LISTEN_ADDR", format!("127.0.0.1:{grpc}"))
+            .env("PANDA_SERVER__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .env("PANDA_SERVER__DATABASE__URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        replicas.0.push(child);
+        urls.push(format!("http://127.0.0.1:{grpc}"));
+    }
+    let a = ServerClient::new(&urls[0]).unwrap();
+    let b = ServerClient::new(&urls[1]).unwrap();
+    let n_jobs = 600;
+    let spec =
+        wire::TaskSpec { name: "replicated".into(), command: "true".into(), n_jobs: Some(1), ..Default::default() };
+    let task_id =
+        panda_client::retry(100, false, || {
+            let mut tasks = a.tasks.clone();
+            let spec = spec.clone();
+            async move {
+                tasks.submit_task(wire::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await
+            }
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    // Replica B is up too before the pilots start.
+    panda_client::retry(100, false, || {
+        let mut tasks = b.tasks.clone();
+        async move { tasks.get_task(wire::GetTaskRequest { task_id }).await }
+    })
+    .await
+    .unwrap();
+    // A watch on replica B follows changes made through replica A (through the bus).
+    let mut watch = b.tasks.clone().watch_task(wire::WatchTaskRequest { task_id }).await.unwrap().into_inner();
+    let jobs: Vec<wire::NewJob> = (1..=n_jobs)
+        .map(|i| wire::NewJob { job_index: i, queue: "q".into(), command: "true".into(), ..Default::default() })
+        .collect();
+    a.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs }).await.unwrap();
+
+    // Pilots take jobs from one replica and report through the other.
+    let mut pilots = Vec::new();
+    for pilot in 0..40u32 {
+        let (take, report) = if pilot % 2 == 0 { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
+        pilots.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let request = wire::GetJobRequest {
+                    queue: "q".into(),
+                    node: format!("p{pilot}"),
+                    n_jobs: 1 + pilot % 3,
+                    ..Default::default()
+                };
+                let jobs = take.pilot.clone().get_job(request).await.unwrap().into_inner().jobs;
+                if jobs.is_empty() {
+                    return got;
+                }
+                for job in jobs {
+                    let update = wire::UpdateJobRequest {
+                        job_id: job.job_id,
+                        lease_token: job.lease_token,
+                        status: JobStatus::Finished as i32,
+                        exit_code: Some(0),
+                        ..Default::default()
+                    };
+                    report.pilot.clone().update_job(update).await.unwrap();
+                    got.push(job.job_id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for pilot in pilots {
+        all.extend(pilot.await.unwrap());
+    }
+    let unique: std::collections::HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "a job was dispatched twice across the replicas");
+    assert_eq!(all.len(), n_jobs as usize, "every job was dispatched");
+
+    let mut finished_seen = std::collections::HashSet::new();
+    let mut last_status = 0;
+    let follow = async {
+        while let Some(update) = watch.message().await.unwrap() {
+            if let Some(job) = update.job.filter(|j| j.status == JobStatus::Finished as i32) {
+                finished_seen.insert(job.job_id);
+            }
+            last_status = update.task.unwrap().status;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), follow).await.expect("replica B's watch ends with the task");
+    assert_eq!(last_status, TaskStatus::Done as i32);
+    assert_eq!(finished_seen.len(), n_jobs as usize, "replica B's watch saw every job finish");
+    drop(replicas);
+    let config = panda_bus::BusConfig { url: Some(amqp), exchange, ..Default::default() };
+    panda_bus::Bus::connect(&config).await.unwrap().remove(&[]).await.unwrap();
+}
