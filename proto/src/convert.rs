@@ -113,6 +113,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             environment: spec.environment.into_iter().collect(),
             queues: spec.queues,
             code_sha256: spec.code_sha256,
+            schema_version: spec.schema_version,
         }
     }
 }
@@ -137,6 +138,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
             environment: spec.environment.into_iter().collect(),
             queues: spec.queues.into_iter().map(String::from).collect(),
             code_sha256: spec.code_sha256.unwrap_or_default(),
+            schema_version: panda_types::spec::TASK_SCHEMA_VERSION,
         }
     }
 }

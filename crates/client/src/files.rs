@@ -48,6 +48,9 @@ pub struct TaskFile {
     /// Code archive (sha256 from `panda cache upload`) unpacked into each job's directory.
     #[serde(default)]
     code_sha256: String,
+    /// Task-parameter schema version (docs/task-parameters.md); unset: the current one.
+    #[serde(default)]
+    schema_version: u32,
 }
 
 impl TaskFile {
@@ -71,6 +74,7 @@ impl TaskFile {
             environment: self.environment.into_iter().collect(),
             queues: self.queues,
             code_sha256: self.code_sha256,
+            schema_version: self.schema_version,
         }
     }
 }

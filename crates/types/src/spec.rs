@@ -113,7 +113,24 @@ pub struct TaskSpecDraft {
     pub queues: Vec<String>,
     /// Code archive sha256, empty for none.
     pub code_sha256: String,
+    /// Version of the task-parameter schema the client wrote against; 0 means the current one
+    /// ([`TASK_SCHEMA_VERSION`]).
+    pub schema_version: u32,
 }
+
+/// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
+/// make an old client's parameters mean something else gets a new version; old versions are
+/// refused with a message rather than misread.
+pub const TASK_SCHEMA_VERSION: u32 = 1;
+
+/// Most payload environment variables per task.
+pub const MAX_ENVIRONMENT_ENTRIES: usize = 256;
+
+/// Longest payload environment value, in bytes.
+pub const MAX_ENVIRONMENT_VALUE_BYTES: usize = 32 * 1024;
+
+/// Most queues a task may be restricted to.
+pub const MAX_QUEUES_PER_TASK: usize = 1000;
 
 /// One problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +163,16 @@ impl TaskSpecDraft {
         let mut errors = Vec::new();
         let mut bad = |field: &str, message: String| errors.push(FieldError::new(format!("task.{field}"), message));
 
+        if self.schema_version != 0 && self.schema_version != TASK_SCHEMA_VERSION {
+            bad(
+                "schema_version",
+                format!(
+                    "version {} is not supported; this server accepts version {TASK_SCHEMA_VERSION} \
+                     (docs/task-parameters.md), or 0 for the current one",
+                    self.schema_version
+                ),
+            );
+        }
         if let Err(e) = check_name(&self.name, 200) {
             bad("name", e);
         }
@@ -217,6 +244,27 @@ impl TaskSpecDraft {
         }
         if self.resources.memory_mb > 16 * 1024 * 1024 {
             bad("resources.memory_mb", format!("must be at most 16777216 (got {})", self.resources.memory_mb));
+        }
+        if self.environment.len() > MAX_ENVIRONMENT_ENTRIES {
+            bad(
+                "environment",
+                format!("must have at most {MAX_ENVIRONMENT_ENTRIES} variables (got {})", self.environment.len()),
+            );
+        }
+        for (key, value) in &self.environment {
+            if value.len() > MAX_ENVIRONMENT_VALUE_BYTES {
+                bad(
+                    "environment",
+                    format!(
+                        "value of {key:?} must be at most {MAX_ENVIRONMENT_VALUE_BYTES} bytes (got {}); put large \
+                         inputs in a dataset or the code archive",
+                        value.len()
+                    ),
+                );
+            }
+        }
+        if self.queues.len() > MAX_QUEUES_PER_TASK {
+            bad("queues", format!("must list at most {MAX_QUEUES_PER_TASK} queues (got {})", self.queues.len()));
         }
         for key in self.environment.keys() {
             let valid = !key.is_empty()

@@ -78,6 +78,16 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         error.message()
     );
 
+    // A schema version this server does not know is refused, not guessed at.
+    let mut spec = task("future", "true", 1);
+    spec.schema_version = 99;
+    let error = tasks
+        .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("task.schema_version version 99 is not supported"), "{}", error.message());
+
     // Unknown ids.
     let error = tasks.get_task(server::GetTaskRequest { task_id: 424242 }).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound);
@@ -140,6 +150,32 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     assert!(error.message().contains("activated"), "{}", error.message());
+
+    // A bulk report answers each report alone: the stale one is refused, the malformed one named,
+    // and an oversized call is refused as a whole.
+    let stale = server::UpdateJobRequest {
+        job_id: job.job_id,
+        lease_token: "not-the-lease".into(),
+        status: JobStatus::Running as i32,
+        ..Default::default()
+    };
+    let malformed = server::UpdateJobRequest { job_id: job.job_id, ..Default::default() };
+    let results = server
+        .pilot
+        .clone()
+        .update_jobs(server::UpdateJobsRequest { updates: vec![stale.clone(), malformed] })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].code, tonic::Code::FailedPrecondition as i32, "{results:?}");
+    assert_eq!(results[1].code, tonic::Code::InvalidArgument as i32, "{results:?}");
+    assert!(results[1].message.contains("lease_token is required"), "{results:?}");
+    let error =
+        server.pilot.clone().update_jobs(server::UpdateJobsRequest { updates: vec![stale; 1001] }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("at most 1000 reports per call (got 1001)"), "{}", error.message());
 
     tasks.kill_task(server::KillTaskRequest { task_id: first.task_id }).await.unwrap();
     cluster.stop().await.unwrap();

@@ -326,10 +326,12 @@ fn every_error_is_reported_at_once() {
         environment: BTreeMap::from([("PANDA_X".to_owned(), "1".to_owned())]),
         queues: vec!["a b".to_owned()],
         code_sha256: "nope".to_owned(),
+        schema_version: 7,
     };
     check_errors(
         draft,
         &[
+            ("task.schema_version", "version 7 is not supported; this server accepts version 1..."),
             ("task.name", "must not be empty"),
             ("task.user", "must be at most 200 characters (got 300)"),
             ("task.command", "has unknown placeholder {foo}..."),
@@ -450,4 +452,35 @@ proptest! {
         prop_assert!(need.fits_into(&offer));
         prop_assert!(need.fits_into(&Resources::default()));
     }
+}
+
+#[test]
+fn the_current_schema_version_is_accepted_explicitly_or_as_zero() {
+    for version in [0, TASK_SCHEMA_VERSION] {
+        assert!(TaskSpecDraft { schema_version: version, ..generated() }.validate().is_ok(), "version {version}");
+    }
+    check_error(
+        TaskSpecDraft { schema_version: TASK_SCHEMA_VERSION + 1, ..generated() },
+        "task.schema_version",
+        "version 2 is not supported...",
+    );
+}
+
+#[test]
+fn oversized_environments_and_queue_lists_are_refused() {
+    let many: BTreeMap<String, String> =
+        (0..=MAX_ENVIRONMENT_ENTRIES).map(|i| (format!("V{i}"), "x".to_owned())).collect();
+    check_error(
+        TaskSpecDraft { environment: many, ..generated() },
+        "task.environment",
+        "must have at most 256 variables (got 257)",
+    );
+    let huge = BTreeMap::from([("BIG".to_owned(), "x".repeat(MAX_ENVIRONMENT_VALUE_BYTES + 1))]);
+    check_error(
+        TaskSpecDraft { environment: huge, ..generated() },
+        "task.environment",
+        "value of \"BIG\" must be at most 32768 bytes (got 32769)...",
+    );
+    let queues: Vec<String> = (0..=MAX_QUEUES_PER_TASK).map(|i| format!("q{i}")).collect();
+    check_error(TaskSpecDraft { queues, ..generated() }, "task.queues", "must list at most 1000 queues (got 1001)");
 }
