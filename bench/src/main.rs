@@ -55,6 +55,12 @@ struct DispatchArgs {
     /// Report each GetJob's jobs with one UpdateJobs call instead of one UpdateJob per job.
     #[arg(long)]
     bulk_updates: bool,
+    /// The server's `group_commit.workers` (0: its default for the database).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// The server's `group_commit.max_batch`.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
 }
 
 #[tokio::main]
@@ -95,6 +101,8 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     let mut config = panda_server::Config::default();
     config.database.url = Some(url.clone());
     config.database.max_connections = Some(32);
+    config.group_commit.workers = args.workers;
+    config.group_commit.max_batch = args.max_batch;
     let shutdown = CancellationToken::new();
     let deps = panda_server::Deps { data_dir: dir.clone(), bus: panda_bus::Bus::memory() };
     let server = tokio::spawn(panda_server::run(config, deps, listeners, shutdown.clone()));
