@@ -99,3 +99,57 @@ impl StateMachine for JobStatus {
         matches!(self, JobStatus::Finished | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Closed)
     }
 }
+
+/// Who causes a job transition (reference: `server-jedi.md`, who updates a job in each state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobActor {
+    /// A person through the user API (kill, pause, resume).
+    User,
+    /// The pilot holding the job (its reports), or harvester reporting for it in push mode.
+    Pilot,
+    /// JEDI: job generation, setup and closing jobs it no longer needs.
+    Jedi,
+    /// The server itself: dispatch, and post-processing of final reports.
+    Server,
+    /// The server's watchdog: silent pilots.
+    Watchdog,
+}
+
+impl JobActor {
+    /// Every actor.
+    pub const ALL: [JobActor; 5] =
+        [JobActor::User, JobActor::Pilot, JobActor::Jedi, JobActor::Server, JobActor::Watchdog];
+
+    /// Whether this actor may move a job from `from` to `to` (which the state machine must also
+    /// allow).
+    pub fn may_move(self, from: JobStatus, to: JobStatus) -> bool {
+        use JobStatus::*;
+        if !from.can_transition_to(to) {
+            return false;
+        }
+        match self {
+            // Kill, and pause/resume of queued jobs.
+            JobActor::User => to == Cancelled || matches!((from, to), (Activated, Throttled) | (Throttled, Activated)),
+            // Its own progress and its own failure, only while it holds the job.
+            JobActor::Pilot => from.is_held_by_pilot() && matches!(to, Starting | Running | Holding | Failed),
+            // Setup before dispatch, failing queued jobs that cannot run (lost input, broken
+            // task), and closing what is no longer needed.
+            JobActor::Jedi => {
+                to == Closed
+                    || (from.is_queued() && to == Failed)
+                    || (from.is_queued() && from != Throttled && matches!(to, Defined | Assigned | Activated))
+            }
+            // Dispatch; a dispatch never delivered goes back; post-processing after the final
+            // report (which may also fail the job: outputs that cannot be registered).
+            JobActor::Server => matches!(
+                (from, to),
+                (Activated, Sent)
+                    | (Sent, Activated)
+                    | (Holding, Transferring | Merging | Finished | Failed)
+                    | (Transferring | Merging, Finished | Failed)
+            ),
+            // A silent pilot: an unstarted job returns to the queue, a started one fails.
+            JobActor::Watchdog => matches!((from, to), (Sent, Activated)) || (from.is_held_by_pilot() && to == Failed),
+        }
+    }
+}

@@ -17,7 +17,7 @@ pub mod worker;
 
 pub use dataset::{DatasetStatus, FileStatus};
 pub use ids::{JobId, QueueName, TaskId};
-pub use job::JobStatus;
+pub use job::{JobActor, JobStatus};
 pub use spec::{FieldError, Resources, TaskSpec};
 pub use state::{IllegalTransition, StateMachine, UnknownState};
 pub use task::TaskStatus;

@@ -95,6 +95,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A job transition this actor may not cause.
+    #[error("job {job_id} is {from}; {actor:?} may not move it to {to}")]
+    JobActor {
+        /// The job.
+        job_id: JobId,
+        /// Current state.
+        from: JobStatus,
+        /// Asked state.
+        to: JobStatus,
+        /// Who asked.
+        actor: panda_types::JobActor,
+    },
     /// The database failed.
     #[error("database operation failed")]
     Db(#[from] sea_orm::DbErr),
@@ -127,6 +139,7 @@ impl ServiceError for Error {
             Error::TaskState { .. }
             | Error::NotHolder { .. }
             | Error::JobTransition { .. }
+            | Error::JobActor { .. }
             | Error::LogClosed { .. } => ErrorCode::FailedPrecondition,
             Error::ShuttingDown(_) => ErrorCode::Unavailable,
             Error::Db(error) => db_code(error),

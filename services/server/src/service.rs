@@ -8,7 +8,7 @@ use chrono::Utc;
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
 use panda_types::spec::TaskSpecDraft;
-use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, StateMachine, TaskId, TaskStatus};
+use panda_types::{DatasetStatus, FileStatus, JobActor, JobId, JobStatus, StateMachine, TaskId, TaskStatus};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tracing::{info, instrument};
 
@@ -108,9 +108,12 @@ impl Service {
     }
 
     /// Moves a job in memory (the caller saves it), recording the event.
-    fn move_job(&self, job: &mut Job, to: JobStatus, events: &mut Vec<Envelope>) -> Result<()> {
+    fn move_job(&self, job: &mut Job, to: JobStatus, actor: JobActor, events: &mut Vec<Envelope>) -> Result<()> {
         let from = job.status;
         from.transition_to(to).map_err(|_| Error::JobTransition { job_id: job.id, from, to })?;
+        if !actor.may_move(from, to) {
+            return Err(Error::JobActor { job_id: job.id, from, to, actor });
+        }
         let now = Utc::now();
         job.status = to;
         job.modified_at = now;
@@ -231,7 +234,7 @@ impl Service {
         let live: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect();
         for mut job in self.store.jobs_of_task(&txn, task_id, &live).await? {
             if job.status.is_queued() {
-                self.move_job(&mut job, JobStatus::Cancelled, &mut events)?;
+                self.move_job(&mut job, JobStatus::Cancelled, JobActor::User, &mut events)?;
                 job.error_diag = "task killed".to_owned();
             } else {
                 job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
@@ -266,7 +269,7 @@ impl Service {
         self.store.set_task_old_status(&txn, task_id, Some(task.status)).await?;
         self.move_task(&txn, &mut task, TaskStatus::Paused, None, &mut events).await?;
         for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Activated]).await? {
-            self.move_job(&mut job, JobStatus::Throttled, &mut events)?;
+            self.move_job(&mut job, JobStatus::Throttled, JobActor::User, &mut events)?;
             self.store.save_job(&txn, &job).await?;
         }
         self.commit(txn, events).await?;
@@ -294,7 +297,7 @@ impl Service {
         self.move_task(&txn, &mut task, back, None, &mut events).await?;
         self.store.set_task_old_status(&txn, task_id, None).await?;
         for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Throttled]).await? {
-            self.move_job(&mut job, JobStatus::Activated, &mut events)?;
+            self.move_job(&mut job, JobStatus::Activated, JobActor::User, &mut events)?;
             self.store.save_job(&txn, &job).await?;
         }
         // Jobs that ran out while it was paused may have drained it.
@@ -389,7 +392,7 @@ impl Service {
         }
         let mut events = Vec::new();
         if job.status.is_queued() {
-            self.move_job(&mut job, JobStatus::Cancelled, &mut events)?;
+            self.move_job(&mut job, JobStatus::Cancelled, JobActor::User, &mut events)?;
             job.error_diag = "killed by request".to_owned();
             self.store.save_job(&txn, &job).await?;
             self.store.record_outputs(&txn, job_id, &[], FileStatus::Cancelled, Utc::now()).await?;
@@ -598,13 +601,13 @@ impl Service {
                 }
                 let silent = (Utc::now() - job.modified_at).num_seconds();
                 if job.status == JobStatus::Sent {
-                    self.move_job(&mut job, JobStatus::Activated, &mut events)?;
+                    self.move_job(&mut job, JobStatus::Activated, JobActor::Watchdog, &mut events)?;
                     job.error_diag =
                         format!("dispatched to {} but never started ({silent}s); back in the queue", job.node);
                     job.node.clear();
                     job.worker_id.clear();
                 } else {
-                    self.move_job(&mut job, JobStatus::Failed, &mut events)?;
+                    self.move_job(&mut job, JobStatus::Failed, JobActor::Watchdog, &mut events)?;
                     job.error_code = LOST_HEARTBEAT;
                     job.error_diag = format!("lost heartbeat: no update from the pilot on {} for {silent}s", job.node);
                     self.store.record_outputs(&txn, job.id, &[], FileStatus::Failed, Utc::now()).await?;

@@ -141,3 +141,77 @@ proptest! {
         prop_assert!(!path.contains(&JobStatus::Waiting));
     }
 }
+
+/// Who may cause each transition: every (from, to) pair the state machine allows has at least
+/// one actor, no actor can cause a move the state machine refuses, and the table below lists
+/// every actor's moves exactly.
+#[test]
+fn every_allowed_job_transition_has_an_actor_and_only_the_listed_ones() {
+    use JobStatus::*;
+    use panda_types::JobActor::{self, *};
+    let held = [Sent, Starting, Running];
+    let mut expected: Vec<(JobActor, JobStatus, JobStatus)> = Vec::new();
+    for from in JobStatus::ALL.iter().copied().filter(|s| !s.is_final()) {
+        expected.push((User, from, Cancelled));
+        expected.push((Jedi, from, Closed));
+    }
+    expected.extend([(User, Activated, Throttled), (User, Throttled, Activated)]);
+    for from in [Pending, Defined, Waiting, Assigned, Activated, Throttled] {
+        expected.push((Jedi, from, Failed));
+    }
+    for from in held {
+        expected.push((Pilot, from, Failed));
+        expected.push((Watchdog, from, Failed));
+    }
+    expected.extend([
+        (Pilot, Sent, Starting),
+        (Pilot, Sent, Running),
+        (Pilot, Starting, Running),
+        (Pilot, Starting, Holding),
+        (Pilot, Running, Holding),
+        (Jedi, Pending, Defined),
+        (Jedi, Defined, Assigned),
+        (Jedi, Defined, Activated),
+        (Jedi, Waiting, Defined),
+        (Jedi, Waiting, Activated),
+        (Jedi, Assigned, Activated),
+        (Server, Activated, Sent),
+        (Server, Sent, Activated),
+        (Server, Holding, Transferring),
+        (Server, Holding, Merging),
+        (Server, Holding, Finished),
+        (Server, Holding, Failed),
+        (Server, Transferring, Finished),
+        (Server, Transferring, Failed),
+        (Server, Merging, Finished),
+        (Server, Merging, Failed),
+        (Watchdog, Sent, Activated),
+    ]);
+    for actor in JobActor::ALL {
+        for &from in JobStatus::ALL {
+            for &to in JobStatus::ALL {
+                let listed = expected.contains(&(actor, from, to));
+                assert_eq!(actor.may_move(from, to), listed, "{actor:?}: {from} -> {to}");
+                if listed {
+                    assert!(from.can_transition_to(to), "{actor:?}: {from} -> {to} is not a transition");
+                }
+            }
+        }
+    }
+    for &from in JobStatus::ALL {
+        for &to in JobStatus::ALL {
+            if from.can_transition_to(to) {
+                assert!(JobActor::ALL.iter().any(|a| a.may_move(from, to)), "nobody may cause {from} -> {to}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pilot_cannot_finish_cancel_or_requeue_a_job_by_itself() {
+    use panda_types::JobActor::Pilot;
+    assert!(!Pilot.may_move(JobStatus::Holding, JobStatus::Finished), "post-processing is the server's");
+    assert!(!Pilot.may_move(JobStatus::Running, JobStatus::Cancelled), "a kill is a user's");
+    assert!(!Pilot.may_move(JobStatus::Sent, JobStatus::Activated), "requeueing is the server's or watchdog's");
+    assert!(!Pilot.may_move(JobStatus::Activated, JobStatus::Failed), "a pilot fails only what it holds");
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use panda_bus::Envelope;
-use panda_types::{FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId};
+use panda_types::{FileStatus, JobActor, JobId, JobStatus, Resources, StateMachine, TaskId};
 use sea_orm::TransactionTrait;
 use tracing::instrument;
 
@@ -121,7 +121,7 @@ impl Service {
                 let request = &requests[i];
                 let Ok(mine) = &mut answers[i] else { continue };
                 for mut job in claimed.by_ref().take(request.n.max(1) as usize) {
-                    self.move_job(&mut job, JobStatus::Sent, &mut events)?;
+                    self.move_job(&mut job, JobStatus::Sent, JobActor::Server, &mut events)?;
                     job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
                     job.node.clone_from(&request.node);
                     job.worker_id.clone_from(&request.worker_id);
@@ -167,7 +167,7 @@ impl Service {
             if job.status != JobStatus::Sent || job.lease_token != sent.lease_token {
                 continue;
             }
-            self.move_job(job, JobStatus::Activated, &mut events)?;
+            self.move_job(job, JobStatus::Activated, JobActor::Server, &mut events)?;
             job.lease_token = None;
             job.node.clear();
             job.worker_id.clear();
@@ -295,31 +295,36 @@ impl Service {
         let outputs = match report.status {
             JobStatus::Starting => {
                 if job.status == JobStatus::Sent {
-                    self.move_job(job, JobStatus::Starting, events)?;
+                    self.move_job(job, JobStatus::Starting, JobActor::Pilot, events)?;
                 }
                 None
             }
             JobStatus::Running => {
                 if matches!(job.status, JobStatus::Sent | JobStatus::Starting) {
-                    self.move_job(job, JobStatus::Running, events)?;
+                    self.move_job(job, JobStatus::Running, JobActor::Pilot, events)?;
                 }
                 None
             }
             JobStatus::Finished => {
                 let outputs = settle(report.output_files.clone(), FileStatus::NoOutput);
                 if job.status == JobStatus::Sent {
-                    self.move_job(job, JobStatus::Starting, events)?;
+                    self.move_job(job, JobStatus::Starting, JobActor::Pilot, events)?;
                 }
                 // The reference stores a final report as holding, then post-processing finishes
                 // the job; outputs are registered right here, so both steps happen together.
-                self.move_job(job, JobStatus::Holding, events)?;
-                self.move_job(job, JobStatus::Finished, events)?;
+                self.move_job(job, JobStatus::Holding, JobActor::Pilot, events)?;
+                self.move_job(job, JobStatus::Finished, JobActor::Server, events)?;
                 outputs
             }
             JobStatus::Failed => {
                 let outputs = settle(Vec::new(), FileStatus::Failed);
-                let to = if kill_requested { JobStatus::Cancelled } else { JobStatus::Failed };
-                self.move_job(job, to, events)?;
+                // A failure after a kill request is the kill taking effect: the user's doing.
+                let (to, actor) = if kill_requested {
+                    (JobStatus::Cancelled, JobActor::User)
+                } else {
+                    (JobStatus::Failed, JobActor::Pilot)
+                };
+                self.move_job(job, to, actor, events)?;
                 outputs
             }
             other => {
