@@ -181,7 +181,10 @@ pub(super) async fn job(api: &Api, job_id: JobId) -> Result<Stream<wire::WatchJo
                     return;
                 }
             };
-            if status.is_none() && (job.status, job.modified_at) == last {
+            // The event of a change the first read already showed can arrive after it (the read
+            // follows the subscription): a state is reported once, as a job never re-enters the
+            // state it is in.
+            if job.status == last.0 && (status.is_some() || job.modified_at == last.1) {
                 continue;
             }
             last = (job.status, job.modified_at);
@@ -206,10 +209,14 @@ pub(super) async fn user_tasks(api: &Api, user: String) -> Result<Stream<wire::W
     let (tx, rx) = mpsc::channel(256);
     let api = api.clone();
     tokio::spawn(async move {
+        // The last state sent per task: an event of a change the first read already showed may
+        // still arrive, and must not be reported twice.
+        let mut sent: std::collections::HashMap<TaskId, i32> = std::collections::HashMap::new();
         for (task, counts) in current.into_iter().rev() {
             if task.status.is_final() {
                 continue;
             }
+            sent.insert(task.id, task.status.to_wire());
             let update = wire::WatchTaskResponse { task: Some(convert::task(task, counts)), job: None };
             if tx.send(Ok(update)).await.is_err() {
                 return;
@@ -231,6 +238,10 @@ pub(super) async fn user_tasks(api: &Api, user: String) -> Result<Stream<wire::W
                     // The state of this change, not a later one: each transition is reported once.
                     if let (Some(task), Some(status)) = (update.task.as_mut(), status) {
                         task.status = status.to_wire();
+                    }
+                    let state = update.task.as_ref().map(|t| t.status).unwrap_or_default();
+                    if sent.insert(task_id, state) == Some(state) {
+                        continue;
                     }
                     if tx.send(Ok(update)).await.is_err() {
                         return;
