@@ -154,6 +154,8 @@ fn job_json(j: &server::Job) -> Value {
         "cpu_time_seconds": j.cpu_time_seconds, "wall_time_seconds": j.wall_time_seconds, "max_rss_kb": j.max_rss_kb,
         "node": j.node, "worker_id": j.worker_id, "stdout_tail": j.stdout_tail, "stderr_tail": j.stderr_tail,
         "created_at": time_json(&j.created_at), "started_at": time_json(&j.started_at), "ended_at": time_json(&j.ended_at),
+        "error_source": j.error_source,
+        "state_times": j.state_times.iter().map(|(state, at)| (state.clone(), time_json(&Some(*at)))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

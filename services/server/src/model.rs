@@ -132,6 +132,46 @@ pub struct Job {
     pub modified_at: DateTime<Utc>,
     /// Last pilot update.
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// When the job (last) entered each state it went through.
+    pub state_times: BTreeMap<String, DateTime<Utc>>,
+    /// Which part of the system the job's error comes from (empty without an error).
+    pub error_source: ErrorSource,
+}
+
+/// Which part of the system a job's error comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// No error.
+    #[default]
+    None,
+    /// The pilot (stage-in, stage-out, its own failure); `error_code` is the pilot's.
+    Pilot,
+    /// The payload: it exited non-zero; `exit_code` is its.
+    Payload,
+    /// The server (lost heartbeat and other watchdog decisions); `error_code` is the server's.
+    Server,
+}
+
+impl ErrorSource {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::None => "",
+            ErrorSource::Pilot => "pilot",
+            ErrorSource::Payload => "payload",
+            ErrorSource::Server => "server",
+        }
+    }
+
+    /// From the stored name (unknown names read as none).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "pilot" => ErrorSource::Pilot,
+            "payload" => ErrorSource::Payload,
+            "server" => ErrorSource::Server,
+            _ => ErrorSource::None,
+        }
+    }
 }
 
 /// A job as JEDI hands it over for insertion.

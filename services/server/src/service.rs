@@ -117,6 +117,7 @@ impl Service {
         let now = Utc::now();
         job.status = to;
         job.modified_at = now;
+        job.state_times.insert(to.as_str().to_owned(), now);
         if matches!(to, JobStatus::Starting | JobStatus::Running) && job.started_at.is_none() {
             job.started_at = Some(now);
         }
@@ -609,6 +610,7 @@ impl Service {
                 } else {
                     self.move_job(&mut job, JobStatus::Failed, JobActor::Watchdog, &mut events)?;
                     job.error_code = LOST_HEARTBEAT;
+                    job.error_source = crate::model::ErrorSource::Server;
                     job.error_diag = format!("lost heartbeat: no update from the pilot on {} for {silent}s", job.node);
                     self.store.record_outputs(&txn, job.id, &[], FileStatus::Failed, Utc::now()).await?;
                     failed_any = true;

@@ -195,7 +195,12 @@ impl CommandRunner for ProcessRunner {
         let io = |source| CommandError::Io { program: program.clone(), source };
         let run = async {
             if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(text.as_bytes()).await.map_err(io)?;
+                // A command may fail and exit before reading its input (condor_submit that cannot
+                // reach the schedd): its exit code and stderr say why, not our broken pipe.
+                match pipe.write_all(text.as_bytes()).await {
+                    Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => return Err(io(error)),
+                    _ => {}
+                }
                 // Dropping the pipe closes it, so the child sees the end of its input.
             }
             child.wait_with_output().await.map_err(io)
@@ -301,6 +306,17 @@ mod tests {
             .unwrap();
         assert_eq!(out, CommandOutput { code: Some(3), stdout: "hello".into(), stderr: "oops\n".into() });
         assert_eq!(out.failure(), "ended with exit code 3: oops hello");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_exits_without_reading_its_input_reports_its_own_failure() {
+        // Far more input than a pipe buffers, so the write meets the closed pipe.
+        let input = "x".repeat(1 << 20);
+        let out = ProcessRunner
+            .run(&argv(&["/bin/sh", "-c", "echo 'no schedd' >&2; exit 1"]), Some(&input), Duration::from_secs(10))
+            .await
+            .expect("the exit code and stderr, not a broken pipe");
+        assert_eq!((out.code, out.stderr.as_str()), (Some(1), "no schedd\n"));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tracing::instrument;
 use super::{Dispatched, PilotCommand, Service, TO_BE_KILLED, apply_metrics};
 use crate::error::{Error, Result};
 use crate::group_commit::{GroupCommit, Shape};
-use crate::model::{FileRecord, Job, JobReport, OutputFile};
+use crate::model::{ErrorSource, FileRecord, Job, JobReport, OutputFile};
 
 /// One pilot's request for jobs.
 #[derive(Debug, Clone)]
@@ -325,6 +325,12 @@ impl Service {
                     (JobStatus::Failed, JobActor::Pilot)
                 };
                 self.move_job(job, to, actor, events)?;
+                if to == JobStatus::Failed {
+                    // A pilot error code says the pilot failed (stage-in, stage-out, ...); else the
+                    // payload's non-zero exit code is the reason.
+                    let payload = report.error_code == 0 && report.exit_code.is_some_and(|code| code != 0);
+                    job.error_source = if payload { ErrorSource::Payload } else { ErrorSource::Pilot };
+                }
                 outputs
             }
             other => {

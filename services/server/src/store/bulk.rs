@@ -19,7 +19,7 @@ use sea_orm::ColumnTrait;
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// What a report may change on a job; everything else is fixed at insert or by other use cases.
-const REPORT_COLUMNS: [&str; 16] = [
+const REPORT_COLUMNS: [&str; 18] = [
     "status",
     "lease_token",
     "exit_code",
@@ -36,6 +36,8 @@ const REPORT_COLUMNS: [&str; 16] = [
     "modified_at",
     "heartbeat_at",
     "worker_id",
+    "state_times_json",
+    "error_source",
 ];
 
 impl Store {
@@ -72,11 +74,13 @@ impl Store {
                     Value::from(job.lease_token.clone()),
                     Value::from(job.node.clone()),
                     Value::from(job.worker_id.clone()),
+                    Value::from(super::to_json(&job.state_times)),
                 ]
             })
             .collect();
         let set = format!(
-            "status = '{}', lease_token = v.column2, node = v.column3, worker_id = v.column4, modified_at = {}",
+            "status = '{}', lease_token = v.column2, node = v.column3, worker_id = v.column4, \
+             state_times_json = v.column5, modified_at = {}",
             JobStatus::Sent.as_str(),
             self.placeholder(1)
         );
@@ -106,6 +110,8 @@ impl Store {
                     Value::from(job.modified_at),
                     Value::from(job.heartbeat_at),
                     Value::from(job.worker_id.clone()),
+                    Value::from(super::to_json(&job.state_times)),
+                    Value::from(job.error_source.as_str().to_owned()),
                 ]
             })
             .collect();

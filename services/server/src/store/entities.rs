@@ -118,6 +118,9 @@ pub(crate) mod job {
         pub modified_at: DateTimeUtc,
         pub heartbeat_at: Option<DateTimeUtc>,
         pub superseded: bool,
+        #[sea_orm(column_type = "Text")]
+        pub state_times_json: String,
+        pub error_source: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

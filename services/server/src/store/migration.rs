@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0003JobSuperseded));
         all.push(Box::new(M0004DispatchIndex));
         all.push(Box::new(M0005CacheAndLogs));
+        all.push(Box::new(M0006JobStateTimes));
         all
     }
 }
@@ -264,6 +265,33 @@ impl MigrationTrait for M0005CacheAndLogs {
                     .to_owned(),
             )
             .await?;
+        Ok(())
+    }
+}
+
+/// When a job entered each state, and which part of the system its error comes from.
+struct M0006JobStateTimes;
+
+impl MigrationName for M0006JobStateTimes {
+    fn name(&self) -> &str {
+        "server_m0006_job_state_times"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006JobStateTimes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one column at a time.
+        if !manager.has_column("jobs", "state_times_json").await? {
+            manager
+                .alter_table(Table::alter().table("jobs").add_column(text("state_times_json").default("{}")).to_owned())
+                .await?;
+        }
+        if !manager.has_column("jobs", "error_source").await? {
+            manager
+                .alter_table(Table::alter().table("jobs").add_column(string("error_source").default("")).to_owned())
+                .await?;
+        }
         Ok(())
     }
 }

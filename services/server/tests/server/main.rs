@@ -10,7 +10,7 @@ use panda_bus::outbox::Outbox;
 use panda_db::TestDb;
 use panda_server::error::Error;
 use panda_server::group_commit::Shape;
-use panda_server::model::{JobReport, NewJob, OutputFile};
+use panda_server::model::{ErrorSource, JobReport, NewJob, OutputFile};
 use panda_server::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use panda_server::store::migration::Migrator;
 use panda_types::spec::TaskSpecDraft;
@@ -195,6 +195,15 @@ async fn pilot_lifecycle_finishes_the_task(f: Fixture) {
     let (task, counts) = f.service.get_task(task).await.unwrap();
     assert_eq!(task.status, TaskStatus::Done);
     assert_eq!(counts.finished, 2);
+    // Each job kept when it entered every state it went through, in order.
+    for d in &dispatched {
+        let job = f.service.show_job(d.job.id).await.unwrap();
+        let at = |state: &str| *job.state_times.get(state).unwrap_or_else(|| panic!("no time for {state}: {job:?}"));
+        let path = ["activated", "sent", "starting", "running", "holding", "finished"].map(at);
+        assert!(path.windows(2).all(|w| w[0] <= w[1]), "{:?}", job.state_times);
+        assert_eq!(job.state_times.len(), 6);
+        assert_eq!(job.error_source, ErrorSource::None);
+    }
     let dataset = f.service.get_dataset("out").await.unwrap();
     assert_eq!(dataset.status, panda_types::DatasetStatus::Done);
     assert!(dataset.files.iter().all(|file| file.status == "finished" && file.size_bytes == 5));
@@ -212,6 +221,9 @@ async fn partial_and_total_failure(f: Fixture) {
             last.error_diag = "payload exited with 3".into();
             f.service.update_job(d.job.id, &lease, last).await.unwrap();
         }
+        // A pilot error code makes the pilot the source; a bare non-zero exit, the payload.
+        let first = f.service.show_job(dispatched[0].job.id).await.unwrap();
+        assert_eq!(first.error_source, ErrorSource::Pilot);
         let (task, _) = f.service.get_task(task).await.unwrap();
         assert_eq!(task.status, expected, "{name}");
         if expected == TaskStatus::Failed {
@@ -267,6 +279,7 @@ async fn watchdog_requeues_unstarted_and_fails_silent_jobs(f: Fixture) {
     assert_eq!(requeued.lease_token, None);
     let failed = f.service.show_job(silent.job.id).await.unwrap();
     assert_eq!((failed.status, failed.error_code), (JobStatus::Failed, panda_server::service::LOST_HEARTBEAT));
+    assert_eq!(failed.error_source, ErrorSource::Server, "a lost heartbeat is the server's decision");
     assert!(failed.error_diag.contains("lost heartbeat"), "{}", failed.error_diag);
     // The lost pilots are fenced off.
     let old_lease = never_started.job.lease_token.clone().unwrap();
@@ -654,6 +667,19 @@ async fn group_committed_pilots_take_each_job_once(f: Fixture) {
     assert_eq!(task.status, TaskStatus::Done);
 }
 
+/// A failure without a pilot error code but with a non-zero exit is the payload's.
+async fn a_payload_failure_is_told_apart_from_a_pilot_failure(f: Fixture) {
+    submit_with_jobs(&f, "t", 1, "").await;
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap();
+    let lease = sent[0].job.lease_token.clone().unwrap();
+    let mut failed = report(JobStatus::Failed);
+    failed.exit_code = Some(3);
+    f.service.update_job(sent[0].job.id, &lease, failed).await.unwrap();
+    let job = f.service.show_job(sent[0].job.id).await.unwrap();
+    assert_eq!((job.error_source, job.exit_code), (ErrorSource::Payload, Some(3)));
+    assert!(job.state_times.contains_key("failed") && !job.state_times.contains_key("running"));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -697,4 +723,5 @@ store_suite!(
     a_report_batch_answers_each_report_alone,
     undelivered_dispatches_go_back_to_the_queue,
     group_committed_pilots_take_each_job_once,
+    a_payload_failure_is_told_apart_from_a_pilot_failure,
 );
