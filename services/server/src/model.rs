@@ -133,9 +133,62 @@ pub struct Job {
     /// Last pilot update.
     pub heartbeat_at: Option<DateTime<Utc>>,
     /// When the job (last) entered each state it went through.
-    pub state_times: BTreeMap<String, DateTime<Utc>>,
+    pub state_times: StateTimes,
     /// Which part of the system the job's error comes from (empty without an error).
     pub error_source: ErrorSource,
+}
+
+/// When a job entered each state, kept as the JSON object it is stored as. Dispatch and reports
+/// only append to it, so the hot path neither parses nor re-serializes it; readers parse it
+/// (a state entered again appears twice, and the later time wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateTimes(String);
+
+impl Default for StateTimes {
+    fn default() -> Self {
+        Self("{}".to_owned())
+    }
+}
+
+impl StateTimes {
+    /// As stored.
+    pub fn from_json(json: String) -> Self {
+        Self(json)
+    }
+
+    /// Starting with one state.
+    pub fn starting(state: JobStatus, at: DateTime<Utc>) -> Self {
+        let mut times = Self::default();
+        times.record(state, at);
+        times
+    }
+
+    /// Records entering `state` at `at`.
+    pub fn record(&mut self, state: JobStatus, at: DateTime<Utc>) {
+        let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        self.0.pop(); // the closing brace
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push_str(&format!("\"{}\":\"{stamp}\"}}", state.as_str()));
+    }
+
+    /// The JSON to store.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// State name → when it was (last) entered; what does not parse is left out.
+    pub fn parse(&self) -> BTreeMap<String, DateTime<Utc>> {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.0)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(state, at)| {
+                let at = DateTime::parse_from_rfc3339(at.as_str()?).ok()?.with_timezone(&Utc);
+                Some((state, at))
+            })
+            .collect()
+    }
 }
 
 /// Which part of the system a job's error comes from.
@@ -278,4 +331,28 @@ pub struct Dataset {
     pub status: panda_types::DatasetStatus,
     /// Files.
     pub files: Vec<FileRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn state_times_append_and_the_latest_entry_of_a_state_wins() {
+        let at = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap();
+        let mut times = StateTimes::starting(JobStatus::Activated, at(0));
+        times.record(JobStatus::Sent, at(1));
+        times.record(JobStatus::Activated, at(2));
+        times.record(JobStatus::Sent, at(3));
+        let parsed = times.parse();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!((parsed["activated"], parsed["sent"]), (at(2), at(3)));
+        assert!(serde_json::from_str::<serde_json::Value>(times.as_json()).is_ok(), "{}", times.as_json());
+        assert!(StateTimes::default().parse().is_empty());
+        assert!(StateTimes::from_json("not json".into()).parse().is_empty());
+    }
 }

@@ -117,7 +117,7 @@ impl Service {
         let now = Utc::now();
         job.status = to;
         job.modified_at = now;
-        job.state_times.insert(to.as_str().to_owned(), now);
+        job.state_times.record(to, now);
         if matches!(to, JobStatus::Starting | JobStatus::Running) && job.started_at.is_none() {
             job.started_at = Some(now);
         }

@@ -54,7 +54,7 @@ pub(super) fn job(job: Job, outputs: Vec<common::FileInfo>) -> wire::Job {
         ended_at: job.ended_at.map(timestamp),
         modified_at: Some(timestamp(job.modified_at)),
         environment: job.environment.into_iter().collect(),
-        state_times: job.state_times.into_iter().map(|(state, at)| (state, timestamp(at))).collect(),
+        state_times: job.state_times.parse().into_iter().map(|(state, at)| (state, timestamp(at))).collect(),
         error_source: job.error_source.as_str().to_owned(),
     }
 }

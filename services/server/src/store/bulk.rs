@@ -74,7 +74,7 @@ impl Store {
                     Value::from(job.lease_token.clone()),
                     Value::from(job.node.clone()),
                     Value::from(job.worker_id.clone()),
-                    Value::from(super::to_json(&job.state_times)),
+                    Value::from(job.state_times.as_json().to_owned()),
                 ]
             })
             .collect();
@@ -110,7 +110,7 @@ impl Store {
                     Value::from(job.modified_at),
                     Value::from(job.heartbeat_at),
                     Value::from(job.worker_id.clone()),
-                    Value::from(super::to_json(&job.state_times)),
+                    Value::from(job.state_times.as_json().to_owned()),
                     Value::from(job.error_source.as_str().to_owned()),
                 ]
             })

@@ -24,7 +24,9 @@ use sea_orm::{
 
 use self::entities::{dataset, file, job, queue, task};
 use crate::error::{Error, Result};
-use crate::model::{Dataset, ErrorSource, FileRecord, Job, JobCounts, NewJob, OutputFile, Queue, QueueLoad, Task};
+use crate::model::{
+    Dataset, ErrorSource, FileRecord, Job, JobCounts, NewJob, OutputFile, Queue, QueueLoad, StateTimes, Task,
+};
 
 pub use self::cache::ArchiveRecord;
 pub use self::logs::LogSizes;
@@ -107,8 +109,6 @@ fn job_from_row(row: job::Model) -> Result<Job> {
     };
     let environment: BTreeMap<String, String> =
         serde_json::from_str(&row.environment_json).map_err(|e| corrupt(format!("job {}", row.id), e))?;
-    let state_times: BTreeMap<String, DateTime<Utc>> =
-        serde_json::from_str(&row.state_times_json).map_err(|e| corrupt(format!("job {}", row.id), e))?;
     Ok(Job {
         id: JobId(row.id as u64),
         task_id: TaskId(row.task_id as u64),
@@ -144,7 +144,7 @@ fn job_from_row(row: job::Model) -> Result<Job> {
         ended_at: row.ended_at,
         modified_at: row.modified_at,
         heartbeat_at: row.heartbeat_at,
-        state_times,
+        state_times: StateTimes::from_json(row.state_times_json),
         error_source: ErrorSource::parse(&row.error_source),
     })
 }
@@ -645,7 +645,7 @@ impl Store {
         row.ended_at = Set(job.ended_at);
         row.modified_at = Set(job.modified_at);
         row.heartbeat_at = Set(job.heartbeat_at);
-        row.state_times_json = Set(to_json(&job.state_times));
+        row.state_times_json = Set(job.state_times.as_json().to_owned());
         row.error_source = Set(job.error_source.as_str().to_owned());
         row.update(conn).await?;
         Ok(())
@@ -849,7 +849,7 @@ fn new_job_row(task_id: TaskId, new: &NewJob, attempt_nr: u32, now: DateTime<Utc
         modified_at: Set(now),
         heartbeat_at: Set(None),
         superseded: Set(false),
-        state_times_json: Set(to_json(&BTreeMap::from([(JobStatus::Activated.as_str(), now)]))),
+        state_times_json: Set(StateTimes::starting(JobStatus::Activated, now).as_json().to_owned()),
         error_source: Set(String::new()),
         ..Default::default()
     }
