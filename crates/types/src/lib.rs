@@ -20,5 +20,5 @@ pub use ids::{JobId, QueueName, TaskId};
 pub use job::{JobActor, JobStatus};
 pub use spec::{FieldError, Resources, TaskSpec};
 pub use state::{IllegalTransition, StateMachine, UnknownState};
-pub use task::TaskStatus;
+pub use task::{TaskActor, TaskStatus};
 pub use worker::WorkerStatus;

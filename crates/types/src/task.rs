@@ -161,3 +161,39 @@ impl StateMachine for TaskStatus {
         )
     }
 }
+
+/// Who causes a task transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskActor {
+    /// A person's command through the user API: kill, finish, pause and resume, retry,
+    /// incremental execution, reassign.
+    User,
+    /// JEDI: refinement, job generation, brokerage (pending and back), scouting, throttling and
+    /// breaking tasks that cannot run.
+    Jedi,
+    /// The server's post-processing once a task's jobs all ended (JEDI's PostProcessor in the
+    /// reference): prepared and the final states, and the end of a kill or finish.
+    Server,
+}
+
+impl TaskActor {
+    /// Every actor.
+    pub const ALL: [TaskActor; 3] = [TaskActor::User, TaskActor::Jedi, TaskActor::Server];
+
+    /// Whether this actor may move a task from `from` to `to` (which the state machine must also
+    /// allow).
+    pub fn may_move(self, from: TaskStatus, to: TaskStatus) -> bool {
+        use TaskStatus::*;
+        if !from.can_transition_to(to) {
+            return false;
+        }
+        let command = matches!(to, Aborting | Finishing | Paused | ToRetry | ToIncexec | ToReassign) || from == Paused;
+        let post_processing =
+            matches!(from, Prepared | Aborting | ToAbort | Finishing | Passed) || (from, to) == (Running, Prepared);
+        match self {
+            TaskActor::User => command,
+            TaskActor::Server => post_processing && !command,
+            TaskActor::Jedi => !command && !post_processing,
+        }
+    }
+}

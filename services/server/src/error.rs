@@ -95,6 +95,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A task transition this actor may not cause.
+    #[error("task {task_id} is {from}; {actor:?} may not move it to {to}")]
+    TaskActor {
+        /// The task.
+        task_id: TaskId,
+        /// Current state.
+        from: TaskStatus,
+        /// Asked state.
+        to: TaskStatus,
+        /// Who asked.
+        actor: panda_types::TaskActor,
+    },
     /// A job transition this actor may not cause.
     #[error("job {job_id} is {from}; {actor:?} may not move it to {to}")]
     JobActor {
@@ -140,6 +152,7 @@ impl ServiceError for Error {
             | Error::NotHolder { .. }
             | Error::JobTransition { .. }
             | Error::JobActor { .. }
+            | Error::TaskActor { .. }
             | Error::LogClosed { .. } => ErrorCode::FailedPrecondition,
             Error::ShuttingDown(_) => ErrorCode::Unavailable,
             Error::Db(error) => db_code(error),

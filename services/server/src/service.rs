@@ -8,7 +8,7 @@ use chrono::Utc;
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
 use panda_types::spec::TaskSpecDraft;
-use panda_types::{DatasetStatus, FileStatus, JobActor, JobId, JobStatus, StateMachine, TaskId, TaskStatus};
+use panda_types::{DatasetStatus, FileStatus, JobActor, JobId, JobStatus, StateMachine, TaskActor, TaskId, TaskStatus};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tracing::{info, instrument};
 
@@ -84,6 +84,7 @@ impl Service {
         txn: &DatabaseTransaction,
         task: &mut Task,
         to: TaskStatus,
+        actor: TaskActor,
         diag: Option<String>,
         events: &mut Vec<Envelope>,
     ) -> Result<()> {
@@ -94,6 +95,9 @@ impl Service {
             action: "this change",
             allowed: "a state that allows it",
         })?;
+        if !actor.may_move(from, to) {
+            return Err(Error::TaskActor { task_id: task.id, from, to, actor });
+        }
         let now = Utc::now();
         self.store.set_task_status(txn, task.id, to, diag.as_deref(), now).await?;
         task.status = to;
@@ -230,8 +234,15 @@ impl Service {
             });
         }
         let mut events = Vec::new();
-        self.move_task(&txn, &mut task, TaskStatus::Aborting, Some("killed by request".to_owned()), &mut events)
-            .await?;
+        self.move_task(
+            &txn,
+            &mut task,
+            TaskStatus::Aborting,
+            TaskActor::User,
+            Some("killed by request".to_owned()),
+            &mut events,
+        )
+        .await?;
         let live: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect();
         for mut job in self.store.jobs_of_task(&txn, task_id, &live).await? {
             if job.status.is_queued() {
@@ -268,7 +279,7 @@ impl Service {
         }
         let mut events = Vec::new();
         self.store.set_task_old_status(&txn, task_id, Some(task.status)).await?;
-        self.move_task(&txn, &mut task, TaskStatus::Paused, None, &mut events).await?;
+        self.move_task(&txn, &mut task, TaskStatus::Paused, TaskActor::User, None, &mut events).await?;
         for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Activated]).await? {
             self.move_job(&mut job, JobStatus::Throttled, JobActor::User, &mut events)?;
             self.store.save_job(&txn, &job).await?;
@@ -295,7 +306,7 @@ impl Service {
             back = TaskStatus::Registered;
         }
         let mut events = Vec::new();
-        self.move_task(&txn, &mut task, back, None, &mut events).await?;
+        self.move_task(&txn, &mut task, back, TaskActor::User, None, &mut events).await?;
         self.store.set_task_old_status(&txn, task_id, None).await?;
         for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Throttled]).await? {
             self.move_job(&mut job, JobStatus::Activated, JobActor::User, &mut events)?;
@@ -340,9 +351,15 @@ impl Service {
             });
         }
         let mut events = Vec::new();
-        for step in [TaskStatus::ToRetry, TaskStatus::Ready, TaskStatus::Running] {
+        // The user's retry command, then what JEDI does with a task to retry (here the server
+        // regenerates the failed jobs itself, as new attempts).
+        for (step, actor) in [
+            (TaskStatus::ToRetry, TaskActor::User),
+            (TaskStatus::Ready, TaskActor::Jedi),
+            (TaskStatus::Running, TaskActor::Jedi),
+        ] {
             let diag = (step == TaskStatus::Running).then(String::new);
-            self.move_task(&txn, &mut task, step, diag, &mut events).await?;
+            self.move_task(&txn, &mut task, step, actor, diag, &mut events).await?;
         }
         let now = Utc::now();
         for old in &ended {
@@ -447,7 +464,7 @@ impl Service {
         let mut events = Vec::with_capacity(jobs.len() + 3);
         for &step in path {
             let diag = (step == TaskStatus::Running).then(String::new);
-            self.move_task(&txn, &mut task, step, diag, &mut events).await?;
+            self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
         }
         if output_dataset.is_some() {
             self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Running, Utc::now()).await?;
@@ -474,7 +491,7 @@ impl Service {
                 self.store.set_task_status(&txn, task_id, TaskStatus::Pending, Some(&reason), Utc::now()).await?;
             }
         } else if task.status.can_transition_to(TaskStatus::Pending) {
-            self.move_task(&txn, &mut task, TaskStatus::Pending, Some(reason), &mut events).await?;
+            self.move_task(&txn, &mut task, TaskStatus::Pending, TaskActor::Jedi, Some(reason), &mut events).await?;
         } else {
             return Err(Error::TaskState {
                 task_id,
@@ -538,13 +555,13 @@ impl Service {
         let now = Utc::now();
         match task.status {
             TaskStatus::Aborting => {
-                self.move_task(txn, task, TaskStatus::ToAbort, None, events).await?;
-                self.move_task(txn, task, TaskStatus::Aborted, None, events).await?;
+                self.move_task(txn, task, TaskStatus::ToAbort, TaskActor::Server, None, events).await?;
+                self.move_task(txn, task, TaskStatus::Aborted, TaskActor::Server, None, events).await?;
                 let dataset = if counts.finished > 0 { DatasetStatus::Finished } else { DatasetStatus::Failed };
                 self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
             }
             TaskStatus::Running if counts.total > 0 => {
-                self.move_task(txn, task, TaskStatus::Prepared, None, events).await?;
+                self.move_task(txn, task, TaskStatus::Prepared, TaskActor::Server, None, events).await?;
                 let (status, dataset, diag) = if counts.finished == counts.total {
                     (TaskStatus::Done, DatasetStatus::Done, String::new())
                 } else if counts.finished > 0 {
@@ -563,7 +580,7 @@ impl Service {
                     };
                     (TaskStatus::Failed, DatasetStatus::Failed, format!("{summary}{detail}"))
                 };
-                self.move_task(txn, task, status, Some(diag), events).await?;
+                self.move_task(txn, task, status, TaskActor::Server, Some(diag), events).await?;
                 self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
             }
             _ => {}

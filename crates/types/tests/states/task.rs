@@ -217,3 +217,47 @@ proptest! {
         support::check_path(&path, leaves_final)?;
     }
 }
+
+/// Who may cause each task transition: every allowed move has exactly one kind of actor, and
+/// the commands are the user's alone.
+#[test]
+fn every_allowed_task_transition_has_exactly_one_actor() {
+    use panda_types::TaskActor;
+    for &from in TaskStatus::ALL {
+        for &to in TaskStatus::ALL {
+            let actors: Vec<TaskActor> = TaskActor::ALL.into_iter().filter(|a| a.may_move(from, to)).collect();
+            if from.can_transition_to(to) {
+                assert_eq!(actors.len(), 1, "{from} -> {to}: {actors:?}");
+            } else {
+                assert!(actors.is_empty(), "{from} -> {to} is no transition, yet {actors:?} may cause it");
+            }
+        }
+    }
+}
+
+#[test]
+fn commands_are_the_users_and_post_processing_the_servers() {
+    use TaskStatus::*;
+    use panda_types::TaskActor::{Jedi, Server, User};
+    for (from, to, actor) in [
+        (Running, Aborting, User),
+        (Running, Paused, User),
+        (Paused, Running, User),
+        (Failed, ToRetry, User),
+        (Registered, Defined, Jedi),
+        (Defined, Ready, Jedi),
+        (Ready, Running, Jedi),
+        (Running, Pending, Jedi),
+        (Pending, Running, Jedi),
+        (ToRetry, Ready, Jedi),
+        (Running, Prepared, Server),
+        (Prepared, Done, Server),
+        (Aborting, ToAbort, Server),
+        (ToAbort, Aborted, Server),
+    ] {
+        assert!(actor.may_move(from, to), "{actor:?}: {from} -> {to}");
+    }
+    assert!(!Jedi.may_move(Running, Aborting), "a kill is a person's");
+    assert!(!User.may_move(Running, Prepared), "ending a task is post-processing");
+    assert!(!Server.may_move(Registered, Defined), "refinement is JEDI's");
+}
