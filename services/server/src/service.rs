@@ -244,16 +244,17 @@ impl Service {
         )
         .await?;
         let live: Vec<JobStatus> = JobStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect();
-        for mut job in self.store.jobs_of_task(&txn, task_id, &live).await? {
+        let mut jobs = self.store.jobs_of_task(&txn, task_id, &live).await?;
+        for job in &mut jobs {
             if job.status.is_queued() {
-                self.move_job(&mut job, JobStatus::Cancelled, JobActor::User, &mut events)?;
+                self.move_job(job, JobStatus::Cancelled, JobActor::User, &mut events)?;
                 job.error_diag = "task killed".to_owned();
             } else {
                 job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
                 job.modified_at = Utc::now();
             }
-            self.store.save_job(&txn, &job).await?;
         }
+        self.store.save_jobs(&txn, &jobs.iter().collect::<Vec<_>>()).await?;
         self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         self.commit(txn, events).await?;
         let counts = self.store.job_counts(&self.db, task_id).await?;
@@ -280,10 +281,11 @@ impl Service {
         let mut events = Vec::new();
         self.store.set_task_old_status(&txn, task_id, Some(task.status)).await?;
         self.move_task(&txn, &mut task, TaskStatus::Paused, TaskActor::User, None, &mut events).await?;
-        for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Activated]).await? {
-            self.move_job(&mut job, JobStatus::Throttled, JobActor::User, &mut events)?;
-            self.store.save_job(&txn, &job).await?;
+        let mut jobs = self.store.jobs_of_task(&txn, task_id, &[JobStatus::Activated]).await?;
+        for job in &mut jobs {
+            self.move_job(job, JobStatus::Throttled, JobActor::User, &mut events)?;
         }
+        self.store.save_jobs(&txn, &jobs.iter().collect::<Vec<_>>()).await?;
         self.commit(txn, events).await?;
         let counts = self.store.job_counts(&self.db, task_id).await?;
         Ok((task, counts))
@@ -308,10 +310,11 @@ impl Service {
         let mut events = Vec::new();
         self.move_task(&txn, &mut task, back, TaskActor::User, None, &mut events).await?;
         self.store.set_task_old_status(&txn, task_id, None).await?;
-        for mut job in self.store.jobs_of_task(&txn, task_id, &[JobStatus::Throttled]).await? {
-            self.move_job(&mut job, JobStatus::Activated, JobActor::User, &mut events)?;
-            self.store.save_job(&txn, &job).await?;
+        let mut jobs = self.store.jobs_of_task(&txn, task_id, &[JobStatus::Throttled]).await?;
+        for job in &mut jobs {
+            self.move_job(job, JobStatus::Activated, JobActor::User, &mut events)?;
         }
+        self.store.save_jobs(&txn, &jobs.iter().collect::<Vec<_>>()).await?;
         // Jobs that ran out while it was paused may have drained it.
         self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         self.commit(txn, events).await?;

@@ -35,8 +35,21 @@ enum Next {
     Stop,
 }
 
-async fn next(watcher: &mut Watcher, tx: &mpsc::Sender<impl Send>, refresh: &mut tokio::time::Interval) -> Next {
+/// The next thing a watch loop must handle; `refresh`, when given, adds the periodic re-read.
+async fn next(
+    watcher: &mut Watcher,
+    tx: &mpsc::Sender<impl Send>,
+    refresh: Option<&mut tokio::time::Interval>,
+) -> Next {
     let shutdown = watcher.shutdown();
+    let tick = async {
+        match refresh {
+            Some(refresh) => {
+                refresh.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = tx.closed() => Next::Stop,
         () = shutdown.cancelled() => Next::Stop,
@@ -45,7 +58,7 @@ async fn next(watcher: &mut Watcher, tx: &mpsc::Sender<impl Send>, refresh: &mut
             Err(RecvError::Lagged(_)) => Next::Resync,
             Err(RecvError::Closed) => Next::Stop,
         },
-        _ = refresh.tick() => Next::Resync,
+        () = tick => Next::Resync,
     }
 }
 
@@ -114,7 +127,7 @@ pub(super) async fn task(api: &Api, task_id: TaskId) -> Result<Stream<wire::Watc
         }
         let mut refresh = refresh_timer();
         loop {
-            let job = match next(&mut watcher, &tx, &mut refresh).await {
+            let job = match next(&mut watcher, &tx, Some(&mut refresh)).await {
                 Next::Change(change) if change.task_id == task_id => change.job,
                 Next::Change(_) => continue,
                 Next::Resync => None,
@@ -168,7 +181,7 @@ pub(super) async fn job(api: &Api, job_id: JobId) -> Result<Stream<wire::WatchJo
         }
         let mut refresh = refresh_timer();
         loop {
-            let status = match next(&mut watcher, &tx, &mut refresh).await {
+            let status = match next(&mut watcher, &tx, Some(&mut refresh)).await {
                 Next::Change(Change { job: Some((id, status)), .. }) if id == job_id => Some(status),
                 Next::Change(_) => continue,
                 Next::Resync => None,
@@ -222,11 +235,10 @@ pub(super) async fn user_tasks(api: &Api, user: String) -> Result<Stream<wire::W
                 return;
             }
         }
-        // Every task change is its own message; a re-read would have nothing to add.
-        let mut refresh = tokio::time::interval(std::time::Duration::from_secs(86_400));
-        refresh.tick().await;
+        // Every task change is its own message, so no periodic re-read (it would have nothing to
+        // compare against).
         loop {
-            let (task_id, status) = match next(&mut watcher, &tx, &mut refresh).await {
+            let (task_id, status) = match next(&mut watcher, &tx, None).await {
                 Next::Change(Change { task_id, user: Some(owner), job: None, task_status, .. }) if owner == user => {
                     (task_id, task_status)
                 }

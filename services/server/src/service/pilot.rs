@@ -174,7 +174,7 @@ impl Service {
             released.push(job.id);
         }
         let changed: Vec<&Job> = released.iter().filter_map(|id| current.get(id)).collect();
-        self.store.save_reported_jobs(&txn, &changed).await?;
+        self.store.save_jobs(&txn, &changed).await?;
         self.commit(txn, events).await?;
         if !released.is_empty() {
             tracing::info!(jobs = ?released, "dispatch answer not delivered; jobs back in the queue");
@@ -235,7 +235,7 @@ impl Service {
             outcomes.push(outcome);
         }
         let to_save: Vec<&Job> = changed.iter().filter_map(|id| jobs.get(id)).collect();
-        self.store.save_reported_jobs(&txn, &to_save).await?;
+        self.store.save_jobs(&txn, &to_save).await?;
         for OutputsToRecord { job_id, produced, others } in &outputs {
             self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
         }

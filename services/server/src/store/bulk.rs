@@ -6,22 +6,22 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use panda_types::{JobId, JobStatus};
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, Statement, Value};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, Statement, Value};
 
 use super::entities::job;
 use super::{Store, job_from_row, to_i64};
 use crate::error::Result;
 use crate::model::Job;
-use sea_orm::ColumnTrait;
 
 /// Rows per statement: well under both databases' limits on bound variables (SQLite 32766,
 /// PostgreSQL 65535) at the widest row below.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// What a report may change on a job; everything else is fixed at insert or by other use cases.
-const REPORT_COLUMNS: [&str; 18] = [
+/// What use cases change on a job; everything else is fixed at insert.
+const MUTABLE_COLUMNS: [&str; 19] = [
     "status",
     "lease_token",
+    "command_to_pilot",
     "exit_code",
     "error_code",
     "error_diag",
@@ -87,8 +87,9 @@ impl Store {
         self.update_from_values(conn, &set, vec![Value::from(now)], rows).await
     }
 
-    /// Writes what pilots' reports changed on these jobs, one statement per thousand jobs.
-    pub async fn save_reported_jobs(&self, conn: &impl ConnectionTrait, jobs: &[&Job]) -> Result<()> {
+    /// Writes every mutable field of these jobs, one statement per thousand jobs: the one way
+    /// jobs are written after their insert.
+    pub async fn save_jobs(&self, conn: &impl ConnectionTrait, jobs: &[&Job]) -> Result<()> {
         let rows: Vec<Vec<Value>> = jobs
             .iter()
             .map(|job| {
@@ -96,6 +97,7 @@ impl Store {
                     Value::from(to_i64(job.id.0)),
                     Value::from(job.status.as_str().to_owned()),
                     Value::from(job.lease_token.clone()),
+                    Value::from(job.command_to_pilot.clone()),
                     Value::from(job.exit_code),
                     Value::from(job.error_code as i32),
                     Value::from(job.error_diag.clone()),
@@ -115,7 +117,7 @@ impl Store {
                 ]
             })
             .collect();
-        let set = REPORT_COLUMNS
+        let set = MUTABLE_COLUMNS
             .iter()
             .enumerate()
             .map(|(i, column)| format!("{column} = v.column{}", i + 2))

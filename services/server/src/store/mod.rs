@@ -625,30 +625,9 @@ impl Store {
         job::Entity::find_by_id(to_i64(id.0)).one(conn).await?.map(job_from_row).transpose()
     }
 
-    /// Writes every mutable field of a job.
+    /// Writes every mutable field of a job (see [`Store::save_jobs`]).
     pub async fn save_job(&self, conn: &impl ConnectionTrait, job: &Job) -> Result<()> {
-        let mut row = job::ActiveModel { id: Set(to_i64(job.id.0)), ..Default::default() };
-        row.status = Set(job.status.as_str().to_owned());
-        row.lease_token = Set(job.lease_token.clone());
-        row.command_to_pilot = Set(job.command_to_pilot.clone());
-        row.exit_code = Set(job.exit_code);
-        row.error_code = Set(job.error_code as i32);
-        row.error_diag = Set(job.error_diag.clone());
-        row.stdout_tail = Set(job.stdout_tail.clone());
-        row.stderr_tail = Set(job.stderr_tail.clone());
-        row.cpu_time_seconds = Set(job.cpu_time_seconds);
-        row.wall_time_seconds = Set(job.wall_time_seconds);
-        row.max_rss_kb = Set(to_i64(job.max_rss_kb));
-        row.node = Set(job.node.clone());
-        row.worker_id = Set(job.worker_id.clone());
-        row.started_at = Set(job.started_at);
-        row.ended_at = Set(job.ended_at);
-        row.modified_at = Set(job.modified_at);
-        row.heartbeat_at = Set(job.heartbeat_at);
-        row.state_times_json = Set(job.state_times.as_json().to_owned());
-        row.error_source = Set(job.error_source.as_str().to_owned());
-        row.update(conn).await?;
-        Ok(())
+        self.save_jobs(conn, &[job]).await
     }
 
     /// Jobs of a task in the given states (current attempts only), locked until the end of the
