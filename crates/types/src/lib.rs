@@ -15,7 +15,7 @@ pub mod state;
 pub mod task;
 pub mod worker;
 
-pub use dataset::{DatasetStatus, FileStatus};
+pub use dataset::{DataActor, DatasetStatus, FileStatus};
 pub use ids::{JobId, QueueName, TaskId};
 pub use job::{JobActor, JobStatus};
 pub use spec::{FieldError, Resources, TaskSpec};

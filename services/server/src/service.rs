@@ -8,7 +8,9 @@ use chrono::Utc;
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
 use panda_types::spec::TaskSpecDraft;
-use panda_types::{DatasetStatus, FileStatus, JobActor, JobId, JobStatus, StateMachine, TaskActor, TaskId, TaskStatus};
+use panda_types::{
+    DataActor, DatasetStatus, FileStatus, JobActor, JobId, JobStatus, StateMachine, TaskActor, TaskId, TaskStatus,
+};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tracing::{info, instrument};
 
@@ -255,6 +257,8 @@ impl Service {
             }
         }
         self.store.save_jobs(&txn, &jobs.iter().collect::<Vec<_>>()).await?;
+        let cancelled: Vec<JobId> = jobs.iter().filter(|j| j.status == JobStatus::Cancelled).map(|j| j.id).collect();
+        self.store.cancel_outputs(&txn, &cancelled, Utc::now()).await?;
         self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         self.commit(txn, events).await?;
         let counts = self.store.job_counts(&self.db, task_id).await?;
@@ -369,7 +373,7 @@ impl Service {
             let new = self.store.insert_retry(&txn, old, now).await?;
             events.push(events::job_changed(&new, JobStatus::Defined));
         }
-        self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Running, now).await?;
+        self.store.set_task_datasets_status(&txn, task_id, DataActor::User, DatasetStatus::Running, now).await?;
         info!(entity = "task", id = %task_id, jobs = ended.len(), "task retried");
         self.commit(txn, events).await?;
         let counts = self.store.job_counts(&self.db, task_id).await?;
@@ -416,7 +420,7 @@ impl Service {
             self.move_job(&mut job, JobStatus::Cancelled, JobActor::User, &mut events)?;
             job.error_diag = "killed by request".to_owned();
             self.store.save_job(&txn, &job).await?;
-            self.store.record_outputs(&txn, job_id, &[], FileStatus::Cancelled, Utc::now()).await?;
+            self.store.cancel_outputs(&txn, &[job_id], Utc::now()).await?;
         } else {
             job.command_to_pilot = Some(TO_BE_KILLED.to_owned());
             self.store.save_job(&txn, &job).await?;
@@ -470,7 +474,9 @@ impl Service {
             self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
         }
         if output_dataset.is_some() {
-            self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Running, Utc::now()).await?;
+            self.store
+                .set_task_datasets_status(&txn, task_id, DataActor::Jedi, DatasetStatus::Running, Utc::now())
+                .await?;
         }
         let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, Utc::now()).await?;
         for job in &inserted {
@@ -561,7 +567,7 @@ impl Service {
                 self.move_task(txn, task, TaskStatus::ToAbort, TaskActor::Server, None, events).await?;
                 self.move_task(txn, task, TaskStatus::Aborted, TaskActor::Server, None, events).await?;
                 let dataset = if counts.finished > 0 { DatasetStatus::Finished } else { DatasetStatus::Failed };
-                self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
+                self.store.set_task_datasets_status(txn, task.id, DataActor::Server, dataset, now).await?;
             }
             TaskStatus::Running if counts.total > 0 => {
                 self.move_task(txn, task, TaskStatus::Prepared, TaskActor::Server, None, events).await?;
@@ -584,7 +590,7 @@ impl Service {
                     (TaskStatus::Failed, DatasetStatus::Failed, format!("{summary}{detail}"))
                 };
                 self.move_task(txn, task, status, TaskActor::Server, Some(diag), events).await?;
-                self.store.set_task_datasets_status(txn, task.id, dataset, now).await?;
+                self.store.set_task_datasets_status(txn, task.id, DataActor::Server, dataset, now).await?;
             }
             _ => {}
         }

@@ -15,7 +15,7 @@ use crate::model::Job;
 
 /// Rows per statement: well under both databases' limits on bound variables (SQLite 32766,
 /// PostgreSQL 65535) at the widest row below.
-const ROWS_PER_STATEMENT: usize = 1000;
+pub(crate) const ROWS_PER_STATEMENT: usize = 1000;
 
 /// What use cases change on a job; everything else is fixed at insert.
 const MUTABLE_COLUMNS: [&str; 19] = [

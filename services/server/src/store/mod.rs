@@ -15,7 +15,9 @@ pub mod migration;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use panda_types::{DatasetStatus, FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId, TaskSpec, TaskStatus};
+use panda_types::{
+    DataActor, DatasetStatus, FileStatus, JobId, JobStatus, Resources, StateMachine, TaskId, TaskSpec, TaskStatus,
+};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
@@ -444,18 +446,23 @@ impl Store {
         Ok(Some((row.id, TaskId(row.task_id as u64), parse_status("dataset", row.id, &row.status)?)))
     }
 
-    /// Sets the state of the datasets a task produces.
+    /// Moves the datasets a task produces to `status`, on `actor`'s behalf: only datasets in a
+    /// state from which that actor may make this move change (a broken dataset stays broken, a
+    /// closed one is reopened only by a retry).
     pub async fn set_task_datasets_status(
         &self,
         conn: &impl ConnectionTrait,
         task_id: TaskId,
+        actor: DataActor,
         status: DatasetStatus,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let sources = actor.dataset_sources(status);
         dataset::Entity::update_many()
             .col_expr(dataset::Column::Status, Expr::value(status.as_str()))
             .col_expr(dataset::Column::ModifiedAt, Expr::value(now))
             .filter(dataset::Column::TaskId.eq(to_i64(task_id.0)))
+            .filter(dataset::Column::Status.is_in(sources.iter().map(|s| s.as_str())))
             .exec(conn)
             .await?;
         Ok(())
@@ -567,6 +574,8 @@ impl Store {
             priority: old.priority,
         };
         let row = new_job_row(old.task_id, &new, old.attempt_nr + 1, now).insert(conn).await?;
+        // The old attempt's outputs that were not produced are expected from the new one.
+        let retry_sources = DataActor::User.file_sources(FileStatus::Defined);
         job::Entity::update_many()
             .col_expr(job::Column::Superseded, Expr::value(true))
             .filter(job::Column::Id.eq(to_i64(old.id.0)))
@@ -579,6 +588,7 @@ impl Store {
             .col_expr(file::Column::Checksum, Expr::value(""))
             .col_expr(file::Column::ModifiedAt, Expr::value(now))
             .filter(file::Column::JobId.eq(to_i64(old.id.0)))
+            .filter(file::Column::Status.is_in(retry_sources.iter().map(|s| s.as_str())))
             .exec(conn)
             .await?;
         job_from_row(row)
@@ -695,6 +705,7 @@ impl Store {
         others: FileStatus,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let producible = DataActor::Server.file_sources(FileStatus::Finished);
         for output in produced {
             file::Entity::update_many()
                 .col_expr(file::Column::Status, Expr::value(FileStatus::Finished.as_str()))
@@ -703,6 +714,7 @@ impl Store {
                 .col_expr(file::Column::ModifiedAt, Expr::value(now))
                 .filter(file::Column::JobId.eq(to_i64(job_id.0)))
                 .filter(file::Column::Lfn.eq(output.lfn.as_str()))
+                .filter(file::Column::Status.is_in(producible.iter().map(|s| s.as_str())))
                 .exec(conn)
                 .await?;
         }
@@ -713,6 +725,21 @@ impl Store {
             .filter(file::Column::Status.eq(FileStatus::Defined.as_str()))
             .exec(conn)
             .await?;
+        Ok(())
+    }
+
+    /// Cancels the outputs of jobs that were cancelled before producing them.
+    pub async fn cancel_outputs(&self, conn: &impl ConnectionTrait, jobs: &[JobId], now: DateTime<Utc>) -> Result<()> {
+        let sources = DataActor::Server.file_sources(FileStatus::Cancelled);
+        for chunk in jobs.chunks(bulk::ROWS_PER_STATEMENT) {
+            file::Entity::update_many()
+                .col_expr(file::Column::Status, Expr::value(FileStatus::Cancelled.as_str()))
+                .col_expr(file::Column::ModifiedAt, Expr::value(now))
+                .filter(file::Column::JobId.is_in(chunk.iter().map(|id| to_i64(id.0))))
+                .filter(file::Column::Status.is_in(sources.iter().map(|s| s.as_str())))
+                .exec(conn)
+                .await?;
+        }
         Ok(())
     }
 

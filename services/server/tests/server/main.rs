@@ -255,6 +255,30 @@ async fn kill_cancels_queued_and_tells_running_pilots(f: Fixture) {
     assert!(matches!(f.service.kill_task(task).await, Err(Error::TaskState { .. })));
 }
 
+async fn killing_a_task_closes_its_output_dataset(f: Fixture) {
+    // Killed before JEDI generated anything: the output nobody wrote into closes as failed, so
+    // a consumer waiting for it is not left waiting.
+    let (task, _) = f.service.submit_task(draft("early", 1, "early-out"), None).await.unwrap();
+    assert_eq!(f.service.get_dataset("early-out").await.unwrap().status, panda_types::DatasetStatus::Defined);
+    f.service.kill_task(task.id).await.unwrap();
+    assert!(f.service.get_task(task.id).await.unwrap().0.status.is_final());
+    assert_eq!(f.service.get_dataset("early-out").await.unwrap().status, panda_types::DatasetStatus::Failed);
+    // Killed with one job finished and one queued: finished; the queued job's output cancelled.
+    let task = submit_with_jobs(&f, "late", 2, "late-out").await;
+    let done = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap().remove(0);
+    let lease = done.job.lease_token.clone().unwrap();
+    let mut last = report(JobStatus::Finished);
+    last.output_files =
+        vec![OutputFile { lfn: done.job.output_files[0].clone(), size_bytes: 3, checksum: String::new() }];
+    f.service.update_job(done.job.id, &lease, last).await.unwrap();
+    f.service.kill_task(task).await.unwrap();
+    let dataset = f.service.get_dataset("late-out").await.unwrap();
+    assert_eq!(dataset.status, panda_types::DatasetStatus::Finished);
+    let mut states: Vec<_> = dataset.files.iter().map(|file| file.status.as_str()).collect();
+    states.sort();
+    assert_eq!(states, ["cancelled", "finished"], "{dataset:?}");
+}
+
 async fn pending_keeps_the_reason(f: Fixture) {
     let (task, _) = f.service.submit_task(draft("t", 1, ""), None).await.unwrap();
     f.service.set_task_pending(task.id, "no queue".into()).await.unwrap();
@@ -424,8 +448,16 @@ async fn retry_reruns_failed_jobs_as_new_attempts(f: Fixture) {
         }
     }
     assert_eq!(f.service.get_task(task).await.unwrap().0.status, TaskStatus::Finished);
+    let closed = f.service.get_dataset("out").await.unwrap();
+    assert_eq!(closed.status, panda_types::DatasetStatus::Finished);
     let (retried, counts) = f.service.retry_task(task).await.unwrap();
     assert_eq!(retried.status, TaskStatus::Running);
+    // The retry reopens the closed output and expects the failed job's output again.
+    let reopened = f.service.get_dataset("out").await.unwrap();
+    assert_eq!(reopened.status, panda_types::DatasetStatus::Running);
+    let mut states: Vec<_> = reopened.files.iter().map(|file| file.status.as_str()).collect();
+    states.sort();
+    assert_eq!(states, ["defined", "finished"], "{reopened:?}");
     // Counts are of current attempts: the failed one is superseded by its retry.
     assert_eq!((counts.total, counts.queued, counts.finished, counts.failed), (2, 1, 1, 0));
     // The new attempt runs the same index and writes the same output.
@@ -712,6 +744,7 @@ store_suite!(
     pilot_lifecycle_finishes_the_task,
     partial_and_total_failure,
     kill_cancels_queued_and_tells_running_pilots,
+    killing_a_task_closes_its_output_dataset,
     pending_keeps_the_reason,
     watchdog_requeues_unstarted_and_fails_silent_jobs,
     pause_holds_queued_jobs_and_resume_releases_them,
