@@ -81,7 +81,7 @@ pub async fn run(url: &str, command: HarvesterCommand, format: Format) -> anyhow
                 ),
                 Format::Table => {
                     let mut header = vec!["QUEUE", "PLUGIN", "MAX"];
-                    header.extend(STATES.iter().map(|s| s.to_owned()));
+                    header.extend(STATES.iter().copied());
                     let mut t = table(&header);
                     for q in &queues {
                         let mut row = vec![q.name.clone(), q.plugin.clone(), q.max_workers.to_string()];
@@ -139,8 +139,10 @@ pub async fn run(url: &str, command: HarvesterCommand, format: Format) -> anyhow
             }
         }
         HarvesterCommand::Kill { worker_id, reason } => {
-            let response =
-                client.kill_worker(wire::KillWorkerRequest { worker_id: worker_id.clone(), reason }).await?.into_inner();
+            let response = client
+                .kill_worker(wire::KillWorkerRequest { worker_id: worker_id.clone(), reason })
+                .await?
+                .into_inner();
             let status = status_name(response.status);
             match format {
                 Format::Json => out!("{}", json!({"worker_id": worker_id, "status": status})),

@@ -458,7 +458,8 @@ impl Provisioner {
     /// # Errors
     /// [`KillError`]: unknown worker or queue, or the plugin's failure (the worker keeps its state).
     pub async fn kill_worker(&self, worker_id: i64, reason: &str) -> Result<WorkerStatus, KillError> {
-        let worker = store::get(&self.db, worker_id).await.map_err(CycleError::from)?.ok_or(KillError::NotFound(worker_id))?;
+        let worker =
+            store::get(&self.db, worker_id).await.map_err(CycleError::from)?.ok_or(KillError::NotFound(worker_id))?;
         if worker.status.is_final() {
             return Ok(worker.status);
         }
@@ -707,7 +708,9 @@ mod tests {
         let parse = |text: &str| QueueFile::parse(text, std::path::Path::new("q.yaml")).unwrap();
 
         // Only a limit changed: the same plugin instance goes on.
-        let file = parse("queues:\n  q:\n    max_workers: 9\n    resources: { cores: 1 }\n    plugin: { type: local }\n  new:\n    max_workers: 1\n    plugin: { type: local }\n");
+        let file = parse(
+            "queues:\n  q:\n    max_workers: 9\n    resources: { cores: 1 }\n    plugin: { type: local }\n  new:\n    max_workers: 1\n    plugin: { type: local }\n",
+        );
         let summary = provisioner.reload(file, build).await.unwrap();
         assert_eq!((summary.changed, summary.added), (vec!["q".to_owned()], vec!["new".to_owned()]));
         assert_eq!(*built.lock().unwrap(), ["new"]);

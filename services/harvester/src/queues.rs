@@ -224,9 +224,7 @@ fn merge_into(base: &mut serde_yaml_ng::Mapping, over: &serde_yaml_ng::Mapping, 
             && key.as_str() == Some("plugin")
             && base.get(key).and_then(|b| b.get("type")) != value.get("type")
             && value.get("type").is_some();
-        if !replace_plugin
-            && let (Some(Value::Mapping(lower)), Value::Mapping(upper)) = (base.get_mut(key), value)
-        {
+        if !replace_plugin && let (Some(Value::Mapping(lower)), Value::Mapping(upper)) = (base.get_mut(key), value) {
             merge_into(lower, upper, false);
             continue;
         }
@@ -571,10 +569,7 @@ mod tests {
         // template over defaults, queue over template; mappings merge key by key.
         assert_eq!(big.max_workers, 10);
         assert_eq!(big.max_new_workers_per_cycle, Some(2));
-        assert_eq!(
-            big.resources,
-            WorkerResources { cores: 8, memory_mb: 4000, disk_mb: 0, walltime_seconds: 600 }
-        );
+        assert_eq!(big.resources, WorkerResources { cores: 8, memory_mb: 4000, disk_mb: 0, walltime_seconds: 600 });
         let PluginConfig::Slurm(slurm) = &big.plugin else { panic!("{:?}", big.plugin) };
         assert_eq!(slurm.partition.as_deref(), Some("debug"));
         assert_eq!(slurm.account.as_deref(), Some("atlas"));
@@ -585,8 +580,8 @@ mod tests {
 
     #[test]
     fn template_and_merge_errors_name_the_queue_and_key() {
-        let error = parse("queues:\n  q:\n    template: nope\n    max_workers: 1\n    plugin: { type: local }\n")
-            .unwrap_err();
+        let error =
+            parse("queues:\n  q:\n    template: nope\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("queues.q.template: no template \"nope\" (templates: none)"), "{error}");
         let error = parse(
             "templates:\n  t:\n    max_workers: many\nqueues:\n  q:\n    template: t\n    plugin: { type: local }\n  r:\n    plugin: { type: local }\n",
@@ -596,8 +591,8 @@ mod tests {
         assert!(error.contains("after merging its template"), "{error}");
         // Every queue is reported, not only the first.
         assert!(error.contains("queues.r: missing field `max_workers`"), "{error}");
-        let error = parse("templates:\n  q: {}\nqueues:\n  q:\n    max_workers: 1\n    plugin: { type: local }\n")
-            .unwrap_err();
+        let error =
+            parse("templates:\n  q: {}\nqueues:\n  q:\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("templates.q: a template and a queue cannot share a name"), "{error}");
         let error = parse("defaults: {}\ntemplate: {}\nqueues: {}\n").unwrap_err();
         assert!(error.contains("unknown field `template`"), "{error}");

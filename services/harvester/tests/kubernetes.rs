@@ -73,19 +73,37 @@ async fn workers_run_as_jobs_from_submit_to_the_end_with_two_calls_per_monitor_c
     let refs: Vec<WorkerRef> = ids.iter().enumerate().map(|(i, id)| worker_ref(&(i + 1).to_string(), id)).collect();
 
     // 1 pending (unschedulable), 2 running, 3 succeeded, 4 OOMKilled, 5 image cannot be pulled.
-    fake.set_pod_status("panda-k8s-2", json!({ "phase": "Running", "containerStatuses":
-        container(json!({ "running": { "startedAt": "2026-01-01T00:00:00Z" } })) }));
-    fake.set_pod_status("panda-k8s-3", json!({ "phase": "Succeeded", "containerStatuses":
-        container(json!({ "terminated": { "reason": "Completed", "exitCode": 0 } })) }));
-    fake.set_job_status("panda-k8s-3", json!({ "succeeded": 1, "conditions": [
-        { "type": "SuccessCriteriaMet", "status": "True" }, { "type": "Complete", "status": "True" } ] }));
-    fake.set_pod_status("panda-k8s-4", json!({ "phase": "Failed", "containerStatuses":
-        container(json!({ "terminated": { "reason": "OOMKilled", "exitCode": 137 } })) }));
-    fake.set_job_status("panda-k8s-4", json!({ "failed": 1, "conditions": [ { "type": "Failed", "status": "True",
-        "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit" } ] }));
-    fake.set_pod_status("panda-k8s-5", json!({ "phase": "Pending", "containerStatuses":
+    fake.set_pod_status(
+        "panda-k8s-2",
+        json!({ "phase": "Running", "containerStatuses":
+        container(json!({ "running": { "startedAt": "2026-01-01T00:00:00Z" } })) }),
+    );
+    fake.set_pod_status(
+        "panda-k8s-3",
+        json!({ "phase": "Succeeded", "containerStatuses":
+        container(json!({ "terminated": { "reason": "Completed", "exitCode": 0 } })) }),
+    );
+    fake.set_job_status(
+        "panda-k8s-3",
+        json!({ "succeeded": 1, "conditions": [
+        { "type": "SuccessCriteriaMet", "status": "True" }, { "type": "Complete", "status": "True" } ] }),
+    );
+    fake.set_pod_status(
+        "panda-k8s-4",
+        json!({ "phase": "Failed", "containerStatuses":
+        container(json!({ "terminated": { "reason": "OOMKilled", "exitCode": 137 } })) }),
+    );
+    fake.set_job_status(
+        "panda-k8s-4",
+        json!({ "failed": 1, "conditions": [ { "type": "Failed", "status": "True",
+        "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit" } ] }),
+    );
+    fake.set_pod_status(
+        "panda-k8s-5",
+        json!({ "phase": "Pending", "containerStatuses":
         container(json!({ "waiting": { "reason": "ImagePullBackOff",
-                                       "message": "Back-off pulling image \"ghcr.io/panda/pilot:1\"" } })) }));
+                                       "message": "Back-off pulling image \"ghcr.io/panda/pilot:1\"" } })) }),
+    );
 
     let before = fake.state().calls.len();
     let states = plugin.check(&refs).await;
@@ -108,11 +126,16 @@ async fn workers_run_as_jobs_from_submit_to_the_end_with_two_calls_per_monitor_c
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].name, "panda-k8s-2-x7k2p/pilot");
     assert!(logs[0].text.contains("pilot of panda-k8s-2-x7k2p started"), "{:?}", logs[0]);
-    assert!(fake.state().calls.iter().any(|c| c.contains("/pods/panda-k8s-2-x7k2p/log?") && c.contains("container=pilot")));
+    assert!(
+        fake.state().calls.iter().any(|c| c.contains("/pods/panda-k8s-2-x7k2p/log?") && c.contains("container=pilot"))
+    );
 
     // Evicted.
-    fake.set_pod_status("panda-k8s-2", json!({ "phase": "Failed", "reason": "Evicted",
-        "message": "The node was low on resource: ephemeral-storage." }));
+    fake.set_pod_status(
+        "panda-k8s-2",
+        json!({ "phase": "Failed", "reason": "Evicted",
+        "message": "The node was low on resource: ephemeral-storage." }),
+    );
     let state = plugin.check(&refs[1..2]).await.remove(0).expect("known");
     assert_eq!(state.status, WorkerStatus::Failed);
     assert!(state.diag.contains("Evicted"), "{}", state.diag);

@@ -84,11 +84,7 @@ fn label_selector(query: Option<&str>) -> Option<String> {
 }
 
 fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect()
+    query.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
 fn decode(text: &str) -> String {
@@ -119,7 +115,9 @@ async fn record(state: &Shared, method: &Method, uri: &Uri) -> Option<Response> 
     let mut cluster = state.lock().expect("fake state");
     cluster.calls.push(format!("{method} {uri}"));
     if cluster.garbage {
-        return Some((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"kind\": \"JobL").into_response());
+        return Some(
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"kind\": \"JobL").into_response(),
+        );
     }
     cluster.fail_with.map(|code| status(code, "InternalError", "etcdserver: request timed out"))
 }
@@ -138,8 +136,7 @@ async fn jobs(
     let mut cluster = state.lock().expect("fake state");
     if method == Method::GET {
         let selector = label_selector(query.as_deref());
-        let items: Vec<Value> =
-            cluster.jobs.values().filter(|j| matches(selector.as_deref(), j)).cloned().collect();
+        let items: Vec<Value> = cluster.jobs.values().filter(|j| matches(selector.as_deref(), j)).cloned().collect();
         return json_response(
             200,
             &json!({ "apiVersion": "batch/v1", "kind": "JobList", "metadata": { "resourceVersion": "100" },
@@ -307,5 +304,4 @@ impl FakeKube {
         let mut cluster = self.state();
         cluster.jobs.get_mut(job).expect("the job exists")["status"] = status;
     }
-
 }

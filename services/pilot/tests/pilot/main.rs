@@ -364,7 +364,8 @@ async fn a_payload_over_its_memory_is_killed_with_exceeded_max_mem() {
     dispatched.resources = Some(panda_proto::common::v1::Resources { memory_mb: 20, ..Default::default() });
 
     let (fake, summary) =
-        run_pilot(script(&dirs, vec![dispatched]), &dirs, |c| c.memory_check_interval = Duration::from_millis(50)).await;
+        run_pilot(script(&dirs, vec![dispatched]), &dirs, |c| c.memory_check_interval = Duration::from_millis(50))
+            .await;
 
     assert_eq!(summary, self::summary(1, 0, 1));
     let last = fake.last_update();

@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretVolumeSource, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -159,7 +159,7 @@ impl KubernetesConfig {
             problems.push(format!("namespace: {:?} is not a DNS label (a-z, 0-9, -; at most 63)", self.namespace));
         }
         if let Some(url) = &self.api_url
-            && url.parse::<http::Uri>().map_or(true, |u| u.scheme().is_none())
+            && !url.parse::<http::Uri>().is_ok_and(|u| u.scheme().is_some())
         {
             problems.push(format!("api_url: {url:?} is not an absolute URL"));
         }
@@ -463,10 +463,7 @@ impl Submitter for KubernetesPlugin {
                 labels: Some(BTreeMap::from([(MANAGED_BY.to_owned(), MANAGER.to_owned())])),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([(
-                self.config.token_key.clone(),
-                k8s_openapi::ByteString(token.clone()),
-            )])),
+            data: Some(BTreeMap::from([(self.config.token_key.clone(), k8s_openapi::ByteString(token.clone()))])),
             type_: Some("Opaque".to_owned()),
             ..Default::default()
         };
@@ -689,8 +686,13 @@ mod tests {
         let token = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "panda-token").unwrap();
         assert_eq!(token["secret"]["secretName"], "panda-token");
         assert_eq!(token["secret"]["defaultMode"], 0o400);
-        assert!(container["env"].as_array().unwrap().iter().any(|e| e["name"] == "PANDA_TOKEN_FILE"
-            && e["value"] == "/panda/token/token"));
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "PANDA_TOKEN_FILE" && e["value"] == "/panda/token/token")
+        );
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub fn map(name: &str, job: &Job, pods: &[&Pod], clock: Clock) -> CheckResult {
 /// The Job's final condition, if any: (type, reason, message).
 fn ended(job: &Job) -> Option<(&str, &str, &str)> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions.iter().find(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed")).map(|c| {
-        (c.type_.as_str(), c.reason.as_deref().unwrap_or_default(), c.message.as_deref().unwrap_or_default())
-    })
+    conditions
+        .iter()
+        .find(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
+        .map(|c| (c.type_.as_str(), c.reason.as_deref().unwrap_or_default(), c.message.as_deref().unwrap_or_default()))
 }
 
 fn newest<'a>(pods: &[&'a Pod]) -> Option<&'a Pod> {
@@ -110,10 +111,16 @@ fn pod_failure(pod: &Pod) -> (Option<i32>, String) {
         if let Some(t) = terminated {
             let reason = t.reason.as_deref().unwrap_or("Error");
             if reason == "OOMKilled" {
-                return (Some(t.exit_code), format!("container {} OOMKilled (exit code {})", container.name, t.exit_code));
+                return (
+                    Some(t.exit_code),
+                    format!("container {} OOMKilled (exit code {})", container.name, t.exit_code),
+                );
             }
             if t.exit_code != 0 {
-                return (Some(t.exit_code), format!("container {} {reason} (exit code {})", container.name, t.exit_code));
+                return (
+                    Some(t.exit_code),
+                    format!("container {} {reason} (exit code {})", container.name, t.exit_code),
+                );
             }
         }
     }
