@@ -159,3 +159,18 @@ impl HarvesterService for Api {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_are_validated_naming_the_field() {
+        assert_eq!(parse_worker_id("42").unwrap(), 42);
+        for bad in ["", "0", "-3", "abc", "1.5"] {
+            let status = parse_worker_id(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(status.message().starts_with("worker_id: "), "{}", status.message());
+        }
+    }
+}
