@@ -7,6 +7,8 @@
 //! second, GetJob and UpdateJob latency percentiles, and how many jobs were handed out twice
 //! (must be 0).
 
+mod harvester;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,10 @@ struct Args {
 enum Command {
     /// Job dispatch: many pilots taking and finishing preloaded jobs.
     Dispatch(DispatchArgs),
+    /// Harvester's Slurm plugin: submit and track many workers on a real Slurm.
+    SlurmWorkers(harvester::SlurmArgs),
+    /// End to end: no-op jobs through local pilots started by the harvester.
+    LocalPilots(harvester::LocalArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +73,8 @@ struct DispatchArgs {
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Dispatch(args) => dispatch(args).await,
+        Command::SlurmWorkers(args) => harvester::run(args).await,
+        Command::LocalPilots(args) => harvester::local_pilots(args).await,
     }
 }
 

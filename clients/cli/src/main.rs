@@ -13,6 +13,7 @@ macro_rules! out {
 }
 
 mod code;
+mod harvester_admin;
 mod logs;
 mod render;
 mod up;
@@ -88,6 +89,9 @@ enum Command {
     /// Harvester workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// One harvester's queues and workers (admin): counts per state, logs, kill.
+    #[command(subcommand)]
+    Harvester(harvester_admin::HarvesterCommand),
     /// Code archives (tar.gz) that tasks unpack into each job's directory.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -449,6 +453,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let server = ServerClient::new(&cli.server)?;
             let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;
             render::queues(format, &response.into_inner().queues);
+            Ok(0)
+        }
+        Command::Harvester(command) => {
+            harvester_admin::run(&cli.harvester, command, format).await?;
             Ok(0)
         }
         Command::Worker(WorkerCommand::List { queue, limit }) => {

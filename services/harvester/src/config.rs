@@ -36,6 +36,10 @@ pub struct Config {
     pub keep_finished: Duration,
     /// Kill this harvester's local pilots when it stops (the embedded mode's behaviour).
     pub kill_local_workers_on_exit: bool,
+    /// How often the queue file is checked for changes (it is reloaded when it changed, and on
+    /// SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             cycle_interval: Duration::from_secs(1),
             keep_finished: Duration::from_secs(3600),
             kill_local_workers_on_exit: true,
+            reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +70,9 @@ impl Config {
         let mut problems = Problems::default();
         problems.check(self.cycle_interval >= Duration::from_millis(100), || {
             format!("harvester.cycle_interval = {:?}: must be at least 100ms", self.cycle_interval)
+        });
+        problems.check(self.reload_interval >= Duration::from_millis(100), || {
+            format!("harvester.reload_interval = {:?}: must be at least 100ms", self.reload_interval)
         });
         problems.check(self.local_workers >= 1, || "harvester.local_workers = 0: must be at least 1".to_owned());
         problems.check_url("harvester.server_url", &self.server_url);

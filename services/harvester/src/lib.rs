@@ -2,7 +2,8 @@
 //! server, asks how many jobs are activated per queue, decides how many workers to add
 //! (`adjuster`), submits them through the queue's plugin (`plugins`), monitors and reaps them,
 //! and cleans up. Workers live in the harvester's own database (`store`), so a restart picks
-//! them up again; each worker state change is a `worker.<state>` event (outbox).
+//! them up again; each worker state change is a `worker.<state>` event (outbox). The queue file
+//! is reloaded when it changes or on SIGHUP (`watch_queue_file`), without a restart.
 //!
 //! Modules: `config` (`[harvester]`), `queues` (the site admin's queue file), `adjuster` (pure
 //! sizing), `plugins` (role traits, config enum, factory; `local`, `slurm`, `htcondor`), `store`, `provisioner` (the
@@ -98,6 +99,7 @@ pub async fn run(
             (name.clone(), provisioner::Queue { name, config, plugins })
         })
         .collect();
+    let queue_path = config.queue_config.clone();
     let harvester_id = config.harvester_id.clone().unwrap_or_else(|| {
         let host =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
@@ -122,6 +124,15 @@ pub async fn run(
             async move { provisioner.cycle().await }
         })
     };
+    let reloads = queue_path.map(|path| {
+        tokio::spawn(watch_queue_file(
+            path,
+            config.reload_interval,
+            provisioner.clone(),
+            plugin_deps.clone(),
+            shutdown.clone(),
+        ))
+    });
     let mut registry = prometheus_client::registry::Registry::default();
     provisioner.metrics.register(&mut registry);
     let registry = Arc::new(registry);
@@ -129,10 +140,13 @@ pub async fn run(
     let mut server = panda_runtime::grpc::server("harvester")?;
     server.router =
         server.router.add_service(HarvesterServiceServer::new(grpc::Api { provisioner: provisioner.clone() }));
-    info!(addr = ?listeners.grpc.local_addr().ok(), %harvester_id, queues = provisioner.queues.len(), "harvester ready");
+    info!(addr = ?listeners.grpc.local_addr().ok(), %harvester_id, queues = provisioner.queues().len(), "harvester ready");
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();
     let _ = cycles.await;
+    if let Some(reloads) = reloads {
+        let _ = reloads.await;
+    }
     if config.kill_local_workers_on_exit {
         provisioner.kill_local_workers(Duration::from_secs(15)).await;
     }
@@ -142,4 +156,58 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// Reloads the queue file when it changes (checked every `interval`) or on SIGHUP, without a
+/// restart. A file that does not load leaves the running configuration as it is; the problems
+/// are logged, one per line, as `config check` prints them.
+pub async fn watch_queue_file(
+    path: PathBuf,
+    interval: Duration,
+    provisioner: provisioner::Provisioner,
+    plugin_deps: plugins::PluginDeps,
+    shutdown: CancellationToken,
+) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => false,
+            got = signalled => got,
+        };
+        let now = modified(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match QueueFile::load(&path) {
+            Ok(file) => {
+                let build = |name: &str, config: &plugins::PluginConfig| plugins::build(name, config, &plugin_deps);
+                match provisioner.reload(file, build).await {
+                    Ok(summary) => info!(
+                        file = %path.display(),
+                        added = ?summary.added,
+                        changed = ?summary.changed,
+                        removed = ?summary.removed,
+                        draining = ?summary.draining,
+                        "queue config reloaded"
+                    ),
+                    Err(error) => tracing::warn!(%error, "queue config reload failed; the running config stays"),
+                }
+            }
+            Err(error) => {
+                for line in error.lines() {
+                    tracing::warn!(problem = %line, "queue config not reloaded; the running config stays");
+                }
+            }
+        }
+    }
 }

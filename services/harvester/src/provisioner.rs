@@ -1,5 +1,7 @@
-//! The provisioning cycle: report queues to the server (also the harvester's heartbeat), monitor
-//! live workers, submit new ones where jobs wait, and clean up old ones. A cycle always runs to
+//! The provisioning cycle: report queues to the server (also the harvester's heartbeat), renew
+//! the credentials workers need (`Submitter::refresh_credentials`), monitor live workers, submit
+//! new ones where jobs wait, and clean up old ones. Besides the cycle: `kill_worker` (admin
+//! kills) and `reload` (a new queue file). A cycle always runs to
 //! its end; errors are logged and retried next cycle, and one queue's failure does not stop the
 //! others.
 
@@ -40,8 +42,8 @@ pub struct Queue {
 pub struct Provisioner {
     /// This instance.
     pub harvester_id: String,
-    /// Queues by name.
-    pub queues: Arc<BTreeMap<String, Queue>>,
+    /// Queues by name; replaced whole by a config reload.
+    queues: Arc<std::sync::RwLock<Arc<BTreeMap<String, Queue>>>>,
     db: DatabaseConnection,
     outbox: Outbox,
     server: ServerClient,
@@ -54,6 +56,48 @@ pub struct Provisioner {
 
 const LIVE: &[WorkerStatus] =
     &[WorkerStatus::Submitted, WorkerStatus::Ready, WorkerStatus::Running, WorkerStatus::Idle];
+
+/// What a reload did, by queue name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// New queues.
+    pub added: Vec<String>,
+    /// Queues whose settings changed.
+    pub changed: Vec<String>,
+    /// Queues as they were.
+    pub unchanged: Vec<String>,
+    /// Queues gone from the file, with no live worker.
+    pub removed: Vec<String>,
+    /// Queues gone from the file, kept offline until their live workers end.
+    pub draining: Vec<String>,
+}
+
+/// Why a kill request did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// No such worker.
+    #[error("worker {0} not found")]
+    NotFound(i64),
+    /// The worker's queue is not served any more.
+    #[error("worker {worker_id}'s queue {queue:?} is not served by this harvester")]
+    UnknownQueue {
+        /// Worker.
+        worker_id: i64,
+        /// Its queue.
+        queue: String,
+    },
+    /// The resource refused or could not be reached; the worker keeps its state.
+    #[error("killing worker {worker_id} failed: {diag}")]
+    Plugin {
+        /// Worker.
+        worker_id: i64,
+        /// What the plugin said.
+        diag: String,
+    },
+    /// The database.
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+}
 
 /// A cycle step failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +130,7 @@ impl Provisioner {
     ) -> Self {
         Self {
             harvester_id,
-            queues: Arc::new(queues),
+            queues: Arc::new(std::sync::RwLock::new(Arc::new(queues))),
             db,
             outbox,
             server,
@@ -102,6 +146,66 @@ impl Provisioner {
         &self.db
     }
 
+    /// The queues now (a snapshot: a reload replaces the map, not what a cycle holds).
+    pub fn queues(&self) -> Arc<BTreeMap<String, Queue>> {
+        // A panic while holding the lock cannot leave the map half-written (it is replaced whole).
+        self.queues.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Serves the queues of a newly loaded file. A queue whose settings did not change keeps its
+    /// plugin instance (and what it remembers); a changed or new queue gets one from `build`; a
+    /// queue gone from the file that still has live workers stays, offline, until they end (so
+    /// none is orphaned), then goes at a later reload or restart.
+    ///
+    /// # Errors
+    /// The database, when counting a removed queue's workers.
+    pub async fn reload(
+        &self,
+        file: crate::queues::QueueFile,
+        build: impl Fn(&str, &PluginConfig) -> Plugins,
+    ) -> Result<ReloadSummary, CycleError> {
+        let old = self.queues();
+        let mut summary = ReloadSummary::default();
+        let mut queues = BTreeMap::new();
+        for (name, config) in file.queues {
+            let queue = match old.get(&name) {
+                Some(current) if current.config == config => {
+                    summary.unchanged.push(name.clone());
+                    current.clone()
+                }
+                Some(current) => {
+                    summary.changed.push(name.clone());
+                    // Same plugin settings (only limits changed): keep the instance.
+                    let plugins = if current.config.plugin == config.plugin {
+                        current.plugins.clone()
+                    } else {
+                        build(&name, &config.plugin)
+                    };
+                    Queue { name: name.clone(), config, plugins }
+                }
+                None => {
+                    summary.added.push(name.clone());
+                    let plugins = build(&name, &config.plugin);
+                    Queue { name: name.clone(), config, plugins }
+                }
+            };
+            queues.insert(name, queue);
+        }
+        let gone: Vec<(&String, &Queue)> = old.iter().filter(|(name, _)| !queues.contains_key(*name)).collect();
+        for (name, queue) in gone {
+            if store::workers_in(&self.db, Some(name), LIVE).await?.is_empty() {
+                summary.removed.push(name.clone());
+            } else {
+                summary.draining.push(name.clone());
+                let mut queue = queue.clone();
+                queue.config.status = QueueStatus::Offline;
+                queues.insert(name.clone(), queue);
+            }
+        }
+        *self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(queues);
+        Ok(summary)
+    }
+
     /// One full cycle.
     pub async fn cycle(&self) {
         if let Err(error) = self.report_queues().await {
@@ -110,14 +214,23 @@ impl Provisioner {
         if let Err(error) = self.fail_orphans().await {
             warn!(%error, "could not check for orphaned workers");
         }
-        for queue in self.queues.values() {
+        let queues = self.queues();
+        // Credential manager: what workers need to reach the server stays fresh where they run.
+        for queue in queues.values() {
+            match queue.plugins.submitter.refresh_credentials().await {
+                Ok(Some(what)) => info!(queue = %queue.name, %what, "credentials renewed"),
+                Ok(None) => {}
+                Err(diag) => warn!(queue = %queue.name, %diag, "credentials could not be renewed"),
+            }
+        }
+        for queue in queues.values() {
             if let Err(error) = self.monitor(queue).await {
                 warn!(queue = %queue.name, %error, "monitoring failed");
             }
         }
         match self.demand().await {
             Ok(demand) => {
-                for queue in self.queues.values() {
+                for queue in queues.values() {
                     let activated = demand.get(&queue.name).copied().unwrap_or(0);
                     if let Err(error) = self.submit(queue, activated).await {
                         warn!(queue = %queue.name, %error, "submission failed");
@@ -133,7 +246,7 @@ impl Provisioner {
 
     async fn report_queues(&self) -> Result<(), CycleError> {
         let queues = self
-            .queues
+            .queues()
             .values()
             .map(|q| wire::Queue {
                 name: q.name.clone(),
@@ -153,7 +266,7 @@ impl Provisioner {
     }
 
     async fn demand(&self) -> Result<BTreeMap<String, u32>, CycleError> {
-        let names = self.queues.keys().cloned().collect();
+        let names = self.queues().keys().cloned().collect();
         let loads = self
             .server
             .internal
@@ -180,7 +293,12 @@ impl Provisioner {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        store::set_status(&txn, worker.id, to, batch_id, exit_code, diag).await?;
+        if !store::set_status_from(&txn, worker.id, Some(worker.status), to, batch_id, exit_code, diag).await? {
+            // Someone else moved it first (a kill during a monitor cycle): theirs stands.
+            txn.rollback().await?;
+            info!(worker_id = worker.id, from = %worker.status, %to, "worker changed meanwhile; state change skipped");
+            return Ok(());
+        }
         let event = Envelope::new(
             format!("worker.{to}"),
             &WorkerStatusChanged {
@@ -321,8 +439,9 @@ impl Provisioner {
 
     async fn clean(&self) -> Result<(), CycleError> {
         let before = Utc::now() - chrono::Duration::from_std(self.keep_finished).unwrap_or_default();
+        let queues = self.queues();
         for worker in store::to_clean(&self.db, before, 100).await? {
-            let Some(queue) = self.queues.get(&worker.queue) else { continue };
+            let Some(queue) = queues.get(&worker.queue) else { continue };
             match queue.plugins.sweeper.clean(&worker_ref(&worker)).await {
                 Ok(()) => store::mark_cleaned(&self.db, worker.id).await?,
                 Err(diag) => warn!(worker_id = worker.id, %diag, "cleanup failed"),
@@ -331,10 +450,42 @@ impl Provisioner {
         Ok(())
     }
 
+    /// Kills one worker at its resource (scancel, condor_rm, Job deletion, a signal to the local
+    /// pilot's process group) and ends it as cancelled with `reason`. A worker already ended is
+    /// left as it is (answer: its state). A worker still `pending` (its submission has not
+    /// returned) cannot be killed yet.
+    ///
+    /// # Errors
+    /// [`KillError`]: unknown worker or queue, or the plugin's failure (the worker keeps its state).
+    pub async fn kill_worker(&self, worker_id: i64, reason: &str) -> Result<WorkerStatus, KillError> {
+        let worker =
+            store::get(&self.db, worker_id).await.map_err(CycleError::from)?.ok_or(KillError::NotFound(worker_id))?;
+        if worker.status.is_final() {
+            return Ok(worker.status);
+        }
+        if worker.status == WorkerStatus::Pending {
+            return Err(KillError::Plugin { worker_id, diag: "its submission is in progress; try again".into() });
+        }
+        let queues = self.queues();
+        let queue = queues
+            .get(&worker.queue)
+            .ok_or_else(|| KillError::UnknownQueue { worker_id, queue: worker.queue.clone() })?;
+        let result = queue.plugins.sweeper.kill(&[worker_ref(&worker)]).await.into_iter().next();
+        match result {
+            Some(Ok(())) => {
+                self.transition(&worker, WorkerStatus::Cancelled, None, None, reason).await?;
+                Ok(WorkerStatus::Cancelled)
+            }
+            Some(Err(diag)) => Err(KillError::Plugin { worker_id, diag }),
+            None => Err(KillError::Plugin { worker_id, diag: "the plugin gave no answer".into() }),
+        }
+    }
+
     /// Kills live workers of queues whose plugin runs them locally (the embedded mode), waiting up
     /// to `grace` for them to report.
     pub async fn kill_local_workers(&self, grace: Duration) {
-        for queue in self.queues.values().filter(|q| matches!(q.config.plugin, PluginConfig::Local(_))) {
+        let queues = self.queues();
+        for queue in queues.values().filter(|q| matches!(q.config.plugin, PluginConfig::Local(_))) {
             let Ok(live) = store::workers_in(&self.db, Some(&queue.name), LIVE).await else { continue };
             if live.is_empty() {
                 continue;
@@ -385,27 +536,37 @@ mod tests {
 
     use async_trait::async_trait;
     use panda_db::TestDb;
+    use sea_orm::ConnectionTrait;
 
     use super::*;
     use crate::plugins::{BatchState, CheckResult, Monitor, SubmitOutcome, Submitter, Sweeper};
     use crate::queues::QueueFile;
 
-    /// A plugin whose monitor answers what the test set.
+    /// A plugin whose monitor answers what the test set, recording every call.
     #[derive(Default)]
     struct Scripted {
         answer: Mutex<Option<CheckResult>>,
+        /// Worker IDs given to submit.
+        submitted: Mutex<Vec<String>>,
+        /// Batch IDs given to each check call.
+        checked: Mutex<Vec<Vec<String>>>,
+        /// Batch IDs given to kill; `kill_fails` makes the kill fail.
+        killed: Mutex<Vec<String>>,
+        kill_fails: Mutex<Option<String>>,
     }
 
     #[async_trait]
     impl Submitter for Scripted {
         async fn submit(&self, workers: &[WorkerSpec]) -> Vec<SubmitOutcome> {
-            workers.iter().map(|w| SubmitOutcome::Submitted { batch_id: w.worker_id.clone() }).collect()
+            self.submitted.lock().unwrap().extend(workers.iter().map(|w| w.worker_id.clone()));
+            workers.iter().map(|w| SubmitOutcome::Submitted { batch_id: format!("b{}", w.worker_id) }).collect()
         }
     }
 
     #[async_trait]
     impl Monitor for Scripted {
         async fn check(&self, workers: &[WorkerRef]) -> Vec<CheckResult> {
+            self.checked.lock().unwrap().push(workers.iter().map(|w| w.batch_id.clone()).collect());
             let answer = self.answer.lock().unwrap().clone().expect("an answer is set");
             workers.iter().map(|_| answer.clone()).collect()
         }
@@ -414,11 +575,161 @@ mod tests {
     #[async_trait]
     impl Sweeper for Scripted {
         async fn kill(&self, workers: &[WorkerRef]) -> Vec<Result<(), String>> {
-            workers.iter().map(|_| Ok(())).collect()
+            self.killed.lock().unwrap().extend(workers.iter().map(|w| w.batch_id.clone()));
+            let failure = self.kill_fails.lock().unwrap().clone();
+            workers.iter().map(|_| failure.clone().map_or(Ok(()), Err)).collect()
         }
         async fn clean(&self, _: &WorkerRef) -> Result<(), String> {
             Ok(())
         }
+    }
+
+    fn provisioner_on(db: &DatabaseConnection, plugin: &Arc<Scripted>, max_workers: u32) -> (Provisioner, Queue) {
+        let plugins = Plugins { submitter: plugin.clone(), monitor: plugin.clone(), sweeper: plugin.clone() };
+        let config = QueueFile::embedded_default(max_workers).queues.remove("local").unwrap();
+        let queue = Queue { name: "q".into(), config, plugins };
+        let provisioner = Provisioner::new(
+            "h".into(),
+            BTreeMap::from([("q".to_owned(), queue.clone())]),
+            db.clone(),
+            Outbox::new(db.clone()),
+            ServerClient::new("http://127.0.0.1:1").unwrap(),
+            "http://127.0.0.1:1".into(),
+            std::env::temp_dir(),
+            Duration::from_secs(3600),
+        );
+        (provisioner, queue)
+    }
+
+    async fn statuses(db: &DatabaseConnection) -> Vec<(i64, WorkerStatus, String)> {
+        let mut all: Vec<_> =
+            store::list(db, None, 100).await.unwrap().into_iter().map(|w| (w.id, w.status, w.batch_id)).collect();
+        all.sort();
+        all
+    }
+
+    #[tokio::test]
+    async fn a_restarted_harvester_picks_up_its_workers_orphans_none_and_submits_none_twice() {
+        let test_db = TestDb::sqlite_temp();
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let first = Arc::new(Scripted::default());
+        let (before, queue) = provisioner_on(&db, &first, 4);
+        before.submit(&queue, 3).await.unwrap();
+        assert_eq!(first.submitted.lock().unwrap().len(), 3);
+        // It dies after writing a fourth worker's row, before calling the plugin.
+        let interrupted = store::insert_pending(&db, "q", &std::env::temp_dir()).await.unwrap();
+        drop(before);
+
+        // A new process: new plugin instance, same database.
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let second = Arc::new(Scripted::default());
+        *second.answer.lock().unwrap() = Some(state(WorkerStatus::Running, ""));
+        let (after, queue) = provisioner_on(&db, &second, 4);
+        after.monitor(&queue).await.unwrap();
+        // Every submitted worker is monitored again (none orphaned), in one call.
+        assert_eq!(*second.checked.lock().unwrap(), [vec!["b1".to_owned(), "b2".into(), "b3".into()]]);
+        // The demand is covered by the running and the interrupted worker: nothing submitted.
+        after.submit(&queue, 3).await.unwrap();
+        assert!(second.submitted.lock().unwrap().is_empty());
+        // The interrupted worker never reached the resource: missed once it is old enough, never
+        // handed to the plugin.
+        after.fail_orphans().await.unwrap();
+        assert_eq!(store::get(&db, interrupted.id).await.unwrap().unwrap().status, WorkerStatus::Pending);
+        db.execute_unprepared(&format!(
+            "UPDATE workers SET created_at = '2000-01-01T00:00:00+00:00' WHERE id = {}",
+            interrupted.id
+        ))
+        .await
+        .unwrap();
+        after.fail_orphans().await.unwrap();
+        let missed = store::get(&db, interrupted.id).await.unwrap().unwrap();
+        assert_eq!(missed.status, WorkerStatus::Missed);
+        assert!(missed.diag.contains("never submitted"), "{}", missed.diag);
+        // More demand: one new worker (a new ID) fills the queue to its 4; none of the old ones again.
+        after.submit(&queue, 10).await.unwrap();
+        assert_eq!(*second.submitted.lock().unwrap(), ["5"]);
+        let all = statuses(&db).await;
+        assert_eq!(
+            all.iter().map(|(id, s, _)| (*id, *s)).collect::<Vec<_>>(),
+            [
+                (1, WorkerStatus::Running),
+                (2, WorkerStatus::Running),
+                (3, WorkerStatus::Running),
+                (4, WorkerStatus::Missed),
+                (5, WorkerStatus::Submitted)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn kill_reaches_the_resource_and_ends_the_worker_cancelled() {
+        let test_db = TestDb::sqlite_temp();
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let plugin = Arc::new(Scripted::default());
+        let (provisioner, queue) = provisioner_on(&db, &plugin, 4);
+        provisioner.submit(&queue, 2).await.unwrap();
+
+        // The resource refuses: the worker keeps its state, the caller learns why.
+        *plugin.kill_fails.lock().unwrap() = Some("scancel: Unable to contact slurm controller".into());
+        let error = provisioner.kill_worker(1, "by test").await.unwrap_err();
+        assert!(matches!(&error, KillError::Plugin { worker_id: 1, diag } if diag.contains("scancel")), "{error}");
+        assert_eq!(store::get(&db, 1).await.unwrap().unwrap().status, WorkerStatus::Submitted);
+
+        *plugin.kill_fails.lock().unwrap() = None;
+        assert_eq!(provisioner.kill_worker(1, "by test").await.unwrap(), WorkerStatus::Cancelled);
+        let killed = store::get(&db, 1).await.unwrap().unwrap();
+        assert_eq!((killed.status, killed.diag.as_str()), (WorkerStatus::Cancelled, "by test"));
+        assert_eq!(*plugin.killed.lock().unwrap(), ["b1", "b1"]);
+        // Again: already ended, nothing sent to the resource.
+        assert_eq!(provisioner.kill_worker(1, "again").await.unwrap(), WorkerStatus::Cancelled);
+        assert_eq!(plugin.killed.lock().unwrap().len(), 2);
+        assert!(matches!(provisioner.kill_worker(99, "x").await, Err(KillError::NotFound(99))));
+
+        // A monitor cycle that read the worker before the kill cannot overwrite it.
+        let stale = store::get(&db, 2).await.unwrap().unwrap();
+        provisioner.kill_worker(2, "killed").await.unwrap();
+        provisioner.transition(&stale, WorkerStatus::Running, None, None, "").await.unwrap();
+        assert_eq!(store::get(&db, 2).await.unwrap().unwrap().status, WorkerStatus::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_unchanged_plugins_adds_new_queues_and_drains_removed_ones() {
+        let test_db = TestDb::sqlite_temp();
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let plugin = Arc::new(Scripted::default());
+        let (provisioner, queue) = provisioner_on(&db, &plugin, 4);
+        provisioner.submit(&queue, 1).await.unwrap();
+        let built = Mutex::new(Vec::new());
+        let build = |name: &str, _: &PluginConfig| {
+            built.lock().unwrap().push(name.to_owned());
+            let fresh = Arc::new(Scripted::default());
+            Plugins { submitter: fresh.clone(), monitor: fresh.clone(), sweeper: fresh }
+        };
+        let parse = |text: &str| QueueFile::parse(text, std::path::Path::new("q.yaml")).unwrap();
+
+        // Only a limit changed: the same plugin instance goes on.
+        let file = parse(
+            "queues:\n  q:\n    max_workers: 9\n    resources: { cores: 1 }\n    plugin: { type: local }\n  new:\n    max_workers: 1\n    plugin: { type: local }\n",
+        );
+        let summary = provisioner.reload(file, build).await.unwrap();
+        assert_eq!((summary.changed, summary.added), (vec!["q".to_owned()], vec!["new".to_owned()]));
+        assert_eq!(*built.lock().unwrap(), ["new"]);
+        let queues = provisioner.queues();
+        assert_eq!(queues["q"].config.max_workers, 9);
+        *plugin.answer.lock().unwrap() = Some(state(WorkerStatus::Running, ""));
+        provisioner.monitor(&queues["q"]).await.unwrap();
+        assert_eq!(plugin.checked.lock().unwrap().len(), 1, "the queue kept its plugin instance");
+
+        // `q` removed while its worker lives: kept, offline, so the worker is still monitored.
+        let file = parse("queues:\n  new:\n    max_workers: 1\n    plugin: { type: local }\n");
+        let summary = provisioner.reload(file.clone(), build).await.unwrap();
+        assert_eq!((summary.draining, summary.unchanged), (vec!["q".to_owned()], vec!["new".to_owned()]));
+        assert_eq!(provisioner.queues()["q"].config.status, QueueStatus::Offline);
+        // Once the worker ended, the next reload lets the queue go.
+        provisioner.kill_worker(1, "done").await.unwrap();
+        let summary = provisioner.reload(file, build).await.unwrap();
+        assert_eq!(summary.removed, ["q"]);
+        assert!(!provisioner.queues().contains_key("q"));
     }
 
     fn state(status: WorkerStatus, diag: &str) -> CheckResult {

@@ -2,7 +2,19 @@
 //! with its limits, the resources a worker offers, and its plugin. Unknown keys and plugins are
 //! refused with the file, the key and what is allowed.
 //!
+//! `defaults` and `templates` hold the same keys as a queue; a queue's settings are merged in this
+//! order, each layer over the one before: built-in defaults, `defaults`, the queue's `template`,
+//! the queue's own keys ([`merge_queue`]: mappings key by key; a `plugin` of another `type`
+//! replaces the lower one whole). The merged queue must then be complete and valid. The JSON
+//! Schema is [`QueueFile::json_schema`], shipped as `examples/queues.schema.json`.
+//!
 //! ```yaml
+//! defaults:                       # every queue starts from these
+//!   max_new_workers_per_cycle: 10
+//! templates:
+//!   slurm_debug:                  # a queue says `template: slurm_debug`
+//!     resources: { cores: 1, memory_mb: 2000, walltime_seconds: 3600 }
+//!     plugin: { type: slurm, partition: debug }
 //! queues:
 //!   local:
 //!     status: online              # online | offline
@@ -39,6 +51,24 @@
 //!       condor_submit: condor_submit   # also condor_q, condor_history, condor_rm
 //!       held_timeout: 1h          # held this long: condor_rm, cancelled with the hold reason
 //!       log_dir, pilot_command, command_timeout (2m), lost_after (10m) as for slurm
+//!   cloud:
+//!     max_workers: 100
+//!     resources: { cores: 2, memory_mb: 4000, walltime_seconds: 86400 }
+//!     plugin:
+//!       type: kubernetes
+//!       image: ghcr.io/example/panda-pilot:1     # required
+//!       namespace: panda          # default: default
+//!       kubeconfig: /etc/panda/kubeconfig   # or api_url: http://127.0.0.1:8001 (kubectl proxy); default: inferred
+//!       token_secret: panda-token # Secret mounted at /panda/token; token_key: token
+//!       server_url: http://panda-server.panda:50051   # as the pods reach it
+//!       labels: {}, node_selector: {}, service_account, image_pull_policy, memory_limit: false,
+//!       cpu_request_percent: 90, ttl_seconds_after_finished: 172800, kill_grace_seconds: 30,
+//!       image_pull_timeout: 30m, lost_after: 2m, request_timeout: 20s, submit_parallelism: 8,
+//!       token_file: /etc/panda/token  # the credential manager copies it into token_secret when it
+//!                                     # changes, and at least every token_refresh (10m)
+//!   hpc_small:
+//!     template: slurm_debug
+//!     max_workers: 5
 //! ```
 //!
 //! Templates use `{placeholder}`s (`plugins::batch::COMMON_PLACEHOLDERS`, plus `partition` and
@@ -54,7 +84,7 @@ use serde::{Deserialize, Serialize};
 use crate::plugins::PluginConfig;
 
 /// Whether a queue takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueStatus {
     /// Brokerage sends jobs; workers are submitted.
@@ -75,7 +105,7 @@ impl QueueStatus {
 }
 
 /// Resources one worker offers (zero: unlimited).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerResources {
     /// Cores.
@@ -95,7 +125,7 @@ impl From<WorkerResources> for Resources {
 }
 
 /// One queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Online or offline.
@@ -125,6 +155,81 @@ pub struct QueueConfig {
 pub struct QueueFile {
     /// Queues by name.
     pub queues: BTreeMap<String, QueueConfig>,
+}
+
+/// The file as written: `defaults`, `templates` and `queues`, each a YAML mapping merged before
+/// it is read as a [`QueueConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: serde_yaml_ng::Mapping,
+    #[serde(default)]
+    templates: BTreeMap<String, serde_yaml_ng::Mapping>,
+    queues: BTreeMap<String, serde_yaml_ng::Mapping>,
+}
+
+impl RawFile {
+    /// Queue `name`'s effective settings, or a problem naming the queue and key.
+    fn effective(&self, name: &str, entry: &serde_yaml_ng::Mapping) -> Result<QueueConfig, String> {
+        let template = match entry.get("template") {
+            None => None,
+            Some(serde_yaml_ng::Value::String(t)) => match self.templates.get(t) {
+                Some(template) => Some(template),
+                None => {
+                    let known: Vec<&str> = self.templates.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "queues.{name}.template: no template {t:?} (templates: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ));
+                }
+            },
+            Some(_) => return Err(format!("queues.{name}.template: must be a template name")),
+        };
+        let mut own = entry.clone();
+        own.remove("template");
+        let merged = merge_queue(&self.defaults, template, &own);
+        serde_path_to_error::deserialize::<_, QueueConfig>(serde_yaml_ng::Value::Mapping(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            let origin = if template.is_some() { " (after merging its template and defaults)" } else { "" };
+            if key == "." || key.is_empty() {
+                format!("queues.{name}: {}{origin}", e.inner())
+            } else {
+                format!("queues.{name}.{key}: {}{origin}", e.inner())
+            }
+        })
+    }
+}
+
+/// A queue's settings from its layers, lowest first: the file's `defaults`, the queue's
+/// `template`, the queue's own keys (built-in defaults fill what none sets). Mappings merge key
+/// by key, recursively; any other value replaces the lower one. A `plugin` mapping whose `type`
+/// differs from the lower layer's replaces it whole (keys of another plugin do not carry over).
+pub fn merge_queue(
+    defaults: &serde_yaml_ng::Mapping,
+    template: Option<&serde_yaml_ng::Mapping>,
+    queue: &serde_yaml_ng::Mapping,
+) -> serde_yaml_ng::Mapping {
+    let mut merged = defaults.clone();
+    for layer in template.into_iter().chain([queue]) {
+        merge_into(&mut merged, layer, true);
+    }
+    merged
+}
+
+fn merge_into(base: &mut serde_yaml_ng::Mapping, over: &serde_yaml_ng::Mapping, top: bool) {
+    use serde_yaml_ng::Value;
+    for (key, value) in over {
+        let replace_plugin = top
+            && key.as_str() == Some("plugin")
+            && base.get(key).and_then(|b| b.get("type")) != value.get("type")
+            && value.get("type").is_some();
+        if !replace_plugin && let (Some(Value::Mapping(lower)), Value::Mapping(upper)) = (base.get_mut(key), value) {
+            merge_into(lower, upper, false);
+            continue;
+        }
+        base.insert(key.clone(), value.clone());
+    }
 }
 
 /// A queue config problem, naming the file.
@@ -157,6 +262,19 @@ pub enum QueueConfigError {
     },
 }
 
+impl QueueConfigError {
+    /// One line per problem, each naming the file (for `config check`).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            QueueConfigError::Invalid { path, problems } => {
+                problems.iter().map(|p| format!("{}: {p}", path.display())).collect()
+            }
+            QueueConfigError::Read { path, source } => vec![format!("{}: cannot read: {source}", path.display())],
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 impl QueueFile {
     /// The built-in configuration when no file is given: one `local` queue of `workers` pilots.
     pub fn embedded_default(workers: u32) -> Self {
@@ -182,28 +300,90 @@ impl QueueFile {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates YAML text (`path` is for messages).
+    /// Parses and validates YAML text (`path` is for messages): merges each queue over its
+    /// template and the file's `defaults` (see [`merge_queue`]), then checks the result.
     ///
     /// # Errors
-    /// [`QueueConfigError::Parse`] or [`QueueConfigError::Invalid`].
+    /// [`QueueConfigError::Parse`] or [`QueueConfigError::Invalid`], listing every problem.
     pub fn parse(text: &str, path: &Path) -> Result<Self, QueueConfigError> {
-        let mut file: QueueFile = serde_yaml_ng::from_str(text)
+        let raw: RawFile = serde_yaml_ng::from_str(text)
             .map_err(|e| QueueConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let mut problems = Vec::new();
+        let mut queues = BTreeMap::new();
+        for (name, entry) in &raw.queues {
+            match raw.effective(name, entry) {
+                Ok(queue) => {
+                    queues.insert(name.clone(), queue);
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+        for name in raw.templates.keys() {
+            if raw.queues.contains_key(name) {
+                problems.push(format!("templates.{name}: a template and a queue cannot share a name"));
+            }
+        }
+        let mut file = QueueFile { queues };
         // Template files are named relative to the queue file.
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        let mut problems = Vec::new();
         for (name, queue) in &mut file.queues {
             problems.extend(queue.plugin.load_files(base_dir).into_iter().map(|p| format!("queues.{name}.plugin.{p}")));
         }
         problems.extend(file.problems());
+        if raw.queues.is_empty() && !problems.iter().any(|p| p.starts_with("queues:")) {
+            problems.push("queues: at least one queue is needed".to_owned());
+        }
         if problems.is_empty() { Ok(file) } else { Err(QueueConfigError::Invalid { path: path.to_owned(), problems }) }
+    }
+
+    /// The JSON Schema of the queue file (`panda-harvester config schema`; shipped as
+    /// `examples/queues.schema.json`). Queue entries, `defaults` and templates take the same keys,
+    /// none of them required: what a queue must have is checked after the merge.
+    pub fn json_schema() -> serde_json::Value {
+        let mut root = schemars::schema_for!(QueueConfig).to_value();
+        let mut defs = root.get_mut("$defs").map(serde_json::Value::take).unwrap_or_else(|| serde_json::json!({}));
+        let properties = root.get("properties").cloned().unwrap_or_default();
+        let settings = serde_json::json!({
+            "description": "Queue settings; every key optional here (merged: built-in defaults, then `defaults`, then the queue's `template`, then the queue).",
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false
+        });
+        let mut entry = settings.clone();
+        entry["description"] = "A queue: its settings over its template and the file's defaults.".into();
+        entry["properties"]["template"] = serde_json::json!({
+            "description": "The name of an entry of `templates` whose settings this queue starts from.",
+            "type": "string"
+        });
+        defs["QueueSettings"] = settings;
+        defs["QueueEntry"] = entry;
+        serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://panda-rs.invalid/schemas/harvester-queues.schema.json",
+            "title": "panda-harvester queue file",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["queues"],
+            "properties": {
+                "defaults": { "$ref": "#/$defs/QueueSettings", "description": "Settings every queue starts from." },
+                "templates": {
+                    "description": "Named settings a queue can start from with `template: NAME`.",
+                    "type": "object",
+                    "additionalProperties": { "$ref": "#/$defs/QueueSettings" }
+                },
+                "queues": {
+                    "description": "The queues this harvester serves, by name.",
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": { "$ref": "#/$defs/QueueEntry" }
+                }
+            },
+            "$defs": defs
+        })
     }
 
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.queues.is_empty() {
-            problems.push("queues: at least one queue is needed".to_owned());
-        }
         for (name, queue) in &self.queues {
             if let Err(e) = QueueName::new(name.clone()) {
                 problems.push(format!("queues.{name}: the name {e}"));
@@ -289,7 +469,7 @@ mod tests {
 
     #[test]
     fn example_files_are_valid() {
-        for name in ["queues.yaml", "queues-batch.yaml"] {
+        for name in ["queues.yaml", "queues-batch.yaml", "queues-kubernetes.yaml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
             let file = QueueFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
             for queue in file.queues.values() {
@@ -329,7 +509,7 @@ mod tests {
         assert_eq!(slurm.lost_after, std::time::Duration::from_secs(300));
         let PluginConfig::Htcondor(condor) = &file.queues["grid"].plugin else { panic!() };
         assert_eq!(condor.held_timeout, std::time::Duration::from_secs(1800));
-        // The effective configuration prints (check-queues) and names the file, not its text.
+        // The effective configuration prints (config check) and names the file, not its text.
         let printed = serde_yaml_ng::to_string(&file).unwrap();
         assert!(printed.contains("template_file:") && !printed.contains("#SBATCH"), "{printed}");
     }
@@ -373,5 +553,71 @@ mod tests {
         ))
         .unwrap_err();
         assert!(error.contains("slurmdb") && error.contains("jobcomp"), "{error}");
+    }
+
+    #[test]
+    fn queues_merge_over_their_template_and_the_defaults_in_order() {
+        let file = parse(
+            "defaults:\n  max_workers: 3\n  max_new_workers_per_cycle: 2\n  resources: { cores: 1, memory_mb: 1000 }\ntemplates:\n  hpc:\n    max_workers: 10\n    resources: { memory_mb: 4000, walltime_seconds: 600 }\n    plugin: { type: slurm, partition: debug, lost_after: 5m }\nqueues:\n  plain:\n    plugin: { type: local }\n  big:\n    template: hpc\n    resources: { cores: 8 }\n    plugin: { type: slurm, account: atlas }\n  other_plugin:\n    template: hpc\n    plugin: { type: htcondor }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plain = &file.queues["plain"];
+        // defaults < built-in defaults only.
+        assert_eq!((plain.max_workers, plain.max_new_workers_per_cycle), (3, Some(2)));
+        assert_eq!(plain.max_queued_workers, None);
+        let big = &file.queues["big"];
+        // template over defaults, queue over template; mappings merge key by key.
+        assert_eq!(big.max_workers, 10);
+        assert_eq!(big.max_new_workers_per_cycle, Some(2));
+        assert_eq!(big.resources, WorkerResources { cores: 8, memory_mb: 4000, disk_mb: 0, walltime_seconds: 600 });
+        let PluginConfig::Slurm(slurm) = &big.plugin else { panic!("{:?}", big.plugin) };
+        assert_eq!(slurm.partition.as_deref(), Some("debug"));
+        assert_eq!(slurm.account.as_deref(), Some("atlas"));
+        assert_eq!(slurm.lost_after, std::time::Duration::from_secs(300));
+        // Another plugin type replaces the template's plugin whole (no Slurm keys carried over).
+        assert!(matches!(file.queues["other_plugin"].plugin, PluginConfig::Htcondor(_)));
+    }
+
+    #[test]
+    fn template_and_merge_errors_name_the_queue_and_key() {
+        let error =
+            parse("queues:\n  q:\n    template: nope\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
+        assert!(error.contains("queues.q.template: no template \"nope\" (templates: none)"), "{error}");
+        let error = parse(
+            "templates:\n  t:\n    max_workers: many\nqueues:\n  q:\n    template: t\n    plugin: { type: local }\n  r:\n    plugin: { type: local }\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("queues.q.max_workers: invalid type"), "{error}");
+        assert!(error.contains("after merging its template"), "{error}");
+        // Every queue is reported, not only the first.
+        assert!(error.contains("queues.r: missing field `max_workers`"), "{error}");
+        let error =
+            parse("templates:\n  q: {}\nqueues:\n  q:\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
+        assert!(error.contains("templates.q: a template and a queue cannot share a name"), "{error}");
+        let error = parse("defaults: {}\ntemplate: {}\nqueues: {}\n").unwrap_err();
+        assert!(error.contains("unknown field `template`"), "{error}");
+        let lines = QueueFile::parse("queues: {}\n", Path::new("q.yaml")).unwrap_err().lines();
+        assert_eq!(lines, ["q.yaml: queues: at least one queue is needed"]);
+    }
+
+    #[test]
+    fn the_shipped_json_schema_is_the_generated_one() {
+        let generated = serde_json::to_string_pretty(&QueueFile::json_schema()).unwrap() + "\n";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/queues.schema.json");
+        if std::env::var_os("PANDA_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            shipped == generated,
+            "{} is stale: run PANDA_UPDATE_SCHEMA=1 cargo test -p panda-harvester --lib shipped_json_schema",
+            path.display()
+        );
+        let schema = QueueFile::json_schema();
+        for plugin in ["local", "slurm", "htcondor", "kubernetes"] {
+            assert!(schema.to_string().contains(&format!("\"{plugin}\"")), "{plugin} missing from the schema");
+        }
+        assert_eq!(schema["properties"]["queues"]["additionalProperties"]["$ref"], "#/$defs/QueueEntry");
+        assert_eq!(schema["$defs"]["QueueEntry"]["additionalProperties"], false);
     }
 }

@@ -121,6 +121,20 @@ pub async fn set_status(
     exit_code: Option<i32>,
     diag: &str,
 ) -> Result<(), DbErr> {
+    set_status_from(conn, id, None, status, batch_id, exit_code, diag).await.map(|_| ())
+}
+
+/// Records a state change only if the worker is still in `from` (when given): a kill and a
+/// monitor cycle racing on one worker cannot overwrite each other. Whether the row changed.
+pub async fn set_status_from(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    from: Option<WorkerStatus>,
+    status: WorkerStatus,
+    batch_id: Option<&str>,
+    exit_code: Option<i32>,
+    diag: &str,
+) -> Result<bool, DbErr> {
     let now = Utc::now();
     let mut update = worker::Entity::update_many()
         .col_expr(worker::Column::Status, Expr::value(status.as_str()))
@@ -139,8 +153,11 @@ pub async fn set_status(
     if status.is_final() {
         update = update.col_expr(worker::Column::EndedAt, Expr::value(now));
     }
-    update.filter(worker::Column::Id.eq(id)).exec(conn).await?;
-    Ok(())
+    let mut update = update.filter(worker::Column::Id.eq(id));
+    if let Some(from) = from {
+        update = update.filter(worker::Column::Status.eq(from.as_str()));
+    }
+    Ok(update.exec(conn).await?.rows_affected == 1)
 }
 
 /// Records a diagnostic without a state change (the resource could not tell the worker's state).
@@ -167,6 +184,11 @@ pub async fn workers_in(
         query = query.filter(worker::Column::Queue.eq(queue));
     }
     query.all(conn).await?.into_iter().map(from_row).collect()
+}
+
+/// One worker.
+pub async fn get(conn: &impl ConnectionTrait, id: i64) -> Result<Option<Worker>, DbErr> {
+    worker::Entity::find_by_id(id).one(conn).await?.map(from_row).transpose()
 }
 
 /// Newest workers first.

@@ -47,6 +47,10 @@ pub struct Config {
     /// How often the payload's new output is sent to the server (sooner when 64 KiB wait).
     #[serde(with = "humantime_serde")]
     pub log_interval: Duration,
+    /// How often the payload's memory (resident set of its process group) is compared with the
+    /// job's `memory_mb`.
+    #[serde(with = "humantime_serde")]
+    pub memory_check_interval: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             server_deadline: Duration::from_secs(3 * 3600),
             heartbeat_interval: None,
             log_interval: Duration::from_secs(5),
+            memory_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -94,6 +99,9 @@ impl Config {
         if self.heartbeat_interval.is_some_and(|interval| interval.is_zero()) {
             problems
                 .push("pilot.heartbeat_interval = 0s: must be positive (leave it unset for the server's)".to_owned());
+        }
+        if self.memory_check_interval.is_zero() {
+            problems.push("pilot.memory_check_interval = 0s: must be positive".to_owned());
         }
         if self.log_interval.is_zero() {
             problems.push("pilot.log_interval = 0s: must be positive".to_owned());

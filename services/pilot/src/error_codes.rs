@@ -17,6 +17,11 @@ pub const PANDA_KILL: u32 = 1144;
 pub const MISSING_OUTPUT: u32 = 1165;
 /// The pilot was told to stop (SIGTERM or Ctrl-C) while it held the job (SIGTERM).
 pub const SIGTERM: u32 = 1201;
+/// The payload ran past the job's wall-time limit and was killed (REACHEDMAXTIME).
+pub const REACHED_MAX_TIME: u32 = 1213;
+/// The payload's resident memory exceeded the job's memory limit and it was killed
+/// (PAYLOADEXCEEDMAXMEM).
+pub const PAYLOAD_EXCEEDED_MAX_MEM: u32 = 1235;
 /// The payload could not be started, exited non-zero or died of a signal
 /// (PAYLOADEXECUTIONFAILURE).
 pub const PAYLOAD_FAILED: u32 = 1305;

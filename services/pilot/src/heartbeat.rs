@@ -1,5 +1,6 @@
 //! Watching a running payload: the `running` update at start, a heartbeat every interval, and
-//! the three reasons to kill it early (a KILL reply, a lost lease, the pilot's shutdown). A
+//! the reasons to kill it early (a KILL reply, a lost lease, the pilot's shutdown, the job's
+//! wall-time or memory limit). A
 //! heartbeat runs alongside the wait for the payload, so a slow server never delays noticing
 //! that the payload exited or that the pilot must stop.
 
@@ -30,6 +31,18 @@ pub(crate) enum KillReason {
     Server,
     /// The pilot was told to stop.
     Shutdown,
+    /// It ran past the job's wall time.
+    Walltime {
+        /// The limit.
+        limit: Duration,
+    },
+    /// Its process group's resident memory went over the job's limit.
+    Memory {
+        /// What it used, KiB.
+        rss_kb: u64,
+        /// The limit, KiB.
+        limit_kb: u64,
+    },
 }
 
 /// How the payload ended.
@@ -53,6 +66,12 @@ pub(crate) struct Timing {
     pub interval: Duration,
     /// SIGTERM to SIGKILL.
     pub kill_grace: Duration,
+    /// The job's wall-time limit.
+    pub walltime: Option<Duration>,
+    /// The job's memory limit, KiB.
+    pub memory_limit_kb: Option<u64>,
+    /// Between memory checks.
+    pub memory_check: Duration,
 }
 
 /// Sends `running`, heartbeats until the payload exits, and kills it when told to.
@@ -80,6 +99,9 @@ pub(crate) async fn watch(
         Ok(status) => End::Killed { status, reason },
         Err(error) => End::Lost(error),
     };
+    let walltime_end = timing.walltime.map(|limit| (started + limit, limit));
+    let mut memory_checks = tokio::time::interval(timing.memory_check);
+    memory_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // A payload that already exited keeps its real result, whatever else happened.
@@ -132,8 +154,29 @@ pub(crate) async fn watch(
                     }
                 }
             }
+            () = sleep_until_opt(walltime_end.map(|(end, _)| end)), if walltime_end.is_some() => {
+                let limit = walltime_end.map_or(Duration::ZERO, |(_, limit)| limit);
+                tracing::warn!(job_id = %lease.job_id, ?limit, "wall-time limit reached: killing the payload");
+                return Ok(kill(payload, KillReason::Walltime { limit }).await);
+            }
+            _ = memory_checks.tick(), if timing.memory_limit_kb.is_some() => {
+                let limit_kb = timing.memory_limit_kb.unwrap_or(u64::MAX);
+                let rss_kb = crate::payload::group_rss_kb(payload.group());
+                if rss_kb > limit_kb {
+                    tracing::warn!(job_id = %lease.job_id, rss_kb, limit_kb, "memory limit exceeded: killing the payload");
+                    return Ok(kill(payload, KillReason::Memory { rss_kb, limit_kb }).await);
+                }
+            }
             () = tokio::time::sleep_until(next_beat), if in_flight.is_none() => in_flight = Some(beat(server)),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -34,6 +34,10 @@ pub(crate) struct Job {
     pub heartbeat_interval_seconds: u32,
     /// Code archive to unpack into the job directory.
     pub code_sha256: Option<String>,
+    /// Wall-time limit in seconds (0: none).
+    pub walltime_seconds: u64,
+    /// Memory limit in MB (0: none).
+    pub memory_mb: u64,
 }
 
 impl From<DispatchedJob> for Job {
@@ -57,6 +61,8 @@ impl From<DispatchedJob> for Job {
             outputs: job.output_files,
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
             code_sha256: (!job.code_sha256.is_empty()).then_some(job.code_sha256),
+            walltime_seconds: job.resources.map_or(0, |r| r.walltime_seconds),
+            memory_mb: job.resources.map_or(0, |r| r.memory_mb),
         }
     }
 }
@@ -208,6 +214,9 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
     let timing = Timing {
         interval: cx.config.heartbeat_interval_for(job.heartbeat_interval_seconds),
         kill_grace: cx.config.kill_grace,
+        walltime: (job.walltime_seconds > 0).then(|| std::time::Duration::from_secs(job.walltime_seconds)),
+        memory_limit_kb: (job.memory_mb > 0).then(|| job.memory_mb.saturating_mul(1024)),
+        memory_check: cx.config.memory_check_interval,
     };
     // The output goes to the server while the payload runs; what is left goes before the final
     // report (the join waits for it).
@@ -232,6 +241,20 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
         End::Killed { status, reason: KillReason::Shutdown } => {
             with_exit(status, error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
         }
+        End::Killed { status, reason: KillReason::Walltime { limit } } => with_exit(
+            status,
+            error_codes::REACHED_MAX_TIME,
+            &format!("payload ran past the job's wall-time limit of {}s and was killed", limit.as_secs()),
+        ),
+        End::Killed { status, reason: KillReason::Memory { rss_kb, limit_kb } } => with_exit(
+            status,
+            error_codes::PAYLOAD_EXCEEDED_MAX_MEM,
+            &format!(
+                "payload used {} MB of resident memory, over the job's limit of {} MB, and was killed",
+                rss_kb / 1024,
+                limit_kb / 1024
+            ),
+        ),
         End::LeaseLost => return Ok(None),
         End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
     };

@@ -25,6 +25,32 @@ pub(crate) const TAIL_BYTES: u64 = 2048;
 /// How often the group is checked for survivors during the kill grace period.
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
+/// The resident memory of every process in `group`, in KiB, from `/proc` (0 where `/proc` cannot
+/// be read; a process that exits while it is read is skipped).
+pub(crate) fn group_rss_kb(group: Pid) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) state ppid pgrp ...": the fields after the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let pgrp = rest.split_whitespace().nth(2).and_then(|f| f.parse::<i32>().ok());
+        if pgrp != Some(group.as_raw()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok());
+        total += rss.unwrap_or(0);
+    }
+    total
+}
+
 /// What the payload used, for the final report.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Usage {

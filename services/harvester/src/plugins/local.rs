@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::{BatchState, CheckResult, Monitor, SubmitOutcome, Submitter, Sweeper, WorkerRef, WorkerSpec};
 
 /// `plugin: { type: local }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
     /// Pilot program and leading arguments (default: the pilot of this installation).

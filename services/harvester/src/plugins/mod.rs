@@ -3,12 +3,13 @@
 //! A new plugin is a module, a `PluginConfig` variant and a factory arm.
 //!
 //! Modules: `local` (pilots as processes), `slurm` and `htcondor` (batch systems through their
-//! commands), `batch` (what those two share), `command` (running commands: the only place that
+//! commands), `kubernetes` (one Job per worker through the API server), `batch` (what those two share), `command` (running commands: the only place that
 //! spawns them), `template` (`{placeholder}` templates).
 
 pub mod batch;
 pub mod command;
 pub mod htcondor;
+pub mod kubernetes;
 pub mod local;
 pub mod slurm;
 pub mod template;
@@ -78,6 +79,12 @@ pub struct BatchState {
 pub trait Submitter: Send + Sync {
     /// One outcome per worker, in order.
     async fn submit(&self, workers: &[WorkerSpec]) -> Vec<SubmitOutcome>;
+
+    /// Keeps the credentials workers need fresh where they run (the credential manager's call,
+    /// once per cycle): `Ok(Some(what))` when something was renewed. Default: nothing to do.
+    async fn refresh_credentials(&self) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 /// A worker's state, or why the resource could not tell (the worker then keeps its state, and the
@@ -92,9 +99,63 @@ pub trait Monitor: Send + Sync {
     async fn check(&self, workers: &[WorkerRef]) -> Vec<CheckResult>;
 }
 
+/// A worker's log, as the resource keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLog {
+    /// File or pod/container name.
+    pub name: String,
+    /// The text (its tail).
+    pub text: String,
+    /// Only the tail is here.
+    pub truncated: bool,
+}
+
+/// The last `tail` bytes of the files of `dirs` whose names end in `.log`, `.out` or `.err`.
+///
+/// # Errors
+/// A message naming a directory that cannot be read.
+pub async fn tail_log_files(dirs: &[&Path], tail: u64) -> Result<Vec<WorkerLog>, String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut logs = Vec::new();
+    for dir in dirs {
+        let mut entries = match tokio::fs::read_dir(dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+        };
+        let mut files = Vec::new();
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if [".log", ".out", ".err"].iter().any(|s| name.ends_with(s)) {
+                files.push((name, entry.path()));
+            }
+        }
+        files.sort();
+        for (name, path) in files {
+            let Ok(mut file) = tokio::fs::File::open(&path).await else { continue };
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let start = len.saturating_sub(tail);
+            if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            if file.read_to_end(&mut bytes).await.is_err() {
+                continue;
+            }
+            logs.push(WorkerLog { name, text: String::from_utf8_lossy(&bytes).into_owned(), truncated: start > 0 });
+        }
+    }
+    Ok(logs)
+}
+
 /// Kills workers and cleans up after them.
 #[async_trait]
 pub trait Sweeper: Send + Sync {
+    /// The worker's logs, the last `tail` bytes of each (default: the `.log`, `.out` and `.err`
+    /// files of its directory).
+    async fn logs(&self, worker: &WorkerRef, tail: u64) -> Result<Vec<WorkerLog>, String> {
+        tail_log_files(&[&worker.work_dir], tail).await
+    }
     /// Kills workers (idempotent: a worker already gone counts as killed); one result per
     /// worker, an error meaning "try again later".
     async fn kill(&self, workers: &[WorkerRef]) -> Vec<Result<(), String>>;
@@ -114,7 +175,7 @@ pub struct Plugins {
 }
 
 /// `plugin:` of a queue, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PluginConfig {
     /// Pilots as local processes.
@@ -123,6 +184,8 @@ pub enum PluginConfig {
     Slurm(Box<slurm::SlurmConfig>),
     /// Workers as HTCondor jobs.
     Htcondor(Box<htcondor::HtcondorConfig>),
+    /// Workers as Kubernetes Jobs.
+    Kubernetes(Box<kubernetes::KubernetesConfig>),
 }
 
 impl PluginConfig {
@@ -132,6 +195,7 @@ impl PluginConfig {
             PluginConfig::Local(_) => "local",
             PluginConfig::Slurm(_) => "slurm",
             PluginConfig::Htcondor(_) => "htcondor",
+            PluginConfig::Kubernetes(_) => "kubernetes",
         }
     }
 
@@ -139,7 +203,7 @@ impl PluginConfig {
     /// directory). Problems as `key: problem`.
     pub fn load_files(&mut self, base_dir: &Path) -> Vec<String> {
         match self {
-            PluginConfig::Local(_) => Vec::new(),
+            PluginConfig::Local(_) | PluginConfig::Kubernetes(_) => Vec::new(),
             PluginConfig::Slurm(config) => config.load_files(base_dir),
             PluginConfig::Htcondor(config) => config.load_files(base_dir),
         }
@@ -151,6 +215,7 @@ impl PluginConfig {
             PluginConfig::Local(config) => config.problems(),
             PluginConfig::Slurm(config) => config.problems(),
             PluginConfig::Htcondor(config) => config.problems(),
+            PluginConfig::Kubernetes(config) => config.problems(),
         }
     }
 
@@ -182,5 +247,6 @@ pub fn build(queue: &str, config: &PluginConfig, deps: &PluginDeps) -> Plugins {
         PluginConfig::Htcondor(config) => {
             roles(htcondor::HtcondorPlugin::new(queue, (**config).clone(), deps.pilot_program.clone(), runner))
         }
+        PluginConfig::Kubernetes(config) => roles(kubernetes::KubernetesPlugin::new(queue, (**config).clone())),
     }
 }

@@ -27,6 +27,8 @@ fn job() -> Job {
         outputs: vec!["out.1".to_owned(), "out.2".to_owned()],
         heartbeat_interval_seconds: 0,
         code_sha256: None,
+        walltime_seconds: 0,
+        memory_mb: 0,
     }
 }
 

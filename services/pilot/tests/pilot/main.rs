@@ -332,6 +332,51 @@ async fn a_lost_lease_kills_the_payload_without_a_final_update() {
 }
 
 #[tokio::test]
+async fn a_payload_over_its_walltime_is_killed_with_reached_max_time() {
+    let dirs = Dirs::new();
+    let pid_file = dirs.scratch.join("pids");
+    let mut dispatched = job(21, &background_child(&pid_file));
+    dispatched.resources = Some(panda_proto::common::v1::Resources { walltime_seconds: 1, ..Default::default() });
+
+    let (fake, summary) = run_pilot(script(&dirs, vec![dispatched]), &dirs, |_| {}).await;
+
+    assert_eq!(summary, self::summary(1, 0, 1));
+    assert_lifecycle(&fake, JobStatus::Failed);
+    let last = fake.last_update();
+    assert_failed(&last, error_codes::REACHED_MAX_TIME, Some(143));
+    assert!(last.error_diag.contains("wall-time limit of 1s"), "{}", last.error_diag);
+    for pid in read_pids(&pid_file) {
+        wait_for(&format!("process {pid} to end"), || process_gone(pid)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_payload_over_its_memory_is_killed_with_exceeded_max_mem() {
+    let dirs = Dirs::new();
+    let pid_file = dirs.scratch.join("pids");
+    // `tail -c` keeps the last 200 MB it read in memory: a child of the payload, in its group,
+    // started once the PIDs are written.
+    let file = pid_file.display();
+    let command = format!(
+        "sleep 600 & echo \"$$ $!\" > {file}.tmp && mv {file}.tmp {file}; head -c 200000000 /dev/zero | tail -c 200000000 > /dev/null; wait"
+    );
+    let mut dispatched = job(22, &command);
+    dispatched.resources = Some(panda_proto::common::v1::Resources { memory_mb: 20, ..Default::default() });
+
+    let (fake, summary) =
+        run_pilot(script(&dirs, vec![dispatched]), &dirs, |c| c.memory_check_interval = Duration::from_millis(50))
+            .await;
+
+    assert_eq!(summary, self::summary(1, 0, 1));
+    let last = fake.last_update();
+    assert_failed(&last, error_codes::PAYLOAD_EXCEEDED_MAX_MEM, Some(143));
+    assert!(last.error_diag.contains("over the job's limit of 20 MB"), "{}", last.error_diag);
+    for pid in read_pids(&pid_file) {
+        wait_for(&format!("process {pid} to end"), || process_gone(pid)).await;
+    }
+}
+
+#[tokio::test]
 async fn shutdown_kills_the_payload_and_reports_sigterm() {
     let dirs = Dirs::new();
     let pid_file = dirs.scratch.join("pids");

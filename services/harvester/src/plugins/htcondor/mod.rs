@@ -60,7 +60,7 @@ pub fn placeholders() -> Vec<&'static str> {
 }
 
 /// `plugin: { type: htcondor, ... }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HtcondorConfig {
     /// Submit description template (inline); default [`DEFAULT_TEMPLATE`].
@@ -89,12 +89,15 @@ pub struct HtcondorConfig {
     pub condor_rm: CommandLine,
     /// A job held this long is removed and its worker cancelled (0s: at once).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub held_timeout: Duration,
     /// Deadline of every command.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub command_timeout: Duration,
     /// How long a job may be unknown to condor_q and condor_history before its worker is cancelled.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lost_after: Duration,
 }
 
@@ -479,5 +482,12 @@ impl Sweeper for HtcondorPlugin {
     async fn clean(&self, worker: &WorkerRef) -> Result<(), String> {
         let log_dir = self.log_dir(&worker.worker_id, &worker.work_dir);
         batch::remove_dirs(&[&worker.work_dir, &log_dir]).await
+    }
+
+    async fn logs(&self, worker: &WorkerRef, tail: u64) -> Result<Vec<super::WorkerLog>, String> {
+        let log_dir = self.log_dir(&worker.worker_id, &worker.work_dir);
+        let dirs: Vec<&Path> =
+            if log_dir == worker.work_dir { vec![&worker.work_dir] } else { vec![&worker.work_dir, &log_dir] };
+        super::tail_log_files(&dirs, tail).await
     }
 }

@@ -55,7 +55,7 @@ pub fn placeholders() -> Vec<&'static str> {
 }
 
 /// Where `squeue` sends jobs that left it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Accounting {
     /// Plain `sacct`; if it says accounting storage is disabled, `sacct --completion`.
@@ -70,7 +70,7 @@ pub enum Accounting {
 }
 
 /// `plugin: { type: slurm, ... }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlurmConfig {
     /// Batch script template (inline); default [`DEFAULT_TEMPLATE`].
@@ -102,11 +102,13 @@ pub struct SlurmConfig {
     pub scancel: CommandLine,
     /// Deadline of every command.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub command_timeout: Duration,
     /// `sbatch` calls running at once.
     pub submit_parallelism: u32,
     /// How long a job may be unknown to squeue and sacct before its worker is cancelled.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lost_after: Duration,
 }
 
@@ -438,6 +440,13 @@ impl Sweeper for SlurmPlugin {
     async fn clean(&self, worker: &WorkerRef) -> Result<(), String> {
         let log_dir = self.log_dir(&worker.worker_id, &worker.work_dir);
         batch::remove_dirs(&[&worker.work_dir, &log_dir]).await
+    }
+
+    async fn logs(&self, worker: &WorkerRef, tail: u64) -> Result<Vec<super::WorkerLog>, String> {
+        let log_dir = self.log_dir(&worker.worker_id, &worker.work_dir);
+        let dirs: Vec<&Path> =
+            if log_dir == worker.work_dir { vec![&worker.work_dir] } else { vec![&worker.work_dir, &log_dir] };
+        super::tail_log_files(&dirs, tail).await
     }
 }
 
