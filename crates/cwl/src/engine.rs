@@ -276,6 +276,74 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Links each input File/Directory (with its secondaryFiles beside it) into its own staging
+    /// directory under its `basename`, so paths match basenames the way tools expect.
+    fn stage_inputs(&self, inputs: &mut Map<String, Value>) -> Result<()> {
+        fn retarget(v: &mut Value, old: &str, new: &str) {
+            if let Value::Object(o) = v {
+                if let Some(p) = o.get("path").and_then(Value::as_str)
+                    && let Some(rest) = p.strip_prefix(old)
+                {
+                    let np = format!("{new}{rest}");
+                    o.insert("path".into(), Value::String(np.clone()));
+                    if let Some(parent) = Path::new(&np).parent() {
+                        o.insert("dirname".into(), Value::String(parent.display().to_string()));
+                    }
+                }
+                for k in ["listing", "secondaryFiles"] {
+                    if let Some(Value::Array(a)) = o.get_mut(k) {
+                        for x in a {
+                            retarget(x, old, new);
+                        }
+                    }
+                }
+            }
+        }
+        let mut top = |o: &mut Map<String, Value>| -> Result<()> {
+            let Some(path) = o.get("path").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
+            let n = self.counter.fetch_add(1, Ordering::SeqCst);
+            let dir = self.scratch.join(format!("stg{n}"));
+            std::fs::create_dir_all(&dir).map_err(|e| CwlError::io(&dir, e))?;
+            let base = o.get("basename").and_then(Value::as_str).unwrap_or("x").to_string();
+            let target = dir.join(&base);
+            std::os::unix::fs::symlink(&path, &target).map_err(|e| CwlError::io(&target, e))?;
+            let t = target.display().to_string();
+            let mut me = Value::Object(std::mem::take(o));
+            if let Value::Object(m) = &mut me {
+                if let Some(Value::Array(ls)) = m.get_mut("listing") {
+                    for x in ls {
+                        retarget(x, &path, &t);
+                    }
+                }
+                m.insert("path".into(), Value::String(t));
+                m.insert("dirname".into(), Value::String(dir.display().to_string()));
+                if let Some(Value::Array(sf)) = m.get_mut("secondaryFiles") {
+                    for x in sf {
+                        if let Value::Object(xo) = x
+                            && let Some(sp) = xo.get("path").and_then(Value::as_str).map(str::to_string)
+                        {
+                            let sb = xo.get("basename").and_then(Value::as_str).unwrap_or("x").to_string();
+                            let st = dir.join(&sb);
+                            if !st.exists() {
+                                std::os::unix::fs::symlink(&sp, &st).map_err(|e| CwlError::io(&st, e))?;
+                            }
+                            let stt = st.display().to_string();
+                            let mut xv = Value::Object(std::mem::take(xo));
+                            retarget(&mut xv, &sp, &stt);
+                            *x = xv;
+                        }
+                    }
+                }
+                *o = std::mem::take(m);
+            }
+            Ok(())
+        };
+        for (_, v) in inputs.iter_mut() {
+            walk_top_files(v, &mut top)?;
+        }
+        Ok(())
+    }
+
     fn run_tool(&self, p: &Value, mut inputs: Map<String, Value>, reqs: &Reqs) -> Result<Map<String, Value>> {
         let name = Self::name(p);
         let mut iv = Value::Object(inputs.clone());
@@ -283,6 +351,7 @@ impl<'a> Engine<'a> {
         if let Value::Object(m) = iv {
             inputs = m;
         }
+        self.stage_inputs(&mut inputs)?;
         let dirs = self.exec.allocate()?;
         let outdir = dirs.outdir.display().to_string();
         let tmpdir = dirs.tmpdir.display().to_string();
@@ -601,10 +670,14 @@ impl<'a> Engine<'a> {
             match to.get("type").and_then(Value::as_str) {
                 Some("array") => {
                     let items = to.get("items").cloned().unwrap_or(Value::Null);
-                    let item_binding = to.get("inputBinding").cloned();
+                    let item_binding = to.get("inputBinding").cloned().or_else(|| {
+                        binding
+                            .filter(|b| b.get("itemSeparator").is_none() && b.get("valueFrom").is_none())
+                            .map(|_| json!({}))
+                    });
                     if let Some(a) = v.as_array() {
                         for (n, x) in a.iter().enumerate() {
-                            let mut l = lead.clone();
+                            let mut l = my_key.clone();
                             l.push(Key::Int(n as i64));
                             self.bind_input(&items, item_binding.as_ref(), x, l, tail.clone(), scope, out, ctx)?;
                         }
@@ -619,7 +692,7 @@ impl<'a> Engine<'a> {
                             let fname = s(&f, "name").unwrap_or("").to_string();
                             let ft = f.get("type").cloned().unwrap_or(Value::Null);
                             let fv = o.get(&fname).cloned().unwrap_or(Value::Null);
-                            self.bind_input(&ft, f.get("inputBinding"), &fv, my_key.clone(), Key::Str(fname), scope, out, ctx)?;
+                            self.bind_input(&ft, f.get("inputBinding"), &fv, lead.clone(), Key::Str(fname), scope, out, ctx)?;
                         }
                     }
                 }
@@ -1126,6 +1199,26 @@ pub fn finish_file(o: &mut Map<String, Value>) -> Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Calls `f` on the outermost File/Directory objects inside `v` (not their listings).
+pub fn walk_top_files(v: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>) -> Result<()>) -> Result<()> {
+    match v {
+        Value::Object(o) if matches!(o.get("class").and_then(Value::as_str), Some("File" | "Directory")) => f(o),
+        Value::Object(o) => {
+            for (_, x) in o.iter_mut() {
+                walk_top_files(x, f)?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => {
+            for x in a {
+                walk_top_files(x, f)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Calls `f` on every File/Directory object inside `v` (outermost first, then its listing and

@@ -203,8 +203,11 @@ pub fn eval(seg: &Segment, scope: &Scope) -> Result<Value, ExprError> {
     };
     let lib = if scope.js { scope.lib.join("\n") } else { String::new() };
     let script = format!(
-        "(function(){{var inputs={};var self={};var runtime={};\n{lib}\n;try{{var __r=(function(){{\n{body}\n}})();return JSON.stringify({{ok:__r===undefined?null:__r}});}}catch(e){{return JSON.stringify({{err:String(e)}});}}}})()",
-        scope.inputs, scope.this, scope.runtime
+        "var inputs={};var self={};var runtime={};\n{lib}\n;(function(){{try{{var __r=(function(){{\n{body}\n}})();if(__r===undefined&&{strict})throw new Error('undefined value');return JSON.stringify({{ok:__r===undefined?null:__r}});}}catch(e){{return JSON.stringify({{err:String(e)}});}}}})()",
+        scope.inputs,
+        scope.this,
+        scope.runtime,
+        strict = !scope.js && matches!(seg, Segment::Paren(_)),
     );
     engine_eval(&script, &src)
 }

@@ -61,6 +61,17 @@ pub fn load_job(path: &Path) -> Result<Map<String, Value>> {
     let mut v = parse_yaml(&text, path)?;
     let dir = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     fix_locations(&mut v, &dir);
+    if let Some(ns) = v.get("$namespaces").and_then(Value::as_object).cloned() {
+        walk_files(&mut v, &mut |o| {
+            if let Some(f) = o.get("format").and_then(Value::as_str)
+                && let Some((pre, rest)) = f.split_once(':')
+                && let Some(base) = ns.get(pre).and_then(Value::as_str)
+            {
+                o.insert("format".into(), Value::String(format!("{base}{rest}")));
+            }
+            Ok(())
+        })?;
+    }
     match v {
         Value::Object(m) => Ok(m),
         Value::Null => Ok(Map::new()),

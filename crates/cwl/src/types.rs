@@ -92,6 +92,9 @@ pub fn conform(t: &Value, v: Value, schemas: &Schemas, dir: &Path, field: &str) 
         // Integers are acceptable where only floats are.
         return Err(CwlError::Input { field: field.into(), message: format!("value {} is not of type {}", brief(&v), t) });
     }
+    if rt.as_str() == Some("Any") && v.is_null() {
+        return Ok(v);
+    }
     if !matches(&rt, &v, schemas) {
         return Err(CwlError::Input { field: field.into(), message: format!("value {} is not of type {}", brief(&v), t) });
     }
@@ -133,11 +136,24 @@ pub fn normalize_file(o: &mut Map<String, Value>, dir: &Path, field: &str) -> Re
     if !has_loc && !o.contains_key("contents") && o.get("class").and_then(Value::as_str) == Some("File") {
         return Err(CwlError::Input { field: field.into(), message: "a File needs `location`, `path` or `contents`".into() });
     }
+    let given = o.get("basename").and_then(Value::as_str).map(str::to_string);
     fill_names(o, dir);
-    if let Some(p) = o.get("path").and_then(Value::as_str)
-        && !Path::new(p).exists()
-    {
-        return Err(CwlError::Input { field: field.into(), message: format!("{p} does not exist") });
+    if let Some(b) = given {
+        let (root, ext) = crate::fs::split_name(&b);
+        o.insert("basename".into(), Value::String(b));
+        if o.get("class").and_then(Value::as_str) == Some("File") {
+            o.insert("nameroot".into(), Value::String(root));
+            o.insert("nameext".into(), Value::String(ext));
+        }
+    }
+    if let Some(p) = o.get("path").and_then(Value::as_str) {
+        match std::fs::metadata(p) {
+            Err(_) => return Err(CwlError::Input { field: field.into(), message: format!("{p} does not exist") }),
+            Ok(md) if md.is_file() => {
+                o.insert("size".into(), Value::from(md.len()));
+            }
+            Ok(_) => {}
+        }
     }
     if let Some(Value::Array(sf)) = o.get_mut("secondaryFiles") {
         for x in sf.iter_mut() {
