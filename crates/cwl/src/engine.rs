@@ -39,13 +39,15 @@ pub const SUPPORTED: &[&str] = &[
 pub struct Reqs {
     reqs: Vec<Value>,
     hints: Vec<Value>,
+    /// `cwl:requirements` of the input object: these win over the documents'.
+    pub overrides: Vec<Value>,
 }
 
 impl Reqs {
     /// The most specific requirement of `class`, else the most specific hint.
     pub fn get(&self, class: &str) -> Option<&Value> {
         let by = |v: &&Value| v.get("class").and_then(Value::as_str) == Some(class);
-        self.reqs.iter().rev().find(by).or_else(|| self.hints.iter().rev().find(by))
+        self.overrides.iter().rev().find(by).or_else(|| self.reqs.iter().rev().find(by)).or_else(|| self.hints.iter().rev().find(by))
     }
 
     /// Adds an object's `hints` and `requirements`.
@@ -140,12 +142,13 @@ impl<'a> Engine<'a> {
                 return Err(CwlError::Input { field: id, message: format!("missing required input of type {t}") });
             }
             let mut v = conform(&t, v, &self.schemas, base, &id)?;
+            check_formats(param.get("format"), &t, &v, &self.schemas, &id)?;
             let load = param.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
                 || param.get("inputBinding").and_then(|b| b.get("loadContents")).and_then(Value::as_bool).unwrap_or(false);
             let pll = s(param, "loadListing").map(str::to_string).or(ll.clone());
             let sf = arr(param, "secondaryFiles").to_vec();
             let scope = self.scope(reqs, &Value::Null);
-            walk_files(&mut v, &mut |o| {
+            walk_top_files(&mut v, &mut |o| {
                 if load && class_of(&Value::Object(o.clone())) == Some("File") && !o.contains_key("contents")
                     && let Some(path) = o.get("path").and_then(Value::as_str)
                 {
@@ -178,6 +181,7 @@ impl<'a> Engine<'a> {
             let pattern = pat.get("pattern").cloned().unwrap_or(Value::Null);
             let mut sc = scope.clone();
             sc.this = Value::Object(o.clone());
+            let is_expr = pattern.as_str().is_some_and(has_expr);
             let evaluated = eval_value(&pattern, &sc).map_err(|e| CwlError::expr("secondaryFiles", e))?;
             let list = match evaluated {
                 Value::Array(a) => a,
@@ -188,7 +192,7 @@ impl<'a> Engine<'a> {
                 let mut fo = match item {
                     Value::String(pat) => {
                         let base = path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
-                        let name = secondary_name(&base, &pat);
+                        let name = if is_expr { pat.clone() } else { secondary_name(&base, &pat) };
                         let p = dir.join(&name);
                         let mut m = Map::new();
                         m.insert("class".into(), json!(if p.is_dir() { "Directory" } else { "File" }));
@@ -811,7 +815,7 @@ impl<'a> Engine<'a> {
         let sf = arr(param, "secondaryFiles").to_vec();
         let fmt = param.get("format").cloned();
         let mut sc = scope.clone();
-        walk_files(&mut v, &mut |o| {
+        walk_top_files(&mut v, &mut |o| {
             fill_names(o, outdir);
             if o.get("path").is_some() {
                 finish_file(o)?;
@@ -1026,6 +1030,59 @@ impl<'a> Engine<'a> {
             other => Err(failed(ctx(&format!("unknown scatterMethod `{other}`")))),
         }
     }
+}
+
+fn same_vocabulary(a: &str, b: &str) -> bool {
+    let base = |s: &str| s.rfind(['/', '#', ':']).map(|i| s[..i].to_string()).unwrap_or_default();
+    base(a) == base(b)
+}
+
+/// Checks File formats against a parameter's `format` (exact match within one vocabulary;
+/// formats from different vocabularies are not compared, as no ontology is loaded).
+fn check_formats(fmt: Option<&Value>, t: &Value, v: &Value, schemas: &Schemas, field: &str) -> Result<()> {
+    let t = resolve(t, schemas);
+    match v {
+        Value::Array(a) => {
+            let items = t.get("items").unwrap_or(t);
+            for x in a {
+                check_formats(fmt, items, x, schemas, field)?;
+            }
+        }
+        Value::Object(o) if class_of(v) == Some("File") => {
+            let allowed: Vec<&str> = match fmt {
+                Some(Value::String(f)) if !has_expr(f) => vec![f.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).filter(|f| !has_expr(f)).collect(),
+                _ => vec![],
+            };
+            if let Some(have) = o.get("format").and_then(Value::as_str)
+                && !allowed.is_empty()
+                && !allowed.contains(&have)
+                && allowed.iter().all(|a| same_vocabulary(a, have))
+            {
+                return Err(CwlError::Input { field: field.into(), message: format!("file format {have} is not one of {allowed:?}") });
+            }
+        }
+        Value::Object(o) => {
+            let members: Vec<&Value> = match t {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for m in members {
+                let m = resolve(m, schemas);
+                if m.get("type").and_then(Value::as_str) == Some("record") {
+                    for f in m.get("fields").and_then(Value::as_array).cloned().unwrap_or_default() {
+                        let name = s(&f, "name").unwrap_or("");
+                        if let Some(fv) = o.get(name) {
+                            let ft = f.get("type").cloned().unwrap_or(Value::Null);
+                            check_formats(f.get("format"), &ft, fv, schemas, &format!("{field}.{name}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn nest(flat: Vec<Value>, dims: &[usize]) -> Value {

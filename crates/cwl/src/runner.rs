@@ -88,7 +88,12 @@ pub fn run_with(args: &Args, exec: &dyn Executor, scratch: &Path) -> Result<Valu
         None => Map::new(),
     };
     let engine = Engine::new(loaded.schemas, exec, scratch.to_path_buf());
-    let out = engine.run(&loaded.process, &job, &Reqs::default())?;
+    let mut job = job;
+    let mut reqs = Reqs::default();
+    if let Some(r) = job.remove("cwl:requirements") {
+        reqs.overrides = crate::load::to_list(Some(r), "class");
+    }
+    let out = engine.run(&loaded.process, &job, &reqs)?;
     let outdir = match &args.outdir {
         Some(d) => d.clone(),
         None => std::env::current_dir().map_err(|e| CwlError::io(".", e))?,
