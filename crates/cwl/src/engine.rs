@@ -162,14 +162,55 @@ impl<'a> Engine<'a> {
                 {
                     o.insert("listing".into(), Value::Array(listing(Path::new(path), mode == "deep_listing", false)?));
                 }
-                if !sf.is_empty() && o.get("class").and_then(Value::as_str) == Some("File") {
-                    self.add_secondary(o, &sf, &scope, true)?;
-                }
                 Ok(())
             })?;
+            self.discover(&t, &sf, &mut v, &scope)?;
             out.insert(id, v);
         }
         Ok(out)
+    }
+
+    /// Adds secondaryFiles to the Files of `v`, following the type into records and arrays.
+    fn discover(&self, t: &Value, sf: &[Value], v: &mut Value, scope: &Scope) -> Result<()> {
+        let t = resolve(t, &self.schemas).clone();
+        match v {
+            Value::Array(a) => {
+                let members: Vec<Value> = match &t {
+                    Value::Array(m) => m.clone(),
+                    other => vec![other.clone()],
+                };
+                let items = members.iter().find_map(|m| resolve(m, &self.schemas).get("items").cloned()).unwrap_or(json!("Any"));
+                for x in a {
+                    self.discover(&items, sf, x, scope)?;
+                }
+            }
+            Value::Object(o) if matches!(o.get("class").and_then(Value::as_str), Some("File")) => {
+                if !sf.is_empty() {
+                    self.add_secondary(o, sf, scope, true)?;
+                }
+            }
+            Value::Object(o) if !o.contains_key("class") => {
+                let members: Vec<Value> = match &t {
+                    Value::Array(m) => m.clone(),
+                    other => vec![other.clone()],
+                };
+                for m in members {
+                    let m = resolve(&m, &self.schemas).clone();
+                    if m.get("type").and_then(Value::as_str) == Some("record") {
+                        for f in arr(&m, "fields") {
+                            let name = s(f, "name").unwrap_or("");
+                            let ft = f.get("type").cloned().unwrap_or(Value::Null);
+                            if let Some(fv) = o.get_mut(name) {
+                                self.discover(&ft, arr(f, "secondaryFiles"), fv, scope)?;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn add_secondary(&self, o: &mut Map<String, Value>, patterns: &[Value], scope: &Scope, must_exist: bool) -> Result<()> {
@@ -605,6 +646,12 @@ impl<'a> Engine<'a> {
                     if let Value::Object(xo) = x {
                         let n = xo.get("basename").and_then(Value::as_str).unwrap_or("x");
                         self.stage_file(&xo, Some(&format!("{base}/{n}")), writable, outdir, stage, renames)?;
+                        for sf in xo.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default() {
+                            if let Value::Object(so) = sf {
+                                let sn = so.get("basename").and_then(Value::as_str).unwrap_or("x");
+                                self.stage_file(&so, Some(&format!("{base}/{sn}")), writable, outdir, stage, renames)?;
+                            }
+                        }
                     }
                 }
             }
@@ -781,7 +828,11 @@ impl<'a> Engine<'a> {
                 let full = if pat.starts_with('/') { pat.clone() } else { format!("{}/{}", outdir.display(), pat) };
                 let mut hits: Vec<PathBuf> = glob::glob(&full).map_err(|e| failed(format!("{}: bad glob `{pat}`: {e}", ctx("glob"))))?.filter_map(|r| r.ok()).collect();
                 hits.sort();
+                let real_out = std::fs::canonicalize(outdir).unwrap_or_else(|_| outdir.to_path_buf());
                 for h in hits {
+                    if h.is_symlink() && std::fs::canonicalize(&h).is_ok_and(|r| !r.starts_with(&real_out)) {
+                        return Err(failed(format!("{}: {} is a symlink to outside the output directory", ctx("glob"), h.display())));
+                    }
                     let is_dir = h.is_dir();
                     if (is_dir && !want_dir) || (!is_dir && !want_file) {
                         continue;
@@ -925,6 +976,14 @@ impl<'a> Engine<'a> {
             let srcs = sources(inp, "source");
             let mut v = if srcs.is_empty() { Value::Null } else { merge(inp, &srcs, state).map_err(|e| failed(ctx(&e)))? };
             v = pick(inp, v).map_err(|e| failed(ctx(&e)))?;
+            if inp.get("loadContents").and_then(Value::as_bool).unwrap_or(false) {
+                walk_top_files(&mut v, &mut |o| {
+                    if let Some(p) = o.get("path").and_then(Value::as_str).map(PathBuf::from) {
+                        o.insert("contents".into(), Value::String(load_contents(&p)?));
+                    }
+                    Ok(())
+                })?;
+            }
             if v.is_null()
                 && let Some(d) = inp.get("default")
             {
@@ -1106,7 +1165,7 @@ fn sources(v: &Value, key: &str) -> Vec<String> {
 
 fn merge(param: &Value, srcs: &[String], state: &HashMap<String, Value>) -> std::result::Result<Value, String> {
     let get = |k: &String| state.get(k).cloned().ok_or_else(|| format!("unknown source `{k}`"));
-    let multi = matches!(param.get("source").or(param.get("outputSource")), Some(Value::Array(_)));
+    let multi = param.get("linkMerge").is_some();
     if srcs.len() == 1 && !multi {
         return get(&srcs[0]);
     }

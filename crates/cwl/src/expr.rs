@@ -55,8 +55,8 @@ pub fn scan(s: &str, js: bool) -> Result<Vec<Segment>, ExprError> {
     let mut text = String::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == '\\' && i + 1 < b.len() && b[i + 1] == '$' {
-            text.push('$');
+        if b[i] == '\\' && i + 1 < b.len() && (b[i + 1] == '$' || b[i + 1] == '\\') {
+            text.push(b[i + 1]);
             i += 2;
             continue;
         }
