@@ -606,7 +606,7 @@ impl<'a> Engine<'a> {
                     other => {
                         let contents = match other {
                             Value::String(s) => s,
-                            v if is_expr => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                            v if is_expr => py_json(&v),
                             v => to_str(&v),
                         };
                         let Some(n) = ename else { return Err(failed("InitialWorkDirRequirement: a string entry needs `entryname`")) };
@@ -628,7 +628,16 @@ impl<'a> Engine<'a> {
         stage: &mut Vec<Stage>,
         renames: &mut Vec<(String, String)>,
     ) -> Result<()> {
-        let base = name.map(str::to_string).or(fo.get("basename").and_then(Value::as_str).map(str::to_string)).unwrap_or_else(|| "entry".into());
+        let from_loc = fo
+            .get("path")
+            .or(fo.get("location"))
+            .and_then(Value::as_str)
+            .and_then(|l| uri_to_path(l).file_name().map(|n| n.to_string_lossy().to_string()));
+        let base = name
+            .map(str::to_string)
+            .or(fo.get("basename").and_then(Value::as_str).map(str::to_string))
+            .or(from_loc)
+            .unwrap_or_else(|| "entry".into());
         let target = PathBuf::from(&base);
         match fo.get("path").and_then(Value::as_str).or(fo.get("location").and_then(Value::as_str)) {
             Some(src) => {
@@ -743,7 +752,8 @@ impl<'a> Engine<'a> {
                             let fname = s(&f, "name").unwrap_or("").to_string();
                             let ft = f.get("type").cloned().unwrap_or(Value::Null);
                             let fv = o.get(&fname).cloned().unwrap_or(Value::Null);
-                            self.bind_input(&ft, f.get("inputBinding"), &fv, lead.clone(), Key::Str(fname), scope, out, ctx)?;
+                            let l = if binding.is_some() { my_key.clone() } else { lead.clone() };
+                            self.bind_input(&ft, f.get("inputBinding"), &fv, l, Key::Str(fname), scope, out, ctx)?;
                         }
                     }
                 }
@@ -835,7 +845,7 @@ impl<'a> Engine<'a> {
                     }
                     let is_dir = h.is_dir();
                     if (is_dir && !want_dir) || (!is_dir && !want_file) {
-                        continue;
+                        return Err(failed(format!("{}: {} is a {}, the output type wants {}", ctx("glob"), h.display(), if is_dir { "directory" } else { "file" }, if is_dir { "a File" } else { "a Directory" })));
                     }
                     let mut o = Map::new();
                     o.insert("class".into(), json!(if is_dir { "Directory" } else { "File" }));
@@ -907,7 +917,6 @@ impl<'a> Engine<'a> {
             let mut val = obj.get(&id).cloned().unwrap_or(Value::Null);
             walk_files(&mut val, &mut |o| {
                 if o.contains_key("location") || o.contains_key("path") {
-                    fill_names(o, &base);
                 } else if let Some(b) = o.get("basename").and_then(Value::as_str).map(str::to_string) {
                     let (r, x) = split_name(&b);
                     o.insert("nameroot".into(), json!(r));
@@ -1206,10 +1215,34 @@ enum Key {
     Str(String),
 }
 
+/// JSON text the way the reference runner writes it (Python's `json.dumps`: `", "` and `": "`).
+pub fn py_json(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!("[{}]", a.iter().map(py_json).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter().map(|(k, x)| format!("{}: {}", Value::String(k.clone()), py_json(x))).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A number as decimal text, never in exponent notation.
+pub fn num_str(n: &serde_json::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    match n.as_f64() {
+        Some(f) => format!("{f}"),
+        None => n.to_string(),
+    }
+}
+
 /// Text form of a value on the command line.
 pub fn to_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Number(n) => num_str(n),
         Value::Object(o) if o.contains_key("class") => o.get("path").or(o.get("location")).and_then(Value::as_str).unwrap_or("").to_string(),
         other => other.to_string(),
     }

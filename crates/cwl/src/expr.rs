@@ -239,6 +239,7 @@ pub fn interpolate(s: &str, scope: &Scope) -> Result<Value, ExprError> {
             Segment::Text(t) => out.push_str(t),
             _ => match eval(seg, scope)? {
                 Value::String(v) => out.push_str(&v),
+                Value::Number(n) => out.push_str(&crate::engine::num_str(&n)),
                 v => out.push_str(&v.to_string()),
             },
         }

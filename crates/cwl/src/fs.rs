@@ -31,7 +31,17 @@ pub fn resolve_location(loc: &str, dir: &Path) -> PathBuf {
         return uri_to_path(loc);
     }
     let p = Path::new(loc);
-    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    // A relative reference is a URI reference: percent-escapes are decoded.
+    if let Ok(base) = url::Url::from_directory_path(dir)
+        && let Ok(u) = base.join(loc)
+        && let Ok(pb) = u.to_file_path()
+    {
+        return pb;
+    }
+    dir.join(p)
 }
 
 /// sha1 checksum (`sha1$hex`) and size of a file.
