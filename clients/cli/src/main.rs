@@ -13,6 +13,7 @@ macro_rules! out {
 }
 
 mod code;
+mod cwl;
 mod logs;
 mod render;
 mod up;
@@ -101,6 +102,13 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Runs a CWL document: `panda cwl-runner [--outdir DIR] [--quiet] doc.cwl[#id] [job.yml]`.
+    #[command(name = "cwl-runner", disable_help_flag = true)]
+    CwlRunner {
+        /// Runner arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -353,6 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let code = up::up(config, up::UpOptions { workflow, exit_when_done }, shutdown).await?;
             Ok(code as u8)
         }
+        Command::CwlRunner { args } => cwl::cwl_runner(args).await,
         Command::Pilot { args } => {
             // Parsed separately: the pilot has its own `--server` flag.
             use clap::Parser as _;

@@ -140,6 +140,16 @@ struct Engine {
 
 thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+    static LIMIT: Cell<Duration> = const { Cell::new(TIME_LIMIT) };
+}
+
+/// Sets this thread's per-expression time limit (default [`TIME_LIMIT`]).
+pub fn set_time_limit(limit: Duration) {
+    LIMIT.with(|l| l.set(limit));
+}
+
+fn time_limit() -> Duration {
+    LIMIT.with(Cell::get)
 }
 
 fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
@@ -149,7 +159,7 @@ fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
             let rt = Runtime::new().map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
             rt.set_memory_limit(MEMORY_LIMIT);
             rt.set_max_stack_size(8 * 1024 * 1024);
-            let deadline = Rc::new(Cell::new(Instant::now() + TIME_LIMIT));
+            let deadline = Rc::new(Cell::new(Instant::now() + time_limit()));
             let d = deadline.clone();
             rt.set_interrupt_handler(Some(Box::new(move || Instant::now() > d.get())));
             *slot = Some(Engine { rt, deadline });
@@ -157,7 +167,7 @@ fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
         let Some(engine) = slot.as_ref() else {
             return Err(ExprError::Failed { expr: expr.into(), message: "no engine".into() });
         };
-        engine.deadline.set(Instant::now() + TIME_LIMIT);
+        engine.deadline.set(Instant::now() + time_limit());
         let ctx = Context::full(&engine.rt).map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
         let started = Instant::now();
         let res: Result<String, String> = ctx.with(|ctx| match ctx.eval::<String, _>(script) {
@@ -184,8 +194,8 @@ fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
                 Ok(v.get("ok").cloned().unwrap_or(Value::Null))
             }
             Err(message) => {
-                if started.elapsed() >= TIME_LIMIT || message.contains("interrupted") || message.contains("out of memory") {
-                    Err(ExprError::Limit { expr: expr.into(), limit: TIME_LIMIT })
+                if started.elapsed() >= time_limit() || message.contains("interrupted") || message.contains("out of memory") {
+                    Err(ExprError::Limit { expr: expr.into(), limit: time_limit() })
                 } else {
                     Err(ExprError::Failed { expr: expr.into(), message })
                 }
