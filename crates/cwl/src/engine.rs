@@ -106,6 +106,12 @@ impl<'a> Engine<'a> {
 
     /// Runs a process on an input object, returning its output object.
     pub fn run(&self, p: &Value, job: &Map<String, Value>, parent: &Reqs) -> Result<Map<String, Value>> {
+        self.run_inner(p, job, parent, true)
+    }
+
+    /// `top`: the input object came from the user, so secondaryFiles are looked for on disk;
+    /// inside a workflow they must have been passed along.
+    fn run_inner(&self, p: &Value, job: &Map<String, Value>, parent: &Reqs, top: bool) -> Result<Map<String, Value>> {
         let reqs = parent.with(p);
         for r in arr(p, "requirements") {
             let class = s(r, "class").unwrap_or("");
@@ -117,7 +123,7 @@ impl<'a> Engine<'a> {
             }
         }
         let base = PathBuf::from(s(p, "__base").unwrap_or("."));
-        let inputs = self.fill_inputs(p, job, &reqs, &base)?;
+        let inputs = self.fill_inputs(p, job, &reqs, &base, top)?;
         match s(p, "class") {
             Some("CommandLineTool") => self.run_tool(p, inputs, &reqs),
             Some("ExpressionTool") => self.run_expression_tool(p, inputs, &reqs),
@@ -126,8 +132,9 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn fill_inputs(&self, p: &Value, job: &Map<String, Value>, reqs: &Reqs, base: &Path) -> Result<Map<String, Value>> {
+    fn fill_inputs(&self, p: &Value, job: &Map<String, Value>, reqs: &Reqs, base: &Path, top: bool) -> Result<Map<String, Value>> {
         let mut out = Map::new();
+        let mut defaulted: Vec<String> = Vec::new();
         let ll = reqs.get("LoadListingRequirement").and_then(|r| s(r, "loadListing")).map(str::to_string);
         for param in arr(p, "inputs") {
             let id = s(param, "id").unwrap_or("").to_string();
@@ -137,6 +144,7 @@ impl<'a> Engine<'a> {
                 && let Some(d) = param.get("default")
             {
                 v = d.clone();
+                defaulted.push(id.clone());
             }
             if v.is_null() && !is_optional(&t, &self.schemas) {
                 return Err(CwlError::Input { field: id, message: format!("missing required input of type {t}") });
@@ -164,14 +172,23 @@ impl<'a> Engine<'a> {
                 }
                 Ok(())
             })?;
-            self.discover(&t, &sf, &mut v, &scope)?;
+            let _ = &sf;
             out.insert(id, v);
+        }
+        // secondaryFiles expressions see the whole input object.
+        let scope = self.scope(reqs, &Value::Object(out.clone()));
+        for param in arr(p, "inputs") {
+            let id = s(param, "id").unwrap_or("").to_string();
+            let t = param.get("type").cloned().unwrap_or(json!("Any"));
+            if let Some(v) = out.get_mut(&id) {
+                self.discover(&t, arr(param, "secondaryFiles"), v, &scope, top || defaulted.contains(&id))?;
+            }
         }
         Ok(out)
     }
 
     /// Adds secondaryFiles to the Files of `v`, following the type into records and arrays.
-    fn discover(&self, t: &Value, sf: &[Value], v: &mut Value, scope: &Scope) -> Result<()> {
+    fn discover(&self, t: &Value, sf: &[Value], v: &mut Value, scope: &Scope, top: bool) -> Result<()> {
         let t = resolve(t, &self.schemas).clone();
         match v {
             Value::Array(a) => {
@@ -181,12 +198,12 @@ impl<'a> Engine<'a> {
                 };
                 let items = members.iter().find_map(|m| resolve(m, &self.schemas).get("items").cloned()).unwrap_or(json!("Any"));
                 for x in a {
-                    self.discover(&items, sf, x, scope)?;
+                    self.discover(&items, sf, x, scope, top)?;
                 }
             }
             Value::Object(o) if matches!(o.get("class").and_then(Value::as_str), Some("File")) => {
                 if !sf.is_empty() {
-                    self.add_secondary(o, sf, scope, true)?;
+                    self.add_secondary(o, sf, scope, true, top)?;
                 }
             }
             Value::Object(o) if !o.contains_key("class") => {
@@ -201,7 +218,7 @@ impl<'a> Engine<'a> {
                             let name = s(f, "name").unwrap_or("");
                             let ft = f.get("type").cloned().unwrap_or(Value::Null);
                             if let Some(fv) = o.get_mut(name) {
-                                self.discover(&ft, arr(f, "secondaryFiles"), fv, scope)?;
+                                self.discover(&ft, arr(f, "secondaryFiles"), fv, scope, top)?;
                             }
                         }
                         break;
@@ -213,7 +230,7 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn add_secondary(&self, o: &mut Map<String, Value>, patterns: &[Value], scope: &Scope, must_exist: bool) -> Result<()> {
+    fn add_secondary(&self, o: &mut Map<String, Value>, patterns: &[Value], scope: &Scope, must_exist: bool, search: bool) -> Result<()> {
         let Some(path) = o.get("path").and_then(Value::as_str).map(PathBuf::from) else { return Ok(()) };
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut have: Vec<Value> = o.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -232,8 +249,16 @@ impl<'a> Engine<'a> {
             for item in list {
                 let mut fo = match item {
                     Value::String(pat) => {
-                        let base = path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default();
+                        let base = o.get("basename").and_then(Value::as_str).map(str::to_string)
+                            .unwrap_or_else(|| path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default());
                         let name = if is_expr { pat.clone() } else { secondary_name(&base, &pat) };
+                        if !search {
+                            let listed = have.iter().any(|h| h.get("basename").and_then(Value::as_str) == Some(name.as_str()));
+                            if !listed && required {
+                                return Err(failed(format!("missing required secondary file {name} of {base}: the step's source does not carry it")));
+                            }
+                            continue;
+                        }
                         let p = dir.join(&name);
                         let mut m = Map::new();
                         m.insert("class".into(), json!(if p.is_dir() { "Directory" } else { "File" }));
@@ -243,7 +268,14 @@ impl<'a> Engine<'a> {
                     Value::Object(m) => m,
                     _ => continue,
                 };
+                let given = fo.get("basename").and_then(Value::as_str).map(str::to_string);
                 fill_names(&mut fo, &dir);
+                if let Some(b) = given {
+                    let (r, x) = split_name(&b);
+                    fo.insert("basename".into(), json!(b));
+                    fo.insert("nameroot".into(), json!(r));
+                    fo.insert("nameext".into(), json!(x));
+                }
                 let exists = fo.get("path").and_then(Value::as_str).is_some_and(|p| Path::new(p).exists()) || fo.contains_key("contents");
                 if !exists {
                     if required && must_exist {
@@ -591,7 +623,11 @@ impl<'a> Engine<'a> {
                 }
                 let raw = o.get("entry").cloned().unwrap_or(Value::Null);
                 let is_expr = matches!(&raw, Value::String(s) if crate::expr::scan(s.trim(), scope.js).map(|v| v.len() == 1 && !matches!(v[0], crate::expr::Segment::Text(_))).unwrap_or(false));
-                let val = eval_value(&raw, scope).map_err(|e| CwlError::expr(ctx("entry"), e))?;
+                let val = match &raw {
+                    Value::String(text) => crate::expr::interpolate_exact(text, scope),
+                    other => Ok(other.clone()),
+                }
+                .map_err(|e| CwlError::expr(ctx("entry"), e))?;
                 match val {
                     Value::Object(fo) if fo.contains_key("class") => self.stage_file(&fo, ename.as_deref(), writable, outdir, stage, renames),
                     Value::Array(a) if a.iter().all(|x| class_of(x).is_some()) && !a.is_empty() => {
@@ -644,6 +680,13 @@ impl<'a> Engine<'a> {
                 let src = uri_to_path(src);
                 stage.push(Stage::Copy { source: src, target: target.clone(), writable: true });
                 let _ = writable;
+                let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+                for sf in fo.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    if let Some(sp) = sf.get("path").or(sf.get("location")).and_then(Value::as_str) {
+                        let sn = sf.get("basename").and_then(Value::as_str).unwrap_or("x");
+                        stage.push(Stage::Copy { source: uri_to_path(sp), target: parent.join(sn), writable: true });
+                    }
+                }
             }
             None if fo.get("class").and_then(Value::as_str) == Some("File") => {
                 let contents = fo.get("contents").and_then(Value::as_str).unwrap_or("").to_string();
@@ -655,12 +698,6 @@ impl<'a> Engine<'a> {
                     if let Value::Object(xo) = x {
                         let n = xo.get("basename").and_then(Value::as_str).unwrap_or("x");
                         self.stage_file(&xo, Some(&format!("{base}/{n}")), writable, outdir, stage, renames)?;
-                        for sf in xo.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default() {
-                            if let Value::Object(so) = sf {
-                                let sn = so.get("basename").and_then(Value::as_str).unwrap_or("x");
-                                self.stage_file(&so, Some(&format!("{base}/{sn}")), writable, outdir, stage, renames)?;
-                            }
-                        }
                     }
                 }
             }
@@ -844,7 +881,7 @@ impl<'a> Engine<'a> {
                         return Err(failed(format!("{}: {} is a symlink to outside the output directory", ctx("glob"), h.display())));
                     }
                     let is_dir = h.is_dir();
-                    if (is_dir && !want_dir) || (!is_dir && !want_file) {
+                    if binding.get("outputEval").is_none() && ((is_dir && !want_dir) || (!is_dir && !want_file)) {
                         return Err(failed(format!("{}: {} is a {}, the output type wants {}", ctx("glob"), h.display(), if is_dir { "directory" } else { "file" }, if is_dir { "a File" } else { "a Directory" })));
                     }
                     let mut o = Map::new();
@@ -882,7 +919,7 @@ impl<'a> Engine<'a> {
                 finish_file(o)?;
             }
             if !sf.is_empty() && o.get("class").and_then(Value::as_str) == Some("File") {
-                self.add_secondary(o, &sf, &sc, false)?;
+                self.add_secondary(o, &sf, &sc, false, true)?;
                 if let Some(Value::Array(list)) = o.get_mut("secondaryFiles") {
                     for x in list.iter_mut() {
                         if let Value::Object(xo) = x {
@@ -1032,7 +1069,7 @@ impl<'a> Engine<'a> {
                     other => return Err(failed(ctx(&format!("`when` must evaluate to true or false, got {other}")))),
                 }
             }
-            let out = self.run(&run, &job2, &step_reqs)?;
+            let out = self.run_inner(&run, &job2, &step_reqs, false)?;
             Ok(Some(out))
         };
         let outs: Vec<String> = arr(step, "out").iter().filter_map(Value::as_str).map(str::to_string).collect();

@@ -228,12 +228,18 @@ pub fn interpolate(s: &str, scope: &Scope) -> Result<Value, ExprError> {
     if !has_expr(s) {
         return Ok(Value::String(s.to_string()));
     }
-    let trimmed = s.trim();
-    let segs = scan(trimmed, scope.js)?;
+    interpolate_exact(s.trim(), scope)
+}
+
+/// Like [`interpolate`] but keeps leading and trailing whitespace (InitialWorkDir entries).
+pub fn interpolate_exact(s: &str, scope: &Scope) -> Result<Value, ExprError> {
+    if !has_expr(s) {
+        return Ok(Value::String(s.to_string()));
+    }
+    let segs = scan(s, scope.js)?;
     if segs.len() == 1 && !matches!(segs[0], Segment::Text(_)) {
         return eval(&segs[0], scope);
     }
-    let segs = scan(s, scope.js)?;
     if segs.iter().all(|x| matches!(x, Segment::Text(_))) {
         let mut out = String::new();
         for x in segs {
@@ -250,7 +256,7 @@ pub fn interpolate(s: &str, scope: &Scope) -> Result<Value, ExprError> {
             _ => match eval(seg, scope)? {
                 Value::String(v) => out.push_str(&v),
                 Value::Number(n) => out.push_str(&crate::engine::num_str(&n)),
-                v => out.push_str(&v.to_string()),
+                v => out.push_str(&crate::engine::py_json(&v)),
             },
         }
     }
@@ -277,7 +283,9 @@ mod tests {
     #[test]
     fn whole_string_expression_keeps_its_type() {
         assert_eq!(interpolate("$(inputs.n)", &scope()).ok(), Some(json!(3)));
+        assert_eq!(interpolate("${ return inputs.n + 1; }", &scope()).ok(), Some(json!(4)));
         assert_eq!(interpolate("${ return inputs.n + 1; }\n", &scope()).ok(), Some(json!(4)));
+        assert_eq!(interpolate_exact("${ return inputs.n + 1; }\n", &scope()).ok(), Some(json!("4\n")));
     }
 
     #[test]

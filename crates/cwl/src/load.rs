@@ -56,6 +56,7 @@ struct Ctx<'a> {
     text: &'a str,
     graph: Option<&'a Map<String, Value>>,
     namespaces: Map<String, Value>,
+    version: String,
 }
 
 impl Ctx<'_> {
@@ -105,10 +106,11 @@ impl Loader {
         };
         let path = std::fs::canonicalize(&path).map_err(|e| CwlError::io(&path, e))?;
         let (text, doc) = self.read(&path)?;
+        let version = doc.get("cwlVersion").and_then(Value::as_str).unwrap_or("v1.2").to_string();
         let mut namespaces = doc.get("$namespaces").and_then(Value::as_object).cloned().unwrap_or_default();
         if let Some(graph) = doc.get("$graph") {
             let Some(items) = graph.as_array() else {
-                return Err(Ctx { path: &path, text: &text, graph: None, namespaces }.invalid("$graph", "must be a list"));
+                return Err(Ctx { path: &path, text: &text, graph: None, namespaces, version: version.clone() }.invalid("$graph", "must be a list"));
             };
             let mut by_id = Map::new();
             for item in items {
@@ -121,17 +123,17 @@ impl Loader {
                 Some(p) => p.clone(),
                 None if frag.is_none() && items.len() == 1 => items[0].clone(),
                 None => {
-                    return Err(Ctx { path: &path, text: &text, graph: None, namespaces }
+                    return Err(Ctx { path: &path, text: &text, graph: None, namespaces, version: version.clone() }
                         .invalid("$graph", format!("no process with id `#{want}`")));
                 }
             };
-            let ctx = Ctx { path: &path, text: &text, graph: Some(&by_id), namespaces };
+            let ctx = Ctx { path: &path, text: &text, graph: Some(&by_id), namespaces, version: version.clone() };
             return self.normalize_process(chosen, &ctx);
         }
         if let Some(ns) = doc.get("$namespaces").and_then(Value::as_object) {
             namespaces = ns.clone();
         }
-        let ctx = Ctx { path: &path, text: &text, graph: None, namespaces };
+        let ctx = Ctx { path: &path, text: &text, graph: None, namespaces, version: version.clone() };
         let mut chosen = doc.clone();
         if let Some(fr) = frag {
             let id = doc.get("id").and_then(Value::as_str).map(short_frag);
@@ -155,6 +157,41 @@ impl Loader {
             && !matches!(v, "v1.0" | "v1.1" | "v1.2" | "v1.1.0-dev1" | "v1.2.0-dev1" | "v1.2.0-dev2" | "v1.2.0-dev3" | "v1.2.0-dev4" | "v1.2.0-dev5")
         {
             return Err(ctx.invalid("cwlVersion", format!("unsupported CWL version `{v}`")));
+        }
+        let version = obj.get("cwlVersion").and_then(Value::as_str).unwrap_or(&ctx.version).to_string();
+        let pre12 = version == "v1.0" || version.starts_with("v1.1");
+        if pre12 {
+            let steps_with_when = obj
+                .get("steps")
+                .map(|st| to_list(Some(st.clone()), "run"))
+                .unwrap_or_default()
+                .iter()
+                .any(|st| st.get("when").is_some());
+            if steps_with_when {
+                return Err(ctx.invalid("when", format!("`when` needs cwlVersion v1.2 (this document is {version})")));
+            }
+            for key in ["requirements", "hints"] {
+                for r in to_list(obj.get(key).cloned(), "class") {
+                    if r.get("class").and_then(Value::as_str) == Some("ResourceRequirement") {
+                        for f in ["coresMin", "coresMax", "ramMin", "ramMax"] {
+                            if r.get(f).and_then(Value::as_f64).is_some_and(|x| x.fract() != 0.0) {
+                                return Err(ctx.invalid(f, format!("fractional values need cwlVersion v1.2 (this document is {version})")));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if version == "v1.0" {
+            for key in ["inputs", "outputs"] {
+                for param in to_list(obj.get(key).cloned(), "type") {
+                    if let Some(Value::Array(sf)) = param.get("secondaryFiles")
+                        && sf.iter().any(Value::is_object)
+                    {
+                        return Err(ctx.invalid("secondaryFiles", "secondaryFiles objects need cwlVersion v1.1 or later"));
+                    }
+                }
+            }
         }
         let pid = obj.get("id").and_then(Value::as_str).map(short_frag).unwrap_or_default();
         let dir = ctx.path.parent().unwrap_or(Path::new(".")).to_path_buf();
