@@ -47,7 +47,12 @@ impl Reqs {
     /// The most specific requirement of `class`, else the most specific hint.
     pub fn get(&self, class: &str) -> Option<&Value> {
         let by = |v: &&Value| v.get("class").and_then(Value::as_str) == Some(class);
-        self.overrides.iter().rev().find(by).or_else(|| self.reqs.iter().rev().find(by)).or_else(|| self.hints.iter().rev().find(by))
+        self.overrides
+            .iter()
+            .rev()
+            .find(by)
+            .or_else(|| self.reqs.iter().rev().find(by))
+            .or_else(|| self.hints.iter().rev().find(by))
     }
 
     /// Adds an object's `hints` and `requirements`.
@@ -116,7 +121,10 @@ impl<'a> Engine<'a> {
         for r in arr(p, "requirements") {
             let class = s(r, "class").unwrap_or("");
             if class == "DockerRequirement" {
-                return Err(CwlError::Unsupported(format!("{}: DockerRequirement (no container runtime here)", Self::name(p))));
+                return Err(CwlError::Unsupported(format!(
+                    "{}: DockerRequirement (no container runtime here)",
+                    Self::name(p)
+                )));
             }
             if !SUPPORTED.contains(&class) {
                 return Err(CwlError::Unsupported(format!("{}: {class}", Self::name(p))));
@@ -132,7 +140,14 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn fill_inputs(&self, p: &Value, job: &Map<String, Value>, reqs: &Reqs, base: &Path, top: bool) -> Result<Map<String, Value>> {
+    fn fill_inputs(
+        &self,
+        p: &Value,
+        job: &Map<String, Value>,
+        reqs: &Reqs,
+        base: &Path,
+        top: bool,
+    ) -> Result<Map<String, Value>> {
         let mut out = Map::new();
         let mut defaulted: Vec<String> = Vec::new();
         let ll = reqs.get("LoadListingRequirement").and_then(|r| s(r, "loadListing")).map(str::to_string);
@@ -152,12 +167,18 @@ impl<'a> Engine<'a> {
             let mut v = conform(&t, v, &self.schemas, base, &id)?;
             check_formats(param.get("format"), &t, &v, &self.schemas, &id)?;
             let load = param.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
-                || param.get("inputBinding").and_then(|b| b.get("loadContents")).and_then(Value::as_bool).unwrap_or(false);
+                || param
+                    .get("inputBinding")
+                    .and_then(|b| b.get("loadContents"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
             let pll = s(param, "loadListing").map(str::to_string).or(ll.clone());
             let sf = arr(param, "secondaryFiles").to_vec();
             let scope = self.scope(reqs, &Value::Null);
             walk_top_files(&mut v, &mut |o| {
-                if load && class_of(&Value::Object(o.clone())) == Some("File") && !o.contains_key("contents")
+                if load
+                    && class_of(&Value::Object(o.clone())) == Some("File")
+                    && !o.contains_key("contents")
                     && let Some(path) = o.get("path").and_then(Value::as_str)
                 {
                     o.insert("contents".into(), Value::String(load_contents(Path::new(path))?));
@@ -196,7 +217,10 @@ impl<'a> Engine<'a> {
                     Value::Array(m) => m.clone(),
                     other => vec![other.clone()],
                 };
-                let items = members.iter().find_map(|m| resolve(m, &self.schemas).get("items").cloned()).unwrap_or(json!("Any"));
+                let items = members
+                    .iter()
+                    .find_map(|m| resolve(m, &self.schemas).get("items").cloned())
+                    .unwrap_or(json!("Any"));
                 for x in a {
                     self.discover(&items, sf, x, scope, top)?;
                 }
@@ -230,7 +254,14 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn add_secondary(&self, o: &mut Map<String, Value>, patterns: &[Value], scope: &Scope, must_exist: bool, search: bool) -> Result<()> {
+    fn add_secondary(
+        &self,
+        o: &mut Map<String, Value>,
+        patterns: &[Value],
+        scope: &Scope,
+        must_exist: bool,
+        search: bool,
+    ) -> Result<()> {
         let Some(path) = o.get("path").and_then(Value::as_str).map(PathBuf::from) else { return Ok(()) };
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut have: Vec<Value> = o.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -249,13 +280,17 @@ impl<'a> Engine<'a> {
             for item in list {
                 let mut fo = match item {
                     Value::String(pat) => {
-                        let base = o.get("basename").and_then(Value::as_str).map(str::to_string)
-                            .unwrap_or_else(|| path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default());
+                        let base = o.get("basename").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+                            path.file_name().map(|b| b.to_string_lossy().to_string()).unwrap_or_default()
+                        });
                         let name = if is_expr { pat.clone() } else { secondary_name(&base, &pat) };
                         if !search {
-                            let listed = have.iter().any(|h| h.get("basename").and_then(Value::as_str) == Some(name.as_str()));
+                            let listed =
+                                have.iter().any(|h| h.get("basename").and_then(Value::as_str) == Some(name.as_str()));
                             if !listed && required {
-                                return Err(failed(format!("missing required secondary file {name} of {base}: the step's source does not carry it")));
+                                return Err(failed(format!(
+                                    "missing required secondary file {name} of {base}: the step's source does not carry it"
+                                )));
                             }
                             continue;
                         }
@@ -276,7 +311,8 @@ impl<'a> Engine<'a> {
                     fo.insert("nameroot".into(), json!(r));
                     fo.insert("nameext".into(), json!(x));
                 }
-                let exists = fo.get("path").and_then(Value::as_str).is_some_and(|p| Path::new(p).exists()) || fo.contains_key("contents");
+                let exists = fo.get("path").and_then(Value::as_str).is_some_and(|p| Path::new(p).exists())
+                    || fo.contains_key("contents");
                 if !exists {
                     if required && must_exist {
                         return Err(failed(format!(
@@ -298,17 +334,24 @@ impl<'a> Engine<'a> {
     }
 
     fn runtime(&self, reqs: &Reqs, inputs: &Value, outdir: &str, tmpdir: &str) -> Result<Value> {
-        let mut rt = json!({"outdir": outdir, "tmpdir": tmpdir, "cores": 1, "ram": 256, "outdirSize": 1024, "tmpdirSize": 1024});
+        let mut rt =
+            json!({"outdir": outdir, "tmpdir": tmpdir, "cores": 1, "ram": 256, "outdirSize": 1024, "tmpdirSize": 1024});
         if let Some(r) = reqs.get("ResourceRequirement") {
             let scope = self.scope(reqs, inputs);
-            for (key, min, max) in [("cores", "coresMin", "coresMax"), ("ram", "ramMin", "ramMax"), ("outdirSize", "outdirMin", "outdirMax"), ("tmpdirSize", "tmpdirMin", "tmpdirMax")] {
+            for (key, min, max) in [
+                ("cores", "coresMin", "coresMax"),
+                ("ram", "ramMin", "ramMax"),
+                ("outdirSize", "outdirMin", "outdirMax"),
+                ("tmpdirSize", "tmpdirMin", "tmpdirMax"),
+            ] {
                 let v = match (r.get(min), r.get(max)) {
                     (Some(m), _) => Some(m),
                     (None, Some(m)) => Some(m),
                     _ => None,
                 };
                 if let Some(v) = v {
-                    let v = eval_value(v, &scope).map_err(|e| CwlError::expr(format!("ResourceRequirement.{min}"), e))?;
+                    let v =
+                        eval_value(v, &scope).map_err(|e| CwlError::expr(format!("ResourceRequirement.{min}"), e))?;
                     if let Some(f) = v.as_f64() {
                         rt[key] = json!(f.ceil() as i64);
                     }
@@ -324,7 +367,11 @@ impl<'a> Engine<'a> {
                 let n = self.counter.fetch_add(1, Ordering::SeqCst);
                 let dir = self.scratch.join(format!("lit{n}"));
                 std::fs::create_dir_all(&dir).map_err(|e| CwlError::io(&dir, e))?;
-                let base = o.get("basename").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("literal{n}"));
+                let base = o
+                    .get("basename")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("literal{n}"));
                 let p = dir.join(&base);
                 if o.get("class").and_then(Value::as_str) == Some("File") {
                     let c = o.get("contents").and_then(Value::as_str).unwrap_or("");
@@ -443,7 +490,8 @@ impl<'a> Engine<'a> {
         if let Some(iwd) = reqs.get("InitialWorkDirRequirement") {
             let mut renames: Vec<(String, String)> = Vec::new();
             let listing_v = match iwd.get("listing") {
-                Some(Value::String(e)) => eval_value(&Value::String(e.clone()), &scope).map_err(|e| CwlError::expr(ctx("InitialWorkDirRequirement.listing"), e))?,
+                Some(Value::String(e)) => eval_value(&Value::String(e.clone()), &scope)
+                    .map_err(|e| CwlError::expr(ctx("InitialWorkDirRequirement.listing"), e))?,
                 Some(v) => v.clone(),
                 None => Value::Array(vec![]),
             };
@@ -497,11 +545,19 @@ impl<'a> Engine<'a> {
             let id = s(param, "id").unwrap_or("");
             let t = param.get("type").cloned().unwrap_or(Value::Null);
             let v = inputs_v.get(id).cloned().unwrap_or(Value::Null);
-            self.bind_input(&t, param.get("inputBinding"), &v, vec![], Key::Str(id.to_string()), &scope, &mut bindings, &ctx)?;
+            self.bind_input(
+                &t,
+                param.get("inputBinding"),
+                &v,
+                vec![],
+                Key::Str(id.to_string()),
+                &scope,
+                &mut bindings,
+                &ctx,
+            )?;
         }
         bindings.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut argv: Vec<(String, bool)> =
-            arr(p, "baseCommand").iter().map(|x| (to_str(x), true)).collect();
+        let mut argv: Vec<(String, bool)> = arr(p, "baseCommand").iter().map(|x| (to_str(x), true)).collect();
         for (_, args) in bindings {
             argv.extend(args);
         }
@@ -531,14 +587,20 @@ impl<'a> Engine<'a> {
         let mut stderr = eval_name("stderr")?;
         for o in arr(p, "outputs") {
             match o.get("type").and_then(Value::as_str) {
-                Some("stdout") if stdout.is_none() => stdout = Some(format!("stdout-{}", self.counter.fetch_add(1, Ordering::SeqCst))),
-                Some("stderr") if stderr.is_none() => stderr = Some(format!("stderr-{}", self.counter.fetch_add(1, Ordering::SeqCst))),
+                Some("stdout") if stdout.is_none() => {
+                    stdout = Some(format!("stdout-{}", self.counter.fetch_add(1, Ordering::SeqCst)))
+                }
+                Some("stderr") if stderr.is_none() => {
+                    stderr = Some(format!("stderr-{}", self.counter.fetch_add(1, Ordering::SeqCst)))
+                }
                 _ => {}
             }
         }
         for n in [&stdout, &stderr].into_iter().flatten() {
             if n.starts_with('/') || n.split('/').any(|c| c == "..") {
-                return Err(failed(format!("{name}: stdout/stderr `{n}` must be a relative path inside the output directory")));
+                return Err(failed(format!(
+                    "{name}: stdout/stderr `{n}` must be a relative path inside the output directory"
+                )));
             }
         }
 
@@ -567,7 +629,16 @@ impl<'a> Engine<'a> {
             }
             None => None,
         };
-        let job = JobSpec { name: name.clone(), command, env, stage, stdin, stdout: stdout.clone(), stderr: stderr.clone(), timeout };
+        let job = JobSpec {
+            name: name.clone(),
+            command,
+            env,
+            stage,
+            stdin,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+            timeout,
+        };
         let outcome = self.exec.run(&dirs, &job)?;
         if outcome.timed_out {
             return Err(failed(format!("{name}: killed after the time limit")));
@@ -597,7 +668,9 @@ impl<'a> Engine<'a> {
         ctx: &dyn Fn(&str) -> String,
     ) -> Result<()> {
         let entry = match entry {
-            Value::String(e) => eval_value(&Value::String(e), scope).map_err(|e| CwlError::expr(ctx("InitialWorkDirRequirement"), e))?,
+            Value::String(e) => {
+                eval_value(&Value::String(e), scope).map_err(|e| CwlError::expr(ctx("InitialWorkDirRequirement"), e))?
+            }
             other => other,
         };
         match entry {
@@ -629,7 +702,9 @@ impl<'a> Engine<'a> {
                 }
                 .map_err(|e| CwlError::expr(ctx("entry"), e))?;
                 match val {
-                    Value::Object(fo) if fo.contains_key("class") => self.stage_file(&fo, ename.as_deref(), writable, outdir, stage, renames),
+                    Value::Object(fo) if fo.contains_key("class") => {
+                        self.stage_file(&fo, ename.as_deref(), writable, outdir, stage, renames)
+                    }
                     Value::Array(a) if a.iter().all(|x| class_of(x).is_some()) && !a.is_empty() => {
                         for x in a {
                             if let Value::Object(fo) = x {
@@ -645,7 +720,9 @@ impl<'a> Engine<'a> {
                             v if is_expr => py_json(&v),
                             v => to_str(&v),
                         };
-                        let Some(n) = ename else { return Err(failed("InitialWorkDirRequirement: a string entry needs `entryname`")) };
+                        let Some(n) = ename else {
+                            return Err(failed("InitialWorkDirRequirement: a string entry needs `entryname`"));
+                        };
                         stage.push(Stage::Write { contents, target: PathBuf::from(n) });
                         Ok(())
                     }
@@ -796,7 +873,16 @@ impl<'a> Engine<'a> {
                 }
                 _ => {
                     if to.contains_key("inputBinding") && binding.is_none() {
-                        return self.bind_input(&Value::String(to.get("type").and_then(Value::as_str).unwrap_or("Any").into()), to.get("inputBinding"), v, lead, tail, scope, out, ctx);
+                        return self.bind_input(
+                            &Value::String(to.get("type").and_then(Value::as_str).unwrap_or("Any").into()),
+                            to.get("inputBinding"),
+                            v,
+                            lead,
+                            tail,
+                            scope,
+                            out,
+                            ctx,
+                        );
                     }
                 }
             }
@@ -804,12 +890,21 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn collect_outputs(&self, p: &Value, outdir: &Path, scope: &Scope, stdout: Option<&str>, stderr: Option<&str>, reqs: &Reqs) -> Result<Map<String, Value>> {
+    fn collect_outputs(
+        &self,
+        p: &Value,
+        outdir: &Path,
+        scope: &Scope,
+        stdout: Option<&str>,
+        stderr: Option<&str>,
+        reqs: &Reqs,
+    ) -> Result<Map<String, Value>> {
         let name = Self::name(p);
         let cwl_json = outdir.join("cwl.output.json");
         if cwl_json.exists() {
             let text = std::fs::read_to_string(&cwl_json).map_err(|e| CwlError::io(&cwl_json, e))?;
-            let mut v: Value = serde_json::from_str(&text).map_err(|e| failed(format!("{}: {e}", cwl_json.display())))?;
+            let mut v: Value =
+                serde_json::from_str(&text).map_err(|e| failed(format!("{}: {e}", cwl_json.display())))?;
             walk_files(&mut v, &mut |o| {
                 fill_names(o, outdir);
                 finish_file(o)
@@ -820,7 +915,8 @@ impl<'a> Engine<'a> {
                 let id = s(param, "id").unwrap_or("").to_string();
                 let val = obj.get(&id).cloned().unwrap_or(Value::Null);
                 let t = param.get("type").cloned().unwrap_or(json!("Any"));
-                let val = conform(&t, val, &self.schemas, outdir, &id).map_err(|e| failed(format!("{name}: output {e}")))?;
+                let val =
+                    conform(&t, val, &self.schemas, outdir, &id).map_err(|e| failed(format!("{name}: output {e}")))?;
                 out.insert(id, val);
             }
             return Ok(out);
@@ -837,7 +933,17 @@ impl<'a> Engine<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn collect_one(&self, t: &Value, param: &Value, outdir: &Path, scope: &Scope, stdout: Option<&str>, stderr: Option<&str>, reqs: &Reqs, name: &str) -> Result<Value> {
+    fn collect_one(
+        &self,
+        t: &Value,
+        param: &Value,
+        outdir: &Path,
+        scope: &Scope,
+        stdout: Option<&str>,
+        stderr: Option<&str>,
+        reqs: &Reqs,
+        name: &str,
+    ) -> Result<Value> {
         let ctx = |f: &str| format!("{name}: output {}: {f}", s(param, "id").or(s(param, "name")).unwrap_or(""));
         let rt = resolve(t, &self.schemas).clone();
         let binding = param.get("outputBinding").cloned().unwrap_or(Value::Null);
@@ -873,22 +979,37 @@ impl<'a> Engine<'a> {
             let want_file = type_wants(&rt, "File", &self.schemas) || !want_dir;
             for pat in pats {
                 let full = if pat.starts_with('/') { pat.clone() } else { format!("{}/{}", outdir.display(), pat) };
-                let mut hits: Vec<PathBuf> = glob::glob(&full).map_err(|e| failed(format!("{}: bad glob `{pat}`: {e}", ctx("glob"))))?.filter_map(|r| r.ok()).collect();
+                let mut hits: Vec<PathBuf> = glob::glob(&full)
+                    .map_err(|e| failed(format!("{}: bad glob `{pat}`: {e}", ctx("glob"))))?
+                    .filter_map(|r| r.ok())
+                    .collect();
                 hits.sort();
                 let real_out = std::fs::canonicalize(outdir).unwrap_or_else(|_| outdir.to_path_buf());
                 for h in hits {
                     if h.is_symlink() && std::fs::canonicalize(&h).is_ok_and(|r| !r.starts_with(&real_out)) {
-                        return Err(failed(format!("{}: {} is a symlink to outside the output directory", ctx("glob"), h.display())));
+                        return Err(failed(format!(
+                            "{}: {} is a symlink to outside the output directory",
+                            ctx("glob"),
+                            h.display()
+                        )));
                     }
                     let is_dir = h.is_dir();
                     if binding.get("outputEval").is_none() && ((is_dir && !want_dir) || (!is_dir && !want_file)) {
-                        return Err(failed(format!("{}: {} is a {}, the output type wants {}", ctx("glob"), h.display(), if is_dir { "directory" } else { "file" }, if is_dir { "a File" } else { "a Directory" })));
+                        return Err(failed(format!(
+                            "{}: {} is a {}, the output type wants {}",
+                            ctx("glob"),
+                            h.display(),
+                            if is_dir { "directory" } else { "file" },
+                            if is_dir { "a File" } else { "a Directory" }
+                        )));
                     }
                     let mut o = Map::new();
                     o.insert("class".into(), json!(if is_dir { "Directory" } else { "File" }));
                     o.insert("location".into(), Value::String(path_to_uri(&h)));
                     fill_names(&mut o, outdir);
-                    if !is_dir && binding.get("loadContents").and_then(Value::as_bool).unwrap_or(false) || !is_dir && param.get("loadContents").and_then(Value::as_bool).unwrap_or(false) {
+                    if !is_dir && binding.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
+                        || !is_dir && param.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
+                    {
                         o.insert("contents".into(), Value::String(load_contents(&h)?));
                     }
                     finish_file(&mut o)?;
@@ -978,7 +1099,8 @@ impl<'a> Engine<'a> {
                 if done[i] {
                     continue;
                 }
-                let ready = arr(step, "in").iter().all(|inp| sources(inp, "source").iter().all(|src| state.contains_key(src)));
+                let ready =
+                    arr(step, "in").iter().all(|inp| sources(inp, "source").iter().all(|src| state.contains_key(src)));
                 if !ready {
                     continue;
                 }
@@ -994,7 +1116,8 @@ impl<'a> Engine<'a> {
                 break;
             }
             if !progressed {
-                let stuck: Vec<&str> = steps.iter().zip(&done).filter(|(_, d)| !**d).filter_map(|(s2, _)| s(s2, "id")).collect();
+                let stuck: Vec<&str> =
+                    steps.iter().zip(&done).filter(|(_, d)| !**d).filter_map(|(s2, _)| s(s2, "id")).collect();
                 return Err(failed(format!("{name}: steps {stuck:?} wait for sources that no step produces")));
             }
         }
@@ -1005,13 +1128,20 @@ impl<'a> Engine<'a> {
             let v = merge(param, &srcs, &state).map_err(|e| failed(format!("{name}: output `{id}`: {e}")))?;
             let v = pick(param, v).map_err(|e| failed(format!("{name}: output `{id}`: {e}")))?;
             let t = param.get("type").cloned().unwrap_or(json!("Any"));
-            let v = conform(&t, v, &self.schemas, Path::new("/"), &id).map_err(|e| failed(format!("{name}: output {e}")))?;
+            let v = conform(&t, v, &self.schemas, Path::new("/"), &id)
+                .map_err(|e| failed(format!("{name}: output {e}")))?;
             out.insert(id, v);
         }
         Ok(out)
     }
 
-    fn run_step(&self, step: &Value, state: &HashMap<String, Value>, reqs: &Reqs, wf: &str) -> Result<Map<String, Value>> {
+    fn run_step(
+        &self,
+        step: &Value,
+        state: &HashMap<String, Value>,
+        reqs: &Reqs,
+        wf: &str,
+    ) -> Result<Map<String, Value>> {
         let sid = s(step, "id").unwrap_or("").to_string();
         let ctx = |f: &str| format!("{wf}: step `{sid}`: {f}");
         let step_reqs = reqs.with(step);
@@ -1020,7 +1150,8 @@ impl<'a> Engine<'a> {
         for inp in arr(step, "in") {
             let id = s(inp, "id").unwrap_or("").to_string();
             let srcs = sources(inp, "source");
-            let mut v = if srcs.is_empty() { Value::Null } else { merge(inp, &srcs, state).map_err(|e| failed(ctx(&e)))? };
+            let mut v =
+                if srcs.is_empty() { Value::Null } else { merge(inp, &srcs, state).map_err(|e| failed(ctx(&e)))? };
             v = pick(inp, v).map_err(|e| failed(ctx(&e)))?;
             if inp.get("loadContents").and_then(Value::as_bool).unwrap_or(false) {
                 walk_top_files(&mut v, &mut |o| {
@@ -1082,10 +1213,21 @@ impl<'a> Engine<'a> {
                 return Err(failed(ctx(&format!("scatter input `{sname}` is not an array"))));
             }
         }
-        let lists: Vec<Vec<Value>> = scatter.iter().map(|n| vals.get(n).and_then(Value::as_array).cloned().unwrap_or_default()).collect();
+        let lists: Vec<Vec<Value>> =
+            scatter.iter().map(|n| vals.get(n).and_then(Value::as_array).cloned().unwrap_or_default()).collect();
         let collect = |results: Vec<Option<Map<String, Value>>>| -> Map<String, Value> {
             outs.iter()
-                .map(|o| (o.clone(), Value::Array(results.iter().map(|r| r.as_ref().and_then(|m| m.get(o).cloned()).unwrap_or(Value::Null)).collect())))
+                .map(|o| {
+                    (
+                        o.clone(),
+                        Value::Array(
+                            results
+                                .iter()
+                                .map(|r| r.as_ref().and_then(|m| m.get(o).cloned()).unwrap_or(Value::Null))
+                                .collect(),
+                        ),
+                    )
+                })
                 .collect()
         };
         match method.as_str() {
@@ -1164,7 +1306,10 @@ fn check_formats(fmt: Option<&Value>, t: &Value, v: &Value, schemas: &Schemas, f
                 && !allowed.contains(&have)
                 && allowed.iter().all(|a| same_vocabulary(a, have))
             {
-                return Err(CwlError::Input { field: field.into(), message: format!("file format {have} is not one of {allowed:?}") });
+                return Err(CwlError::Input {
+                    field: field.into(),
+                    message: format!("file format {have} is not one of {allowed:?}"),
+                });
             }
         }
         Value::Object(o) => {
@@ -1232,7 +1377,9 @@ fn pick(param: &Value, v: Value) -> std::result::Result<Value, String> {
     let Value::Array(a) = v else { return Ok(v) };
     let non_null: Vec<Value> = a.into_iter().filter(|x| !x.is_null()).collect();
     match method {
-        "first_non_null" => non_null.into_iter().next().ok_or_else(|| "pickValue first_non_null: all values are null".to_string()),
+        "first_non_null" => {
+            non_null.into_iter().next().ok_or_else(|| "pickValue first_non_null: all values are null".to_string())
+        }
         "the_only_non_null" => {
             if non_null.len() == 1 {
                 Ok(non_null.into_iter().next().unwrap_or(Value::Null))
@@ -1258,7 +1405,10 @@ pub fn py_json(v: &Value) -> String {
         Value::Array(a) => format!("[{}]", a.iter().map(py_json).collect::<Vec<_>>().join(", ")),
         Value::Object(o) => format!(
             "{{{}}}",
-            o.iter().map(|(k, x)| format!("{}: {}", Value::String(k.clone()), py_json(x))).collect::<Vec<_>>().join(", ")
+            o.iter()
+                .map(|(k, x)| format!("{}: {}", Value::String(k.clone()), py_json(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => other.to_string(),
     }
@@ -1280,7 +1430,9 @@ pub fn to_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => num_str(n),
-        Value::Object(o) if o.contains_key("class") => o.get("path").or(o.get("location")).and_then(Value::as_str).unwrap_or("").to_string(),
+        Value::Object(o) if o.contains_key("class") => {
+            o.get("path").or(o.get("location")).and_then(Value::as_str).unwrap_or("").to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -1352,7 +1504,10 @@ pub fn secondary_name(base: &str, pattern: &str) -> String {
 fn type_is_array(t: &Value, schemas: &Schemas) -> bool {
     match resolve(t, schemas) {
         Value::Object(o) => o.get("type").and_then(Value::as_str) == Some("array"),
-        Value::Array(a) => a.iter().any(|x| type_is_array(x, schemas)) && !a.iter().any(|x| matches!(resolve(x, schemas).as_str(), Some("File" | "Directory"))),
+        Value::Array(a) => {
+            a.iter().any(|x| type_is_array(x, schemas))
+                && !a.iter().any(|x| matches!(resolve(x, schemas).as_str(), Some("File" | "Directory")))
+        }
         _ => false,
     }
 }

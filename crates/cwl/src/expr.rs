@@ -168,7 +168,8 @@ fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
             return Err(ExprError::Failed { expr: expr.into(), message: "no engine".into() });
         };
         engine.deadline.set(Instant::now() + time_limit());
-        let ctx = Context::full(&engine.rt).map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
+        let ctx =
+            Context::full(&engine.rt).map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
         let started = Instant::now();
         let res: Result<String, String> = ctx.with(|ctx| match ctx.eval::<String, _>(script) {
             Ok(s) => Ok(s),
@@ -187,14 +188,21 @@ fn engine_eval(script: &str, expr: &str) -> Result<Value, ExprError> {
         });
         match res {
             Ok(s) => {
-                let v: Value = serde_json::from_str(&s).map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
+                let v: Value = serde_json::from_str(&s)
+                    .map_err(|e| ExprError::Failed { expr: expr.into(), message: e.to_string() })?;
                 if let Some(err) = v.get("err") {
-                    return Err(ExprError::Failed { expr: expr.into(), message: err.as_str().unwrap_or("error").to_string() });
+                    return Err(ExprError::Failed {
+                        expr: expr.into(),
+                        message: err.as_str().unwrap_or("error").to_string(),
+                    });
                 }
                 Ok(v.get("ok").cloned().unwrap_or(Value::Null))
             }
             Err(message) => {
-                if started.elapsed() >= time_limit() || message.contains("interrupted") || message.contains("out of memory") {
+                if started.elapsed() >= time_limit()
+                    || message.contains("interrupted")
+                    || message.contains("out of memory")
+                {
                     Err(ExprError::Limit { expr: expr.into(), limit: time_limit() })
                 } else {
                     Err(ExprError::Failed { expr: expr.into(), message })

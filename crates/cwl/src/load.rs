@@ -110,7 +110,8 @@ impl Loader {
         let mut namespaces = doc.get("$namespaces").and_then(Value::as_object).cloned().unwrap_or_default();
         if let Some(graph) = doc.get("$graph") {
             let Some(items) = graph.as_array() else {
-                return Err(Ctx { path: &path, text: &text, graph: None, namespaces, version: version.clone() }.invalid("$graph", "must be a list"));
+                return Err(Ctx { path: &path, text: &text, graph: None, namespaces, version: version.clone() }
+                    .invalid("$graph", "must be a list"));
             };
             let mut by_id = Map::new();
             for item in items {
@@ -154,7 +155,18 @@ impl Loader {
             return Err(ctx.invalid("class", format!("unknown process class `{class}`")));
         }
         if let Some(v) = obj.get("cwlVersion").and_then(Value::as_str)
-            && !matches!(v, "v1.0" | "v1.1" | "v1.2" | "v1.1.0-dev1" | "v1.2.0-dev1" | "v1.2.0-dev2" | "v1.2.0-dev3" | "v1.2.0-dev4" | "v1.2.0-dev5")
+            && !matches!(
+                v,
+                "v1.0"
+                    | "v1.1"
+                    | "v1.2"
+                    | "v1.1.0-dev1"
+                    | "v1.2.0-dev1"
+                    | "v1.2.0-dev2"
+                    | "v1.2.0-dev3"
+                    | "v1.2.0-dev4"
+                    | "v1.2.0-dev5"
+            )
         {
             return Err(ctx.invalid("cwlVersion", format!("unsupported CWL version `{v}`")));
         }
@@ -175,7 +187,10 @@ impl Loader {
                     if r.get("class").and_then(Value::as_str) == Some("ResourceRequirement") {
                         for f in ["coresMin", "coresMax", "ramMin", "ramMax"] {
                             if r.get(f).and_then(Value::as_f64).is_some_and(|x| x.fract() != 0.0) {
-                                return Err(ctx.invalid(f, format!("fractional values need cwlVersion v1.2 (this document is {version})")));
+                                return Err(ctx.invalid(
+                                    f,
+                                    format!("fractional values need cwlVersion v1.2 (this document is {version})"),
+                                ));
                             }
                         }
                     }
@@ -188,7 +203,9 @@ impl Loader {
                     if let Some(Value::Array(sf)) = param.get("secondaryFiles")
                         && sf.iter().any(Value::is_object)
                     {
-                        return Err(ctx.invalid("secondaryFiles", "secondaryFiles objects need cwlVersion v1.1 or later"));
+                        return Err(
+                            ctx.invalid("secondaryFiles", "secondaryFiles objects need cwlVersion v1.1 or later")
+                        );
                     }
                 }
             }
@@ -223,7 +240,11 @@ impl Loader {
         }
         for key in ["inputs", "outputs"] {
             let Some(raw) = obj.remove(key) else {
-                if class == "Workflow" || class == "CommandLineTool" || class == "ExpressionTool" || class == "Operation" {
+                if class == "Workflow"
+                    || class == "CommandLineTool"
+                    || class == "ExpressionTool"
+                    || class == "Operation"
+                {
                     return Err(ctx.invalid(key, format!("a {class} needs `{key}`")));
                 }
                 continue;
@@ -307,7 +328,9 @@ impl Loader {
                     .into_iter()
                     .map(|o| match o {
                         Value::String(s) => Value::String(short(&s)),
-                        Value::Object(m) => Value::String(m.get("id").and_then(Value::as_str).map(short).unwrap_or_default()),
+                        Value::Object(m) => {
+                            Value::String(m.get("id").and_then(Value::as_str).map(short).unwrap_or_default())
+                        }
                         other => other,
                     })
                     .collect();
@@ -315,7 +338,9 @@ impl Loader {
                 if let Some(sc) = so.remove("scatter") {
                     let list: Vec<Value> = match sc {
                         Value::String(s) => vec![Value::String(short(&s))],
-                        Value::Array(a) => a.iter().filter_map(Value::as_str).map(|s| Value::String(short(s))).collect(),
+                        Value::Array(a) => {
+                            a.iter().filter_map(Value::as_str).map(|s| Value::String(short(s))).collect()
+                        }
                         _ => vec![],
                     };
                     so.insert("scatter".into(), Value::Array(list));
@@ -334,7 +359,11 @@ impl Loader {
                         if let Some(frag) = r.strip_prefix('#') {
                             match ctx.graph.and_then(|g| g.get(frag)) {
                                 Some(p) => self.normalize_process(p.clone(), ctx)?,
-                                None => return Err(ctx.invalid("run", format!("step `{sid}`: no process `{r}` in this document"))),
+                                None => {
+                                    return Err(
+                                        ctx.invalid("run", format!("step `{sid}`: no process `{r}` in this document"))
+                                    );
+                                }
                             }
                         } else {
                             self.load_process(&r, Some(&dir))?
@@ -367,7 +396,10 @@ impl Loader {
                     json!({"type": "array", "items": self.norm_type(&Value::String(inner.into()), ctx)?})
                 } else if PRIMITIVES.contains(&s.as_str()) {
                     Value::String(s.clone())
-                } else if let Some(x) = s.strip_prefix("https://w3id.org/cwl/salad#").or(s.strip_prefix("http://www.w3.org/2001/XMLSchema#")) {
+                } else if let Some(x) = s
+                    .strip_prefix("https://w3id.org/cwl/salad#")
+                    .or(s.strip_prefix("http://www.w3.org/2001/XMLSchema#"))
+                {
                     Value::String(x.to_string())
                 } else {
                     Value::String(short(s))
@@ -404,7 +436,8 @@ impl Loader {
                         let fields = to_list(o.remove("fields"), "type");
                         let mut out = Vec::new();
                         for mut f in fields {
-                            let name = f.get("name").or(f.get("id")).and_then(Value::as_str).map(short).unwrap_or_default();
+                            let name =
+                                f.get("name").or(f.get("id")).and_then(Value::as_str).map(short).unwrap_or_default();
                             if let Some(fo) = f.as_object_mut() {
                                 fo.insert("name".into(), Value::String(name));
                                 let ft = fo.get("type").cloned().unwrap_or(Value::Null);

@@ -59,7 +59,10 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
 pub fn load_job(path: &Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| CwlError::io(path, e))?;
     let mut v = parse_yaml(&text, path)?;
-    let dir = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
     fix_locations(&mut v, &dir);
     if let Some(ns) = v.get("$namespaces").and_then(Value::as_object).cloned() {
         walk_files(&mut v, &mut |o| {
@@ -75,7 +78,12 @@ pub fn load_job(path: &Path) -> Result<Map<String, Value>> {
     match v {
         Value::Object(m) => Ok(m),
         Value::Null => Ok(Map::new()),
-        _ => Err(CwlError::Invalid { doc: path.display().to_string(), line: 1, field: "(document)".into(), message: "an input object must be a map".into() }),
+        _ => Err(CwlError::Invalid {
+            doc: path.display().to_string(),
+            line: 1,
+            field: "(document)".into(),
+            message: "an input object must be a map".into(),
+        }),
     }
 }
 

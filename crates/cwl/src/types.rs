@@ -65,7 +65,9 @@ pub fn matches(t: &Value, v: &Value, schemas: &Schemas) -> bool {
                 })
             }
             Some("enum") => v.as_str().is_some_and(|s| {
-                o.get("symbols").and_then(Value::as_array).is_some_and(|syms| syms.iter().any(|x| x.as_str() == Some(s)))
+                o.get("symbols")
+                    .and_then(Value::as_array)
+                    .is_some_and(|syms| syms.iter().any(|x| x.as_str() == Some(s)))
             }),
             Some(other) => matches(&Value::String(other.to_string()), v, schemas),
             None => false,
@@ -90,13 +92,19 @@ pub fn conform(t: &Value, v: Value, schemas: &Schemas, dir: &Path, field: &str) 
             }
         }
         // Integers are acceptable where only floats are.
-        return Err(CwlError::Input { field: field.into(), message: format!("value {} is not of type {}", brief(&v), t) });
+        return Err(CwlError::Input {
+            field: field.into(),
+            message: format!("value {} is not of type {}", brief(&v), t),
+        });
     }
     if rt.as_str() == Some("Any") && v.is_null() {
         return Ok(v);
     }
     if !matches(&rt, &v, schemas) {
-        return Err(CwlError::Input { field: field.into(), message: format!("value {} is not of type {}", brief(&v), t) });
+        return Err(CwlError::Input {
+            field: field.into(),
+            message: format!("value {} is not of type {}", brief(&v), t),
+        });
     }
     Ok(match (&rt, v) {
         (_, Value::Object(mut o)) if matches!(o.get("class").and_then(Value::as_str), Some("File" | "Directory")) => {
@@ -134,7 +142,10 @@ fn brief(v: &Value) -> String {
 pub fn normalize_file(o: &mut Map<String, Value>, dir: &Path, field: &str) -> Result<()> {
     let has_loc = o.contains_key("location") || o.contains_key("path");
     if !has_loc && !o.contains_key("contents") && o.get("class").and_then(Value::as_str) == Some("File") {
-        return Err(CwlError::Input { field: field.into(), message: "a File needs `location`, `path` or `contents`".into() });
+        return Err(CwlError::Input {
+            field: field.into(),
+            message: "a File needs `location`, `path` or `contents`".into(),
+        });
     }
     let given = o.get("basename").and_then(Value::as_str).map(str::to_string);
     fill_names(o, dir);

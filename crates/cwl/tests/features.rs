@@ -26,7 +26,12 @@ fn run(doc: &str, job: Option<&str>) -> Run {
         std::fs::write(&p, text.replace("FIXTURES", &fixture("").display().to_string())).expect("write job");
         p
     });
-    let args = Args { outdir: Some(out.path().to_path_buf()), quiet: true, document: fixture(doc).display().to_string(), job: job_path };
+    let args = Args {
+        outdir: Some(out.path().to_path_buf()),
+        quiet: true,
+        document: fixture(doc).display().to_string(),
+        job: job_path,
+    };
     let exec = LocalExecutor::new(scratch.path().join("jobs"));
     let result = run_with(&args, &exec, scratch.path());
     Run { out, result }
@@ -80,7 +85,8 @@ fn initial_work_dir_staging() {
 fn directories_globs_and_secondary_files() {
     let r = run("dir.cwl", None);
     let v = ok(&r);
-    let names: Vec<&str> = v["d"]["listing"].as_array().expect("listing").iter().filter_map(|x| x["basename"].as_str()).collect();
+    let names: Vec<&str> =
+        v["d"]["listing"].as_array().expect("listing").iter().filter_map(|x| x["basename"].as_str()).collect();
     assert_eq!(names, vec!["a.txt", "a.txt.idx", "b.txt"]);
     assert_eq!(v["files"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["withidx"]["secondaryFiles"][0]["basename"], json!("a.txt.idx"));
@@ -145,7 +151,11 @@ fn throwing_and_looping_expressions_fail() {
     }
     panda_cwl::expr::set_time_limit(std::time::Duration::from_millis(300));
     let r = run("throws.cwl", Some("loop: true"));
-    assert!(matches!(r.result, Err(CwlError::Expr { source: panda_cwl::expr::ExprError::Limit { .. }, .. })), "{:?}", r.result);
+    assert!(
+        matches!(r.result, Err(CwlError::Expr { source: panda_cwl::expr::ExprError::Limit { .. }, .. })),
+        "{:?}",
+        r.result
+    );
 }
 
 #[test]
