@@ -77,6 +77,10 @@ pub struct Engine<'a> {
     /// Scratch dir for File literals.
     pub scratch: PathBuf,
     counter: AtomicU64,
+    /// InplaceUpdateRequirement in force for the tool being prepared.
+    inplace: std::sync::atomic::AtomicBool,
+    /// Work-dir paths that are in-place links (their targets are outputs).
+    links: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 fn s<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
@@ -94,7 +98,14 @@ fn failed(msg: impl Into<String>) -> CwlError {
 impl<'a> Engine<'a> {
     /// An engine running tools on `exec`, writing File literals under `scratch`.
     pub fn new(schemas: Schemas, exec: &'a dyn Executor, scratch: PathBuf) -> Self {
-        Self { schemas, exec, scratch, counter: AtomicU64::new(0) }
+        Self {
+            schemas,
+            exec,
+            scratch,
+            counter: AtomicU64::new(0),
+            inplace: std::sync::atomic::AtomicBool::new(false),
+            links: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     fn scope(&self, reqs: &Reqs, inputs: &Value) -> Scope {
@@ -174,7 +185,6 @@ impl<'a> Engine<'a> {
                     .unwrap_or(false);
             let pll = s(param, "loadListing").map(str::to_string).or(ll.clone());
             let sf = arr(param, "secondaryFiles").to_vec();
-            let scope = self.scope(reqs, &Value::Null);
             walk_top_files(&mut v, &mut |o| {
                 if load
                     && class_of(&Value::Object(o.clone())) == Some("File")
@@ -225,10 +235,8 @@ impl<'a> Engine<'a> {
                     self.discover(&items, sf, x, scope, top)?;
                 }
             }
-            Value::Object(o) if matches!(o.get("class").and_then(Value::as_str), Some("File")) => {
-                if !sf.is_empty() {
-                    self.add_secondary(o, sf, scope, true, top)?;
-                }
+            Value::Object(o) if matches!(o.get("class").and_then(Value::as_str), Some("File")) && !sf.is_empty() => {
+                self.add_secondary(o, sf, scope, true, top)?;
             }
             Value::Object(o) if !o.contains_key("class") => {
                 let members: Vec<Value> = match &t {
@@ -487,6 +495,12 @@ impl<'a> Engine<'a> {
 
         // InitialWorkDirRequirement
         let mut stage = Vec::new();
+        let inplace = reqs
+            .get("InplaceUpdateRequirement")
+            .and_then(|r| r.get("inplaceUpdate"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.inplace.store(inplace, Ordering::SeqCst);
         if let Some(iwd) = reqs.get("InitialWorkDirRequirement") {
             let mut renames: Vec<(String, String)> = Vec::new();
             let listing_v = match iwd.get("listing") {
@@ -521,7 +535,7 @@ impl<'a> Engine<'a> {
         }
 
         // Command line.
-        let mut bindings: Vec<(Vec<Key>, Vec<(String, bool)>)> = Vec::new();
+        let mut bindings: Vec<Binding> = Vec::new();
         for (i, a) in arr(p, "arguments").iter().enumerate() {
             match a {
                 Value::Object(b) => {
@@ -536,8 +550,7 @@ impl<'a> Engine<'a> {
                 }
                 other => {
                     let datum = eval_value(other, &scope).map_err(|e| CwlError::expr(ctx("arguments"), e))?;
-                    let shell = !matches!(other, Value::String(s) if has_expr(s)) || true;
-                    bindings.push((vec![Key::Int(0), Key::Int(i as i64)], vec![(to_str(&datum), shell)]));
+                    bindings.push((vec![Key::Int(0), Key::Int(i as i64)], vec![(to_str(&datum), true)]));
                 }
             }
         }
@@ -639,6 +652,16 @@ impl<'a> Engine<'a> {
             stderr: stderr.clone(),
             timeout,
         };
+        if let Ok(mut links) = self.links.lock() {
+            *links = job
+                .stage
+                .iter()
+                .filter_map(|st| match st {
+                    Stage::Link { target, .. } => Some(dirs.outdir.join(target)),
+                    _ => None,
+                })
+                .collect();
+        }
         let outcome = self.exec.run(&dirs, &job)?;
         if outcome.timed_out {
             return Err(failed(format!("{name}: killed after the time limit")));
@@ -654,7 +677,7 @@ impl<'a> Engine<'a> {
             return Err(failed(format!("{name}: command {:?} exited with code {code}", job.command)));
         }
         scope.runtime["exitCode"] = json!(code);
-        self.collect_outputs(p, &dirs.outdir, &scope, stdout.as_deref(), stderr.as_deref(), reqs)
+        self.collect_outputs(p, &dirs.outdir, &scope, stdout.as_deref(), stderr.as_deref())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -755,8 +778,14 @@ impl<'a> Engine<'a> {
         match fo.get("path").and_then(Value::as_str).or(fo.get("location").and_then(Value::as_str)) {
             Some(src) => {
                 let src = uri_to_path(src);
-                stage.push(Stage::Copy { source: src, target: target.clone(), writable: true });
-                let _ = writable;
+                if writable && self.inplace.load(Ordering::SeqCst) {
+                    stage.push(Stage::Link {
+                        source: std::fs::canonicalize(&src).unwrap_or(src),
+                        target: target.clone(),
+                    });
+                } else {
+                    stage.push(Stage::Copy { source: src, target: target.clone(), writable: true });
+                }
                 let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
                 for sf in fo.get("secondaryFiles").and_then(Value::as_array).cloned().unwrap_or_default() {
                     if let Some(sp) = sf.get("path").or(sf.get("location")).and_then(Value::as_str) {
@@ -808,7 +837,7 @@ impl<'a> Engine<'a> {
         lead: Vec<Key>,
         tail: Key,
         scope: &Scope,
-        out: &mut Vec<(Vec<Key>, Vec<(String, bool)>)>,
+        out: &mut Vec<Binding>,
         ctx: &dyn Fn(&str) -> String,
     ) -> Result<()> {
         let t = resolve(t, &self.schemas).clone();
@@ -897,7 +926,6 @@ impl<'a> Engine<'a> {
         scope: &Scope,
         stdout: Option<&str>,
         stderr: Option<&str>,
-        reqs: &Reqs,
     ) -> Result<Map<String, Value>> {
         let name = Self::name(p);
         let cwl_json = outdir.join("cwl.output.json");
@@ -925,7 +953,7 @@ impl<'a> Engine<'a> {
         for param in arr(p, "outputs") {
             let id = s(param, "id").unwrap_or("").to_string();
             let t = param.get("type").cloned().unwrap_or(json!("Any"));
-            let v = self.collect_one(&t, param, outdir, scope, stdout, stderr, reqs, &name)?;
+            let v = self.collect_one(&t, param, outdir, scope, stdout, stderr, &name)?;
             let v = conform(&t, v, &self.schemas, outdir, &id).map_err(|e| failed(format!("{name}: output {e}")))?;
             out.insert(id, v);
         }
@@ -941,7 +969,6 @@ impl<'a> Engine<'a> {
         scope: &Scope,
         stdout: Option<&str>,
         stderr: Option<&str>,
-        reqs: &Reqs,
         name: &str,
     ) -> Result<Value> {
         let ctx = |f: &str| format!("{name}: output {}: {f}", s(param, "id").or(s(param, "name")).unwrap_or(""));
@@ -961,7 +988,7 @@ impl<'a> Engine<'a> {
             for f in to.get("fields").and_then(Value::as_array).cloned().unwrap_or_default() {
                 let ft = f.get("type").cloned().unwrap_or(Value::Null);
                 let fname = s(&f, "name").unwrap_or("").to_string();
-                rec.insert(fname, self.collect_one(&ft, &f, outdir, scope, stdout, stderr, reqs, name)?);
+                rec.insert(fname, self.collect_one(&ft, &f, outdir, scope, stdout, stderr, name)?);
             }
             return Ok(Value::Object(rec));
         }
@@ -985,8 +1012,11 @@ impl<'a> Engine<'a> {
                     .collect();
                 hits.sort();
                 let real_out = std::fs::canonicalize(outdir).unwrap_or_else(|_| outdir.to_path_buf());
-                for h in hits {
-                    if h.is_symlink() && std::fs::canonicalize(&h).is_ok_and(|r| !r.starts_with(&real_out)) {
+                for mut h in hits {
+                    let linked = self.links.lock().map(|l| l.contains(&h)).unwrap_or(false);
+                    if h.is_symlink() && linked {
+                        h = std::fs::canonicalize(&h).map_err(|e| CwlError::io(&h, e))?;
+                    } else if h.is_symlink() && std::fs::canonicalize(&h).is_ok_and(|r| !r.starts_with(&real_out)) {
                         return Err(failed(format!(
                             "{}: {} is a symlink to outside the output directory",
                             ctx("glob"),
@@ -1007,8 +1037,9 @@ impl<'a> Engine<'a> {
                     o.insert("class".into(), json!(if is_dir { "Directory" } else { "File" }));
                     o.insert("location".into(), Value::String(path_to_uri(&h)));
                     fill_names(&mut o, outdir);
-                    if !is_dir && binding.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
-                        || !is_dir && param.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
+                    if !is_dir
+                        && (binding.get("loadContents").and_then(Value::as_bool).unwrap_or(false)
+                            || param.get("loadContents").and_then(Value::as_bool).unwrap_or(false))
                     {
                         o.insert("contents".into(), Value::String(load_contents(&h)?));
                     }
@@ -1239,8 +1270,8 @@ impl<'a> Engine<'a> {
                 let mut results = Vec::new();
                 for k in 0..n {
                     let mut job = vals.clone();
-                    for (j, sname) in scatter.iter().enumerate() {
-                        job.insert(sname.clone(), lists[j][k].clone());
+                    for (sname, list) in scatter.iter().zip(&lists) {
+                        job.insert(sname.clone(), list[k].clone());
                     }
                     results.push(run_one(job)?);
                 }
@@ -1392,6 +1423,9 @@ fn pick(param: &Value, v: Value) -> std::result::Result<Value, String> {
     }
 }
 
+/// One binding's sort key and the arguments it produces (text, shell-quote?).
+type Binding = (Vec<Key>, Vec<(String, bool)>);
+
 /// Sort key of a command-line binding (numbers sort before names, as the reference does).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
@@ -1525,17 +1559,13 @@ fn type_wants(t: &Value, class: &str, schemas: &Schemas) -> bool {
 pub fn finish_file(o: &mut Map<String, Value>) -> Result<()> {
     let Some(path) = o.get("path").and_then(Value::as_str).map(PathBuf::from) else { return Ok(()) };
     match o.get("class").and_then(Value::as_str) {
-        Some("File") => {
-            if path.is_file() {
-                let (c, sz) = checksum(&path)?;
-                o.insert("checksum".into(), json!(c));
-                o.insert("size".into(), json!(sz));
-            }
+        Some("File") if path.is_file() => {
+            let (c, sz) = checksum(&path)?;
+            o.insert("checksum".into(), json!(c));
+            o.insert("size".into(), json!(sz));
         }
-        Some("Directory") => {
-            if path.is_dir() {
-                o.insert("listing".into(), Value::Array(listing(&path, true, true)?));
-            }
+        Some("Directory") if path.is_dir() => {
+            o.insert("listing".into(), Value::Array(listing(&path, true, true)?));
         }
         _ => {}
     }

@@ -25,6 +25,13 @@ pub enum Stage {
         /// Whether the tool may modify it (else a symlink may be used).
         writable: bool,
     },
+    /// Symlink `target` to `source` (InplaceUpdateRequirement: the tool changes the original).
+    Link {
+        /// The original.
+        source: PathBuf,
+        /// Where the link goes.
+        target: PathBuf,
+    },
     /// Write `contents` to the file `target`.
     Write {
         /// File contents.
@@ -115,6 +122,15 @@ pub fn stage_one(outdir: &Path, s: &Stage) -> Result<()> {
             if *writable || source.is_dir() {
                 copy_tree(source, &t)?;
             } else {
+                std::os::unix::fs::symlink(source, &t).map_err(|e| CwlError::io(&t, e))?;
+            }
+        }
+        Stage::Link { source, target } => {
+            let t = abs(target);
+            if let Some(p) = t.parent() {
+                std::fs::create_dir_all(p).map_err(|e| CwlError::io(p, e))?;
+            }
+            if t.symlink_metadata().is_err() {
                 std::os::unix::fs::symlink(source, &t).map_err(|e| CwlError::io(&t, e))?;
             }
         }

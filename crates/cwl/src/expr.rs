@@ -55,8 +55,13 @@ pub fn scan(s: &str, js: bool) -> Result<Vec<Segment>, ExprError> {
     let mut text = String::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == '\\' && i + 1 < b.len() && (b[i + 1] == '$' || b[i + 1] == '\\') {
-            text.push(b[i + 1]);
+        if b[i] == '\\' && i + 1 < b.len() && b[i + 1] == '\\' {
+            text.push('\\');
+            i += 2;
+            continue;
+        }
+        if b[i] == '\\' && i + 2 < b.len() && b[i + 1] == '$' && (b[i + 2] == '(' || b[i + 2] == '{') {
+            text.push('$');
             i += 2;
             continue;
         }
