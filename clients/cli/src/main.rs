@@ -13,6 +13,7 @@ macro_rules! out {
 }
 
 mod code;
+mod cwl;
 mod harvester_admin;
 mod logs;
 mod render;
@@ -105,6 +106,13 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Runs a CWL document: `panda cwl-runner [--outdir DIR] [--quiet] doc.cwl[#id] [job.yml]`.
+    #[command(name = "cwl-runner", disable_help_flag = true)]
+    CwlRunner {
+        /// Runner arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let code = up::up(config, up::UpOptions { workflow, exit_when_done }, shutdown).await?;
             Ok(code as u8)
         }
+        Command::CwlRunner { args } => cwl::cwl_runner(args).await,
         Command::Pilot { args } => {
             // Parsed separately: the pilot has its own `--server` flag.
             use clap::Parser as _;

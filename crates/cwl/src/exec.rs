@@ -1,0 +1,213 @@
+//! Where a CommandLineTool invocation runs. The engine builds a [`JobSpec`] (command line,
+//! environment, files to stage into the work dir, stdin/stdout/stderr) and hands it to an
+//! [`Executor`]; the executor returns the exit code and the work dir holding the outputs. The
+//! local executor runs a process in a temporary directory; a pilot executor maps one JobSpec to
+//! one job of a one-job task.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{CwlError, Result};
+use crate::fs::copy_tree;
+
+/// One thing to put into the work dir before the command runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Copy (or link) a file or directory tree to `target` (relative to the work dir, or absolute).
+    Copy {
+        /// Source path on the submitting side.
+        source: PathBuf,
+        /// Where it goes.
+        target: PathBuf,
+        /// Whether the tool may modify it (else a symlink may be used).
+        writable: bool,
+    },
+    /// Symlink `target` to `source` (InplaceUpdateRequirement: the tool changes the original).
+    Link {
+        /// The original.
+        source: PathBuf,
+        /// Where the link goes.
+        target: PathBuf,
+    },
+    /// Write `contents` to the file `target`.
+    Write {
+        /// File contents.
+        contents: String,
+        /// Where it goes.
+        target: PathBuf,
+    },
+    /// Create an empty directory `target`.
+    Mkdir {
+        /// Where it goes.
+        target: PathBuf,
+    },
+}
+
+/// The directories a job sees: `runtime.outdir` and `runtime.tmpdir`.
+#[derive(Debug, Clone)]
+pub struct JobDirs {
+    /// Output (and working) directory.
+    pub outdir: PathBuf,
+    /// Scratch directory.
+    pub tmpdir: PathBuf,
+}
+
+/// One CommandLineTool invocation.
+#[derive(Debug, Clone, Default)]
+pub struct JobSpec {
+    /// A name for logs.
+    pub name: String,
+    /// argv (already shell-wrapped when ShellCommandRequirement is in force).
+    pub command: Vec<String>,
+    /// The complete environment.
+    pub env: BTreeMap<String, String>,
+    /// Staging, in order.
+    pub stage: Vec<Stage>,
+    /// File fed to standard input.
+    pub stdin: Option<PathBuf>,
+    /// File (relative to the work dir) receiving standard output.
+    pub stdout: Option<String>,
+    /// File (relative to the work dir) receiving standard error.
+    pub stderr: Option<String>,
+    /// Wall time limit (ToolTimeLimit).
+    pub timeout: Option<Duration>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The process's exit code (-1 when killed by a signal).
+    pub exit_code: i32,
+    /// Whether the time limit killed it.
+    pub timed_out: bool,
+}
+
+/// Runs CommandLineTool invocations somewhere.
+pub trait Executor: Send + Sync {
+    /// Allocates the directories for one job (their paths go into `runtime`).
+    fn allocate(&self) -> Result<JobDirs>;
+    /// Stages, runs and waits for one job; outputs stay in `dirs.outdir`.
+    fn run(&self, dirs: &JobDirs, job: &JobSpec) -> Result<JobOutcome>;
+}
+
+/// Runs each job as a local process in a fresh directory under `root`.
+#[derive(Debug)]
+pub struct LocalExecutor {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl LocalExecutor {
+    /// An executor whose work dirs go under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), counter: AtomicU64::new(0) }
+    }
+}
+
+/// Puts one staging entry in place, relative to `outdir`.
+pub fn stage_one(outdir: &Path, s: &Stage) -> Result<()> {
+    let abs = |t: &Path| if t.is_absolute() { t.to_path_buf() } else { outdir.join(t) };
+    match s {
+        Stage::Copy { source, target, writable } => {
+            let t = abs(target);
+            if let Some(p) = t.parent() {
+                std::fs::create_dir_all(p).map_err(|e| CwlError::io(p, e))?;
+            }
+            if t.exists() {
+                return Ok(());
+            }
+            if *writable || source.is_dir() {
+                copy_tree(source, &t)?;
+            } else {
+                std::os::unix::fs::symlink(source, &t).map_err(|e| CwlError::io(&t, e))?;
+            }
+        }
+        Stage::Link { source, target } => {
+            let t = abs(target);
+            if let Some(p) = t.parent() {
+                std::fs::create_dir_all(p).map_err(|e| CwlError::io(p, e))?;
+            }
+            if t.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(source, &t).map_err(|e| CwlError::io(&t, e))?;
+            }
+        }
+        Stage::Write { contents, target } => {
+            let t = abs(target);
+            if let Some(p) = t.parent() {
+                std::fs::create_dir_all(p).map_err(|e| CwlError::io(p, e))?;
+            }
+            std::fs::write(&t, contents).map_err(|e| CwlError::io(&t, e))?;
+        }
+        Stage::Mkdir { target } => {
+            let t = abs(target);
+            std::fs::create_dir_all(&t).map_err(|e| CwlError::io(&t, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl Executor for LocalExecutor {
+    fn allocate(&self) -> Result<JobDirs> {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let base = self.root.join(format!("job{n}"));
+        let outdir = base.join("out");
+        let tmpdir = base.join("tmp");
+        for d in [&outdir, &tmpdir] {
+            std::fs::create_dir_all(d).map_err(|e| CwlError::io(d, e))?;
+        }
+        Ok(JobDirs { outdir, tmpdir })
+    }
+
+    fn run(&self, dirs: &JobDirs, job: &JobSpec) -> Result<JobOutcome> {
+        for s in &job.stage {
+            stage_one(&dirs.outdir, s)?;
+        }
+        let Some((prog, args)) = job.command.split_first() else {
+            return Err(CwlError::Failed(format!("{}: empty command line", job.name)));
+        };
+        let mut cmd = Command::new(prog);
+        cmd.args(args).current_dir(&dirs.outdir).env_clear().envs(&job.env);
+        let open_out = |name: &str| -> Result<std::fs::File> {
+            let p = dirs.outdir.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| CwlError::io(parent, e))?;
+            }
+            std::fs::File::create(&p).map_err(|e| CwlError::io(&p, e))
+        };
+        cmd.stdin(match &job.stdin {
+            Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| CwlError::io(p, e))?),
+            None => Stdio::null(),
+        });
+        cmd.stdout(match &job.stdout {
+            Some(n) => Stdio::from(open_out(n)?),
+            None => Stdio::from(std::io::stderr()),
+        });
+        cmd.stderr(match &job.stderr {
+            Some(n) => Stdio::from(open_out(n)?),
+            None => Stdio::inherit(),
+        });
+        tracing::debug!(job = %job.name, command = ?job.command, "running");
+        let mut child = cmd.spawn().map_err(|e| CwlError::Failed(format!("{}: cannot run `{prog}`: {e}", job.name)))?;
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match job.timeout {
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                    let _ = rx.recv();
+                    return Ok(JobOutcome { exit_code: -1, timed_out: true });
+                }
+            },
+            None => rx.recv().map_err(|e| CwlError::Failed(e.to_string()))?,
+        };
+        let status = status.map_err(|e| CwlError::Failed(format!("{}: {e}", job.name)))?;
+        Ok(JobOutcome { exit_code: status.code().unwrap_or(-1), timed_out: false })
+    }
+}
