@@ -254,7 +254,7 @@ async fn an_invalid_document_stores_nothing(db: TestDb) {
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("cycle") && error.contains("a -> b -> a") || error.contains("b -> a -> b"), "{error}");
+    assert!(error.contains("a -> b -> a") || error.contains("b -> a -> b"), "{error}");
     let snake = wire::WorkflowDocument {
         language: wire::WorkflowLanguage::Snakemake as i32,
         text: "rule a:\n    output: \"x\"\n    script: \"s.py\"\n".into(),

@@ -85,7 +85,10 @@ fn cycles_dangling_and_self_dependencies_are_named_with_lines() {
         Language::Native,
         "name: w\nworks:\n  - name: x\n    after: [z]\n    task: {command: a, n_jobs: 1}\n  - name: y\n    after: [x]\n    task: {command: a, n_jobs: 1}\n  - name: z\n    after: [y]\n    task: {command: a, n_jobs: 1}\n",
     );
-    assert!(text.contains("cycle") && text.contains("x -> y -> z -> x") || text.contains("cycle"), "{text}");
+    assert!(
+        ["x -> y -> z -> x", "y -> z -> x -> y", "z -> x -> y -> z"].iter().any(|c| text.contains(c)),
+        "the cycle is spelled parent to child: {text}"
+    );
     for name in ["x", "y", "z"] {
         assert!(text.contains(name), "{text}");
     }

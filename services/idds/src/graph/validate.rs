@@ -257,8 +257,9 @@ pub fn topological_order(graph: &Graph) -> Result<Vec<usize>, Vec<String>> {
         at = parents[at].iter().copied().find(|&p| indegree[p] > 0).unwrap_or(at);
     }
     let start = path.iter().position(|&i| i == at).unwrap_or(0);
+    // Parent links walked backwards: reversed, they read parent -> child, closing on the first.
     let mut cycle: Vec<String> = path[start..].iter().rev().map(|&i| graph.nodes[i].name.clone()).collect();
-    cycle.push(graph.nodes[at].name.clone());
+    cycle.push(cycle[0].clone());
     Err(cycle)
 }
 
