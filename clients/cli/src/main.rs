@@ -23,10 +23,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use panda_client::{HarvesterServiceClient, ServerClient, WorkflowServiceClient};
+use panda_client::{HarvesterServiceClient, ServerClient};
 use panda_proto::convert::WireEnum;
 use panda_proto::harvester::v1 as harvester;
-use panda_proto::idds::v1 as idds;
 use panda_proto::server::v1 as server;
 use panda_runtime::config::Loader;
 use panda_types::{JobStatus, TaskStatus};

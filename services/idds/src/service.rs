@@ -359,6 +359,7 @@ impl Engine {
             )]));
         }
         let user = if user.is_empty() { "anonymous".to_owned() } else { user };
+        check_tasks(&graph, &user)?;
         let mut state = State::initial(&graph);
         plan::advance(&graph, &mut state);
         state.take_changed();
@@ -785,6 +786,43 @@ fn graph_errors(errors: Vec<graph::GraphError>) -> Error {
             })
             .collect(),
     )
+}
+
+/// Every task is checked as the server will check it (parameters filled with placeholders), so a
+/// workflow is refused whole at submission rather than failing half-way when a task is refused.
+fn check_tasks(graph: &Graph, user: &str) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    for (path, node) in graph.walk() {
+        let NodeKind::Task(template) = &node.kind else { continue };
+        let mut task = template.clone();
+        task.command = fill_params(&task.command);
+        let draft = panda_types::spec::TaskSpecDraft::from(wire_spec(task, user));
+        if let Err(problems) = draft.validate() {
+            errors.extend(problems.into_iter().map(|e| FieldError::new(format!("nodes.{path}.{}", e.field), e.message)));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(errors)) }
+}
+
+/// `%{name}` → `0`, for checking a template before its parameters are known.
+fn fill_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("%{") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('}') {
+            Some(end) => {
+                out.push('0');
+                rest = &rest[start + 2 + end + 1..];
+            }
+            None => {
+                out.push_str("%{");
+                rest = &rest[start + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Parses and validates a document.

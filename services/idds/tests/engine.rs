@@ -263,7 +263,64 @@ async fn an_invalid_document_stores_nothing(db: TestDb) {
     };
     let error = rig.engine.submit_document(snake).await.unwrap_err().to_string();
     assert!(error.contains("nodes.a") && error.contains("line 3"), "{error}");
+    // A task the server would refuse is refused at submission, naming the node and field.
+    let error = rig
+        .engine
+        .submit_document(native("name: w\nworks:\n  - {name: ok, task: {command: x, n_jobs: 1}}\n  - name: later\n    after: [ok]\n    task: {command: 'cat {inputs}', n_jobs: 1}\n"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("nodes.later.task.command") && error.contains("{inputs}"), "{error}");
     assert!(rig.engine.list_workflows(10).await.unwrap().is_empty());
+}
+
+async fn watch_graph_and_check_over_the_api(db: TestDb) {
+    use futures::StreamExt;
+    use panda_proto::idds::v1::workflow_service_server::WorkflowService;
+    let rig = rig(&db).await;
+    let api = panda_idds::grpc::Api { engine: rig.engine.clone() };
+    let id = api
+        .submit_workflow(tonic::Request::new(wire::SubmitWorkflowRequest { spec: None, document: Some(native(DIAMOND)) }))
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let mut stream =
+        api.watch_workflow(tonic::Request::new(wire::WatchWorkflowRequest { workflow_id: id })).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap().workflow.unwrap();
+    assert_eq!(first.status, wire::WorkflowStatus::Running as i32);
+    let merge = first.works.iter().find(|w| w.key == "merge").unwrap();
+    assert_eq!(merge.parents, vec!["a".to_owned(), "b".to_owned()]);
+    // Each change is streamed (no polling): the submission of gen shows up next.
+    rig.engine.submit_ready().await.unwrap();
+    let next = stream.next().await.unwrap().unwrap().workflow.unwrap();
+    let gen_work = next.works.iter().find(|w| w.key == "gen").unwrap();
+    assert_eq!(gen_work.status, wire::WorkStatus::Submitted as i32);
+    let graph = api
+        .get_workflow_graph(tonic::Request::new(wire::GetWorkflowGraphRequest {
+            workflow_id: id,
+            format: wire::GraphFormat::Dot as i32,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .graph;
+    assert!(graph.contains("gen -> a;") && graph.contains("submitted"), "{graph}");
+    // Aborting ends the stream with the final state.
+    rig.engine.abort(id).await.unwrap();
+    let mut last = None;
+    while let Some(update) = stream.next().await {
+        last = update.unwrap().workflow;
+    }
+    assert_eq!(last.unwrap().status, wire::WorkflowStatus::Cancelled as i32);
+    let bad = wire::CheckWorkflowRequest {
+        document: Some(native("name: w\nworks:\n  - {name: a, loop: {works: [{name: s, task: {command: x, n_jobs: 1}}]}}\n")),
+        format: 0,
+    };
+    let status = api.check_workflow(tonic::Request::new(bad)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("nodes.a") && status.message().contains("no exit bound"), "{}", status.message());
+    assert!(rig.engine.list_workflows(10).await.unwrap().len() == 1, "check stores nothing");
 }
 
 macro_rules! suite {
@@ -296,4 +353,5 @@ suite!(
     abort_suspend_and_resume,
     a_restarted_engine_resumes_without_submitting_twice,
     an_invalid_document_stores_nothing,
+    watch_graph_and_check_over_the_api,
 );
