@@ -118,7 +118,11 @@ pub enum WorkflowCommand {
 ///
 /// # Errors
 /// The file cannot be read.
-pub fn document(file: &Path, language: Option<LanguageArg>, name: Option<String>) -> anyhow::Result<idds::WorkflowDocument> {
+pub fn document(
+    file: &Path,
+    language: Option<LanguageArg>,
+    name: Option<String>,
+) -> anyhow::Result<idds::WorkflowDocument> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let language = language.unwrap_or(if file_name.starts_with("Snakefile") || file_name.ends_with(".smk") {
@@ -213,11 +217,13 @@ pub async fn run(command: WorkflowCommand, idds_url: &str, server_url: &str, for
             report(format, "retried", answer.workflow);
         }
         WorkflowCommand::Suspend { id } => {
-            let w = client.suspend_workflow(idds::SuspendWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
+            let w =
+                client.suspend_workflow(idds::SuspendWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
             report(format, "suspended", w);
         }
         WorkflowCommand::Resume { id } => {
-            let w = client.resume_workflow(idds::ResumeWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
+            let w =
+                client.resume_workflow(idds::ResumeWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
             report(format, "resumed", w);
         }
     }
@@ -274,7 +280,16 @@ fn show(format: Format, w: &idds::Workflow) {
             table
                 .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
                 .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-                .set_header(["WORK", "KIND", "STATUS", "TASK", "JOBS DONE/ALL", "FAILED", "FILES RELEASED/HELD", "NOTE"]);
+                .set_header([
+                    "WORK",
+                    "KIND",
+                    "STATUS",
+                    "TASK",
+                    "JOBS DONE/ALL",
+                    "FAILED",
+                    "FILES RELEASED/HELD",
+                    "NOTE",
+                ]);
             for k in &w.works {
                 let c = k.counts.unwrap_or_default();
                 let mut note = k.reason.clone();

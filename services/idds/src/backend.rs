@@ -225,9 +225,15 @@ impl TaskBackend for FakeBackend {
 
     async fn task_info(&self, task_id: u64) -> Result<TaskInfo, Status> {
         self.with(|s| {
-            let status = *s.status.get(&task_id).ok_or_else(|| Status::not_found(format!("task {task_id} not found")))?;
+            let status =
+                *s.status.get(&task_id).ok_or_else(|| Status::not_found(format!("task {task_id} not found")))?;
             let done = u32::from(status == TaskStatus::Done);
-            Ok(TaskInfo { status, jobs_total: 1, jobs_finished: done, jobs_failed: u32::from(status == TaskStatus::Failed) })
+            Ok(TaskInfo {
+                status,
+                jobs_total: 1,
+                jobs_finished: done,
+                jobs_failed: u32::from(status == TaskStatus::Failed),
+            })
         })
     }
 
@@ -258,7 +264,9 @@ mod tests {
 
     #[test]
     fn output_lines_parse_as_json_or_text() {
-        let values = parse_values("hello\npanda-output x=4\npanda-output ok=true\npanda-output name=beta\n  panda-output x=8\npanda-output =1\n");
+        let values = parse_values(
+            "hello\npanda-output x=4\npanda-output ok=true\npanda-output name=beta\n  panda-output x=8\npanda-output =1\n",
+        );
         assert_eq!(values.get("x"), Some(&Value::Int(8)), "a later line wins");
         assert_eq!(values.get("ok"), Some(&Value::Bool(true)));
         assert_eq!(values.get("name"), Some(&Value::String("beta".into())));

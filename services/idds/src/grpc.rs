@@ -216,9 +216,8 @@ impl WorkflowService for Api {
                         return;
                     }
                 };
-                let ended = WorkflowStatus::ALL
-                    .iter()
-                    .any(|s| s.is_final() && workflow_status(*s) as i32 == workflow.status);
+                let ended =
+                    WorkflowStatus::ALL.iter().any(|s| s.is_final() && workflow_status(*s) as i32 == workflow.status);
                 if tx.send(Ok(wire::WatchWorkflowResponse { workflow: Some(workflow) })).await.is_err() || ended {
                     return;
                 }
@@ -308,7 +307,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let ended = first.status != wire::WorkflowStatus::Running as i32 && first.status != wire::WorkflowStatus::Suspended as i32;
+    let ended =
+        first.status != wire::WorkflowStatus::Running as i32 && first.status != wire::WorkflowStatus::Suspended as i32;
     let first = Ok(wire::WatchWorkflowResponse { workflow: Some(first) });
     if !ended {
         tokio::spawn(producer(tx));

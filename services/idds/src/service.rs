@@ -191,8 +191,7 @@ impl Engine {
     }
 
     async fn load(&self, workflow_id: u64) -> Result<Loaded, Error> {
-        let workflow =
-            store::get_workflow(&self.db, workflow_id).await?.ok_or(Error::NotFound { workflow_id })?;
+        let workflow = store::get_workflow(&self.db, workflow_id).await?.ok_or(Error::NotFound { workflow_id })?;
         let works = store::works_of(&self.db, workflow_id).await?;
         let graph = if workflow.graph_json.is_empty() {
             legacy_graph(&workflow, &works)
@@ -328,7 +327,8 @@ impl Engine {
                 continue;
             };
             let mut node = Node::task(&work.name, template_from_wire(task, &work.name));
-            node.after = work.parents.iter().map(|p| Dependency { node: p.clone(), level: DependencyLevel::Task }).collect();
+            node.after =
+                work.parents.iter().map(|p| Dependency { node: p.clone(), level: DependencyLevel::Task }).collect();
             nodes.push(node);
         }
         if !errors.is_empty() {
@@ -413,7 +413,9 @@ impl Engine {
                             loaded.tasks.insert(work_key.clone(), (Some(task_id), attempt));
                             Ok(())
                         },
-                        async |txn, _| Ok(store::record_task(txn, work.workflow_id, &work.key, task_id, json, attempt).await?),
+                        async |txn, _| {
+                            Ok(store::record_task(txn, work.workflow_id, &work.key, task_id, json, attempt).await?)
+                        },
                     )
                     .await?;
                     info!(workflow_id = work.workflow_id, work = %work.key, task_id, "work submitted");
@@ -599,7 +601,8 @@ impl Engine {
         let graph = if workflow.graph_json.is_empty() {
             legacy_graph(&workflow, &works)
         } else {
-            serde_json::from_str(&workflow.graph_json).map_err(|e| Error::Corrupt { workflow_id, reason: e.to_string() })?
+            serde_json::from_str(&workflow.graph_json)
+                .map_err(|e| Error::Corrupt { workflow_id, reason: e.to_string() })?
         };
         Ok((graph, works))
     }
@@ -629,7 +632,11 @@ impl Engine {
                 |loaded| {
                     let status = loaded.workflow.status;
                     if status.is_final() {
-                        return Err(precondition(workflow_id, status, "only running or suspended workflows can be aborted"));
+                        return Err(precondition(
+                            workflow_id,
+                            status,
+                            "only running or suspended workflows can be aborted",
+                        ));
                     }
                     let keys = plan::abort(&loaded.graph, &mut loaded.state);
                     loaded.workflow.status = WorkflowStatus::Cancelled;
@@ -698,7 +705,11 @@ impl Engine {
                         loaded.tasks.insert((*key).clone(), (None, attempt));
                     }
                     if failed.is_empty() {
-                        return Err(precondition(workflow_id, loaded.workflow.status, "it has no failed work to retry"));
+                        return Err(precondition(
+                            workflow_id,
+                            loaded.workflow.status,
+                            "it has no failed work to retry",
+                        ));
                     }
                     loaded.workflow.status = WorkflowStatus::Running;
                     Ok(failed.len() as u32)
@@ -724,15 +735,22 @@ impl Engine {
     /// # Errors
     /// NOT_FOUND; FAILED_PRECONDITION from the wrong state.
     pub async fn suspend(&self, workflow_id: u64, hold: bool) -> Result<(), Error> {
-        let (from, to) =
-            if hold { (WorkflowStatus::Running, WorkflowStatus::Suspended) } else { (WorkflowStatus::Suspended, WorkflowStatus::Running) };
+        let (from, to) = if hold {
+            (WorkflowStatus::Running, WorkflowStatus::Suspended)
+        } else {
+            (WorkflowStatus::Suspended, WorkflowStatus::Running)
+        };
         let tasks = self
             .mutate(
                 workflow_id,
                 None,
                 |loaded| {
                     if loaded.workflow.status != from {
-                        let message = if hold { "only running workflows can be suspended" } else { "only suspended workflows can be resumed" };
+                        let message = if hold {
+                            "only running workflows can be suspended"
+                        } else {
+                            "only suspended workflows can be resumed"
+                        };
                         return Err(precondition(workflow_id, loaded.workflow.status, message));
                     }
                     loaded.workflow.status = to;
@@ -794,11 +812,12 @@ fn check_tasks(graph: &Graph, user: &str) -> Result<(), Error> {
     let mut errors = Vec::new();
     for (path, node) in graph.walk() {
         let NodeKind::Task(template) = &node.kind else { continue };
-        let mut task = template.clone();
+        let mut task = TaskTemplate::clone(template);
         task.command = fill_params(&task.command);
         let draft = panda_types::spec::TaskSpecDraft::from(wire_spec(task, user));
         if let Err(problems) = draft.validate() {
-            errors.extend(problems.into_iter().map(|e| FieldError::new(format!("nodes.{path}.{}", e.field), e.message)));
+            errors
+                .extend(problems.into_iter().map(|e| FieldError::new(format!("nodes.{path}.{}", e.field), e.message)));
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(errors)) }
@@ -864,7 +883,8 @@ fn legacy_graph(workflow: &Workflow, works: &[Work]) -> Graph {
     let nodes = works
         .iter()
         .map(|w| {
-            let task: Option<server::TaskSpec> = serde_json::from_str::<panda_types::TaskSpec>(&w.task_json).ok().map(Into::into);
+            let task: Option<server::TaskSpec> =
+                serde_json::from_str::<panda_types::TaskSpec>(&w.task_json).ok().map(Into::into);
             Node::task(&w.name, task.map(|t| template_from_wire(t, &w.name)).unwrap_or_default())
         })
         .collect();
@@ -934,13 +954,18 @@ fn scope_datasets(task: &mut TaskTemplate, graph: &Graph, workflow: &Workflow, k
             })
             .collect()
     };
+    // Only datasets this task reads or writes matter: check those against the producers.
+    if task.input_datasets.is_empty() && task.output_dataset.is_empty() {
+        return;
+    }
     let top = produced(graph);
     // The graph holding this instance, and its scope text.
-    let (scope, body) = match key.rsplit_once('/') {
-        None => (String::new(), graph.clone()),
-        Some((scope, _)) => (scope.replace(['#', '/'], "-"), body_graph(graph, scope).unwrap_or_default()),
+    let (scope, local) = match key.rsplit_once('/') {
+        None => (String::new(), BTreeSet::new()),
+        Some((scope, _)) => {
+            (scope.replace(['#', '/'], "-"), body_graph(graph, scope).map(produced).unwrap_or_default())
+        }
     };
-    let local = produced(&body);
     let name = |scope: &str, d: &str| {
         if scope.is_empty() {
             format!("{}.{}.{d}", workflow.name, workflow.id)
@@ -967,7 +992,7 @@ fn scope_datasets(task: &mut TaskTemplate, graph: &Graph, workflow: &Workflow, k
 }
 
 /// The nested graph a scope (`loop#2`, `outer#1/inner#3`) runs.
-fn body_graph(graph: &Graph, scope: &str) -> Option<Graph> {
+fn body_graph<'g>(graph: &'g Graph, scope: &str) -> Option<&'g Graph> {
     let mut current = graph;
     for part in scope.split('/') {
         let (name, _) = part.split_once('#')?;
@@ -977,7 +1002,7 @@ fn body_graph(graph: &Graph, scope: &str) -> Option<Graph> {
             NodeKind::Loop(spec) => &spec.body,
         };
     }
-    Some(current.clone())
+    Some(current)
 }
 
 fn workflow_event(workflow: &Workflow, status: WorkflowStatus) -> Envelope {

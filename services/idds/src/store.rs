@@ -465,7 +465,9 @@ impl MigrationTrait for M0002Graphs {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // One column per statement: SQLite adds a single column per ALTER TABLE.
         if !manager.has_column("workflows", "graph_json").await? {
-            manager.alter_table(Table::alter().table("workflows").add_column(text_null("graph_json")).to_owned()).await?;
+            manager
+                .alter_table(Table::alter().table("workflows").add_column(text_null("graph_json")).to_owned())
+                .await?;
         }
         let columns: [(&str, ColumnDef); 6] = [
             ("work_key", string_null("work_key")),

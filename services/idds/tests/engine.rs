@@ -90,7 +90,10 @@ async fn dag_runs_in_order_and_events_apply_once(db: TestDb) {
     end(&rig, task_of(&rig.engine, id, "merge").await, TaskStatus::Done).await;
     assert_eq!(rig.engine.get_workflow(id).await.unwrap().0.status, WorkflowStatus::Finished);
     // Events for tasks idds does not know are ignored.
-    assert_eq!(rig.engine.on_task_status(999, TaskStatus::Done, Some(uuid::Uuid::new_v4())).await.unwrap(), Handled::Ignored);
+    assert_eq!(
+        rig.engine.on_task_status(999, TaskStatus::Done, Some(uuid::Uuid::new_v4())).await.unwrap(),
+        Handled::Ignored
+    );
 }
 
 async fn a_failed_parent_skips_its_subtree_and_retry_reruns_it(db: TestDb) {
@@ -240,7 +243,10 @@ async fn a_restarted_engine_resumes_without_submitting_twice(db: TestDb) {
     fake.with(|s| s.status.insert(merge, TaskStatus::Done));
     // The event arrives after reconciliation already applied the state: ignored.
     engine.reconcile().await.unwrap();
-    assert_eq!(engine.on_task_status(merge, TaskStatus::Done, Some(uuid::Uuid::new_v4())).await.unwrap(), Handled::Ignored);
+    assert_eq!(
+        engine.on_task_status(merge, TaskStatus::Done, Some(uuid::Uuid::new_v4())).await.unwrap(),
+        Handled::Ignored
+    );
     assert_eq!(engine.get_workflow(id).await.unwrap().0.status, WorkflowStatus::Finished);
     let distinct: std::collections::BTreeSet<u64> = fake.with(|s| s.by_key.values().copied().collect());
     assert_eq!(distinct.len(), 4, "one task per work");
@@ -280,13 +286,19 @@ async fn watch_graph_and_check_over_the_api(db: TestDb) {
     let rig = rig(&db).await;
     let api = panda_idds::grpc::Api { engine: rig.engine.clone() };
     let id = api
-        .submit_workflow(tonic::Request::new(wire::SubmitWorkflowRequest { spec: None, document: Some(native(DIAMOND)) }))
+        .submit_workflow(tonic::Request::new(wire::SubmitWorkflowRequest {
+            spec: None,
+            document: Some(native(DIAMOND)),
+        }))
         .await
         .unwrap()
         .into_inner()
         .workflow_id;
-    let mut stream =
-        api.watch_workflow(tonic::Request::new(wire::WatchWorkflowRequest { workflow_id: id })).await.unwrap().into_inner();
+    let mut stream = api
+        .watch_workflow(tonic::Request::new(wire::WatchWorkflowRequest { workflow_id: id }))
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.next().await.unwrap().unwrap().workflow.unwrap();
     assert_eq!(first.status, wire::WorkflowStatus::Running as i32);
     let merge = first.works.iter().find(|w| w.key == "merge").unwrap();
@@ -314,7 +326,9 @@ async fn watch_graph_and_check_over_the_api(db: TestDb) {
     }
     assert_eq!(last.unwrap().status, wire::WorkflowStatus::Cancelled as i32);
     let bad = wire::CheckWorkflowRequest {
-        document: Some(native("name: w\nworks:\n  - {name: a, loop: {works: [{name: s, task: {command: x, n_jobs: 1}}]}}\n")),
+        document: Some(native(
+            "name: w\nworks:\n  - {name: a, loop: {works: [{name: s, task: {command: x, n_jobs: 1}}]}}\n",
+        )),
         format: 0,
     };
     let status = api.check_workflow(tonic::Request::new(bad)).await.unwrap_err();

@@ -173,9 +173,8 @@ fn release(jobs: usize, files_per_job: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     // Upstream produces one file per job; each held job reads `files_per_job` random ones.
     let files: Vec<String> = (0..jobs).map(|i| format!("upstream/out.{i:06}")).collect();
-    let inputs: Vec<Vec<String>> = (0..jobs)
-        .map(|_| (0..files_per_job).map(|_| files[rng.random_range(0..jobs)].clone()).collect())
-        .collect();
+    let inputs: Vec<Vec<String>> =
+        (0..jobs).map(|_| (0..files_per_job).map(|_| files[rng.random_range(0..jobs)].clone()).collect()).collect();
     let started = Instant::now();
     let mut held = HeldJobs::new(&inputs);
     let built = started.elapsed();
@@ -186,7 +185,10 @@ fn release(jobs: usize, files_per_job: usize, seed: u64) {
     }
     let elapsed = started.elapsed();
     assert_eq!(released, jobs, "every job is released once");
-    println!("release: {jobs} held jobs, {files_per_job} upstream files each, {} files produced one by one", files.len());
+    println!(
+        "release: {jobs} held jobs, {files_per_job} upstream files each, {} files produced one by one",
+        files.len()
+    );
     println!("  index built in {:.1} ms", built.as_secs_f64() * 1e3);
     println!(
         "  {released} releases in {:.1} ms: {:.0} releases/s (bookkeeping only; the server has no held-job API yet)",

@@ -235,7 +235,7 @@ pub struct Node {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeKind {
     /// One server task.
-    Task(TaskTemplate),
+    Task(Box<TaskTemplate>),
     /// A nested graph, run once (CWL sub-workflow).
     Subworkflow(Box<Graph>),
     /// A nested graph repeated until a condition holds or a bound is reached.
@@ -346,7 +346,7 @@ impl Node {
     pub fn task(name: &str, task: TaskTemplate) -> Node {
         Node {
             name: name.to_owned(),
-            kind: NodeKind::Task(task),
+            kind: NodeKind::Task(Box::new(task)),
             after: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),

@@ -203,12 +203,16 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
     let line = lines.find(&work.name);
     let path = format!("{prefix}{}", work.name);
     let mut bad = |message: String| errors.push(GraphError { node: path.clone(), line, message });
-    let kinds = usize::from(work.task.is_some()) + usize::from(work.workflow.is_some()) + usize::from(work.looped.is_some());
+    let kinds =
+        usize::from(work.task.is_some()) + usize::from(work.workflow.is_some()) + usize::from(work.looped.is_some());
     if kinds != 1 {
         bad(format!("needs exactly one of task, workflow or loop (has {kinds})"));
     }
     let kind = if let Some(task) = work.task {
-        NodeKind::Task(TaskTemplate { name: if task.name.is_empty() { work.name.clone() } else { task.name.clone() }, ..task })
+        NodeKind::Task(Box::new(TaskTemplate {
+            name: if task.name.is_empty() { work.name.clone() } else { task.name.clone() },
+            ..task
+        }))
     } else if let Some(sub) = work.workflow {
         let inner = format!("{path}/");
         NodeKind::Subworkflow(Box::new(build_graph(
@@ -238,7 +242,7 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
         let until = looped.until.as_ref().and_then(|u| to_cond(u, &path, line, errors));
         NodeKind::Loop(Box::new(LoopSpec { body, until, max_iterations: looped.max_iterations, links }))
     } else {
-        NodeKind::Task(TaskTemplate::default())
+        NodeKind::Task(Box::default())
     };
     let mut inputs = Vec::new();
     for (name, input) in work.inputs {

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::cond::{Facts, Truth};
 use super::model::{DependencyLevel, Graph, Node, NodeKind, TaskTemplate, Value};
 use super::state::{WorkStatus, WorkflowStatus, workflow_status};
-use super::validate::topological_order;
 
 /// One node instance's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,8 +156,9 @@ pub fn advance(graph: &Graph, state: &mut State) -> Option<WorkflowStatus> {
 }
 
 fn advance_scope(graph: &Graph, scope: &str, params: &BTreeMap<String, Value>, state: &mut State) {
-    let order = topological_order(graph).unwrap_or_else(|_| (0..graph.nodes.len()).collect());
-    for i in order {
+    // Written order, not a topological one: the caller repeats passes until nothing changes, and
+    // sorting on every event would cost more than the extra pass a back reference needs.
+    for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
         let key = key_in(scope, &node.name);
         let Some(instance) = state.works.get(&key) else { continue };
@@ -276,8 +276,7 @@ fn decide(node: &Node, key: &str, scope: &str, params: &BTreeMap<String, Value>,
     hard.sort_unstable();
     for parent in &hard {
         let Some(status) = status_of(parent) else { return };
-        let file_level =
-            node.after.iter().any(|d| d.node == *parent && d.level == DependencyLevel::File);
+        let file_level = node.after.iter().any(|d| d.node == *parent && d.level == DependencyLevel::File);
         match status {
             WorkStatus::Failed | WorkStatus::SubFinished | WorkStatus::Skipped | WorkStatus::Cancelled => {
                 state.set(key, WorkStatus::Skipped, format!("parent {parent} ended {}", status.as_str()));

@@ -139,7 +139,12 @@ fn dot(graph: &Graph, prefix: &str, labels: &Labels, out: &mut String) {
         }
         if let Some(when) = &node.when {
             for work in when.works() {
-                let _ = writeln!(out, "  {} -> {} [style=dotted, label=\"if\"];", id(&format!("{prefix}{work}")), id(&path));
+                let _ = writeln!(
+                    out,
+                    "  {} -> {} [style=dotted, label=\"if\"];",
+                    id(&format!("{prefix}{work}")),
+                    id(&path)
+                );
             }
         }
     }
@@ -180,7 +185,8 @@ fn mermaid(graph: &Graph, prefix: &str, labels: &Labels, out: &mut String) {
         }
         for input in &node.inputs {
             for source in &input.sources {
-                let _ = writeln!(out, "  {} -->|{}| {}", id(&format!("{prefix}{}", source.node)), input.name, id(&path));
+                let _ =
+                    writeln!(out, "  {} -->|{}| {}", id(&format!("{prefix}{}", source.node)), input.name, id(&path));
             }
         }
         if let Some(when) = &node.when {

@@ -194,7 +194,11 @@ fn read_rules(text: &str) -> (Vec<Rule>, Option<String>, Vec<GraphError>) {
             }
             continue;
         }
-        errors.push(err("", number, format!("unsupported statement {:?} (the subset: rule, workdir, NAME = [..])", line.trim())));
+        errors.push(err(
+            "",
+            number,
+            format!("unsupported statement {:?} (the subset: rule, workdir, NAME = [..])", line.trim()),
+        ));
         i += 1;
     }
     (rules, workdir, errors)
@@ -440,7 +444,8 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
         return Err(vec![err("", 0, "the Snakefile defines no rule")]);
     }
     for rule in rules {
-        let outputs: Vec<&String> = rule.output.positional.iter().chain(rule.output.named.iter().map(|(_, v)| v)).collect();
+        let outputs: Vec<&String> =
+            rule.output.positional.iter().chain(rule.output.named.iter().map(|(_, v)| v)).collect();
         let out_wildcards: BTreeSet<String> = outputs.iter().flat_map(|o| wildcards(o)).collect();
         for input in rule.input.positional.iter().chain(rule.input.named.iter().map(|(_, v)| v)) {
             if rule.name == "all" {
@@ -519,7 +524,12 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
             .enumerate()
             .filter(|(_, r)| r.name != "all")
             .filter_map(|(k, r)| {
-                r.output.positional.iter().chain(r.output.named.iter().map(|(_, v)| v)).find_map(|o| matches(o, &file)).map(|w| (k, w))
+                r.output
+                    .positional
+                    .iter()
+                    .chain(r.output.named.iter().map(|(_, v)| v))
+                    .find_map(|o| matches(o, &file))
+                    .map(|w| (k, w))
             })
             .collect();
         match candidates.len() {
@@ -529,7 +539,8 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
             }
             1 => {}
             _ => {
-                let names: Vec<String> = candidates.iter().map(|(k, _)| format!("{} (line {})", rules[*k].name, rules[*k].line)).collect();
+                let names: Vec<String> =
+                    candidates.iter().map(|(k, _)| format!("{} (line {})", rules[*k].name, rules[*k].line)).collect();
                 let first = &rules[candidates[0].0];
                 return Err(vec![err(
                     &first.name,
@@ -543,8 +554,20 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
         if chain.contains(&rule.name) {
             return Err(vec![err(&rule.name, rule.line, format!("cycle: {} -> {}", chain.join(" -> "), rule.name))]);
         }
-        let outputs: Vec<String> = rule.output.positional.iter().chain(rule.output.named.iter().map(|(_, v)| v)).map(|o| fill(o, &values)).collect();
-        let inputs: Vec<String> = rule.input.positional.iter().chain(rule.input.named.iter().map(|(_, v)| v)).map(|o| fill(o, &values)).collect();
+        let outputs: Vec<String> = rule
+            .output
+            .positional
+            .iter()
+            .chain(rule.output.named.iter().map(|(_, v)| v))
+            .map(|o| fill(o, &values))
+            .collect();
+        let inputs: Vec<String> = rule
+            .input
+            .positional
+            .iter()
+            .chain(rule.input.named.iter().map(|(_, v)| v))
+            .map(|o| fill(o, &values))
+            .collect();
         for o in &outputs {
             done.insert(o.clone());
             producer_of.insert(o.clone(), k);
@@ -585,11 +608,8 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
         for (n, job) in sorted.iter().enumerate() {
             let shell = format_shell(rule.shell.as_deref().unwrap_or_default(), rule, job);
             // Output directories exist before the command runs, as Snakemake makes them.
-            let dirs: BTreeSet<String> = job
-                .outputs
-                .iter()
-                .filter_map(|o| o.rsplit_once('/').map(|(d, _)| d.to_owned()))
-                .collect();
+            let dirs: BTreeSet<String> =
+                job.outputs.iter().filter_map(|o| o.rsplit_once('/').map(|(d, _)| d.to_owned())).collect();
             let mkdir = if dirs.is_empty() {
                 String::new()
             } else {
@@ -637,10 +657,20 @@ fn format_shell(shell: &str, rule: &Rule, job: &Job) -> String {
     let n_out = rule.output.positional.len();
     let positional_in = &job.inputs[..n_in.min(job.inputs.len())];
     let positional_out = &job.outputs[..n_out.min(job.outputs.len())];
-    let named_in: BTreeMap<&str, &str> =
-        rule.input.named.iter().map(|(k, _)| k.as_str()).zip(job.inputs[n_in.min(job.inputs.len())..].iter().map(String::as_str)).collect();
-    let named_out: BTreeMap<&str, &str> =
-        rule.output.named.iter().map(|(k, _)| k.as_str()).zip(job.outputs[n_out.min(job.outputs.len())..].iter().map(String::as_str)).collect();
+    let named_in: BTreeMap<&str, &str> = rule
+        .input
+        .named
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .zip(job.inputs[n_in.min(job.inputs.len())..].iter().map(String::as_str))
+        .collect();
+    let named_out: BTreeMap<&str, &str> = rule
+        .output
+        .named
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .zip(job.outputs[n_out.min(job.outputs.len())..].iter().map(String::as_str))
+        .collect();
     let mut out = String::new();
     let mut rest = shell;
     while !rest.is_empty() {
@@ -665,12 +695,19 @@ fn format_shell(shell: &str, rule: &Rule, job: &Job) -> String {
                 "params" => Some(rule.params.positional.join(" ")),
                 _ => {
                     let index = |list: &[String], text: &str| {
-                        text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<usize>().ok()).and_then(|i| list.get(i).cloned())
+                        text.strip_prefix('[')
+                            .and_then(|t| t.strip_suffix(']'))
+                            .and_then(|t| t.parse::<usize>().ok())
+                            .and_then(|i| list.get(i).cloned())
                     };
                     if let Some(r) = expr.strip_prefix("input") {
-                        r.strip_prefix('.').and_then(|n| named_in.get(n).map(|s| (*s).to_owned())).or_else(|| index(positional_in, r))
+                        r.strip_prefix('.')
+                            .and_then(|n| named_in.get(n).map(|s| (*s).to_owned()))
+                            .or_else(|| index(positional_in, r))
                     } else if let Some(r) = expr.strip_prefix("output") {
-                        r.strip_prefix('.').and_then(|n| named_out.get(n).map(|s| (*s).to_owned())).or_else(|| index(positional_out, r))
+                        r.strip_prefix('.')
+                            .and_then(|n| named_out.get(n).map(|s| (*s).to_owned()))
+                            .or_else(|| index(positional_out, r))
                     } else if let Some(n) = expr.strip_prefix("params.") {
                         rule.params.named.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
                     } else if let Some(n) = expr.strip_prefix("wildcards.") {

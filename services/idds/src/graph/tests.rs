@@ -345,7 +345,10 @@ fn a_failed_iteration_fails_the_loop_and_retry_resumes_it() {
     run(&mut state, "prepare", WorkStatus::Finished, &[]);
     plan::advance(&graph, &mut state);
     run(&mut state, "refine#1/step", WorkStatus::Failed, &[]);
-    assert_eq!(plan::advance(&graph, &mut state), Some(WorkflowStatus::Failed).filter(|_| false).or(Some(WorkflowStatus::SubFinished)));
+    assert_eq!(
+        plan::advance(&graph, &mut state),
+        Some(WorkflowStatus::Failed).filter(|_| false).or(Some(WorkflowStatus::SubFinished))
+    );
     assert_eq!(status(&state, "refine#1/check"), WorkStatus::Skipped);
     assert_eq!(status(&state, "refine"), WorkStatus::Failed);
     assert_eq!(status(&state, "publish"), WorkStatus::Skipped);
@@ -449,12 +452,7 @@ fn workflow_transitions_match_the_table() {
 
 #[test]
 fn held_jobs_are_released_per_file_once() {
-    let inputs = vec![
-        vec!["a".to_owned()],
-        vec!["a".to_owned(), "b".to_owned()],
-        vec![],
-        vec!["c".to_owned()],
-    ];
+    let inputs = vec![vec!["a".to_owned()], vec!["a".to_owned(), "b".to_owned()], vec![], vec!["c".to_owned()]];
     let mut held = HeldJobs::new(&inputs);
     assert_eq!(held.released_at_start(), vec![2]);
     assert_eq!(held.produced("a"), vec![0]);
@@ -522,7 +520,8 @@ fn bad_snakefiles_are_refused_naming_rule_and_line() {
     let ambiguous = "rule all:\n    input: \"out/x.txt\"\n\nrule one:\n    output: \"out/{name}.txt\"\n    shell: \"touch {output}\"\n\nrule two:\n    output: \"out/{n}.txt\"\n    shell: \"touch {output}\"\n";
     let text = errors(Language::Snakemake, ambiguous);
     assert!(text.contains("ambiguous") && text.contains("one (line 4)") && text.contains("two (line 8)"), "{text}");
-    let wildcard = "rule a:\n    input: \"in/{x}.txt\"\n    output: \"out/{y}.txt\"\n    shell: \"cp {input} {output}\"\n";
+    let wildcard =
+        "rule a:\n    input: \"in/{x}.txt\"\n    output: \"out/{y}.txt\"\n    shell: \"cp {input} {output}\"\n";
     let text = errors(Language::Snakemake, wildcard);
     assert!(text.contains("node \"a\" (line 1)") && text.contains("{x}") && text.contains("ambiguous"), "{text}");
     let run = "rule a:\n    output: \"x\"\n    run:\n        print(1)\n";

@@ -157,12 +157,8 @@ fn check_graph(graph: &Graph, prefix: &str, params: &BTreeSet<String>, errors: &
                     bad(format!("max_iterations must be at most {MAX_LOOP_ITERATIONS} (got {})", spec.max_iterations));
                 }
                 let body_names: BTreeSet<&str> = spec.body.nodes.iter().map(|n| n.name.as_str()).collect();
-                let inner: BTreeSet<String> = params
-                    .iter()
-                    .cloned()
-                    .chain(spec.body.inputs.keys().cloned())
-                    .chain(["i".to_owned()])
-                    .collect();
+                let inner: BTreeSet<String> =
+                    params.iter().cloned().chain(spec.body.inputs.keys().cloned()).chain(["i".to_owned()]).collect();
                 if let Some(until) = &spec.until {
                     for work in until.works() {
                         if !body_names.contains(work) {
@@ -279,7 +275,10 @@ fn check_datasets(graph: &Graph, errors: &mut Vec<GraphError>) {
             errors.push(GraphError {
                 node: node.name.clone(),
                 line: node.line,
-                message: format!("output_dataset {:?} is also produced by {:?}", task.output_dataset, graph.nodes[other].name),
+                message: format!(
+                    "output_dataset {:?} is also produced by {:?}",
+                    task.output_dataset, graph.nodes[other].name
+                ),
             });
         }
     }
