@@ -115,6 +115,12 @@ pub fn key_in(scope: &str, node: &str) -> String {
     if scope.is_empty() { node.to_owned() } else { format!("{scope}/{node}") }
 }
 
+/// The instance of `node` inside `scope`, without building its key at the top level (the hot
+/// path: every waiting node's parents are looked up on every event).
+fn instance<'s>(state: &'s State, scope: &str, node: &str) -> Option<&'s Instance> {
+    if scope.is_empty() { state.works.get(node) } else { state.works.get(&key_in(scope, node)) }
+}
+
 /// The scope of a loop or sub-workflow instance's iteration.
 pub fn scope_of(key: &str, iteration: u32) -> String {
     format!("{key}#{iteration}")
@@ -128,11 +134,11 @@ struct ScopeFacts<'a> {
 
 impl Facts for ScopeFacts<'_> {
     fn status(&self, work: &str) -> Option<WorkStatus> {
-        self.state.works.get(&key_in(self.scope, work)).map(|i| i.status)
+        instance(self.state, self.scope, work).map(|i| i.status)
     }
 
     fn output(&self, work: &str, key: &str) -> Option<Value> {
-        self.state.works.get(&key_in(self.scope, work)).and_then(|i| i.outputs.get(key).cloned())
+        instance(self.state, self.scope, work).and_then(|i| i.outputs.get(key).cloned())
     }
 
     fn param(&self, name: &str) -> Option<Value> {
@@ -160,6 +166,11 @@ fn advance_scope(graph: &Graph, scope: &str, params: &BTreeMap<String, Value>, s
     // sorting on every event would cost more than the extra pass a back reference needs.
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
+        // Ended nodes are the common case on a big graph: skip them before building a key.
+        match instance(state, scope, &node.name).map(|i| i.status) {
+            Some(WorkStatus::Waiting | WorkStatus::Submitted) => {}
+            _ => continue,
+        }
         let key = key_in(scope, &node.name);
         let Some(instance) = state.works.get(&key) else { continue };
         match instance.status {
@@ -270,7 +281,7 @@ fn finish_composite(
 
 /// Decides a waiting node: skip it, bypass it, start it, or leave it waiting.
 fn decide(node: &Node, key: &str, scope: &str, params: &BTreeMap<String, Value>, state: &mut State) {
-    let status_of = |name: &str| state.works.get(&key_in(scope, name)).map(|i| i.status);
+    let status_of = |name: &str| instance(state, scope, name).map(|i| i.status);
     let mut all_bypassed = true;
     let mut hard = node.hard_parents();
     hard.sort_unstable();
