@@ -18,16 +18,16 @@ mod harvester_admin;
 mod logs;
 mod render;
 mod up;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use panda_client::{HarvesterServiceClient, ServerClient, WorkflowServiceClient};
+use panda_client::{HarvesterServiceClient, ServerClient};
 use panda_proto::convert::WireEnum;
 use panda_proto::harvester::v1 as harvester;
-use panda_proto::idds::v1 as idds;
 use panda_proto::server::v1 as server;
 use panda_runtime::config::Loader;
 use panda_types::{JobStatus, TaskStatus};
@@ -83,7 +83,7 @@ enum Command {
     Job(JobCommand),
     /// Workflows.
     #[command(subcommand)]
-    Workflow(WorkflowCommand),
+    Workflow(workflow::WorkflowCommand),
     /// Queues known to the server, with their load.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -255,26 +255,6 @@ enum CacheCommand {
 }
 
 #[derive(Subcommand)]
-enum WorkflowCommand {
-    /// Submits a workflow file (YAML).
-    Submit {
-        /// The file.
-        file: PathBuf,
-    },
-    /// Lists workflows, newest first.
-    List {
-        /// How many.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// One workflow with its works.
-    Show {
-        /// Workflow ID.
-        id: u64,
-    },
-}
-
-#[derive(Subcommand)]
 enum QueueCommand {
     /// Lists queues.
     List,
@@ -431,33 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Workflow(command) => {
-            let mut client = WorkflowServiceClient::new(panda_client::channel(&cli.idds)?);
-            match command {
-                WorkflowCommand::Submit { file } => {
-                    let spec = panda_client::files::load_workflow(&file)?;
-                    let id = client
-                        .submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) })
-                        .await?
-                        .into_inner()
-                        .workflow_id;
-                    match format {
-                        Format::Json => out!("{}", serde_json::json!({"workflow_id": id})),
-                        Format::Table => out!("workflow {id} submitted; follow it with: panda workflow show {id}"),
-                    }
-                }
-                WorkflowCommand::List { limit } => {
-                    let response = client.list_workflows(idds::ListWorkflowsRequest { limit }).await?;
-                    render::workflows(format, &response.into_inner().workflows);
-                }
-                WorkflowCommand::Show { id } => {
-                    let workflow =
-                        client.get_workflow(idds::GetWorkflowRequest { workflow_id: id }).await?.into_inner().workflow;
-                    render::workflow(format, &workflow.context("idds answered without a workflow")?);
-                }
-            }
-            Ok(0)
-        }
+        Command::Workflow(command) => Ok(workflow::run(command, &cli.idds, &cli.server, format).await?),
         Command::Queue(QueueCommand::List) => {
             let server = ServerClient::new(&cli.server)?;
             let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;

@@ -26,7 +26,7 @@ pub struct UpOptions {
 pub async fn up(config: AllConfig, options: UpOptions, shutdown: CancellationToken) -> anyhow::Result<i32> {
     // Pilots are this same program: `panda pilot ...`.
     let exe = std::env::current_exe().context("cannot find this program to start pilots")?;
-    let spec = options.workflow.as_deref().map(panda_client::files::load_workflow).transpose()?;
+    let spec = options.workflow.as_deref().map(|f| crate::workflow::document(f, None, None)).transpose()?;
     let started = Instant::now();
     let cluster = Cluster::start(config, vec![exe.display().to_string(), "pilot".to_owned()]).await?;
     eprintln!(
@@ -74,13 +74,13 @@ pub async fn up(config: AllConfig, options: UpOptions, shutdown: CancellationTok
     Ok(code)
 }
 
-async fn run_workflow(cluster: &Cluster, spec: idds::WorkflowSpec) -> anyhow::Result<bool> {
+async fn run_workflow(cluster: &Cluster, spec: idds::WorkflowDocument) -> anyhow::Result<bool> {
     let mut workflows = WorkflowServiceClient::new(panda_client::channel(&cluster.idds_url)?);
     let server = ServerClient::new(&cluster.server_url)?;
     let started = Instant::now();
     let name = spec.name.clone();
     let workflow_id = workflows
-        .submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) })
+        .submit_workflow(idds::SubmitWorkflowRequest { spec: None, document: Some(spec) })
         .await
         .map_err(|s| anyhow::anyhow!("workflow {name:?} refused: {}", s.message()))?
         .into_inner()

@@ -173,16 +173,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn example_workflows_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let spec = load_workflow(&path).unwrap();
-            assert!(!spec.works.is_empty());
-            seen += 1;
-        }
-        assert!(seen > 0);
+    fn the_spec_example_parses() {
+        // The other examples use idds's document format (conditions, loops, Snakemake), which
+        // idds compiles and tests itself (panda-idds graph tests).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows/fan-out-merge.yaml");
+        let spec = load_workflow(&path).unwrap();
+        assert_eq!(spec.works.len(), 4);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub async fn run_example_workflow(server_url: &str, idds_url: &str, timeout: Dur
     let workflow_id = panda_client::retry(50, false, || {
         let mut workflows = workflows.clone();
         let spec = spec.clone();
-        async move { workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) }).await }
+        async move { workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec), document: None }).await }
     })
     .await
     .unwrap()

@@ -238,7 +238,7 @@ async fn crashed_services_restart_and_lose_nothing() {
     let workflow_id = panda_client::retry(50, false, || {
         let mut workflows = workflows.clone();
         let spec = spec.clone();
-        async move { workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec) }).await }
+        async move { workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: Some(spec), document: None }).await }
     })
     .await
     .unwrap()

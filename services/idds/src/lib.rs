@@ -1,13 +1,17 @@
-//! idds: the workflow engine. A workflow is a DAG of works, each a task template; a work's task
-//! is submitted when all its parents finished, and task events from the bus move the graph
-//! forward. State lives in idds's own database; submissions are idempotent, events are applied
-//! at least once, and a restart reconciles with the server.
+//! idds: the workflow engine. A workflow (native YAML/JSON, Snakemake, or the older spec) is
+//! compiled to one internal graph of works (tasks, loops, sub-workflows) with task- and
+//! file-level dependencies and conditions; a work's task is submitted when the planner says it
+//! is ready, and task events from the bus move the graph forward. State lives in idds's own
+//! database; submissions are idempotent, events are applied at least once, and a restart
+//! reloads every workflow and reconciles with the server.
 //!
-//! Modules: `config` (`[idds]`), `dag` (pure graph rules and validation), `store`, `service`
-//! (the engine), `grpc` (WorkflowService).
+//! Modules: `config` (`[idds]`), `graph` (pure: model, conditions, validation, planning,
+//! release bookkeeping, front ends, rendering), `backend` (the server's task API behind a trait),
+//! `store`, `service` (the engine), `grpc` (WorkflowService).
 
+pub mod backend;
 pub mod config;
-pub mod dag;
+pub mod graph;
 pub mod grpc;
 pub mod service;
 pub mod store;
@@ -88,7 +92,8 @@ pub async fn run(
     let db = panda_db::connect_and_migrate::<store::Migrator>(&url, config.database.max_connections).await?;
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
-    let engine = Engine::new(db, outbox, panda_client::ServerClient::new(&config.server_url)?);
+    let backend = backend::GrpcBackend::new(panda_client::ServerClient::new(&config.server_url)?);
+    let engine = Engine::new(db, outbox, Arc::new(backend));
     // Only final task states move a DAG forward; `task.running` keeps the shown task state fresh.
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
@@ -107,16 +112,23 @@ pub async fn run(
             if let Err(error) = engine.reconcile().await {
                 warn!(%error, "reconciliation after start failed");
             }
+            // Woken by the engine whenever a work becomes ready; the timer runs only while a
+            // submission is deferred (server unavailable), so an idle engine polls nothing.
+            let mut deferred = false;
             loop {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
                     () = engine.wake.notified() => {}
-                    () = tokio::time::sleep(retry) => {}
+                    () = tokio::time::sleep(retry), if deferred => {}
                 }
-                if let Err(error) = engine.submit_ready().await {
-                    warn!(%error, "submitting ready works failed; retrying");
-                }
+                deferred = match engine.submit_ready().await {
+                    Ok(pass) => pass.deferred,
+                    Err(error) => {
+                        warn!(%error, "submitting ready works failed; retrying");
+                        true
+                    }
+                };
             }
         })
     };

@@ -1,24 +1,30 @@
-//! The workflow engine's use cases: accept a DAG, submit each work as a task when its parents
-//! finished, follow task events to the end. Submissions carry an idempotency key
-//! (`idds-<workflow>-<work>`), so a retried or repeated submission never makes a second task.
+//! The workflow engine's use cases: accept a graph (native, Snakemake, or the older spec), submit
+//! each ready work as a server task, follow task events, and let the pure planner
+//! (`graph::plan`) decide what comes next. Each workflow's state is cached in memory behind a
+//! lock and written through: every change (instance states, new loop iterations, the workflow's
+//! end and its event) commits in one transaction, so a restart reloads exactly what was decided.
+//! Submissions carry an idempotency key (`idds-<workflow>-<key>-<attempt>`), so a retried or
+//! repeated submission never makes a second task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
-use panda_client::ServerClient;
 use panda_proto::events::v1::WorkflowStatusChanged;
 use panda_proto::idds::v1 as wire;
 use panda_proto::server::v1 as server;
 use panda_runtime::{ErrorCode, ServiceError};
-use panda_types::{FieldError, StateMachine, TaskSpec, TaskStatus};
+use panda_types::{FieldError, StateMachine, TaskStatus};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, broadcast};
 use tracing::{info, instrument, warn};
 
-use crate::dag::{self, WorkDraft, WorkStatus, WorkflowStatus};
-use crate::store::{self, Work, Workflow};
+use crate::backend::{TaskBackend, TaskInfo};
+use crate::graph::model::{Dependency, DependencyLevel, Graph, Node, NodeKind, TaskTemplate, Value};
+use crate::graph::plan::{self, Instance, State};
+use crate::graph::{self, Language, WorkStatus, WorkflowStatus};
+use crate::store::{self, NewWork, Work, Workflow};
 
 /// What can go wrong in idds.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +38,27 @@ pub enum Error {
         /// The ID asked for.
         workflow_id: u64,
     },
+    /// Right request, wrong state.
+    #[error("workflow {workflow_id} is {status}; {message}")]
+    FailedPrecondition {
+        /// The workflow.
+        workflow_id: u64,
+        /// Its state.
+        status: &'static str,
+        /// What is allowed.
+        message: &'static str,
+    },
     /// The database failed.
     #[error("idds database operation failed")]
     Db(#[from] DbErr),
+    /// A stored graph does not parse (a bug or a foreign write).
+    #[error("workflow {workflow_id}'s stored graph is unreadable: {reason}")]
+    Corrupt {
+        /// The workflow.
+        workflow_id: u64,
+        /// Why.
+        reason: String,
+    },
     /// The server failed.
     #[error("server call {call} failed: {status}")]
     Server {
@@ -50,8 +74,9 @@ impl ServiceError for Error {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::FailedPrecondition { .. } => ErrorCode::FailedPrecondition,
             Error::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ErrorCode::Unavailable,
-            Error::Db(_) => ErrorCode::Internal,
+            Error::Db(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::Server { status, .. } if panda_client::is_transient(status, true) => ErrorCode::Unavailable,
             Error::Server { .. } => ErrorCode::Internal,
         }
@@ -72,7 +97,7 @@ const CONSUMER: &str = "idds.tasks";
 pub enum Handled {
     /// It changed a work.
     Applied,
-    /// Not a task of ours (or nothing to change).
+    /// Not a task of ours (or nothing to change, or seen before).
     Ignored,
     /// A submission is in flight that may own this task: try again later.
     NotYet,
@@ -99,6 +124,19 @@ impl Metrics {
     }
 }
 
+/// One workflow as the engine holds it.
+struct Loaded {
+    workflow: Workflow,
+    graph: Arc<Graph>,
+    state: State,
+    /// Keys that have a row.
+    stored: BTreeSet<String>,
+    /// Task of each submitted key, and each key's submission attempts.
+    tasks: HashMap<String, (Option<u64>, u32)>,
+}
+
+type Slot = Arc<Mutex<Option<Loaded>>>;
+
 /// The engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -106,26 +144,30 @@ pub struct Engine {
     pub metrics: Metrics,
     db: DatabaseConnection,
     outbox: Outbox,
-    server: ServerClient,
+    backend: Arc<dyn TaskBackend>,
     /// Wakes the submitter.
     pub wake: Arc<Notify>,
     /// One submission pass at a time.
     submitting: Arc<Mutex<()>>,
+    /// Workflows as loaded, each behind its own lock (changes to one workflow are serialised).
+    cache: Arc<std::sync::Mutex<HashMap<u64, Slot>>>,
+    /// Workflow IDs after each committed change (watch streams).
+    changes: broadcast::Sender<u64>,
 }
 
 impl Engine {
     /// Builds the engine.
-    pub fn new(db: DatabaseConnection, outbox: Outbox, server: ServerClient) -> Self {
-        Self { metrics: Metrics::default(), db, outbox, server, wake: Arc::default(), submitting: Arc::default() }
-    }
-
-    async fn commit(&self, txn: DatabaseTransaction, events: Vec<Envelope>) -> Result<(), Error> {
-        outbox::append(&txn, &events).await?;
-        txn.commit().await?;
-        if !events.is_empty() {
-            self.outbox.notify();
+    pub fn new(db: DatabaseConnection, outbox: Outbox, backend: Arc<dyn TaskBackend>) -> Self {
+        Self {
+            metrics: Metrics::default(),
+            db,
+            outbox,
+            backend,
+            wake: Arc::default(),
+            submitting: Arc::default(),
+            cache: Arc::default(),
+            changes: broadcast::channel(1024).0,
         }
-        Ok(())
     }
 
     /// The engine's database (for tests and tools).
@@ -133,212 +175,408 @@ impl Engine {
         &self.db
     }
 
-    /// Validates and stores a workflow and starts it.
+    /// Changes, by workflow ID, as they commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn slot(&self, workflow_id: u64) -> Slot {
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.entry(workflow_id).or_default().clone()
+    }
+
+    fn evict(&self, workflow_id: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.remove(&workflow_id);
+    }
+
+    async fn load(&self, workflow_id: u64) -> Result<Loaded, Error> {
+        let workflow = store::get_workflow(&self.db, workflow_id).await?.ok_or(Error::NotFound { workflow_id })?;
+        let works = store::works_of(&self.db, workflow_id).await?;
+        let graph = if workflow.graph_json.is_empty() {
+            legacy_graph(&workflow, &works)
+        } else {
+            serde_json::from_str(&workflow.graph_json)
+                .map_err(|e| Error::Corrupt { workflow_id, reason: e.to_string() })?
+        };
+        let mut instances = BTreeMap::new();
+        let mut tasks = HashMap::new();
+        for work in &works {
+            instances.insert(
+                work.key.clone(),
+                Instance {
+                    status: work.status,
+                    iteration: work.iteration,
+                    outputs: work.outputs.clone(),
+                    params: work.params.clone(),
+                    reason: work.reason.clone(),
+                },
+            );
+            tasks.insert(work.key.clone(), (work.task_id, work.attempt));
+        }
+        Ok(Loaded {
+            stored: instances.keys().cloned().collect(),
+            workflow,
+            graph: Arc::new(graph),
+            state: State::new(instances),
+            tasks,
+        })
+    }
+
+    /// Applies `change` to a workflow, lets the planner move it, and commits every changed
+    /// instance, the workflow's state and its events in one transaction (recording `event_id`
+    /// as processed in the same one). Returns `None` when the event was seen before.
+    async fn mutate<R>(
+        &self,
+        workflow_id: u64,
+        event_id: Option<uuid::Uuid>,
+        change: impl FnOnce(&mut Loaded) -> Result<R, Error>,
+        extra: impl AsyncFnOnce(&DatabaseTransaction, &Loaded) -> Result<(), Error>,
+    ) -> Result<Option<R>, Error> {
+        let slot = self.slot(workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(workflow_id).await?);
+        }
+        let loaded = guard.as_mut().expect("loaded above");
+        let txn = self.db.begin().await?;
+        if let Some(event_id) = event_id
+            && !panda_bus::idempotency::first_delivery(&txn, CONSUMER, event_id).await?
+        {
+            return Ok(None);
+        }
+        let result = self.apply(&txn, loaded, change, extra).await;
+        match result {
+            Ok((value, events, ready)) => {
+                outbox::append(&txn, &events).await?;
+                if let Err(error) = txn.commit().await {
+                    *guard = None;
+                    self.evict(workflow_id);
+                    return Err(error.into());
+                }
+                if !events.is_empty() {
+                    self.outbox.notify();
+                }
+                let _ = self.changes.send(workflow_id);
+                if ready {
+                    self.wake.notify_one();
+                }
+                Ok(Some(value))
+            }
+            Err(error) => {
+                // The cached state may be ahead of the database: reload on next use.
+                *guard = None;
+                self.evict(workflow_id);
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply<R>(
+        &self,
+        txn: &DatabaseTransaction,
+        loaded: &mut Loaded,
+        change: impl FnOnce(&mut Loaded) -> Result<R, Error>,
+        extra: impl AsyncFnOnce(&DatabaseTransaction, &Loaded) -> Result<(), Error>,
+    ) -> Result<(R, Vec<Envelope>, bool), Error> {
+        let value = change(loaded)?;
+        let mut events = Vec::new();
+        let end = if loaded.workflow.status.is_final() && loaded.workflow.status != WorkflowStatus::Cancelled {
+            None
+        } else {
+            plan::advance(&loaded.graph, &mut loaded.state)
+        };
+        let changed = loaded.state.take_changed();
+        let mut new = Vec::new();
+        let mut ready = false;
+        for key in &changed {
+            let Some(instance) = loaded.state.works.get(key) else { continue };
+            ready |= instance.status == WorkStatus::Ready;
+            if loaded.stored.contains(key) {
+                store::update_work(txn, loaded.workflow.id, key, instance).await?;
+            } else {
+                new.push(new_work(key, instance));
+            }
+        }
+        store::insert_works(txn, loaded.workflow.id, &new).await?;
+        loaded.stored.extend(new.into_iter().map(|w| w.key));
+        extra(txn, loaded).await?;
+        if let Some(end) = end
+            && matches!(loaded.workflow.status, WorkflowStatus::Running)
+        {
+            store::set_workflow_status(txn, loaded.workflow.id, end).await?;
+            info!(workflow_id = loaded.workflow.id, status = end.as_str(), "workflow ended");
+            self.metrics.workflows_ended.get_or_create(&Ended { status: end.as_str() }).inc();
+            loaded.workflow.status = end;
+            events.push(workflow_event(&loaded.workflow, end));
+        }
+        Ok((value, events, ready))
+    }
+
+    /// Validates and stores a workflow written as the older spec (works of tasks) and starts it.
     ///
     /// # Errors
     /// INVALID_ARGUMENT naming each bad work and field.
     #[instrument(skip_all, fields(name = %spec.name))]
     pub async fn submit_workflow(&self, spec: wire::WorkflowSpec) -> Result<u64, Error> {
         let mut errors = Vec::new();
-        if let Err(e) = panda_types::ids::check_name(&spec.name, 100) {
-            errors.push(FieldError::new("name", e));
-        }
-        let drafts: Vec<WorkDraft> = spec
-            .works
-            .iter()
-            .map(|w| WorkDraft {
-                name: w.name.clone(),
-                parents: w.parents.clone(),
-                task: w.task.clone().map(Into::into).unwrap_or_default(),
-            })
-            .collect();
+        let mut nodes = Vec::new();
         for (i, work) in spec.works.iter().enumerate() {
-            if work.task.is_none() {
+            let Some(task) = work.task.clone() else {
                 errors.push(FieldError::new(format!("works[{i}].task"), "is required"));
-            }
+                continue;
+            };
+            let mut node = Node::task(&work.name, template_from_wire(task, &work.name));
+            node.after =
+                work.parents.iter().map(|p| Dependency { node: p.clone(), level: DependencyLevel::Task }).collect();
+            nodes.push(node);
         }
         if !errors.is_empty() {
             return Err(Error::InvalidArgument(errors));
         }
-        let order = dag::validate(&drafts).map_err(Error::InvalidArgument)?;
-        let produced: BTreeSet<String> =
-            drafts.iter().map(|w| w.task.output_dataset.clone()).filter(|d| !d.is_empty()).collect();
-        let user = if spec.user.is_empty() { "anonymous".to_owned() } else { spec.user.clone() };
-
-        let txn = self.db.begin().await?;
-        let workflow = store::insert_workflow(&txn, &spec.name, &user).await?;
-        for &i in &order {
-            let mut task = drafts[i].task.clone();
-            task.input_datasets = task
-                .input_datasets
-                .iter()
-                .map(|d| dag::scoped_dataset(d, &produced, &spec.name, workflow.id))
-                .collect();
-            task.output_dataset = dag::scoped_dataset(&task.output_dataset, &produced, &spec.name, workflow.id);
-            if task.user.is_empty() {
-                task.user = user.clone();
-            }
-            let task: TaskSpec = task.validate().map_err(Error::InvalidArgument)?;
-            let json = serde_json::to_string(&task).map_err(|e| DbErr::Custom(e.to_string()))?;
-            store::insert_work(&txn, workflow.id, &drafts[i].name, &drafts[i].parents, json).await?;
-        }
-        let mut events = vec![workflow_event(&workflow, WorkflowStatus::Running)];
-        self.advance(&txn, workflow.id, &mut events).await?;
-        self.commit(txn, events).await?;
-        info!(workflow_id = workflow.id, works = order.len(), "workflow submitted");
-        self.wake.notify_one();
-        Ok(workflow.id)
+        let graph = Graph { name: spec.name.clone(), nodes, ..Graph::default() };
+        graph::validate::validate(&graph).map_err(graph_errors)?;
+        self.start(graph, spec.user).await
     }
 
-    /// Marks works whose parents finished ready (or skipped), and ends the workflow when every
-    /// work is final.
-    async fn advance(
-        &self,
-        txn: &DatabaseTransaction,
-        workflow_id: u64,
-        events: &mut Vec<Envelope>,
-    ) -> Result<(), Error> {
-        let works = store::works_of(txn, workflow_id).await?;
-        let graph: BTreeMap<String, (WorkStatus, Vec<String>)> =
-            works.iter().map(|w| (w.name.clone(), (w.status, w.parents.clone()))).collect();
-        let step = dag::advance(&graph);
-        let mut status: BTreeMap<&str, WorkStatus> = works.iter().map(|w| (w.name.as_str(), w.status)).collect();
-        for work in &works {
-            if step.ready.contains(&work.name) {
-                store::set_work(txn, work.id, WorkStatus::Ready, None, None).await?;
-                status.insert(&work.name, WorkStatus::Ready);
-            } else if step.skipped.contains(&work.name) {
-                store::set_work(txn, work.id, WorkStatus::Skipped, None, None).await?;
-                status.insert(&work.name, WorkStatus::Skipped);
-                info!(workflow_id, work = %work.name, "work skipped: a parent did not finish");
-            }
-        }
-        let workflow_status = dag::workflow_status(status.values().copied());
-        if workflow_status != WorkflowStatus::Running {
-            let workflow = store::get_workflow(txn, workflow_id).await?.ok_or(Error::NotFound { workflow_id })?;
-            if workflow.status == WorkflowStatus::Running {
-                store::set_workflow_status(txn, workflow_id, workflow_status).await?;
-                info!(workflow_id, status = workflow_status.as_str(), "workflow ended");
-                self.metrics.workflows_ended.get_or_create(&Ended { status: workflow_status.as_str() }).inc();
-                events.push(workflow_event(&workflow, workflow_status));
-            }
-        }
-        Ok(())
-    }
-
-    /// Submits every ready work as a task (idempotent per work).
+    /// Parses, validates, stores and starts a workflow document.
     ///
     /// # Errors
-    /// Database failures; server failures are logged and retried on the next pass.
-    pub async fn submit_ready(&self) -> Result<usize, Error> {
+    /// INVALID_ARGUMENT naming each bad node, rule or line; nothing is stored then.
+    #[instrument(skip_all, fields(name = %document.name))]
+    pub async fn submit_document(&self, document: wire::WorkflowDocument) -> Result<u64, Error> {
+        let (graph, user) = compile(&document)?;
+        let user = if user.is_empty() { document.user } else { user };
+        self.start(graph, user).await
+    }
+
+    async fn start(&self, graph: Graph, user: String) -> Result<u64, Error> {
+        // Scatter is carried for the CWL runner; the task engine does not fan it out yet.
+        if let Some((path, _)) = graph.walk().into_iter().find(|(_, n)| n.scatter.is_some()) {
+            return Err(Error::InvalidArgument(vec![FieldError::new(
+                format!("nodes.{path}.scatter"),
+                "is not executed by the task engine yet (the CWL runner expands it)",
+            )]));
+        }
+        let user = if user.is_empty() { "anonymous".to_owned() } else { user };
+        check_tasks(&graph, &user)?;
+        let mut state = State::initial(&graph);
+        plan::advance(&graph, &mut state);
+        state.take_changed();
+        let graph_json = serde_json::to_string(&graph).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let works: Vec<NewWork> = state.works.iter().map(|(k, i)| new_work(k, i)).collect();
+        let txn = self.db.begin().await?;
+        let workflow = store::insert_workflow(&txn, &graph.name, &user, graph_json).await?;
+        store::insert_works(&txn, workflow.id, &works).await?;
+        let events = vec![workflow_event(&workflow, WorkflowStatus::Running)];
+        outbox::append(&txn, &events).await?;
+        txn.commit().await?;
+        self.outbox.notify();
+        info!(workflow_id = workflow.id, works = works.len(), "workflow submitted");
+        let id = workflow.id;
+        let loaded = Loaded {
+            workflow,
+            stored: state.works.keys().cloned().collect(),
+            graph: Arc::new(graph),
+            state,
+            tasks: HashMap::new(),
+        };
+        *self.slot(id).lock().await = Some(loaded);
+        let _ = self.changes.send(id);
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Submits every ready work of running workflows as a task (idempotent per work and attempt).
+    ///
+    /// # Errors
+    /// Database failures; transient server failures end the pass (the caller retries later),
+    /// refusals fail the work.
+    pub async fn submit_ready(&self) -> Result<Pass, Error> {
         let _pass = self.submitting.lock().await;
-        let mut submitted = 0;
-        for work in store::works_in(&self.db, WorkStatus::Ready).await? {
-            let task: TaskSpec = match serde_json::from_str(&work.task_json) {
-                Ok(task) => task,
-                Err(e) => {
-                    warn!(work = %work.name, error = %e, "stored task of a work does not parse; failing the work");
-                    self.finish_work(&work, WorkStatus::Failed, "").await?;
-                    continue;
-                }
-            };
-            let request = server::SubmitTaskRequest {
-                spec: Some(task.into()),
-                idempotency_key: format!("idds-{}-{}", work.workflow_id, work.name),
-            };
-            match self.server.tasks.clone().submit_task(request).await {
-                Ok(response) => {
-                    let task_id = response.into_inner().task_id;
-                    let txn = self.db.begin().await?;
-                    store::set_work(&txn, work.id, WorkStatus::Submitted, Some(task_id), Some("registered")).await?;
-                    txn.commit().await?;
-                    info!(workflow_id = work.workflow_id, work = %work.name, task_id, "work submitted");
+        let mut pass = Pass::default();
+        let ready = store::works_in(&self.db, WorkStatus::Ready).await?;
+        for work in ready {
+            let Some((spec, attempt)) = self.render(&work).await? else { continue };
+            let key = format!("idds-{}-{}-{}", work.workflow_id, work.key, attempt);
+            let json = serde_json::to_string(&spec_json(&spec)).unwrap_or_default();
+            match self.backend.submit(spec, key).await {
+                Ok(task_id) => {
+                    let work_key = work.key.clone();
+                    self.mutate(
+                        work.workflow_id,
+                        None,
+                        |loaded| {
+                            if loaded.state.works.get(&work_key).map(|i| i.status) == Some(WorkStatus::Ready) {
+                                loaded.state.set_status(&work_key, WorkStatus::Submitted, "");
+                            }
+                            loaded.tasks.insert(work_key.clone(), (Some(task_id), attempt));
+                            Ok(())
+                        },
+                        async |txn, _| {
+                            Ok(store::record_task(txn, work.workflow_id, &work.key, task_id, json, attempt).await?)
+                        },
+                    )
+                    .await?;
+                    info!(workflow_id = work.workflow_id, work = %work.key, task_id, "work submitted");
                     self.metrics.works_submitted.inc();
-                    submitted += 1;
+                    pass.submitted += 1;
                 }
                 Err(status) if panda_client::is_transient(&status, true) => {
-                    warn!(work = %work.name, %status, "server unavailable; will submit later");
+                    warn!(work = %work.key, %status, "server unavailable; will submit later");
+                    pass.deferred = true;
                     break;
                 }
                 Err(status) => {
-                    // The server refused the task for good (e.g. its input dataset is gone).
-                    warn!(work = %work.name, %status, "task refused; failing the work");
-                    self.finish_work(&work, WorkStatus::Failed, status.message()).await?;
+                    warn!(work = %work.key, %status, "task refused; failing the work");
+                    let reason = format!("the server refused the task: {}", status.message());
+                    self.mutate(
+                        work.workflow_id,
+                        None,
+                        |loaded| {
+                            loaded.state.set_status(&work.key, WorkStatus::Failed, reason);
+                            Ok(())
+                        },
+                        async |_, _| Ok(()),
+                    )
+                    .await?;
                 }
             }
         }
-        Ok(submitted)
+        Ok(pass)
     }
 
-    async fn finish_work(&self, work: &Work, status: WorkStatus, task_status: &str) -> Result<(), Error> {
-        let txn = self.db.begin().await?;
-        store::set_work(&txn, work.id, status, None, Some(task_status)).await?;
-        let mut events = Vec::new();
-        self.advance(&txn, work.workflow_id, &mut events).await?;
-        self.commit(txn, events).await?;
-        self.wake.notify_one();
-        Ok(())
+    /// The task of a ready work (None when its workflow is suspended or it is no longer ready).
+    async fn render(&self, work: &Work) -> Result<Option<(server::TaskSpec, u32)>, Error> {
+        let slot = self.slot(work.workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(work.workflow_id).await?);
+        }
+        let loaded = guard.as_ref().expect("loaded above");
+        if loaded.workflow.status != WorkflowStatus::Running
+            || loaded.state.works.get(&work.key).map(|i| i.status) != Some(WorkStatus::Ready)
+        {
+            return Ok(None);
+        }
+        let Some((node, params)) = plan::resolve(&loaded.graph, &loaded.state, &work.key) else {
+            return Err(Error::Corrupt { workflow_id: work.workflow_id, reason: format!("no node for {}", work.key) });
+        };
+        let NodeKind::Task(template) = &node.kind else { return Ok(None) };
+        let mut task = plan::render_task(template, &params, &work.key);
+        scope_datasets(&mut task, &loaded.graph, &loaded.workflow, &work.key);
+        let attempt = loaded.tasks.get(&work.key).map_or(0, |(_, a)| *a);
+        Ok(Some((wire_spec(task, &loaded.workflow.user), attempt)))
     }
 
     /// Applies a task's new state to its work, once per event: the event id is recorded in the
-    /// same transaction as the change (`processed_events`), so a redelivered event does nothing.
-    /// Reconciliation passes no event id; it is idempotent on its own (a final work never changes).
+    /// same transaction as the change, so a redelivered event does nothing. Reconciliation passes
+    /// no event id; it is idempotent on its own (a final work never changes).
     ///
     /// # Errors
-    /// Database failures.
+    /// Database failures; server failures while reading the task's counts and outputs.
     pub async fn on_task_status(
         &self,
         task_id: u64,
         task_status: TaskStatus,
         event_id: Option<uuid::Uuid>,
     ) -> Result<Handled, Error> {
-        let txn = self.db.begin().await?;
-        let Some(work) = store::work_by_task(&txn, task_id).await? else {
+        let Some(work) = store::work_by_task(&self.db, task_id).await? else {
             // Our submitter may not have recorded this task yet.
-            let in_flight = !store::works_in(&txn, WorkStatus::Ready).await?.is_empty();
+            let in_flight = !store::works_in(&self.db, WorkStatus::Ready).await?.is_empty();
             return Ok(if in_flight && task_status.is_final() { Handled::NotYet } else { Handled::Ignored });
         };
-        if work.status.is_final() {
+        if work.status != WorkStatus::Submitted {
             return Ok(Handled::Ignored);
         }
-        if let Some(event_id) = event_id
-            && !panda_bus::idempotency::first_delivery(&txn, CONSUMER, event_id).await?
-        {
-            return Ok(Handled::Ignored);
+        let end = WorkStatus::from_task_status(task_status);
+        // Counts and produced values are read before the transaction (server calls).
+        let outputs = match end {
+            Some(_) => Some(self.outputs_of(&work, task_id).await?),
+            None => None,
+        };
+        let key = work.key.clone();
+        let status_text = task_status.as_str();
+        let applied = self
+            .mutate(
+                work.workflow_id,
+                event_id,
+                |loaded| {
+                    let current = loaded.state.works.get(&key).map(|i| i.status);
+                    let ours = loaded.tasks.get(&key).and_then(|(t, _)| *t) == Some(task_id);
+                    if current != Some(WorkStatus::Submitted) || !ours {
+                        return Ok(false);
+                    }
+                    if let (Some(end), Some(outputs)) = (end, outputs) {
+                        info!(workflow_id = loaded.workflow.id, work = %key, task_id, %task_status, "work ended");
+                        loaded.state.set_outputs(&key, outputs);
+                        loaded.state.set_status(&key, end, format!("task {task_id} {status_text}"));
+                    }
+                    Ok(true)
+                },
+                async |txn, _| {
+                    store::set_task_status(txn, work.workflow_id, &work.key, status_text).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(match applied {
+            Some(true) => Handled::Applied,
+            _ => Handled::Ignored,
+        })
+    }
+
+    async fn outputs_of(&self, work: &Work, task_id: u64) -> Result<BTreeMap<String, Value>, Error> {
+        let info: TaskInfo =
+            self.backend.task_info(task_id).await.map_err(|status| Error::Server { call: "GetTask", status })?;
+        let mut outputs = BTreeMap::from([
+            ("jobs_total".to_owned(), Value::Int(i64::from(info.jobs_total))),
+            ("jobs_finished".to_owned(), Value::Int(i64::from(info.jobs_finished))),
+            ("jobs_failed".to_owned(), Value::Int(i64::from(info.jobs_failed))),
+            ("files_produced".to_owned(), Value::Int(i64::from(info.jobs_finished))),
+        ]);
+        if self.wants_values(work).await? {
+            let values = self
+                .backend
+                .produced_values(task_id)
+                .await
+                .map_err(|status| Error::Server { call: "ReadJobLog", status })?;
+            outputs.extend(values);
         }
-        let mut events = Vec::new();
-        match WorkStatus::from_task_status(task_status) {
-            Some(status) => {
-                info!(workflow_id = work.workflow_id, work = %work.name, task_id, %task_status, "work ended");
-                store::set_work(&txn, work.id, status, None, Some(task_status.as_str())).await?;
-                self.advance(&txn, work.workflow_id, &mut events).await?;
-            }
-            None => store::set_work(&txn, work.id, work.status, None, Some(task_status.as_str())).await?,
+        Ok(outputs)
+    }
+
+    /// Whether a work declared outputs (then its jobs' `panda-output` lines are collected).
+    async fn wants_values(&self, work: &Work) -> Result<bool, Error> {
+        let slot = self.slot(work.workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(work.workflow_id).await?);
         }
-        self.commit(txn, events).await?;
-        self.wake.notify_one();
-        Ok(Handled::Applied)
+        let loaded = guard.as_ref().expect("loaded above");
+        Ok(plan::resolve(&loaded.graph, &loaded.state, &work.key).is_some_and(|(node, _)| !node.outputs.is_empty()))
     }
 
     /// Catches up after a restart: asks the server for the state of every submitted work's task
-    /// (events may have been missed while idds was down), and submits ready works.
+    /// (events may have been missed while idds was down), then submits ready works. Works that
+    /// were ready are submitted with the same idempotency key as before, so a submission that
+    /// reached the server before the crash is not made twice.
     ///
     /// # Errors
     /// Database failures.
     pub async fn reconcile(&self) -> Result<(), Error> {
         for work in store::works_in(&self.db, WorkStatus::Submitted).await? {
             let Some(task_id) = work.task_id else { continue };
-            match self.server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await {
-                Ok(response) => {
-                    if let Some(task) = response.into_inner().task
-                        && let Ok(status) =
-                            <TaskStatus as panda_proto::convert::WireEnum>::from_wire("status", task.status)
-                    {
-                        self.on_task_status(task_id, status, None).await?;
-                    }
+            match self.backend.task_info(task_id).await {
+                Ok(info) => {
+                    self.on_task_status(task_id, info.status, None).await?;
                 }
                 Err(status) => warn!(task_id, %status, "could not reconcile a work's task"),
             }
+        }
+        // Workflows whose planner step did not run (e.g. stored by an older version) move now.
+        for workflow_id in store::workflows_in(&self.db, WorkflowStatus::Running).await? {
+            self.mutate(workflow_id, None, |_| Ok(()), async |_, _| Ok(())).await?;
         }
         self.submit_ready().await?;
         Ok(())
@@ -354,6 +592,21 @@ impl Engine {
         Ok((workflow, works))
     }
 
+    /// A workflow's graph (for rendering) and its works.
+    ///
+    /// # Errors
+    /// NOT_FOUND.
+    pub async fn get_graph(&self, workflow_id: u64) -> Result<(Graph, Vec<Work>), Error> {
+        let (workflow, works) = self.get_workflow(workflow_id).await?;
+        let graph = if workflow.graph_json.is_empty() {
+            legacy_graph(&workflow, &works)
+        } else {
+            serde_json::from_str(&workflow.graph_json)
+                .map_err(|e| Error::Corrupt { workflow_id, reason: e.to_string() })?
+        };
+        Ok((graph, works))
+    }
+
     /// Newest workflows with their works.
     ///
     /// # Errors
@@ -366,6 +619,390 @@ impl Engine {
         }
         Ok(out)
     }
+
+    /// Aborts a workflow: kills its running tasks and cancels what has not ended.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when it already ended.
+    pub async fn abort(&self, workflow_id: u64) -> Result<(), Error> {
+        let running = self
+            .mutate(
+                workflow_id,
+                None,
+                |loaded| {
+                    let status = loaded.workflow.status;
+                    if status.is_final() {
+                        return Err(precondition(
+                            workflow_id,
+                            status,
+                            "only running or suspended workflows can be aborted",
+                        ));
+                    }
+                    let keys = plan::abort(&loaded.graph, &mut loaded.state);
+                    loaded.workflow.status = WorkflowStatus::Cancelled;
+                    Ok(keys.iter().filter_map(|k| loaded.tasks.get(k).and_then(|(t, _)| *t)).collect::<Vec<u64>>())
+                },
+                async |txn, loaded| {
+                    store::set_workflow_status(txn, workflow_id, WorkflowStatus::Cancelled).await?;
+                    let _ = loaded;
+                    Ok(())
+                },
+            )
+            .await?
+            .unwrap_or_default();
+        for task_id in running {
+            if let Err(status) = self.backend.kill(task_id).await {
+                warn!(task_id, %status, "could not kill an aborted workflow's task");
+            }
+        }
+        info!(workflow_id, "workflow aborted");
+        Ok(())
+    }
+
+    /// Retries a workflow's failed works (the server reruns their tasks' failed jobs; a task the
+    /// server refused is submitted anew) and reopens what their failure skipped.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when the workflow finished, was cancelled or has nothing
+    /// to retry.
+    pub async fn retry(&self, workflow_id: u64) -> Result<u32, Error> {
+        // Server first: a task the server cannot retry stays failed here.
+        let (_, works) = self.get_graph(workflow_id).await?;
+        let workflow = store::get_workflow(&self.db, workflow_id).await?.ok_or(Error::NotFound { workflow_id })?;
+        if matches!(workflow.status, WorkflowStatus::Finished | WorkflowStatus::Cancelled) {
+            return Err(precondition(workflow_id, workflow.status, "only workflows with failed works can be retried"));
+        }
+        let mut retried_on_server = BTreeSet::new();
+        for work in works.iter().filter(|w| matches!(w.status, WorkStatus::Failed | WorkStatus::SubFinished)) {
+            let Some(task_id) = work.task_id else { continue };
+            match self.backend.retry(task_id).await {
+                Ok(()) => {
+                    retried_on_server.insert(work.key.clone());
+                }
+                Err(status) => warn!(task_id, %status, "the server did not retry a failed work's task"),
+            }
+        }
+        let count = self
+            .mutate(
+                workflow_id,
+                None,
+                |loaded| {
+                    let failed: Vec<String> = loaded
+                        .state
+                        .works
+                        .iter()
+                        .filter(|(_, i)| matches!(i.status, WorkStatus::Failed | WorkStatus::SubFinished))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    // A task the server did not retry (or never had) is submitted anew.
+                    plan::retry(&loaded.graph, &mut loaded.state, |key| retried_on_server.contains(key));
+                    let resubmitted: Vec<&String> = failed
+                        .iter()
+                        .filter(|k| loaded.state.works.get(*k).map(|i| i.status) == Some(WorkStatus::Ready))
+                        .collect();
+                    for key in &resubmitted {
+                        let attempt = loaded.tasks.get(*key).map_or(0, |(_, a)| *a) + 1;
+                        loaded.tasks.insert((*key).clone(), (None, attempt));
+                    }
+                    if failed.is_empty() {
+                        return Err(precondition(
+                            workflow_id,
+                            loaded.workflow.status,
+                            "it has no failed work to retry",
+                        ));
+                    }
+                    loaded.workflow.status = WorkflowStatus::Running;
+                    Ok(failed.len() as u32)
+                },
+                async |txn, loaded| {
+                    store::set_workflow_status(txn, workflow_id, WorkflowStatus::Running).await?;
+                    for (key, (task, attempt)) in &loaded.tasks {
+                        if task.is_none() && *attempt > 0 {
+                            store::clear_task(txn, workflow_id, key, *attempt).await?;
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?
+            .unwrap_or_default();
+        info!(workflow_id, retried = count, "workflow retried");
+        Ok(count)
+    }
+
+    /// Suspends (`hold`) or resumes a workflow; its running tasks are paused or resumed.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION from the wrong state.
+    pub async fn suspend(&self, workflow_id: u64, hold: bool) -> Result<(), Error> {
+        let (from, to) = if hold {
+            (WorkflowStatus::Running, WorkflowStatus::Suspended)
+        } else {
+            (WorkflowStatus::Suspended, WorkflowStatus::Running)
+        };
+        let tasks = self
+            .mutate(
+                workflow_id,
+                None,
+                |loaded| {
+                    if loaded.workflow.status != from {
+                        let message = if hold {
+                            "only running workflows can be suspended"
+                        } else {
+                            "only suspended workflows can be resumed"
+                        };
+                        return Err(precondition(workflow_id, loaded.workflow.status, message));
+                    }
+                    loaded.workflow.status = to;
+                    Ok(loaded
+                        .state
+                        .works
+                        .iter()
+                        .filter(|(_, i)| i.status == WorkStatus::Submitted)
+                        .filter_map(|(k, _)| loaded.tasks.get(k).and_then(|(t, _)| *t))
+                        .collect::<Vec<u64>>())
+                },
+                async |txn, _| Ok(store::set_workflow_status(txn, workflow_id, to).await?),
+            )
+            .await?
+            .unwrap_or_default();
+        for task_id in tasks {
+            let result = if hold { self.backend.pause(task_id).await } else { self.backend.resume(task_id).await };
+            if let Err(status) = result {
+                warn!(task_id, %status, hold, "could not pause or resume a workflow's task");
+            }
+        }
+        if !hold {
+            self.wake.notify_one();
+        }
+        info!(workflow_id, status = to.as_str(), "workflow suspended or resumed");
+        Ok(())
+    }
+}
+
+/// What a submission pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Works submitted.
+    pub submitted: usize,
+    /// The server was unavailable: try again later.
+    pub deferred: bool,
+}
+
+fn precondition(workflow_id: u64, status: WorkflowStatus, message: &'static str) -> Error {
+    Error::FailedPrecondition { workflow_id, status: status.as_str(), message }
+}
+
+fn graph_errors(errors: Vec<graph::GraphError>) -> Error {
+    Error::InvalidArgument(
+        errors
+            .into_iter()
+            .map(|e| {
+                let field = if e.node.is_empty() { "document".to_owned() } else { format!("nodes.{}", e.node) };
+                let message = if e.line > 0 { format!("(line {}): {}", e.line, e.message) } else { e.message };
+                FieldError::new(field, message)
+            })
+            .collect(),
+    )
+}
+
+/// Every task is checked as the server will check it (parameters filled with placeholders), so a
+/// workflow is refused whole at submission rather than failing half-way when a task is refused.
+fn check_tasks(graph: &Graph, user: &str) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    for (path, node) in graph.walk() {
+        let NodeKind::Task(template) = &node.kind else { continue };
+        let mut task = TaskTemplate::clone(template);
+        task.command = fill_params(&task.command);
+        let draft = panda_types::spec::TaskSpecDraft::from(wire_spec(task, user));
+        if let Err(problems) = draft.validate() {
+            errors
+                .extend(problems.into_iter().map(|e| FieldError::new(format!("nodes.{path}.{}", e.field), e.message)));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(errors)) }
+}
+
+/// `%{name}` → `0`, for checking a template before its parameters are known.
+fn fill_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("%{") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('}') {
+            Some(end) => {
+                out.push('0');
+                rest = &rest[start + 2 + end + 1..];
+            }
+            None => {
+                out.push_str("%{");
+                rest = &rest[start + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parses and validates a document.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each problem.
+pub fn compile(document: &wire::WorkflowDocument) -> Result<(Graph, String), Error> {
+    let language = match wire::WorkflowLanguage::try_from(document.language) {
+        Ok(wire::WorkflowLanguage::Native) => Language::Native,
+        Ok(wire::WorkflowLanguage::Snakemake) => Language::Snakemake,
+        _ => {
+            return Err(Error::InvalidArgument(vec![FieldError::new(
+                "document.language",
+                format!("must be native or snakemake (got {})", document.language),
+            )]));
+        }
+    };
+    if document.text.len() > 16 * 1024 * 1024 {
+        return Err(Error::InvalidArgument(vec![FieldError::new("document.text", "must be at most 16 MiB")]));
+    }
+    let name = if document.name.is_empty() { "snakemake" } else { document.name.as_str() };
+    graph::compile(language, &document.text, name).map_err(graph_errors)
+}
+
+fn new_work(key: &str, instance: &Instance) -> NewWork {
+    NewWork {
+        key: key.to_owned(),
+        name: key.rsplit('/').next().unwrap_or(key).to_owned(),
+        status: instance.status,
+        iteration: instance.iteration,
+        reason: instance.reason.clone(),
+        outputs: instance.outputs.clone(),
+        params: instance.params.clone(),
+    }
+}
+
+/// A graph for a workflow stored before graphs were (each work a task from its stored spec).
+fn legacy_graph(workflow: &Workflow, works: &[Work]) -> Graph {
+    let nodes = works
+        .iter()
+        .map(|w| {
+            let task: Option<server::TaskSpec> =
+                serde_json::from_str::<panda_types::TaskSpec>(&w.task_json).ok().map(Into::into);
+            Node::task(&w.name, task.map(|t| template_from_wire(t, &w.name)).unwrap_or_default())
+        })
+        .collect();
+    Graph { name: workflow.name.clone(), nodes, ..Graph::default() }
+}
+
+fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
+    let resources = task.resources.unwrap_or_default();
+    TaskTemplate {
+        name: if task.name.is_empty() { name.to_owned() } else { task.name },
+        command: task.command,
+        input_datasets: task.input_datasets,
+        files_per_job: task.files_per_job,
+        n_jobs: task.n_jobs,
+        output_dataset: task.output_dataset,
+        cores: resources.cores,
+        memory_mb: resources.memory_mb,
+        walltime_seconds: resources.walltime_seconds,
+        priority: task.priority,
+        environment: task.environment.into_iter().collect(),
+        queues: task.queues,
+        code_sha256: task.code_sha256,
+        jobs: Vec::new(),
+    }
+}
+
+fn wire_spec(task: TaskTemplate, user: &str) -> server::TaskSpec {
+    server::TaskSpec {
+        name: task.name,
+        user: user.to_owned(),
+        command: task.command,
+        input_datasets: task.input_datasets,
+        files_per_job: task.files_per_job,
+        n_jobs: task.n_jobs,
+        output_dataset: task.output_dataset,
+        resources: Some(panda_proto::common::v1::Resources {
+            cores: task.cores,
+            memory_mb: task.memory_mb,
+            disk_mb: 0,
+            walltime_seconds: task.walltime_seconds,
+        }),
+        priority: task.priority,
+        environment: task.environment.into_iter().collect(),
+        queues: task.queues,
+        code_sha256: task.code_sha256,
+        schema_version: 0,
+    }
+}
+
+fn spec_json(spec: &server::TaskSpec) -> serde_json::Value {
+    serde_json::json!({
+        "name": spec.name, "command": spec.command, "input_datasets": spec.input_datasets,
+        "output_dataset": spec.output_dataset, "n_jobs": spec.n_jobs, "files_per_job": spec.files_per_job,
+    })
+}
+
+/// Datasets produced inside the workflow are scoped to this run (`<workflow>.<id>.<name>`, plus
+/// the loop iteration inside loops), so the same workflow can run twice and each iteration
+/// writes its own; names of datasets produced elsewhere are kept.
+fn scope_datasets(task: &mut TaskTemplate, graph: &Graph, workflow: &Workflow, key: &str) {
+    let produced = |g: &Graph| -> BTreeSet<String> {
+        g.nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Task(t) if !t.output_dataset.is_empty() => Some(t.output_dataset.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Only datasets this task reads or writes matter: check those against the producers.
+    if task.input_datasets.is_empty() && task.output_dataset.is_empty() {
+        return;
+    }
+    let top = produced(graph);
+    // The graph holding this instance, and its scope text.
+    let (scope, local) = match key.rsplit_once('/') {
+        None => (String::new(), BTreeSet::new()),
+        Some((scope, _)) => {
+            (scope.replace(['#', '/'], "-"), body_graph(graph, scope).map(produced).unwrap_or_default())
+        }
+    };
+    let name = |scope: &str, d: &str| {
+        if scope.is_empty() {
+            format!("{}.{}.{d}", workflow.name, workflow.id)
+        } else {
+            format!("{}.{}.{scope}.{d}", workflow.name, workflow.id)
+        }
+    };
+    task.input_datasets = task
+        .input_datasets
+        .iter()
+        .map(|d| {
+            if !scope.is_empty() && local.contains(d) {
+                name(&scope, d)
+            } else if top.contains(d) {
+                name("", d)
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
+    if !task.output_dataset.is_empty() {
+        task.output_dataset = name(&scope, &task.output_dataset);
+    }
+}
+
+/// The nested graph a scope (`loop#2`, `outer#1/inner#3`) runs.
+fn body_graph<'g>(graph: &'g Graph, scope: &str) -> Option<&'g Graph> {
+    let mut current = graph;
+    for part in scope.split('/') {
+        let (name, _) = part.split_once('#')?;
+        current = match &current.node(name)?.kind {
+            NodeKind::Task(_) => return None,
+            NodeKind::Subworkflow(body) => body,
+            NodeKind::Loop(spec) => &spec.body,
+        };
+    }
+    Some(current)
 }
 
 fn workflow_event(workflow: &Workflow, status: WorkflowStatus) -> Envelope {

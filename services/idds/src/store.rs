@@ -1,4 +1,8 @@
-//! idds's own database: workflows and their works. Every change commits with its events.
+//! idds's own database: workflows (with their graph) and work instances (with state, outputs,
+//! loop parameters and their task). Every change commits with its events; the engine writes only
+//! the instances that changed.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -6,7 +10,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
-use crate::dag::{WorkStatus, WorkflowStatus};
+use crate::graph::model::Value;
+use crate::graph::{WorkStatus, WorkflowStatus};
 
 /// A stored workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,31 +24,43 @@ pub struct Workflow {
     pub user: String,
     /// State.
     pub status: WorkflowStatus,
+    /// The graph (JSON of [`crate::graph::Graph`]); empty for workflows stored before graphs were.
+    pub graph_json: String,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Ended.
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-/// A stored work.
+/// A stored work instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Work {
     /// Row ID.
     pub id: i64,
     /// Its workflow.
     pub workflow_id: u64,
-    /// Name in the workflow.
+    /// Instance key (unique in the workflow).
+    pub key: String,
+    /// Node name.
     pub name: String,
     /// State.
     pub status: WorkStatus,
-    /// Parents' names.
-    pub parents: Vec<String>,
-    /// The task to submit (JSON of the validated `TaskSpec`, datasets already scoped).
+    /// Loops: current iteration.
+    pub iteration: u32,
+    /// Why it is in its state.
+    pub reason: String,
+    /// Values and counters it produced.
+    pub outputs: BTreeMap<String, Value>,
+    /// Loops: current parameters.
+    pub params: BTreeMap<String, Value>,
+    /// The task as submitted (JSON of the wire spec), empty before.
     pub task_json: String,
     /// Its task once submitted.
     pub task_id: Option<u64>,
     /// Last task state seen.
     pub task_status: String,
+    /// Submissions so far (part of the idempotency key, so a resubmission is a new task).
+    pub attempt: u32,
     /// When its task was submitted.
     pub submitted_at: Option<DateTime<Utc>>,
     /// When it ended.
@@ -61,6 +78,8 @@ mod workflow {
         pub name: String,
         pub user_name: String,
         pub status: String,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub graph_json: Option<String>,
         pub created_at: DateTimeUtc,
         pub ended_at: Option<DateTimeUtc>,
     }
@@ -90,6 +109,14 @@ mod work {
         pub task_status: String,
         pub submitted_at: Option<DateTimeUtc>,
         pub ended_at: Option<DateTimeUtc>,
+        pub work_key: Option<String>,
+        pub iteration: i32,
+        pub reason: String,
+        #[sea_orm(column_type = "Text")]
+        pub outputs_json: String,
+        #[sea_orm(column_type = "Text")]
+        pub params_json: String,
+        pub attempt: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -108,9 +135,21 @@ fn workflow_from(row: workflow::Model) -> Result<Workflow, DbErr> {
         status: WorkflowStatus::parse(&row.status).ok_or_else(|| bad("workflow status", &row.status))?,
         name: row.name,
         user: row.user_name,
+        graph_json: row.graph_json.unwrap_or_default(),
         created_at: row.created_at,
         ended_at: row.ended_at,
     })
+}
+
+fn values(json: &str) -> Result<BTreeMap<String, Value>, DbErr> {
+    if json.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    serde_json::from_str(json).map_err(|_| bad("values", json))
+}
+
+fn json_of(values: &BTreeMap<String, Value>) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "{}".into())
 }
 
 fn work_from(row: work::Model) -> Result<Work, DbErr> {
@@ -118,22 +157,33 @@ fn work_from(row: work::Model) -> Result<Work, DbErr> {
         id: row.id,
         workflow_id: row.workflow_id as u64,
         status: WorkStatus::parse(&row.status).ok_or_else(|| bad("work status", &row.status))?,
-        parents: serde_json::from_str(&row.parents_json).map_err(|_| bad("work parents", &row.parents_json))?,
+        key: row.work_key.unwrap_or_else(|| row.name.clone()),
         name: row.name,
+        iteration: <u32 as TryFrom<i32>>::try_from(row.iteration).unwrap_or(0),
+        reason: row.reason,
+        outputs: values(&row.outputs_json)?,
+        params: values(&row.params_json)?,
         task_json: row.task_json,
         task_id: row.task_id.map(|id| id as u64),
         task_status: row.task_status,
+        attempt: <u32 as TryFrom<i32>>::try_from(row.attempt).unwrap_or(0),
         submitted_at: row.submitted_at,
         ended_at: row.ended_at,
     })
 }
 
-/// Inserts a workflow in `running`.
-pub async fn insert_workflow(conn: &impl ConnectionTrait, name: &str, user: &str) -> Result<Workflow, DbErr> {
+/// Inserts a workflow in `running` with its graph.
+pub async fn insert_workflow(
+    conn: &impl ConnectionTrait,
+    name: &str,
+    user: &str,
+    graph_json: String,
+) -> Result<Workflow, DbErr> {
     let row = workflow::ActiveModel {
         name: Set(name.to_owned()),
         user_name: Set(user.to_owned()),
         status: Set(WorkflowStatus::Running.as_str().to_owned()),
+        graph_json: Set(Some(graph_json)),
         created_at: Set(Utc::now()),
         ended_at: Set(None),
         ..Default::default()
@@ -143,28 +193,49 @@ pub async fn insert_workflow(conn: &impl ConnectionTrait, name: &str, user: &str
     workflow_from(row)
 }
 
-/// Inserts a work in `waiting`.
-pub async fn insert_work(
-    conn: &impl ConnectionTrait,
-    workflow_id: u64,
-    name: &str,
-    parents: &[String],
-    task_json: String,
-) -> Result<(), DbErr> {
-    work::ActiveModel {
-        workflow_id: Set(workflow_id as i64),
-        name: Set(name.to_owned()),
-        status: Set(WorkStatus::Waiting.as_str().to_owned()),
-        parents_json: Set(serde_json::to_string(parents).unwrap_or_else(|_| "[]".into())),
-        task_json: Set(task_json),
-        task_id: Set(None),
-        task_status: Set(String::new()),
-        submitted_at: Set(None),
-        ended_at: Set(None),
-        ..Default::default()
+/// A work instance to insert.
+#[derive(Debug, Clone)]
+pub struct NewWork {
+    /// Instance key.
+    pub key: String,
+    /// Node name.
+    pub name: String,
+    /// State.
+    pub status: WorkStatus,
+    /// Iteration.
+    pub iteration: u32,
+    /// Reason.
+    pub reason: String,
+    /// Outputs.
+    pub outputs: BTreeMap<String, Value>,
+    /// Parameters.
+    pub params: BTreeMap<String, Value>,
+}
+
+/// Inserts work instances (in chunks, so a 10,000-node workflow is a few statements). The unique
+/// index on (workflow, key) makes a second insertion of the same instance fail the transaction.
+pub async fn insert_works(conn: &impl ConnectionTrait, workflow_id: u64, works: &[NewWork]) -> Result<(), DbErr> {
+    for chunk in works.chunks(500) {
+        let rows = chunk.iter().map(|w| work::ActiveModel {
+            workflow_id: Set(workflow_id as i64),
+            name: Set(w.name.clone()),
+            status: Set(w.status.as_str().to_owned()),
+            parents_json: Set("[]".into()),
+            task_json: Set(String::new()),
+            task_id: Set(None),
+            task_status: Set(String::new()),
+            submitted_at: Set(None),
+            ended_at: Set(w.status.is_final().then(Utc::now)),
+            work_key: Set(Some(w.key.clone())),
+            iteration: Set(w.iteration as i32),
+            reason: Set(w.reason.clone()),
+            outputs_json: Set(json_of(&w.outputs)),
+            params_json: Set(json_of(&w.params)),
+            attempt: Set(0),
+            ..Default::default()
+        });
+        work::Entity::insert_many(rows).exec(conn).await?;
     }
-    .insert(conn)
-    .await?;
     Ok(())
 }
 
@@ -185,9 +256,21 @@ pub async fn list_workflows(conn: &impl ConnectionTrait, limit: u64) -> Result<V
         .collect()
 }
 
+/// IDs of workflows in a state.
+pub async fn workflows_in(conn: &impl ConnectionTrait, status: WorkflowStatus) -> Result<Vec<u64>, DbErr> {
+    Ok(workflow::Entity::find()
+        .filter(workflow::Column::Status.eq(status.as_str()))
+        .order_by_asc(workflow::Column::Id)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|w| w.id as u64)
+        .collect())
+}
+
 /// Sets a workflow's state.
 pub async fn set_workflow_status(conn: &impl ConnectionTrait, id: u64, status: WorkflowStatus) -> Result<(), DbErr> {
-    let ended = (status != WorkflowStatus::Running).then(Utc::now);
+    let ended = status.is_final().then(Utc::now);
     workflow::Entity::update_many()
         .col_expr(workflow::Column::Status, Expr::value(status.as_str()))
         .col_expr(workflow::Column::EndedAt, Expr::value(ended))
@@ -197,7 +280,7 @@ pub async fn set_workflow_status(conn: &impl ConnectionTrait, id: u64, status: W
     Ok(())
 }
 
-/// Works of a workflow in insertion order.
+/// Work instances of a workflow in insertion order.
 pub async fn works_of(conn: &impl ConnectionTrait, workflow_id: u64) -> Result<Vec<Work>, DbErr> {
     work::Entity::find()
         .filter(work::Column::WorkflowId.eq(workflow_id as i64))
@@ -209,7 +292,7 @@ pub async fn works_of(conn: &impl ConnectionTrait, workflow_id: u64) -> Result<V
         .collect()
 }
 
-/// Works in a state, across workflows.
+/// Work instances in a state, across workflows.
 pub async fn works_in(conn: &impl ConnectionTrait, status: WorkStatus) -> Result<Vec<Work>, DbErr> {
     work::Entity::find()
         .filter(work::Column::Status.eq(status.as_str()))
@@ -226,27 +309,75 @@ pub async fn work_by_task(conn: &impl ConnectionTrait, task_id: u64) -> Result<O
     work::Entity::find().filter(work::Column::TaskId.eq(task_id as i64)).one(conn).await?.map(work_from).transpose()
 }
 
-/// Sets a work's state (and task information when given).
-pub async fn set_work(
+/// Writes an instance's state, reason, iteration, outputs and parameters.
+pub async fn update_work(
     conn: &impl ConnectionTrait,
-    id: i64,
-    status: WorkStatus,
-    task_id: Option<u64>,
-    task_status: Option<&str>,
+    workflow_id: u64,
+    key: &str,
+    instance: &crate::graph::plan::Instance,
 ) -> Result<(), DbErr> {
-    let mut update = work::Entity::update_many().col_expr(work::Column::Status, Expr::value(status.as_str()));
-    if let Some(task_id) = task_id {
-        update = update
-            .col_expr(work::Column::TaskId, Expr::value(task_id as i64))
-            .col_expr(work::Column::SubmittedAt, Expr::value(Utc::now()));
-    }
-    if let Some(task_status) = task_status {
-        update = update.col_expr(work::Column::TaskStatus, Expr::value(task_status));
-    }
-    if status.is_final() {
-        update = update.col_expr(work::Column::EndedAt, Expr::value(Utc::now()));
-    }
-    update.filter(work::Column::Id.eq(id)).exec(conn).await?;
+    let mut update = work::Entity::update_many()
+        .col_expr(work::Column::Status, Expr::value(instance.status.as_str()))
+        .col_expr(work::Column::Reason, Expr::value(instance.reason.clone()))
+        .col_expr(work::Column::Iteration, Expr::value(instance.iteration as i32))
+        .col_expr(work::Column::OutputsJson, Expr::value(json_of(&instance.outputs)))
+        .col_expr(work::Column::ParamsJson, Expr::value(json_of(&instance.params)));
+    update = update.col_expr(work::Column::EndedAt, Expr::value(instance.status.is_final().then(Utc::now)));
+    update
+        .filter(work::Column::WorkflowId.eq(workflow_id as i64))
+        .filter(work::Column::WorkKey.eq(key))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a submission: the task, its spec, the attempt.
+pub async fn record_task(
+    conn: &impl ConnectionTrait,
+    workflow_id: u64,
+    key: &str,
+    task_id: u64,
+    task_json: String,
+    attempt: u32,
+) -> Result<(), DbErr> {
+    work::Entity::update_many()
+        .col_expr(work::Column::TaskId, Expr::value(task_id as i64))
+        .col_expr(work::Column::TaskJson, Expr::value(task_json))
+        .col_expr(work::Column::TaskStatus, Expr::value("registered"))
+        .col_expr(work::Column::Attempt, Expr::value(attempt as i32))
+        .col_expr(work::Column::SubmittedAt, Expr::value(Utc::now()))
+        .filter(work::Column::WorkflowId.eq(workflow_id as i64))
+        .filter(work::Column::WorkKey.eq(key))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Forgets a work's task (before a resubmission) and counts the attempt.
+pub async fn clear_task(conn: &impl ConnectionTrait, workflow_id: u64, key: &str, attempt: u32) -> Result<(), DbErr> {
+    work::Entity::update_many()
+        .col_expr(work::Column::TaskId, Expr::value(Option::<i64>::None))
+        .col_expr(work::Column::Attempt, Expr::value(attempt as i32))
+        .filter(work::Column::WorkflowId.eq(workflow_id as i64))
+        .filter(work::Column::WorkKey.eq(key))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the last task state seen.
+pub async fn set_task_status(
+    conn: &impl ConnectionTrait,
+    workflow_id: u64,
+    key: &str,
+    task_status: &str,
+) -> Result<(), DbErr> {
+    work::Entity::update_many()
+        .col_expr(work::Column::TaskStatus, Expr::value(task_status))
+        .filter(work::Column::WorkflowId.eq(workflow_id as i64))
+        .filter(work::Column::WorkKey.eq(key))
+        .exec(conn)
+        .await?;
     Ok(())
 }
 
@@ -257,6 +388,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut all = panda_bus::migration::migrations();
         all.push(Box::new(M0001Workflows));
+        all.push(Box::new(M0002Graphs));
         all
     }
 }
@@ -314,6 +446,53 @@ impl MigrationTrait for M0001Workflows {
             .await?;
         manager
             .create_index(Index::create().if_not_exists().name("works_status").table("works").col("status").to_owned())
+            .await
+    }
+}
+
+/// Graphs on workflows; work instances with keys (loops), reasons, outputs, parameters and
+/// submission attempts.
+struct M0002Graphs;
+
+impl MigrationName for M0002Graphs {
+    fn name(&self) -> &str {
+        "idds_m0002_graphs"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002Graphs {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite adds a single column per ALTER TABLE.
+        if !manager.has_column("workflows", "graph_json").await? {
+            manager
+                .alter_table(Table::alter().table("workflows").add_column(text_null("graph_json")).to_owned())
+                .await?;
+        }
+        let columns: [(&str, ColumnDef); 6] = [
+            ("work_key", string_null("work_key")),
+            ("iteration", integer("iteration").default(0).to_owned()),
+            ("reason", string("reason").default("").to_owned()),
+            ("outputs_json", text("outputs_json").default("{}").to_owned()),
+            ("params_json", text("params_json").default("{}").to_owned()),
+            ("attempt", integer("attempt").default(0).to_owned()),
+        ];
+        for (name, mut column) in columns {
+            if !manager.has_column("works", name).await? {
+                manager.alter_table(Table::alter().table("works").add_column(&mut column).to_owned()).await?;
+            }
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("works_workflow_key")
+                    .table("works")
+                    .col("workflow_id")
+                    .col("work_key")
+                    .unique()
+                    .to_owned(),
+            )
             .await
     }
 }
