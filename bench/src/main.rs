@@ -7,6 +7,8 @@
 //! second, GetJob and UpdateJob latency percentiles, and how many jobs were handed out twice
 //! (must be 0).
 
+mod brokerage;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,8 @@ struct Args {
 enum Command {
     /// Job dispatch: many pilots taking and finishing preloaded jobs.
     Dispatch(DispatchArgs),
+    /// The brokerage core: many tasks' jobs onto many queues, in memory.
+    Brokerage(brokerage::BrokerageArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +71,7 @@ struct DispatchArgs {
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Dispatch(args) => dispatch(args).await,
+        Command::Brokerage(args) => brokerage::run(args),
     }
 }
 
