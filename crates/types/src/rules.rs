@@ -11,8 +11,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 1;
 /// Most scouts a task may ask for (the reference generates up to 10).
 pub const MAX_SCOUTS: u32 = 10;
 
-/// Splitting rules as received (every field optional).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Splitting rules as received (every field optional). Equality compares the numbers bit for bit,
+/// so it is a total equivalence (`Eq`) even with NaN in a draft.
+#[derive(Debug, Clone, Default)]
 pub struct SplitRulesDraft {
     /// Events per job: a file is cut into event ranges, small files are merged.
     pub events_per_job: Option<u64>,
@@ -29,6 +30,21 @@ pub struct SplitRulesDraft {
     /// Attempts per input file.
     pub max_attempts: Option<u32>,
 }
+
+impl PartialEq for SplitRulesDraft {
+    fn eq(&self, other: &Self) -> bool {
+        let bits = |v: Option<f64>| v.map(f64::to_bits);
+        self.events_per_job == other.events_per_job
+            && bits(self.gb_per_job) == bits(other.gb_per_job)
+            && self.walltime_target_seconds == other.walltime_target_seconds
+            && bits(self.seconds_per_event) == bits(other.seconds_per_event)
+            && self.merge_files_per_job == other.merge_files_per_job
+            && self.scouts == other.scouts
+            && self.max_attempts == other.max_attempts
+    }
+}
+
+impl Eq for SplitRulesDraft {}
 
 /// Validated splitting rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,7 +94,7 @@ pub struct TaskSpec {
 }
 
 /// A task specification as received, before validation (every field optional).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskSpecDraft {
     /// See [`TaskSpec::name`].
     pub name: String,

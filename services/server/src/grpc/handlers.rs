@@ -529,6 +529,7 @@ impl InternalService for Api {
                         size_bytes: f.size_bytes,
                         checksum: f.checksum,
                         status: f.status,
+                        ..Default::default()
                     })
                     .collect(),
             }),
