@@ -83,8 +83,9 @@ fn requests(args: &BrokerageArgs, queues: u32, rng: &mut Rng) -> Vec<(usize, Req
             let n_jobs = if t + 1 == args.tasks { left } else { per_task.min(left) };
             left -= n_jobs;
             // Inputs at a few sites (or none known).
-            let sites: Vec<Vec<String>> =
-                (0..rng.below(4)).map(|_| vec![format!("site-{:03}", rng.below(u64::from(queues / 4).max(1)))]).collect();
+            let sites: Vec<Vec<String>> = (0..rng.below(4))
+                .map(|_| vec![format!("site-{:03}", rng.below(u64::from(queues / 4).max(1)))])
+                .collect();
             let input = if rng.below(3) == 0 {
                 DataLocality::default()
             } else {
@@ -103,7 +104,9 @@ fn requests(args: &BrokerageArgs, queues: u32, rng: &mut Rng) -> Vec<(usize, Req
                 container: (rng.below(4) == 0).then(|| "apptainer".to_owned()),
                 software_tags: TAGS.iter().filter(|_| rng.below(3) == 0).map(|t| (*t).to_owned()).collect(),
                 queues: Vec::new(),
-                excluded_queues: (0..rng.below(3)).map(|_| format!("queue-{:04}", rng.below(u64::from(queues)))).collect(),
+                excluded_queues: (0..rng.below(3))
+                    .map(|_| format!("queue-{:04}", rng.below(u64::from(queues))))
+                    .collect(),
                 input,
                 n_jobs: n_jobs as u32,
             };
@@ -113,7 +116,10 @@ fn requests(args: &BrokerageArgs, queues: u32, rng: &mut Rng) -> Vec<(usize, Req
 }
 
 pub fn run(args: BrokerageArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.queues > 0 && args.tasks > 0 && args.jobs > 0, "--jobs, --queues and --tasks must be at least 1");
+    anyhow::ensure!(
+        args.queues > 0 && args.tasks > 0 && args.jobs > 0,
+        "--jobs, --queues and --tasks must be at least 1"
+    );
     let mut rng = Rng(0x5eed_cafe_f00d_0001);
     let snapshot = snapshot(args.queues, &mut rng);
     let tasks = requests(&args, args.queues, &mut rng);
@@ -136,8 +142,15 @@ pub fn run(args: BrokerageArgs) -> anyhow::Result<()> {
             used[q as usize] += 1;
         }
     }
-    println!("brokerage: {} tasks, {requested} jobs, {} queues (one cycle, in memory)", tasks.len(), snapshot.queues.len());
-    println!("  brokered          {brokered} jobs onto {} queues; {pending} tasks pending (explained)", used.iter().filter(|&&n| n > 0).count());
+    println!(
+        "brokerage: {} tasks, {requested} jobs, {} queues (one cycle, in memory)",
+        tasks.len(),
+        snapshot.queues.len()
+    );
+    println!(
+        "  brokered          {brokered} jobs onto {} queues; {pending} tasks pending (explained)",
+        used.iter().filter(|&&n| n > 0).count()
+    );
     println!("  total             {:.3} s", elapsed.as_secs_f64());
     println!("  throughput        {:.0} jobs/s", requested as f64 / elapsed.as_secs_f64());
     println!("  time per step (summed over tasks):");

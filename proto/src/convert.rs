@@ -114,16 +114,18 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             queues: spec.queues,
             code_sha256: spec.code_sha256,
             schema_version: spec.schema_version,
-            split: spec.split.map(|r| panda_types::spec::SplitRulesDraft {
-                events_per_job: r.events_per_job,
-                gb_per_job: r.gb_per_job,
-                walltime_target_seconds: r.walltime_target_seconds,
-                seconds_per_event: r.seconds_per_event,
-                merge_files_per_job: r.merge_files_per_job,
-                scouts: r.scouts,
-                max_attempts: r.max_attempts,
-            })
-            .unwrap_or_default(),
+            split: spec
+                .split
+                .map(|r| panda_types::spec::SplitRulesDraft {
+                    events_per_job: r.events_per_job,
+                    gb_per_job: r.gb_per_job,
+                    walltime_target_seconds: r.walltime_target_seconds,
+                    seconds_per_event: r.seconds_per_event,
+                    merge_files_per_job: r.merge_files_per_job,
+                    scouts: r.scouts,
+                    max_attempts: r.max_attempts,
+                })
+                .unwrap_or_default(),
             requirements: spec
                 .requirements
                 .map(|r| panda_types::spec::Requirements {

@@ -67,7 +67,9 @@ fn print(e: &server::BrokerageExplanation, format: Format) {
                         format!("{:.2}", c.locality),
                     ]);
                 }
-                crate::render::emit(format!("chosen (weight = (R + 1) / ((queued + assigned + taken + 10) × many_assigned) × locality):\n{t}"));
+                crate::render::emit(format!(
+                    "chosen (weight = (R + 1) / ((queued + assigned + taken + 10) × many_assigned) × locality):\n{t}"
+                ));
             }
             if !e.dropped.is_empty() {
                 let mut t = table(&["QUEUE", "FILTER", "REASON"]);

@@ -12,8 +12,8 @@ macro_rules! out {
     };
 }
 
-mod code;
 mod brokerage;
+mod code;
 mod logs;
 mod render;
 mod up;

@@ -14,13 +14,13 @@ use tonic::transport::{Channel, Endpoint};
 pub use panda_proto::harvester::v1::harvester_service_client::HarvesterServiceClient;
 pub use panda_proto::idds::v1::workflow_service_client::WorkflowServiceClient;
 pub use panda_proto::jedi::v1::jedi_service_client::JediServiceClient;
+pub use panda_proto::server::v1::brokerage_service_client::BrokerageServiceClient;
 pub use panda_proto::server::v1::cache_service_client::CacheServiceClient;
+pub use panda_proto::server::v1::catalog_service_client::CatalogServiceClient;
+pub use panda_proto::server::v1::generation_service_client::GenerationServiceClient;
 pub use panda_proto::server::v1::internal_service_client::InternalServiceClient;
 pub use panda_proto::server::v1::job_service_client::JobServiceClient;
 pub use panda_proto::server::v1::log_service_client::LogServiceClient;
-pub use panda_proto::server::v1::brokerage_service_client::BrokerageServiceClient;
-pub use panda_proto::server::v1::catalog_service_client::CatalogServiceClient;
-pub use panda_proto::server::v1::generation_service_client::GenerationServiceClient;
 pub use panda_proto::server::v1::pilot_service_client::PilotServiceClient;
 pub use panda_proto::server::v1::task_service_client::TaskServiceClient;
 

@@ -77,7 +77,8 @@ impl SplitRulesDraft {
     /// Validates the rules; `files_per_job` and `has_input` come from the rest of the spec.
     /// Problems are pushed to `errors`, fields named `task.split.<field>`.
     pub fn validate(&self, files_per_job: Option<u32>, has_input: bool, errors: &mut Vec<FieldError>) -> SplitRules {
-        let mut bad = |field: &str, message: String| errors.push(FieldError::new(format!("task.split.{field}"), message));
+        let mut bad =
+            |field: &str, message: String| errors.push(FieldError::new(format!("task.split.{field}"), message));
         let mut sizes = Vec::new();
         if files_per_job.is_some() {
             sizes.push("task.files_per_job");
@@ -175,7 +176,9 @@ pub struct Requirements {
 impl Requirements {
     /// Checks lengths and names; fields named `task.requirements.<field>`.
     pub fn validate(&self, errors: &mut Vec<FieldError>) {
-        let mut bad = |field: String, message: String| errors.push(FieldError::new(format!("task.requirements.{field}"), message));
+        let mut bad = |field: String, message: String| {
+            errors.push(FieldError::new(format!("task.requirements.{field}"), message))
+        };
         for (field, value) in [("architecture", &self.architecture), ("container", &self.container)] {
             if let Some(v) = value
                 && let Err(e) = crate::ids::check_name(v, 100)
@@ -214,7 +217,9 @@ mod tests {
         let e = check(SplitRulesDraft { events_per_job: Some(10), ..Default::default() }, Some(2), true);
         assert_eq!(
             e,
-            vec!["task.split.events_per_job contradicts task.files_per_job: set one of files_per_job, split.events_per_job, split.gb_per_job"]
+            vec![
+                "task.split.events_per_job contradicts task.files_per_job: set one of files_per_job, split.events_per_job, split.gb_per_job"
+            ]
         );
         let e = check(
             SplitRulesDraft { events_per_job: Some(10), gb_per_job: Some(1.0), ..Default::default() },
@@ -233,7 +238,11 @@ mod tests {
         assert_eq!(e, vec!["task.split.gb_per_job must be a positive number (got -1.5)"]);
         let e = check(SplitRulesDraft { seconds_per_event: Some(0.0), ..Default::default() }, None, true);
         assert_eq!(e, vec!["task.split.seconds_per_event must be a positive number (got 0)"]);
-        let e = check(SplitRulesDraft { merge_files_per_job: Some(0), max_attempts: Some(0), ..Default::default() }, None, true);
+        let e = check(
+            SplitRulesDraft { merge_files_per_job: Some(0), max_attempts: Some(0), ..Default::default() },
+            None,
+            true,
+        );
         assert_eq!(e.len(), 2, "{e:?}");
         let e = check(SplitRulesDraft { scouts: Some(11), ..Default::default() }, None, true);
         assert_eq!(e, vec!["task.split.scouts must be at most 10 (got 11)"]);
@@ -243,7 +252,8 @@ mod tests {
     fn walltime_target_needs_a_time_per_event() {
         let e = check(SplitRulesDraft { walltime_target_seconds: Some(3600), ..Default::default() }, None, true);
         assert!(e[0].starts_with("task.split.walltime_target_seconds needs"), "{e:?}");
-        let ok = SplitRulesDraft { walltime_target_seconds: Some(3600), seconds_per_event: Some(2.5), ..Default::default() };
+        let ok =
+            SplitRulesDraft { walltime_target_seconds: Some(3600), seconds_per_event: Some(2.5), ..Default::default() };
         assert!(check(ok.clone(), None, true).is_empty());
         let mut errors = Vec::new();
         let rules = ok.validate(None, true, &mut errors);
@@ -259,8 +269,12 @@ mod tests {
     #[test]
     fn requirements_name_bad_entries() {
         let mut errors = Vec::new();
-        Requirements { software_tags: vec!["ok".into(), "bad tag".into()], excluded_queues: vec!["".into()], ..Default::default() }
-            .validate(&mut errors);
+        Requirements {
+            software_tags: vec!["ok".into(), "bad tag".into()],
+            excluded_queues: vec!["".into()],
+            ..Default::default()
+        }
+        .validate(&mut errors);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["task.requirements.software_tags[1]", "task.requirements.excluded_queues[0]"]);
     }

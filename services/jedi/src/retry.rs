@@ -80,7 +80,10 @@ pub fn decide(attempt: &FailedAttempt, max_attempts: u32, resources: Resources) 
     if out_of_time(attempt) {
         let walltime = if resources.walltime_seconds == 0 { 0 } else { resources.walltime_seconds * 2 };
         return RetryAction::Retry {
-            change: format!("walltime exceeded: walltime {}s → {walltime}s, input per job halved", resources.walltime_seconds),
+            change: format!(
+                "walltime exceeded: walltime {}s → {walltime}s, input per job halved",
+                resources.walltime_seconds
+            ),
             resources: Resources { walltime_seconds: walltime, ..resources },
             split: true,
         };
@@ -97,12 +100,20 @@ mod tests {
     #[test]
     fn plain_failure_retries_unchanged() {
         let a = FailedAttempt { attempt_nr: 1, error_code: 1305, error_diag: "exit 1".into(), max_rss_kb: 0 };
-        assert_eq!(decide(&a, 3, REQUEST), RetryAction::Retry { resources: REQUEST, change: String::new(), split: false });
+        assert_eq!(
+            decide(&a, 3, REQUEST),
+            RetryAction::Retry { resources: REQUEST, change: String::new(), split: false }
+        );
     }
 
     #[test]
     fn out_of_memory_asks_for_more_memory() {
-        let a = FailedAttempt { attempt_nr: 1, error_code: PAYLOAD_OUT_OF_MEMORY, max_rss_kb: 3000 * 1024, ..Default::default() };
+        let a = FailedAttempt {
+            attempt_nr: 1,
+            error_code: PAYLOAD_OUT_OF_MEMORY,
+            max_rss_kb: 3000 * 1024,
+            ..Default::default()
+        };
         let RetryAction::Retry { resources, change, split } = decide(&a, 3, REQUEST) else { panic!() };
         assert_eq!(resources.memory_mb, 4500);
         assert!(change.starts_with("out of memory"), "{change}");
@@ -122,7 +133,12 @@ mod tests {
 
     #[test]
     fn attempts_run_out() {
-        let a = FailedAttempt { attempt_nr: 3, error_code: PAYLOAD_OUT_OF_MEMORY, error_diag: "oom".into(), ..Default::default() };
+        let a = FailedAttempt {
+            attempt_nr: 3,
+            error_code: PAYLOAD_OUT_OF_MEMORY,
+            error_diag: "oom".into(),
+            ..Default::default()
+        };
         let RetryAction::GiveUp { reason } = decide(&a, 3, REQUEST) else { panic!() };
         assert_eq!(reason, "3 of 3 attempts failed; last: 1212 oom");
     }

@@ -95,9 +95,7 @@ pub fn evaluate(reports: &[ScoutReport]) -> Verdict {
         return Verdict::Wait;
     }
     if finished.is_empty() {
-        return Verdict::Failed {
-            errors: reports.iter().map(|r| format!("job {}: {}", r.job_id, r.error)).collect(),
-        };
+        return Verdict::Failed { errors: reports.iter().map(|r| format!("job {}: {}", r.job_id, r.error)).collect() };
     }
     let per_event: Vec<f64> =
         finished.iter().filter(|r| r.n_events > 0).map(|r| r.wall_seconds / r.n_events as f64).collect();
@@ -140,7 +138,8 @@ mod tests {
 
     #[test]
     fn measurements_reconfigure_the_rest() {
-        let reports = [ok(1, 100.0, 1000, 100), ok(2, 200.0, 2000, 100), ok(3, 150.0, 1500, 100), ok(4, 120.0, 1200, 100)];
+        let reports =
+            [ok(1, 100.0, 1000, 100), ok(2, 200.0, 2000, 100), ok(3, 150.0, 1500, 100), ok(4, 120.0, 1200, 100)];
         let Verdict::Succeeded(t) = evaluate(&reports) else { panic!() };
         // 95th percentile of 1.0, 1.2, 1.5, 2.0 s/event.
         assert_eq!(t.micros_per_event, Some(2_000_000));
@@ -168,7 +167,10 @@ mod tests {
     #[test]
     fn waits_until_half_finished_or_all_ended() {
         assert_eq!(evaluate(&[ok(1, 1.0, 1, 1), running(2), running(3), running(4), failed(5, "x")]), Verdict::Wait);
-        assert!(matches!(evaluate(&[ok(1, 1.0, 1, 1), ok(2, 1.0, 1, 1), running(3), running(4)]), Verdict::Succeeded(_)));
+        assert!(matches!(
+            evaluate(&[ok(1, 1.0, 1, 1), ok(2, 1.0, 1, 1), running(3), running(4)]),
+            Verdict::Succeeded(_)
+        ));
         assert!(matches!(evaluate(&[ok(1, 1.0, 1, 1), failed(2, "x"), failed(3, "y")]), Verdict::Succeeded(_)));
         assert_eq!(evaluate(&[failed(1, "x"), running(2)]), Verdict::Wait);
         assert_eq!(evaluate(&[]), Verdict::Wait);

@@ -93,7 +93,8 @@ impl Jedi {
             task_id,
             detail: e.to_string(),
         })?;
-        if !matches!(status, TaskStatus::Registered | TaskStatus::Pending | TaskStatus::Scouting | TaskStatus::Running) {
+        if !matches!(status, TaskStatus::Registered | TaskStatus::Pending | TaskStatus::Scouting | TaskStatus::Running)
+        {
             return Ok(Outcome::Skipped(status));
         }
         let spec = task.spec.ok_or(Error::Protocol { call: "GetTask", task_id, detail: "no spec".into() })?;
@@ -110,7 +111,11 @@ impl Jedi {
     }
 
     /// The task's input files, or why it must wait.
-    async fn input_files(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Result<Vec<split::InputFile>, String>, Error> {
+    async fn input_files(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+    ) -> Result<Result<Vec<split::InputFile>, String>, Error> {
         let TaskInput::Datasets { names, .. } = &spec.input else { return Ok(Ok(Vec::new())) };
         let mut files = Vec::new();
         for name in names {
@@ -172,7 +177,13 @@ impl Jedi {
         Ok(Snapshot { queues, settings: self.settings })
     }
 
-    fn request(task_id: TaskId, spec: &TaskSpec, resources: Resources, files: &[split::InputFile], n_jobs: u32) -> brokerage::Request {
+    fn request(
+        task_id: TaskId,
+        spec: &TaskSpec,
+        resources: Resources,
+        files: &[split::InputFile],
+        n_jobs: u32,
+    ) -> brokerage::Request {
         brokerage::Request {
             task_id: task_id.0,
             user: spec.user.clone(),
@@ -285,7 +296,12 @@ impl Jedi {
                 .server
                 .jobs
                 .clone()
-                .list_jobs(wire::ListJobsRequest { task_id: task_id.0, limit: 10_000, after_job_id: after, ..Default::default() })
+                .list_jobs(wire::ListJobsRequest {
+                    task_id: task_id.0,
+                    limit: 10_000,
+                    after_job_id: after,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|status| Error::Server { call: "ListJobs", task_id, status })?
                 .into_inner();
@@ -480,12 +496,8 @@ impl Jedi {
                 // Running tasks need a look only when a job failed and the task retries.
                 if task.status == TaskStatus::Running.to_wire() {
                     let failed = task.job_counts.map_or(0, |c| c.failed);
-                    let retries = task
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.split.as_ref())
-                        .and_then(|s| s.max_attempts)
-                        .unwrap_or(1);
+                    let retries =
+                        task.spec.as_ref().and_then(|s| s.split.as_ref()).and_then(|s| s.max_attempts).unwrap_or(1);
                     if failed == 0 || retries <= 1 {
                         continue;
                     }

@@ -171,9 +171,9 @@ pub fn split(
                     .collect()
             }
         }
-        TaskInput::Generated { n_jobs } => (0..*n_jobs)
-            .map(|_| Chunk { files: Vec::new(), ranges: Vec::new(), events: 0, bytes: 0 })
-            .collect(),
+        TaskInput::Generated { n_jobs } => {
+            (0..*n_jobs).map(|_| Chunk { files: Vec::new(), ranges: Vec::new(), events: 0, bytes: 0 }).collect()
+        }
     };
     plans(task_id, spec, files, chunks, 1)
 }
@@ -202,7 +202,13 @@ pub fn split_rest(
     }
 }
 
-fn plans(task_id: TaskId, spec: &TaskSpec, files: &[InputFile], chunks: Vec<Chunk>, first_index: u32) -> Result<Vec<JobPlan>, SplitError> {
+fn plans(
+    task_id: TaskId,
+    spec: &TaskSpec,
+    files: &[InputFile],
+    chunks: Vec<Chunk>,
+    first_index: u32,
+) -> Result<Vec<JobPlan>, SplitError> {
     if chunks.len() > MAX_JOBS {
         return Err(SplitError::TooManyJobs { jobs: chunks.len(), max: MAX_JOBS });
     }
@@ -283,7 +289,9 @@ fn by_bytes(files: &[InputFile], max_bytes: u64) -> Vec<Chunk> {
                 c.bytes += file.size_bytes;
                 c.events += file.n_events;
             }
-            _ => chunks.push(Chunk { files: vec![i], ranges: Vec::new(), events: file.n_events, bytes: file.size_bytes }),
+            _ => {
+                chunks.push(Chunk { files: vec![i], ranges: Vec::new(), events: file.n_events, bytes: file.size_bytes })
+            }
         }
     }
     chunks
@@ -291,7 +299,13 @@ fn by_bytes(files: &[InputFile], max_bytes: u64) -> Vec<Chunk> {
 
 /// Merge jobs over a task's outputs: `files_per_job` outputs each, writing
 /// `<dataset>.merged._<NNNNNN>`, numbered after the task's last job (`first_index`).
-pub fn merge_plans(task_id: TaskId, dataset: &str, outputs: &[String], files_per_job: u32, first_index: u32) -> Vec<JobPlan> {
+pub fn merge_plans(
+    task_id: TaskId,
+    dataset: &str,
+    outputs: &[String],
+    files_per_job: u32,
+    first_index: u32,
+) -> Vec<JobPlan> {
     outputs
         .chunks(files_per_job.max(1) as usize)
         .enumerate()

@@ -79,10 +79,16 @@ impl Catalog {
     /// # Errors
     /// NOT_FOUND.
     pub async fn dataset_contents(&self, name: &str) -> Result<(Dataset, HashMap<String, (u64, Vec<String>)>)> {
-        let dataset =
-            self.store.get_dataset(&self.db, name).await?.ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })?;
-        let (id, _, _) =
-            self.store.find_dataset(&self.db, name).await?.ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })?;
+        let dataset = self
+            .store
+            .get_dataset(&self.db, name)
+            .await?
+            .ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })?;
+        let (id, _, _) = self
+            .store
+            .find_dataset(&self.db, name)
+            .await?
+            .ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })?;
         let details = self.store.file_details(&self.db, id).await?;
         Ok((dataset, details))
     }

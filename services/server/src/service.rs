@@ -21,8 +21,8 @@ use crate::store::{JobFilter, Store, TaskFilter};
 mod generation;
 mod pilot;
 
-pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
 pub use generation::JobRetry;
+pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
 
 /// Pilot instruction from the server's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -76,7 +76,13 @@ impl Filter {
     ///
     /// # Errors
     /// Why the queue cannot take the task's jobs.
-    pub fn check(self, queue: &QueueState, request: &Request, settings: &Settings, taken: u32) -> Result<(), Rejection> {
+    pub fn check(
+        self,
+        queue: &QueueState,
+        request: &Request,
+        settings: &Settings,
+        taken: u32,
+    ) -> Result<(), Rejection> {
         let short = |need: u64, have: u64| (have != 0 && need > have).then_some(Shortfall { need, have });
         let need = &request.resources;
         let have = &queue.max_resources;
@@ -138,7 +144,10 @@ impl Filter {
             }
             Filter::DataLocality => {
                 if request.input.is_known() && request.input.at(&queue.site) == 0 {
-                    return Err(Rejection::NoLocalData { site: queue.site.clone(), total_bytes: request.input.total_bytes });
+                    return Err(Rejection::NoLocalData {
+                        site: queue.site.clone(),
+                        total_bytes: request.input.total_bytes,
+                    });
                 }
             }
             Filter::Exclusion => {

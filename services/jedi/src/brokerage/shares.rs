@@ -60,7 +60,8 @@ impl ShareTree {
     /// [`ShareError`] naming the entry: empty or repeated names, a parent not listed before its
     /// child, a percent that is not a positive number.
     pub fn new(defs: &[ShareDef]) -> Result<Self, ShareError> {
-        let bad = |i: usize, field: &str, message: String| ShareError { field: format!("shares[{i}].{field}"), message };
+        let bad =
+            |i: usize, field: &str, message: String| ShareError { field: format!("shares[{i}].{field}"), message };
         if defs.is_empty() {
             return Err(ShareError { field: "shares".into(), message: "must list at least one share".into() });
         }
@@ -75,15 +76,13 @@ impl ShareTree {
             if !(def.percent.is_finite() && def.percent > 0.0) {
                 return Err(bad(i, "percent", format!("must be a positive number (got {})", def.percent)));
             }
-            let parent = match &def.parent {
-                None => None,
-                Some(p) => Some(
-                    nodes
-                        .iter()
-                        .position(|n| n.name == *p)
-                        .ok_or_else(|| bad(i, "parent", format!("{p:?} is not a share listed before {:?}", def.name)))?,
-                ),
-            };
+            let parent =
+                match &def.parent {
+                    None => None,
+                    Some(p) => Some(nodes.iter().position(|n| n.name == *p).ok_or_else(|| {
+                        bad(i, "parent", format!("{p:?} is not a share listed before {:?}", def.name))
+                    })?),
+                };
             nodes.push(Node { name: def.name.clone(), parent, children: Vec::new(), fraction: def.percent });
             if let Some(p) = parent {
                 nodes[p].children.push(i);
@@ -172,11 +171,9 @@ impl ShareTree {
     }
 
     fn pick(&self, group: &[usize], usage: &[u64], waiting: &[u64]) -> Option<usize> {
-        group
-            .iter()
-            .copied()
-            .filter(|&i| waiting[i] > 0)
-            .min_by(|&a, &b| (usage[a] as f64 / self.nodes[a].fraction).total_cmp(&(usage[b] as f64 / self.nodes[b].fraction)))
+        group.iter().copied().filter(|&i| waiting[i] > 0).min_by(|&a, &b| {
+            (usage[a] as f64 / self.nodes[a].fraction).total_cmp(&(usage[b] as f64 / self.nodes[b].fraction))
+        })
     }
 
     /// Leaves ordered most under-target first (siblings by usage per target, recursively): the
@@ -314,7 +311,12 @@ mod tests {
         let total: f64 = running.iter().map(|j| j.len() as f64).sum();
         for (leaf, jobs) in running.iter().enumerate() {
             let got = jobs.len() as f64 / total;
-            assert!((got - t.target(leaf)).abs() < 0.03, "{}: {got:.3} vs target {:.3}", t.leaves()[leaf], t.target(leaf));
+            assert!(
+                (got - t.target(leaf)).abs() < 0.03,
+                "{}: {got:.3} vs target {:.3}",
+                t.leaves()[leaf],
+                t.target(leaf)
+            );
         }
     }
 }

@@ -7,7 +7,13 @@ fn snapshot(queues: Vec<QueueState>) -> Snapshot {
 }
 
 fn request(n_jobs: u32) -> Request {
-    Request { task_id: 1, user: "alice".into(), n_jobs, resources: Resources { cores: 1, ..Default::default() }, ..Default::default() }
+    Request {
+        task_id: 1,
+        user: "alice".into(),
+        n_jobs,
+        resources: Resources { cores: 1, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 fn run(snap: &Snapshot, req: &Request) -> Decision {
@@ -62,7 +68,12 @@ fn resource_filters() {
         Filter::Memory,
         Rejection::Memory(Shortfall { need: 4000, have: 2000 }),
     );
-    drops(with(Resources { disk_mb: 1, ..big }), &req, Filter::Disk, Rejection::Disk(Shortfall { need: 10_000, have: 1 }));
+    drops(
+        with(Resources { disk_mb: 1, ..big }),
+        &req,
+        Filter::Disk,
+        Rejection::Disk(Shortfall { need: 10_000, have: 1 }),
+    );
     drops(
         with(Resources { walltime_seconds: 3600, ..big }),
         &req,
@@ -120,10 +131,7 @@ fn data_locality_filter_and_weight() {
     let d = run(&snap, &req);
     assert_eq!(d.explanation.dropped.len(), 1);
     assert_eq!(d.explanation.dropped[0].queue, "qc");
-    assert_eq!(
-        d.explanation.dropped[0].reason,
-        Rejection::NoLocalData { site: "site-c".into(), total_bytes: 400 }
-    );
+    assert_eq!(d.explanation.dropped[0].reason, Rejection::NoLocalData { site: "site-c".into(), total_bytes: 400 });
     // qa holds all 400 bytes (locality 2), qb 300 (1.75): qa scores higher and gets more jobs.
     let qa = d.explanation.chosen.iter().find(|c| c.queue == "qa").unwrap();
     let qb = d.explanation.chosen.iter().find(|c| c.queue == "qb").unwrap();
@@ -266,8 +274,7 @@ fn a_cycle_brokers_the_most_under_target_share_first() {
     ])
     .unwrap();
     let snap = snapshot(vec![QueueState::online("q", 10_000)]);
-    let tasks: Vec<(usize, Request)> =
-        (0..16).map(|i| (i % 2, Request { task_id: i as u64, ..request(10) })).collect();
+    let tasks: Vec<(usize, Request)> = (0..16).map(|i| (i % 2, Request { task_id: i as u64, ..request(10) })).collect();
     let order = broker_cycle(&snap, &shares, &[0, 0], &tasks, None);
     assert_eq!(order.len(), 16);
     let first8: Vec<usize> = order.iter().take(8).map(|(i, _)| tasks[*i].0).collect();

@@ -33,7 +33,14 @@ pub struct Score {
 impl Score {
     /// The weight after `more` jobs of this round went to the queue.
     pub fn with_more_jobs(&self, more: u32) -> f64 {
-        weight(self.slots, self.queued, self.assigned, self.taken.saturating_add(more), self.many_assigned, self.locality)
+        weight(
+            self.slots,
+            self.queued,
+            self.assigned,
+            self.taken.saturating_add(more),
+            self.many_assigned,
+            self.locality,
+        )
     }
 }
 

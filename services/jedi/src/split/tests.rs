@@ -6,7 +6,13 @@ fn spec(input: &str, files_per_job: Option<u32>, n_jobs: Option<u32>, command: &
     spec_with(input, files_per_job, n_jobs, command, SplitRulesDraft::default())
 }
 
-fn spec_with(input: &str, files_per_job: Option<u32>, n_jobs: Option<u32>, command: &str, split: SplitRulesDraft) -> TaskSpec {
+fn spec_with(
+    input: &str,
+    files_per_job: Option<u32>,
+    n_jobs: Option<u32>,
+    command: &str,
+    split: SplitRulesDraft,
+) -> TaskSpec {
     TaskSpecDraft {
         name: "t".into(),
         command: command.into(),
@@ -87,10 +93,8 @@ fn events_per_job_cuts_large_files_and_merges_small_ones() {
     // A 250-event file, then three 30-event files, then a 10-event one.
     let input = sized(&[(2500, 250), (300, 30), (300, 30), (300, 30), (100, 10)]);
     let plans = split(TaskId(1), &s, &input, None).unwrap();
-    let ranges: Vec<Vec<(String, u64, u64)>> = plans
-        .iter()
-        .map(|p| p.event_ranges.iter().map(|r| (r.lfn.clone(), r.first, r.count)).collect())
-        .collect();
+    let ranges: Vec<Vec<(String, u64, u64)>> =
+        plans.iter().map(|p| p.event_ranges.iter().map(|r| (r.lfn.clone(), r.first, r.count)).collect()).collect();
     assert_eq!(
         ranges,
         vec![
@@ -110,11 +114,21 @@ fn events_per_job_cuts_large_files_and_merges_small_ones() {
 fn every_event_is_processed_exactly_once() {
     let input = sized(&[(1, 7), (1, 1), (1, 13), (1, 100), (1, 3)]);
     for per_job in 1..40 {
-        let s = spec_with("in", None, None, "true", SplitRulesDraft { events_per_job: Some(per_job), ..Default::default() });
+        let s = spec_with(
+            "in",
+            None,
+            None,
+            "true",
+            SplitRulesDraft { events_per_job: Some(per_job), ..Default::default() },
+        );
         let plans = split(TaskId(1), &s, &input, None).unwrap();
         for file in &input {
-            let mut covered: Vec<(u64, u64)> =
-                plans.iter().flat_map(|p| p.event_ranges.iter()).filter(|r| r.lfn == file.lfn).map(|r| (r.first, r.count)).collect();
+            let mut covered: Vec<(u64, u64)> = plans
+                .iter()
+                .flat_map(|p| p.event_ranges.iter())
+                .filter(|r| r.lfn == file.lfn)
+                .map(|r| (r.first, r.count))
+                .collect();
             covered.sort();
             let mut next = 0;
             for (first, count) in covered {
@@ -149,7 +163,8 @@ fn gigabytes_per_job_packs_files_up_to_the_size() {
 #[test]
 fn walltime_target_sets_events_per_job_from_time_per_event() {
     // 3600 s target at 2.5 s per event: 1440 events per job.
-    let rules = SplitRulesDraft { walltime_target_seconds: Some(3600), seconds_per_event: Some(2.5), ..Default::default() };
+    let rules =
+        SplitRulesDraft { walltime_target_seconds: Some(3600), seconds_per_event: Some(2.5), ..Default::default() };
     let s = spec_with("in", None, None, "true", rules);
     assert_eq!(events_per_job(&s, None), Some(1440));
     let plans = split(TaskId(1), &s, &sized(&[(1, 3000)]), None).unwrap();
@@ -180,7 +195,9 @@ fn merge_jobs_cover_every_output_once() {
 
 #[test]
 fn log_names_without_output_dataset_use_the_task() {
-    let s = TaskSpecDraft { name: "t".into(), command: "true".into(), n_jobs: Some(1), ..Default::default() }.validate().unwrap();
+    let s = TaskSpecDraft { name: "t".into(), command: "true".into(), n_jobs: Some(1), ..Default::default() }
+        .validate()
+        .unwrap();
     let plans = split(TaskId(42), &s, &[], None).unwrap();
     assert_eq!(plans[0].log_file, "task-42.log._000001.tgz");
 }
@@ -188,7 +205,13 @@ fn log_names_without_output_dataset_use_the_task() {
 #[test]
 fn the_rest_after_scouts_continues_the_event_stream_with_the_new_size() {
     // Preset 100 events per job; 2 scouts took events 0..200 of f1 (250 events) .
-    let rules = SplitRulesDraft { events_per_job: Some(100), walltime_target_seconds: Some(100), seconds_per_event: Some(1.0), scouts: Some(2), ..Default::default() };
+    let rules = SplitRulesDraft {
+        events_per_job: Some(100),
+        walltime_target_seconds: Some(100),
+        seconds_per_event: Some(1.0),
+        scouts: Some(2),
+        ..Default::default()
+    };
     let s = spec_with("in", None, None, "true", rules);
     let input = sized(&[(1, 250), (1, 400)]);
     // Scouts measured 2 s per event: 50 events per job now.

@@ -111,7 +111,8 @@ impl Service {
                 allowed: "a registered, defined, pending or scouting task",
             });
         }
-        self.move_task(&txn, &mut task, TaskStatus::ToBroken, TaskActor::Jedi, Some(reason.clone()), &mut events).await?;
+        self.move_task(&txn, &mut task, TaskStatus::ToBroken, TaskActor::Jedi, Some(reason.clone()), &mut events)
+            .await?;
         self.move_task(&txn, &mut task, TaskStatus::Broken, TaskActor::Jedi, Some(reason), &mut events).await?;
         self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Failed, Utc::now()).await?;
         self.commit(txn, events).await?;

@@ -150,12 +150,15 @@ impl Store {
         conn: &impl ConnectionTrait,
         dataset_id: i64,
     ) -> Result<HashMap<String, (u64, Vec<String>)>> {
-        let rows = catalog_file::Entity::find().filter(catalog_file::Column::DatasetId.eq(dataset_id)).all(conn).await?;
+        let rows =
+            catalog_file::Entity::find().filter(catalog_file::Column::DatasetId.eq(dataset_id)).all(conn).await?;
         let mut by_id: HashMap<i64, (String, u64, Vec<String>)> =
             rows.into_iter().map(|r| (r.id, (r.lfn, u64::try_from(r.n_events).unwrap_or(0), Vec::new()))).collect();
         let ids: Vec<i64> = by_id.keys().copied().collect();
         for chunk in ids.chunks(1000) {
-            for r in replica::Entity::find().filter(replica::Column::FileId.is_in(chunk.iter().copied())).all(conn).await? {
+            for r in
+                replica::Entity::find().filter(replica::Column::FileId.is_in(chunk.iter().copied())).all(conn).await?
+            {
                 if let Some(entry) = by_id.get_mut(&r.file_id) {
                     entry.2.push(r.site);
                 }
