@@ -88,7 +88,7 @@ impl Filter {
         let have = &queue.max_resources;
         match self {
             Filter::TaskQueues => {
-                if !request.queues.is_empty() && !request.queues.iter().any(|q| *q == queue.name) {
+                if !request.queues.is_empty() && !request.queues.contains(&queue.name) {
                     return Err(Rejection::NotRequested);
                 }
             }
@@ -151,10 +151,10 @@ impl Filter {
                 }
             }
             Filter::Exclusion => {
-                if request.excluded_queues.iter().any(|q| *q == queue.name) {
+                if request.excluded_queues.contains(&queue.name) {
                     return Err(Rejection::ExcludedByTask);
                 }
-                if queue.excluded_users.iter().any(|u| *u == request.user) {
+                if queue.excluded_users.contains(&request.user) {
                     return Err(Rejection::UserExcluded(request.user.clone()));
                 }
             }

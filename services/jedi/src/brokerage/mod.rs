@@ -440,8 +440,7 @@ pub fn broker_cycle(
     let mut usage: Vec<u64> = (0..n_leaves).map(|l| running.get(l).copied().unwrap_or(0)).collect();
     let mut taken = vec![0u32; snapshot.queues.len()];
     let mut out = Vec::with_capacity(tasks.len());
-    loop {
-        let Some(leaf) = shares.order(&usage).into_iter().find(|&l| !waiting[l].is_empty()) else { break };
+    while let Some(leaf) = shares.order(&usage).into_iter().find(|&l| !waiting[l].is_empty()) {
         let Some(i) = waiting[leaf].pop_front() else { break };
         let decision = broker_inner(snapshot, &tasks[i].1, &mut taken, timings.as_deref_mut());
         usage[leaf] += decision.assignments.len() as u64;
