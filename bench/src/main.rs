@@ -8,6 +8,7 @@
 //! (must be 0).
 
 mod harvester;
+mod brokerage;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ enum Command {
     SlurmWorkers(harvester::SlurmArgs),
     /// End to end: no-op jobs through local pilots started by the harvester.
     LocalPilots(harvester::LocalArgs),
+    /// The brokerage core: many tasks' jobs onto many queues, in memory.
+    Brokerage(brokerage::BrokerageArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch(args) => dispatch(args).await,
         Command::SlurmWorkers(args) => harvester::run(args).await,
         Command::LocalPilots(args) => harvester::local_pilots(args).await,
+        Command::Brokerage(args) => brokerage::run(args),
     }
 }
 
@@ -130,7 +134,7 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         .into_inner()
         .task_id;
     let seed = wire::NewJob { job_index: 0, queue: "bench-seed".into(), command: "true".into(), ..Default::default() };
-    client.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![seed] }).await?;
+    client.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![seed], scouting: false }).await?;
     let db = panda_db::connect(&url, Some(2)).await?;
     let started = Instant::now();
     preload(&db, task_id, "activated", args.jobs).await?;

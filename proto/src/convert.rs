@@ -114,6 +114,27 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             queues: spec.queues,
             code_sha256: spec.code_sha256,
             schema_version: spec.schema_version,
+            split: spec
+                .split
+                .map(|r| panda_types::spec::SplitRulesDraft {
+                    events_per_job: r.events_per_job,
+                    gb_per_job: r.gb_per_job,
+                    walltime_target_seconds: r.walltime_target_seconds,
+                    seconds_per_event: r.seconds_per_event,
+                    merge_files_per_job: r.merge_files_per_job,
+                    scouts: r.scouts,
+                    max_attempts: r.max_attempts,
+                })
+                .unwrap_or_default(),
+            requirements: spec
+                .requirements
+                .map(|r| panda_types::spec::Requirements {
+                    architecture: (!r.architecture.is_empty()).then_some(r.architecture),
+                    container: (!r.container.is_empty()).then_some(r.container),
+                    software_tags: r.software_tags,
+                    excluded_queues: r.excluded_queues,
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -139,6 +160,27 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
             queues: spec.queues.into_iter().map(String::from).collect(),
             code_sha256: spec.code_sha256.unwrap_or_default(),
             schema_version: panda_types::spec::TASK_SCHEMA_VERSION,
+            split: (spec.split != panda_types::spec::SplitRules::default()).then(|| {
+                let r = spec.split;
+                crate::server::v1::SplitRules {
+                    events_per_job: r.events_per_job,
+                    gb_per_job: r.bytes_per_job.map(|b| b as f64 / 1e9),
+                    walltime_target_seconds: r.walltime_target_seconds,
+                    seconds_per_event: r.micros_per_event.map(|m| m as f64 / 1e6),
+                    merge_files_per_job: r.merge_files_per_job,
+                    scouts: (r.scouts > 0).then_some(r.scouts),
+                    max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
+                }
+            }),
+            requirements: (spec.requirements != panda_types::spec::Requirements::default()).then(|| {
+                let r = spec.requirements;
+                crate::server::v1::Requirements {
+                    architecture: r.architecture.unwrap_or_default(),
+                    container: r.container.unwrap_or_default(),
+                    software_tags: r.software_tags,
+                    excluded_queues: r.excluded_queues,
+                }
+            }),
         }
     }
 }

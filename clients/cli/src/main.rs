@@ -12,6 +12,7 @@ macro_rules! out {
     };
 }
 
+mod brokerage;
 mod code;
 mod cwl;
 mod harvester_admin;
@@ -176,6 +177,12 @@ enum TaskCommand {
     },
     /// Runs an ended task's failed, cancelled and closed jobs again.
     Retry {
+        /// Task ID.
+        id: u64,
+    },
+    /// Why JEDI brokered the task's jobs where it did, or why it is pending: each queue dropped
+    /// by which filter, and how the chosen queues scored.
+    Brokerage {
         /// Task ID.
         id: u64,
     },
@@ -466,6 +473,7 @@ async fn task(server: ServerClient, command: TaskCommand, format: Format) -> any
             let response = tasks.list_tasks(request).await?;
             render::tasks(format, &response.into_inner().tasks);
         }
+        TaskCommand::Brokerage { id } => brokerage::show(&server, id, format).await?,
         TaskCommand::Show { id } => {
             let task = tasks.get_task(server::GetTaskRequest { task_id: id }).await?.into_inner().task;
             render::task(format, &task.context("server answered without a task")?);

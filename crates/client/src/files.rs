@@ -51,6 +51,46 @@ pub struct TaskFile {
     /// Task-parameter schema version (docs/task-parameters.md); unset: the current one.
     #[serde(default)]
     schema_version: u32,
+    /// Splitting, scouting and retry rules.
+    #[serde(default)]
+    split: Option<SplitFile>,
+    /// Brokerage requirements.
+    #[serde(default)]
+    requirements: Option<RequirementsFile>,
+}
+
+/// `split:` of a task file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    #[serde(default)]
+    events_per_job: Option<u64>,
+    #[serde(default)]
+    gb_per_job: Option<f64>,
+    #[serde(default)]
+    walltime_target_seconds: Option<u64>,
+    #[serde(default)]
+    seconds_per_event: Option<f64>,
+    #[serde(default)]
+    merge_files_per_job: Option<u32>,
+    #[serde(default)]
+    scouts: Option<u32>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// `requirements:` of a task file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementsFile {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    container: String,
+    #[serde(default)]
+    software_tags: Vec<String>,
+    #[serde(default)]
+    excluded_queues: Vec<String>,
 }
 
 impl TaskFile {
@@ -75,6 +115,21 @@ impl TaskFile {
             queues: self.queues,
             code_sha256: self.code_sha256,
             schema_version: self.schema_version,
+            split: self.split.map(|s| server::SplitRules {
+                events_per_job: s.events_per_job,
+                gb_per_job: s.gb_per_job,
+                walltime_target_seconds: s.walltime_target_seconds,
+                seconds_per_event: s.seconds_per_event,
+                merge_files_per_job: s.merge_files_per_job,
+                scouts: s.scouts,
+                max_attempts: s.max_attempts,
+            }),
+            requirements: self.requirements.map(|r| server::Requirements {
+                architecture: r.architecture,
+                container: r.container,
+                software_tags: r.software_tags,
+                excluded_queues: r.excluded_queues,
+            }),
         }
     }
 }

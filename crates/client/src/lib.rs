@@ -14,7 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 pub use panda_proto::harvester::v1::harvester_service_client::HarvesterServiceClient;
 pub use panda_proto::idds::v1::workflow_service_client::WorkflowServiceClient;
 pub use panda_proto::jedi::v1::jedi_service_client::JediServiceClient;
+pub use panda_proto::server::v1::brokerage_service_client::BrokerageServiceClient;
 pub use panda_proto::server::v1::cache_service_client::CacheServiceClient;
+pub use panda_proto::server::v1::catalog_service_client::CatalogServiceClient;
+pub use panda_proto::server::v1::generation_service_client::GenerationServiceClient;
 pub use panda_proto::server::v1::internal_service_client::InternalServiceClient;
 pub use panda_proto::server::v1::job_service_client::JobServiceClient;
 pub use panda_proto::server::v1::log_service_client::LogServiceClient;
@@ -79,6 +82,12 @@ pub struct ServerClient {
     pub cache: CacheServiceClient<Channel>,
     /// Jobs' stdout and stderr.
     pub logs: LogServiceClient<Channel>,
+    /// The data catalog (input datasets with events and replicas).
+    pub catalog: CatalogServiceClient<Channel>,
+    /// Brokerage explanations.
+    pub brokerage: BrokerageServiceClient<Channel>,
+    /// Retries and broken tasks (JEDI).
+    pub generation: GenerationServiceClient<Channel>,
 }
 
 impl ServerClient {
@@ -93,6 +102,9 @@ impl ServerClient {
             jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             pilot: PilotServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             logs: LogServiceClient::new(channel.clone()),
+            catalog: CatalogServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            brokerage: BrokerageServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            generation: GenerationServiceClient::new(channel.clone()),
             internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
             cache: CacheServiceClient::new(channel_with_timeout(url, ARCHIVE_TRANSFER_TIMEOUT)?),
         })

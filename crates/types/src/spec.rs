@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{QueueName, check_name};
+pub use crate::rules::{Requirements, SplitRules, SplitRulesDraft};
 
 /// Largest number of jobs one task may ask for without an input dataset.
 pub const MAX_JOBS_PER_TASK: u32 = 100_000;
@@ -84,6 +85,12 @@ pub struct TaskSpec {
     /// archives existed have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_sha256: Option<String>,
+    /// Splitting, scouting and retry rules.
+    #[serde(default)]
+    pub split: SplitRules,
+    /// What a queue must offer beyond resources.
+    #[serde(default)]
+    pub requirements: Requirements,
 }
 
 /// A task specification as received, before validation (every field optional).
@@ -116,6 +123,10 @@ pub struct TaskSpecDraft {
     /// Version of the task-parameter schema the client wrote against; 0 means the current one
     /// ([`TASK_SCHEMA_VERSION`]).
     pub schema_version: u32,
+    /// Splitting, scouting and retry rules.
+    pub split: SplitRulesDraft,
+    /// Brokerage requirements.
+    pub requirements: Requirements,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
@@ -289,6 +300,8 @@ impl TaskSpecDraft {
         {
             bad("code_sha256", e);
         }
+        let split = self.split.validate(self.files_per_job, !self.input_datasets.is_empty(), &mut errors);
+        self.requirements.validate(&mut errors);
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
                 name: self.name,
@@ -301,6 +314,8 @@ impl TaskSpecDraft {
                 environment: self.environment,
                 queues,
                 code_sha256,
+                split,
+                requirements: self.requirements,
             }),
             _ => Err(errors),
         }

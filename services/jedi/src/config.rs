@@ -23,6 +23,11 @@ pub struct Config {
     /// A queue whose harvester has not reported for this long is not brokered to.
     #[serde(with = "humantime_serde")]
     pub queue_stale_after: Duration,
+    /// Brokerage throttles a queue whose queued jobs exceed this many per slot (and
+    /// `min_queue_limit`).
+    pub queued_per_slot: u32,
+    /// See `queued_per_slot`.
+    pub min_queue_limit: u32,
 }
 
 impl Default for Config {
@@ -33,11 +38,22 @@ impl Default for Config {
             server_url: "http://127.0.0.1:50051".to_owned(),
             sweep_interval: Duration::from_secs(10),
             queue_stale_after: Duration::from_secs(300),
+            queued_per_slot: 2,
+            min_queue_limit: 100_000,
         }
     }
 }
 
 impl Config {
+    /// The brokerage thresholds these settings give.
+    pub fn brokerage_settings(&self) -> crate::brokerage::Settings {
+        crate::brokerage::Settings {
+            stale_after_seconds: self.queue_stale_after.as_secs(),
+            queued_per_slot: self.queued_per_slot,
+            min_queue_limit: self.min_queue_limit,
+        }
+    }
+
     /// Checks ranges.
     ///
     /// # Errors

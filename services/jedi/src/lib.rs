@@ -3,12 +3,15 @@
 //! them to queues (`brokerage`) and inserts them through the server's internal API in one call.
 //! JEDI keeps no state of its own: the server's task states are its work queue.
 //!
-//! Modules: `config`, `error`, `split` and `brokerage` (pure domain logic), `service` (the
-//! generator), `grpc` (JediService).
+//! Modules: `config`, `error`; pure domain logic: `split` (splitting rules), `brokerage`
+//! (filters, weight, explanations, global shares), `scouting` (scout verdict and re-tuning),
+//! `retry` (next attempt of a failed job); `service` (the generator); JediService in this file.
 
 pub mod brokerage;
 pub mod config;
 pub mod error;
+pub mod retry;
+pub mod scouting;
 pub mod service;
 pub mod split;
 
@@ -99,7 +102,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let server = panda_client::ServerClient::new(&config.server_url)?;
-    let jedi = Jedi::new(server, config.queue_stale_after.as_secs());
+    let jedi = Jedi::new(server, config.brokerage_settings());
     let consumer = deps
         .bus
         .consume(

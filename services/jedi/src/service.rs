@@ -9,12 +9,12 @@ use panda_client::ServerClient;
 use panda_proto::convert::WireEnum;
 use panda_proto::server::v1 as wire;
 use panda_types::spec::{TaskInput, TaskSpecDraft};
-use panda_types::{TaskId, TaskStatus};
+use panda_types::{JobStatus, Resources, StateMachine, TaskId, TaskSpec, TaskStatus};
 use tracing::{info, instrument, warn};
 
-use crate::brokerage::{self, Decision, QueueView};
+use crate::brokerage::{self, Load, QueueState, Snapshot};
 use crate::error::Error;
-use crate::split;
+use crate::{retry, scouting, split};
 
 /// What processing a task did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub enum Outcome {
     Pending(String),
     /// Nothing to do: the task is in this state (jobs exist or it ended).
     Skipped(TaskStatus),
+    /// Failed jobs got their next attempt.
+    Retried(usize),
+    /// The task cannot run (bad input, every scout failed): broken with this reason.
+    Broken(String),
 }
 
 /// What JEDI did: `GetStats` and the Prometheus metrics read the same counters.
@@ -36,6 +40,8 @@ pub struct Stats {
     pub jobs_generated: Counter,
     /// `panda_jedi_tasks_pending_total`: times a task was parked in pending.
     pub tasks_pending: Counter,
+    /// `panda_jedi_jobs_retried_total`: failed jobs given another attempt.
+    pub jobs_retried: Counter,
 }
 
 impl Stats {
@@ -45,6 +51,7 @@ impl Stats {
         jedi.register("tasks_processed", "Tasks whose jobs were generated", self.tasks_processed.clone());
         jedi.register("jobs_generated", "Jobs generated and brokered", self.jobs_generated.clone());
         jedi.register("tasks_pending", "Times a task was parked in pending", self.tasks_pending.clone());
+        jedi.register("jobs_retried", "Failed jobs given another attempt", self.jobs_retried.clone());
     }
 }
 
@@ -52,18 +59,19 @@ impl Stats {
 #[derive(Clone)]
 pub struct Jedi {
     server: ServerClient,
-    queue_stale_after_seconds: u64,
+    settings: brokerage::Settings,
     /// Counters.
     pub stats: Stats,
 }
 
 impl Jedi {
     /// A generator talking to the server through `server`.
-    pub fn new(server: ServerClient, queue_stale_after_seconds: u64) -> Self {
-        Self { server, queue_stale_after_seconds, stats: Stats::default() }
+    pub fn new(server: ServerClient, settings: brokerage::Settings) -> Self {
+        Self { server, settings, stats: Stats::default() }
     }
 
-    /// Generates and brokers the jobs of one task.
+    /// Moves one task on: generates and brokers its jobs (registered, pending), judges its scouts
+    /// and generates the rest (scouting), or retries its failed jobs (running).
     ///
     /// # Errors
     /// [`Error`] when the server fails; [`Error::is_transient`] says whether to retry.
@@ -85,7 +93,8 @@ impl Jedi {
             task_id,
             detail: e.to_string(),
         })?;
-        if !matches!(status, TaskStatus::Registered | TaskStatus::Pending) {
+        if !matches!(status, TaskStatus::Registered | TaskStatus::Pending | TaskStatus::Scouting | TaskStatus::Running)
+        {
             return Ok(Outcome::Skipped(status));
         }
         let spec = task.spec.ok_or(Error::Protocol { call: "GetTask", task_id, detail: "no spec".into() })?;
@@ -94,87 +103,178 @@ impl Jedi {
             task_id,
             detail: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
         })?;
+        match status {
+            TaskStatus::Scouting => self.after_scouts(task_id, &spec).await,
+            TaskStatus::Running => self.retry_failed(task_id, &spec).await,
+            _ => self.generate(task_id, &spec).await,
+        }
+    }
 
-        let input_files = match &spec.input {
-            TaskInput::Datasets { names, .. } => {
-                let mut files = Vec::new();
-                for name in names {
-                    let dataset = self
-                        .server
-                        .internal
-                        .clone()
-                        .get_dataset(wire::GetDatasetRequest { name: name.clone() })
-                        .await
-                        .map_err(server_error("GetDataset"))?
-                        .into_inner()
-                        .dataset
-                        .ok_or(Error::Protocol { call: "GetDataset", task_id, detail: "no dataset".into() })?;
-                    // A dataset still being written would give a partial split: wait until its
-                    // producer closes it.
-                    if !matches!(dataset.status.as_str(), "done" | "finished") {
-                        let reason = format!(
-                            "input dataset {name:?} is {} (its producer, task {}, has not finished)",
-                            dataset.status, dataset.task_id
-                        );
-                        return self.park(task_id, reason).await;
-                    }
-                    files.extend(dataset.files.into_iter().filter(|f| f.status == "finished").map(|f| f.lfn));
-                }
-                files
+    /// The task's input files, or why it must wait.
+    async fn input_files(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+    ) -> Result<Result<Vec<split::InputFile>, String>, Error> {
+        let TaskInput::Datasets { names, .. } = &spec.input else { return Ok(Ok(Vec::new())) };
+        let mut files = Vec::new();
+        for name in names {
+            let dataset = self
+                .server
+                .catalog
+                .clone()
+                .get_dataset_contents(wire::GetDatasetContentsRequest { name: name.clone() })
+                .await
+                .map_err(|status| Error::Server { call: "GetDatasetContents", task_id, status })?
+                .into_inner()
+                .dataset
+                .ok_or(Error::Protocol { call: "GetDatasetContents", task_id, detail: "no dataset".into() })?;
+            // A dataset still being written would give a partial split: wait until its producer
+            // closes it.
+            if !matches!(dataset.status.as_str(), "done" | "finished") {
+                return Ok(Err(format!(
+                    "input dataset {name:?} is {} (its producer, task {}, has not finished)",
+                    dataset.status, dataset.task_id
+                )));
             }
-            TaskInput::Generated { .. } => Vec::new(),
-        };
-        let plans = match split::split(task_id, &spec, &input_files) {
-            Ok(plans) => plans,
-            Err(error) => return self.park(task_id, error.to_string()).await,
-        };
+            files.extend(dataset.files.into_iter().filter(|f| f.status == "finished").map(|f| split::InputFile {
+                lfn: f.lfn,
+                size_bytes: f.size_bytes,
+                n_events: f.n_events,
+                replicas: f.replicas,
+            }));
+        }
+        Ok(Ok(files))
+    }
 
+    /// The queues now, as brokerage sees them.
+    async fn snapshot(&self, task_id: TaskId) -> Result<Snapshot, Error> {
         let queues = self
             .server
             .internal
             .clone()
             .list_queues(wire::ListQueuesRequest {})
             .await
-            .map_err(server_error("ListQueues"))?
+            .map_err(|status| Error::Server { call: "ListQueues", task_id, status })?
             .into_inner()
             .queues
             .into_iter()
             .filter_map(|q| {
                 let queue = q.queue?;
                 let load = q.load.unwrap_or_default();
-                Some(QueueView {
+                Some(QueueState {
+                    site: queue.name.clone(),
                     name: queue.name,
                     status: queue.status,
                     max_resources: panda_proto::convert::resources(queue.max_resources),
-                    max_workers: queue.max_workers,
-                    load: load.activated + load.sent + load.running,
+                    capacity: queue.max_workers,
+                    load: Load { running: load.sent + load.running, queued: load.activated, ..Load::default() },
                     seconds_since_heartbeat: q.seconds_since_heartbeat,
+                    ..QueueState::online("", 0)
                 })
             })
             .collect::<Vec<_>>();
-        let assignments = match brokerage::broker(&spec, plans.len(), &queues, self.queue_stale_after_seconds) {
-            Decision::Assigned(assignments) => assignments,
-            Decision::NoQueue(rejections) => return self.park(task_id, brokerage::explain(&rejections)).await,
-        };
+        Ok(Snapshot { queues, settings: self.settings })
+    }
 
+    fn request(
+        task_id: TaskId,
+        spec: &TaskSpec,
+        resources: Resources,
+        files: &[split::InputFile],
+        n_jobs: u32,
+    ) -> brokerage::Request {
+        brokerage::Request {
+            task_id: task_id.0,
+            user: spec.user.clone(),
+            resources,
+            architecture: spec.requirements.architecture.clone(),
+            container: spec.requirements.container.clone(),
+            software_tags: spec.requirements.software_tags.clone(),
+            queues: spec.queues.iter().map(|q| q.as_str().to_owned()).collect(),
+            excluded_queues: spec.requirements.excluded_queues.clone(),
+            input: brokerage::DataLocality::from_files(files.iter().map(|f| (f.size_bytes, f.replicas.as_slice()))),
+            n_jobs,
+        }
+    }
+
+    /// First generation: all jobs, or only the scouts when the task asks for them.
+    async fn generate(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Outcome, Error> {
+        let files = match self.input_files(task_id, spec).await? {
+            Ok(files) => files,
+            Err(reason) => return self.park(task_id, reason).await,
+        };
+        let mut plans = match split::split(task_id, spec, &files, None) {
+            Ok(plans) => plans,
+            Err(error @ split::SplitError::EmptyInput { .. }) => return self.park(task_id, error.to_string()).await,
+            // Bad input found at refinement: the task cannot ever run.
+            Err(error) => return self.break_task(task_id, error.to_string()).await,
+        };
+        let scouts = spec.split.scouts as usize;
+        let scouting = scouts > 0 && plans.len() > scouts;
+        if scouting {
+            plans.truncate(scouts);
+        }
+        self.broker_and_insert(task_id, spec, plans, spec.resources, &files, scouting).await
+    }
+
+    /// Brokers `plans` and inserts them in one call (all or none), or parks the task pending with
+    /// the explanation. The explanation is recorded either way.
+    async fn broker_and_insert(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+        plans: Vec<split::JobPlan>,
+        resources: Resources,
+        files: &[split::InputFile],
+        scouting: bool,
+    ) -> Result<Outcome, Error> {
+        let snapshot = self.snapshot(task_id).await?;
+        let request = Self::request(task_id, spec, resources, files, plans.len() as u32);
+        let decision = brokerage::broker(&snapshot, &request, &mut Vec::new());
+        self.server
+            .brokerage
+            .clone()
+            .record_brokerage(wire::RecordBrokerageRequest { explanation: Some(to_wire(&decision.explanation)) })
+            .await
+            .map_err(|status| Error::Server { call: "RecordBrokerage", task_id, status })?;
+        if decision.explanation.is_pending() {
+            return self.park(task_id, decision.explanation.summary()).await;
+        }
+        let assignments: Vec<String> = decision.queue_names(&snapshot).into_iter().map(str::to_owned).collect();
+        // Scouts run first among the task's jobs (the reference gives them max(901, priority + 1)).
+        let priority = if scouting { spec.priority.max(900).saturating_add(1) } else { spec.priority };
         let jobs: Vec<wire::NewJob> = plans
             .into_iter()
             .zip(assignments)
             .map(|(plan, queue)| wire::NewJob {
                 job_index: plan.index,
                 queue,
+                environment: {
+                    let mut env: std::collections::HashMap<String, String> =
+                        spec.environment.clone().into_iter().collect();
+                    if !plan.event_ranges.is_empty() {
+                        env.insert("PANDA_EVENT_RANGES".to_owned(), plan.event_ranges_env());
+                    }
+                    env
+                },
                 command: plan.command,
-                environment: spec.environment.clone().into_iter().collect(),
                 input_files: plan.inputs,
                 output_files: plan.outputs,
-                resources: Some(spec.resources.into()),
-                priority: spec.priority,
+                resources: Some(resources.into()),
+                priority,
             })
             .collect();
         let n = jobs.len();
-        match self.server.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs }).await {
+        match self
+            .server
+            .internal
+            .clone()
+            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting })
+            .await
+        {
             Ok(_) => {
-                info!(task_id = %task_id, jobs = n, "jobs generated");
+                info!(task_id = %task_id, jobs = n, scouting, "jobs generated");
                 self.stats.tasks_processed.inc();
                 self.stats.jobs_generated.inc_by(n as u64);
                 Ok(Outcome::Generated(n))
@@ -184,6 +284,162 @@ impl Jedi {
                 Ok(Outcome::Skipped(TaskStatus::Running))
             }
             Err(status) => Err(Error::Server { call: "InsertJobs", task_id, status }),
+        }
+    }
+
+    /// The current attempt of each of the task's jobs.
+    async fn current_jobs(&self, task_id: TaskId) -> Result<Vec<wire::Job>, Error> {
+        let mut by_index: std::collections::BTreeMap<u32, wire::Job> = std::collections::BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .server
+                .jobs
+                .clone()
+                .list_jobs(wire::ListJobsRequest {
+                    task_id: task_id.0,
+                    limit: 10_000,
+                    after_job_id: after,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|status| Error::Server { call: "ListJobs", task_id, status })?
+                .into_inner();
+            for job in page.jobs {
+                match by_index.get(&job.job_index) {
+                    Some(have) if have.attempt_nr >= job.attempt_nr => {}
+                    _ => {
+                        by_index.insert(job.job_index, job);
+                    }
+                }
+            }
+            if page.next_after == 0 {
+                return Ok(by_index.into_values().collect());
+            }
+            after = page.next_after;
+        }
+    }
+
+    /// A scouting task: waits for its scouts, breaks it when they all failed, or generates the
+    /// rest of its jobs sized by what the scouts measured.
+    async fn after_scouts(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Outcome, Error> {
+        let files = match self.input_files(task_id, spec).await? {
+            Ok(files) => files,
+            Err(reason) => return self.park(task_id, reason).await,
+        };
+        let plans = match split::split(task_id, spec, &files, None) {
+            Ok(plans) => plans,
+            Err(error) => return self.break_task(task_id, error.to_string()).await,
+        };
+        let jobs = self.current_jobs(task_id).await?;
+        let reports: Vec<scouting::ScoutReport> = jobs
+            .iter()
+            .map(|j| {
+                let status = JobStatus::from_wire("status", j.status).unwrap_or(JobStatus::Pending);
+                scouting::ScoutReport {
+                    job_id: j.job_id,
+                    ended: status.is_final(),
+                    finished: status == JobStatus::Finished,
+                    error: format!("error {} {}", j.error_code, j.error_diag).trim_end().to_owned(),
+                    wall_seconds: j.wall_time_seconds,
+                    max_rss_kb: j.max_rss_kb,
+                    n_events: plans.iter().find(|p| p.index == j.job_index).map_or(0, |p| p.n_events),
+                    output_bytes: j.output_files.iter().map(|f| f.size_bytes).sum(),
+                }
+            })
+            .collect();
+        match scouting::evaluate(&reports) {
+            scouting::Verdict::Wait => Ok(Outcome::Skipped(TaskStatus::Scouting)),
+            scouting::Verdict::Failed { errors } => {
+                let reason = format!("all {} scout jobs failed: {}", errors.len(), errors.join("; "));
+                self.break_task(task_id, reason).await
+            }
+            scouting::Verdict::Succeeded(tuning) => {
+                let scouts = spec.split.scouts;
+                let rest = match split::split_rest(task_id, spec, &files, tuning.micros_per_event, scouts) {
+                    Ok(rest) => rest,
+                    Err(error) => return self.break_task(task_id, error.to_string()).await,
+                };
+                let resources = tuning.resources(spec.resources, split::events_per_job(spec, tuning.micros_per_event));
+                info!(task_id = %task_id, ?tuning, jobs = rest.len(), "scouts done; generating the rest");
+                self.broker_and_insert(task_id, spec, rest, resources, &files, false).await
+            }
+        }
+    }
+
+    /// A running task with retries: the next attempt of each failed job with attempts left,
+    /// with the request its error calls for, rebrokered for that request.
+    async fn retry_failed(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Outcome, Error> {
+        let max = spec.split.max_attempts();
+        if max <= 1 {
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        }
+        let failed: Vec<wire::Job> = self
+            .current_jobs(task_id)
+            .await?
+            .into_iter()
+            .filter(|j| j.status == JobStatus::Failed.to_wire() && j.attempt_nr < max)
+            .collect();
+        if failed.is_empty() {
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        }
+        let snapshot = self.snapshot(task_id).await?;
+        let mut retries = Vec::new();
+        for job in &failed {
+            let attempt = retry::FailedAttempt {
+                attempt_nr: job.attempt_nr,
+                error_code: job.error_code,
+                error_diag: job.error_diag.clone(),
+                max_rss_kb: job.max_rss_kb,
+            };
+            let resources = panda_proto::convert::resources(job.resources);
+            let retry::RetryAction::Retry { resources, change, .. } = retry::decide(&attempt, max, resources) else {
+                continue;
+            };
+            // A changed request may not fit the old queue: broker the one job again.
+            let queue = if change.is_empty() {
+                String::new()
+            } else {
+                let request = Self::request(task_id, spec, resources, &[], 1);
+                let decision = brokerage::broker(&snapshot, &request, &mut Vec::new());
+                decision.queue_names(&snapshot).first().map(|q| (*q).to_owned()).unwrap_or_default()
+            };
+            retries.push(wire::RetryJob { job_id: job.job_id, resources: Some(resources.into()), change, queue });
+        }
+        let n = retries.len();
+        match self
+            .server
+            .generation
+            .clone()
+            .retry_jobs(wire::RetryJobsRequest { task_id: task_id.0, jobs: retries })
+            .await
+        {
+            Ok(_) => {
+                info!(task_id = %task_id, jobs = n, "failed jobs retried");
+                self.stats.jobs_retried.inc_by(n as u64);
+                Ok(Outcome::Retried(n))
+            }
+            // A concurrent sweep retried them first, or the task moved on.
+            Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+                warn!(task_id = %task_id, %status, "retry refused");
+                Ok(Outcome::Skipped(TaskStatus::Running))
+            }
+            Err(status) => Err(Error::Server { call: "RetryJobs", task_id, status }),
+        }
+    }
+
+    async fn break_task(&self, task_id: TaskId, reason: String) -> Result<Outcome, Error> {
+        warn!(task_id = %task_id, %reason, "task broken");
+        match self
+            .server
+            .generation
+            .clone()
+            .break_task(wire::BreakTaskRequest { task_id: task_id.0, reason: reason.clone() })
+            .await
+        {
+            Ok(_) => Ok(Outcome::Broken(reason)),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(Outcome::Skipped(TaskStatus::Broken)),
+            Err(status) => Err(Error::Server { call: "BreakTask", task_id, status }),
         }
     }
 
@@ -208,8 +464,9 @@ impl Jedi {
         }
     }
 
-    /// Examines every registered and pending task once, oldest first (the safety-net sweep:
-    /// lost events, and pending tasks whose reason may have gone).
+    /// Examines every registered, pending and scouting task once, oldest first, and the running
+    /// ones with failed jobs to retry (the safety-net sweep for lost events and pending tasks
+    /// whose reason may have gone; the only trigger for scout verdicts and retries).
     ///
     /// # Errors
     /// When the server cannot list tasks.
@@ -222,7 +479,12 @@ impl Jedi {
                 .tasks
                 .clone()
                 .list_tasks(wire::ListTasksRequest {
-                    statuses: vec![TaskStatus::Registered.to_wire(), TaskStatus::Pending.to_wire()],
+                    statuses: vec![
+                        TaskStatus::Registered.to_wire(),
+                        TaskStatus::Pending.to_wire(),
+                        TaskStatus::Scouting.to_wire(),
+                        TaskStatus::Running.to_wire(),
+                    ],
                     limit: 100,
                     oldest_first: true,
                     after_task_id: after,
@@ -231,6 +493,15 @@ impl Jedi {
                 .await?
                 .into_inner();
             for task in page.tasks {
+                // Running tasks need a look only when a job failed and the task retries.
+                if task.status == TaskStatus::Running.to_wire() {
+                    let failed = task.job_counts.map_or(0, |c| c.failed);
+                    let retries =
+                        task.spec.as_ref().and_then(|s| s.split.as_ref()).and_then(|s| s.max_attempts).unwrap_or(1);
+                    if failed == 0 || retries <= 1 {
+                        continue;
+                    }
+                }
                 match self.process_task(TaskId(task.task_id)).await {
                     Ok(Outcome::Generated(_)) => generated += 1,
                     Ok(_) => {}
@@ -242,5 +513,40 @@ impl Jedi {
             }
             after = page.next_after;
         }
+    }
+}
+
+/// The explanation as the server stores and shows it.
+pub fn to_wire(e: &brokerage::Explanation) -> wire::BrokerageExplanation {
+    wire::BrokerageExplanation {
+        task_id: e.task_id,
+        decided_at: Some(panda_proto::convert::timestamp(chrono::Utc::now())),
+        pending: e.is_pending(),
+        summary: e.summary(),
+        n_jobs: e.n_jobs,
+        dropped: e
+            .dropped
+            .iter()
+            .map(|d| wire::DroppedQueue {
+                queue: d.queue.clone(),
+                filter: d.filter.as_str().to_owned(),
+                reason: d.reason.to_string(),
+            })
+            .collect(),
+        chosen: e
+            .chosen
+            .iter()
+            .map(|c| wire::ChosenQueue {
+                queue: c.queue.clone(),
+                jobs: c.jobs,
+                weight: c.score.weight,
+                slots: c.score.slots,
+                queued: c.score.queued,
+                assigned: c.score.assigned,
+                taken: c.score.taken,
+                many_assigned: c.score.many_assigned,
+                locality: c.score.locality,
+            })
+            .collect(),
     }
 }

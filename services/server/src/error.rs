@@ -119,6 +119,18 @@ pub enum Error {
         /// Who asked.
         actor: panda_types::JobActor,
     },
+    /// A dataset of that name is already in the catalog.
+    #[error("dataset {name:?} already exists")]
+    DatasetExists {
+        /// The name.
+        name: String,
+    },
+    /// No brokerage decision was recorded for the task (yet).
+    #[error("task {task_id} has no brokerage decision yet (JEDI has not brokered it)")]
+    BrokerageNotFound {
+        /// The task.
+        task_id: TaskId,
+    },
     /// The database failed.
     #[error("database operation failed")]
     Db(#[from] sea_orm::DbErr),
@@ -146,8 +158,9 @@ impl ServiceError for Error {
             Error::TaskNotFound { .. }
             | Error::JobNotFound { .. }
             | Error::DatasetNotFound { .. }
-            | Error::ArchiveNotFound { .. } => ErrorCode::NotFound,
-            Error::DatasetTaken { .. } => ErrorCode::AlreadyExists,
+            | Error::ArchiveNotFound { .. }
+            | Error::BrokerageNotFound { .. } => ErrorCode::NotFound,
+            Error::DatasetTaken { .. } | Error::DatasetExists { .. } => ErrorCode::AlreadyExists,
             Error::TaskState { .. }
             | Error::NotHolder { .. }
             | Error::JobTransition { .. }

@@ -8,6 +8,7 @@
 //! adapters), `metrics`.
 
 pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -99,6 +100,7 @@ pub async fn run(
     let (registry, metrics) = metrics::registry();
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
+    let catalog_api = grpc::CatalogApi::new(catalog::Catalog::new(db.clone()));
     let service = service::Service::new(db, outbox, storage_dir, metrics);
     let watchdog = {
         let service = service.clone();
@@ -123,6 +125,7 @@ pub async fn run(
     let feed = feed::ChangeFeed::new(deps.bus.clone(), shutdown.clone());
     let log_api = grpc::LogApi::new(logs, feed.clone());
     let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+    let generation_api = grpc::GenerationApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -134,6 +137,12 @@ pub async fn run(
         // Default 4 MiB message limit: archives come in chunks, logs in chunks of at most 1 MiB.
         .add_service(CacheServiceServer::new(grpc::CacheApi::new(cache)))
         .add_service(LogServiceServer::new(log_api))
+        .add_service(
+            panda_proto::server::v1::catalog_service_server::CatalogServiceServer::new(catalog_api.clone())
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
+        .add_service(panda_proto::server::v1::brokerage_service_server::BrokerageServiceServer::new(catalog_api))
+        .add_service(panda_proto::server::v1::generation_service_server::GenerationServiceServer::new(generation_api))
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));

@@ -20,8 +20,10 @@ use crate::metrics::Metrics;
 use crate::model::{Dataset, FileRecord, Job, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
 use crate::store::{JobFilter, Store, TaskFilter};
 
+mod generation;
 mod pilot;
 
+pub use generation::JobRetry;
 pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
 
 /// Pilot instruction from the server's point of view.
@@ -438,7 +440,17 @@ impl Service {
     /// # Errors
     /// INVALID_ARGUMENT for bad jobs, NOT_FOUND, FAILED_PRECONDITION when jobs exist already.
     #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len()))]
-    pub async fn insert_jobs(&self, task_id: TaskId, mut jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    pub async fn insert_jobs(&self, task_id: TaskId, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        self.insert_jobs_with(task_id, jobs, false).await
+    }
+
+    /// [`Service::insert_jobs`]; with `scouting`, these are the task's scouts: it goes to
+    /// `scouting`, and a later call with the rest of its jobs moves it on to `running`.
+    ///
+    /// # Errors
+    /// As [`Service::insert_jobs`].
+    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), scouting = scouting))]
+    pub async fn insert_jobs_with(&self, task_id: TaskId, mut jobs: Vec<NewJob>, scouting: bool) -> Result<Vec<JobId>> {
         validate_new_jobs(&jobs)?;
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
@@ -449,18 +461,25 @@ impl Service {
                 job.environment.insert(panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone());
             }
         }
-        let path: &[TaskStatus] = match task.status {
-            TaskStatus::Registered | TaskStatus::Pending => {
+        let path: &[TaskStatus] = match (task.status, scouting) {
+            (TaskStatus::Registered | TaskStatus::Pending, false) => {
                 &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]
             }
-            TaskStatus::Defined => &[TaskStatus::Ready, TaskStatus::Running],
-            TaskStatus::Ready => &[TaskStatus::Running],
-            status => {
+            (TaskStatus::Defined, false) => &[TaskStatus::Ready, TaskStatus::Running],
+            (TaskStatus::Ready, false) => &[TaskStatus::Running],
+            (TaskStatus::Registered | TaskStatus::Pending, true) => {
+                &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Scouting]
+            }
+            (TaskStatus::Defined, true) => &[TaskStatus::Ready, TaskStatus::Scouting],
+            (TaskStatus::Ready, true) => &[TaskStatus::Scouting],
+            // The scouts' measurements are in: the rest of the jobs (the reference's avalanche).
+            (TaskStatus::Scouting, false) => &[TaskStatus::Scouted, TaskStatus::Running],
+            (status, _) => {
                 return Err(Error::TaskState {
                     task_id,
                     status,
                     action: "inserting jobs",
-                    allowed: "registered, pending, defined or ready (jobs not generated yet)",
+                    allowed: "registered, pending, defined or ready (jobs not generated yet), or scouting for the rest of the jobs",
                 });
             }
         };
@@ -470,7 +489,7 @@ impl Service {
         };
         let mut events = Vec::with_capacity(jobs.len() + 3);
         for &step in path {
-            let diag = (step == TaskStatus::Running).then(String::new);
+            let diag = matches!(step, TaskStatus::Running | TaskStatus::Scouting).then(String::new);
             self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
         }
         if output_dataset.is_some() {
@@ -570,6 +589,10 @@ impl Service {
                 self.store.set_task_datasets_status(txn, task.id, DataActor::Server, dataset, now).await?;
             }
             TaskStatus::Running if counts.total > 0 => {
+                // A failed job with attempts left gets its next attempt from JEDI first.
+                if self.has_retryable_failures(txn, task).await? {
+                    return Ok(());
+                }
                 self.move_task(txn, task, TaskStatus::Prepared, TaskActor::Server, None, events).await?;
                 let (status, dataset, diag) = if counts.finished == counts.total {
                     (TaskStatus::Done, DatasetStatus::Done, String::new())

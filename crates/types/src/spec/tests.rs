@@ -63,6 +63,8 @@ fn valid_generated_spec() {
             environment: BTreeMap::new(),
             queues: Vec::new(),
             code_sha256: None,
+            split: Default::default(),
+            requirements: Default::default(),
         }
     );
 }
@@ -327,6 +329,8 @@ fn every_error_is_reported_at_once() {
         queues: vec!["a b".to_owned()],
         code_sha256: "nope".to_owned(),
         schema_version: 7,
+        split: Default::default(),
+        requirements: Default::default(),
     };
     check_errors(
         draft,

@@ -437,7 +437,7 @@ impl InternalService for Api {
                 priority: j.priority,
             })
             .collect();
-        let ids = self.service.insert_jobs(task_id, jobs).await?;
+        let ids = self.service.insert_jobs_with(task_id, jobs, request.scouting).await?;
         Ok(Response::new(wire::InsertJobsResponse { job_ids: ids.into_iter().map(|id| id.0).collect() }))
     }
 
@@ -529,6 +529,7 @@ impl InternalService for Api {
                         size_bytes: f.size_bytes,
                         checksum: f.checksum,
                         status: f.status,
+                        ..Default::default()
                     })
                     .collect(),
             }),

@@ -2,11 +2,13 @@
 //! No business rules live here.
 
 mod cache;
+mod catalog;
 mod convert;
 mod handlers;
 mod logs;
 mod watch;
 
 pub use cache::CacheApi;
+pub use catalog::{CatalogApi, GenerationApi};
 pub use handlers::Api;
 pub use logs::LogApi;

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0004DispatchIndex));
         all.push(Box::new(M0005CacheAndLogs));
         all.push(Box::new(M0006JobStateTimes));
+        all.push(Box::new(M0007CatalogAndBrokerage));
         all
     }
 }
@@ -292,6 +293,52 @@ impl MigrationTrait for M0006JobStateTimes {
                 .alter_table(Table::alter().table("jobs").add_column(string("error_source").default("")).to_owned())
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// The data catalog's events per file and replica sites, and JEDI's brokerage explanations
+/// (the latest per task, as the encoded `BrokerageExplanation` message).
+struct M0007CatalogAndBrokerage;
+
+impl MigrationName for M0007CatalogAndBrokerage {
+    fn name(&self) -> &str {
+        "server_m0007_catalog_and_brokerage"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0007CatalogAndBrokerage {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if !manager.has_column("files", "n_events").await? {
+            manager
+                .alter_table(Table::alter().table("files").add_column(big_integer("n_events").default(0)).to_owned())
+                .await?;
+        }
+        manager
+            .create_table(
+                Table::create()
+                    .table("file_replicas")
+                    .if_not_exists()
+                    .col(big_integer("file_id"))
+                    .col(string("site"))
+                    .primary_key(Index::create().col("file_id").col("site"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("brokerage_decisions")
+                    .if_not_exists()
+                    .col(big_integer("task_id").primary_key())
+                    .col(boolean("pending"))
+                    .col(text("summary"))
+                    .col(blob("body"))
+                    .col(timestamp_with_time_zone("decided_at"))
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 
 mod bulk;
 mod cache;
+mod catalog;
 mod entities;
 mod logs;
 pub mod migration;
@@ -31,6 +32,7 @@ use crate::model::{
 };
 
 pub use self::cache::ArchiveRecord;
+pub use self::catalog::CatalogEntry;
 pub use self::logs::LogSizes;
 
 /// Filters of `list_tasks`.

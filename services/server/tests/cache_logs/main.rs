@@ -236,7 +236,12 @@ async fn held_job(f: &Fixture, code_sha256: &str) -> (u64, String) {
     let request = wire::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() };
     let task_id = f.client.tasks.clone().submit_task(request).await.unwrap().into_inner().task_id;
     let job = wire::NewJob { job_index: 1, queue: "q".into(), command: "true".into(), ..Default::default() };
-    f.client.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![job] }).await.unwrap();
+    f.client
+        .internal
+        .clone()
+        .insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![job], scouting: false })
+        .await
+        .unwrap();
     let request = wire::GetJobRequest { queue: "q".into(), node: "n".into(), n_jobs: 1, ..Default::default() };
     let dispatched = f.client.pilot.clone().get_job(request).await.unwrap().into_inner().jobs.remove(0);
     assert_eq!(dispatched.code_sha256, code_sha256);
