@@ -7,8 +7,8 @@
 //! second, GetJob and UpdateJob latency percentiles, and how many jobs were handed out twice
 //! (must be 0).
 
-mod harvester;
 mod brokerage;
+mod harvester;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

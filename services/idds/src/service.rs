@@ -931,6 +931,10 @@ fn wire_spec(task: TaskTemplate, user: &str) -> server::TaskSpec {
         queues: task.queues,
         code_sha256: task.code_sha256,
         schema_version: 0,
+        // Works do not carry JEDI's split rules or brokerage requirements yet: the server's
+        // defaults apply (one job per file, or n_jobs).
+        split: None,
+        requirements: None,
     }
 }
 

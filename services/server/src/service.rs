@@ -185,7 +185,7 @@ impl Service {
         let now = Utc::now();
         let task = self.store.insert_task(&txn, &spec, idempotency_key.as_deref(), now).await?;
         if let Some(output) = &spec.output_dataset {
-            self.store.insert_dataset(&txn, output, task.id, now).await?;
+            self.store.insert_dataset(&txn, output, task.id, DatasetStatus::Defined, now).await?;
         }
         info!(entity = "task", id = %task.id, to = %task.status, "task registered");
         self.metrics.tasks_submitted.inc();

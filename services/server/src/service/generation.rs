@@ -2,7 +2,7 @@
 //! a changed resource request), and breaking a task that cannot run. Each is one transaction.
 
 use chrono::Utc;
-use panda_types::{DatasetStatus, JobId, JobStatus, Resources, StateMachine, TaskActor, TaskId, TaskStatus};
+use panda_types::{DataActor, DatasetStatus, JobId, JobStatus, Resources, StateMachine, TaskActor, TaskId, TaskStatus};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tracing::{info, instrument};
 
@@ -114,7 +114,9 @@ impl Service {
         self.move_task(&txn, &mut task, TaskStatus::ToBroken, TaskActor::Jedi, Some(reason.clone()), &mut events)
             .await?;
         self.move_task(&txn, &mut task, TaskStatus::Broken, TaskActor::Jedi, Some(reason), &mut events).await?;
-        self.store.set_task_datasets_status(&txn, task_id, DatasetStatus::Failed, Utc::now()).await?;
+        self.store
+            .set_task_datasets_status(&txn, task_id, DataActor::Server, DatasetStatus::Failed, Utc::now())
+            .await?;
         self.commit(txn, events).await?;
         Ok(task)
     }

@@ -100,11 +100,10 @@ impl Store {
         files: &[CatalogEntry],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.insert_dataset(conn, name, TaskId(0), now).await?;
+        self.insert_dataset(conn, name, TaskId(0), DatasetStatus::Done, now).await?;
         let Some((dataset_id, _, _)) = self.find_dataset(conn, name).await? else {
             return Err(crate::error::Error::DatasetNotFound { name: name.to_owned() });
         };
-        self.set_dataset_status(conn, dataset_id, DatasetStatus::Done, now).await?;
         for file in files {
             let row = catalog_file::ActiveModel {
                 dataset_id: Set(dataset_id),
@@ -123,24 +122,6 @@ impl Store {
                 replica::ActiveModel { file_id: Set(row.id), site: Set(site.clone()) }.insert(conn).await?;
             }
         }
-        Ok(())
-    }
-
-    async fn set_dataset_status(
-        &self,
-        conn: &impl ConnectionTrait,
-        dataset_id: i64,
-        status: DatasetStatus,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        use super::entities::dataset;
-        use sea_orm::sea_query::Expr;
-        dataset::Entity::update_many()
-            .col_expr(dataset::Column::Status, Expr::value(status.as_str()))
-            .col_expr(dataset::Column::ModifiedAt, Expr::value(now))
-            .filter(dataset::Column::Id.eq(dataset_id))
-            .exec(conn)
-            .await?;
         Ok(())
     }
 

@@ -415,18 +415,20 @@ impl Store {
         Ok(counts)
     }
 
-    /// Creates a dataset.
+    /// Creates a dataset in its entry state: `defined` for a task's output, `done` for a complete
+    /// dataset registered in the catalog from outside.
     pub async fn insert_dataset(
         &self,
         conn: &impl ConnectionTrait,
         name: &str,
         task_id: TaskId,
+        status: DatasetStatus,
         now: DateTime<Utc>,
     ) -> Result<()> {
         dataset::ActiveModel {
             name: Set(name.to_owned()),
             task_id: Set(to_i64(task_id.0)),
-            status: Set(DatasetStatus::Defined.as_str().to_owned()),
+            status: Set(status.as_str().to_owned()),
             created_at: Set(now),
             modified_at: Set(now),
             ..Default::default()
