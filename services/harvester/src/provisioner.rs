@@ -741,19 +741,7 @@ mod tests {
         let test_db = TestDb::sqlite_temp();
         let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
         let plugin = Arc::new(Scripted::default());
-        let plugins = Plugins { submitter: plugin.clone(), monitor: plugin.clone(), sweeper: plugin.clone() };
-        let config = QueueFile::embedded_default(1).queues.remove("local").unwrap();
-        let queue = Queue { name: "q".into(), config, plugins };
-        let provisioner = Provisioner::new(
-            "h".into(),
-            BTreeMap::from([("q".to_owned(), queue.clone())]),
-            db.clone(),
-            Outbox::new(db.clone()),
-            ServerClient::new("http://127.0.0.1:1").unwrap(),
-            "http://127.0.0.1:1".into(),
-            std::env::temp_dir(),
-            Duration::from_secs(3600),
-        );
+        let (provisioner, queue) = provisioner_on(&db, &plugin, 1);
         let worker = store::insert_pending(&db, "q", &std::env::temp_dir()).await.unwrap();
         store::set_status(&db, worker.id, WorkerStatus::Submitted, Some("7"), None, "").await.unwrap();
         let reread = || async { store::list(&db, Some("q"), 1).await.unwrap().remove(0) };
