@@ -12,31 +12,6 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use super::{Store, to_i64};
 use crate::error::Result;
 
-pub(crate) mod catalog_file {
-    use sea_orm::entity::prelude::*;
-
-    /// The `files` table with the catalog's columns.
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "files")]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i64,
-        pub dataset_id: i64,
-        pub lfn: String,
-        pub job_id: i64,
-        pub status: String,
-        pub size_bytes: i64,
-        pub checksum: String,
-        pub n_events: i64,
-        pub modified_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub(crate) mod replica {
     use sea_orm::entity::prelude::*;
 
@@ -105,7 +80,7 @@ impl Store {
             return Err(crate::error::Error::DatasetNotFound { name: name.to_owned() });
         };
         for file in files {
-            let row = catalog_file::ActiveModel {
+            let row = super::entities::file::ActiveModel {
                 dataset_id: Set(dataset_id),
                 lfn: Set(file.lfn.clone()),
                 job_id: Set(0),
@@ -132,7 +107,7 @@ impl Store {
         dataset_id: i64,
     ) -> Result<HashMap<String, (u64, Vec<String>)>> {
         let rows =
-            catalog_file::Entity::find().filter(catalog_file::Column::DatasetId.eq(dataset_id)).all(conn).await?;
+            super::entities::file::Entity::find().filter(super::entities::file::Column::DatasetId.eq(dataset_id)).all(conn).await?;
         let mut by_id: HashMap<i64, (String, u64, Vec<String>)> =
             rows.into_iter().map(|r| (r.id, (r.lfn, u64::try_from(r.n_events).unwrap_or(0), Vec::new()))).collect();
         let ids: Vec<i64> = by_id.keys().copied().collect();

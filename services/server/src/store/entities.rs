@@ -62,6 +62,8 @@ pub(crate) mod file {
         pub status: String,
         pub size_bytes: i64,
         pub checksum: String,
+        /// Events in the file (catalog inputs; 0 when unknown).
+        pub n_events: i64,
         pub modified_at: DateTimeUtc,
     }
 
