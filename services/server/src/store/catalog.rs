@@ -106,8 +106,10 @@ impl Store {
         conn: &impl ConnectionTrait,
         dataset_id: i64,
     ) -> Result<HashMap<String, (u64, Vec<String>)>> {
-        let rows =
-            super::entities::file::Entity::find().filter(super::entities::file::Column::DatasetId.eq(dataset_id)).all(conn).await?;
+        let rows = super::entities::file::Entity::find()
+            .filter(super::entities::file::Column::DatasetId.eq(dataset_id))
+            .all(conn)
+            .await?;
         let mut by_id: HashMap<i64, (String, u64, Vec<String>)> =
             rows.into_iter().map(|r| (r.id, (r.lfn, u64::try_from(r.n_events).unwrap_or(0), Vec::new()))).collect();
         let ids: Vec<i64> = by_id.keys().copied().collect();
