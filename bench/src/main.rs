@@ -134,7 +134,11 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         .into_inner()
         .task_id;
     let seed = wire::NewJob { job_index: 0, queue: "bench-seed".into(), command: "true".into(), ..Default::default() };
-    client.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![seed], scouting: false }).await?;
+    client
+        .internal
+        .clone()
+        .insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![seed], scouting: false, merge: false })
+        .await?;
     let db = panda_db::connect(&url, Some(2)).await?;
     let started = Instant::now();
     preload(&db, task_id, "activated", args.jobs).await?;

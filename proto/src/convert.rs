@@ -135,6 +135,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
                     excluded_queues: r.excluded_queues,
                 })
                 .unwrap_or_default(),
+            merge_command: spec.merge_command,
         }
     }
 }
@@ -159,6 +160,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
             environment: spec.environment.into_iter().collect(),
             queues: spec.queues.into_iter().map(String::from).collect(),
             code_sha256: spec.code_sha256.unwrap_or_default(),
+            merge_command: spec.merge_command.unwrap_or_default(),
             schema_version: panda_types::spec::TASK_SCHEMA_VERSION,
             split: (spec.split != panda_types::spec::SplitRules::default()).then(|| {
                 let r = spec.split;

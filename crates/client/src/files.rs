@@ -57,6 +57,9 @@ pub struct TaskFile {
     /// Brokerage requirements.
     #[serde(default)]
     requirements: Option<RequirementsFile>,
+    /// Command of the merge jobs (with `split.merge_files_per_job`).
+    #[serde(default)]
+    merge_command: String,
 }
 
 /// `split:` of a task file.
@@ -114,6 +117,7 @@ impl TaskFile {
             environment: self.environment.into_iter().collect(),
             queues: self.queues,
             code_sha256: self.code_sha256,
+            merge_command: self.merge_command,
             schema_version: self.schema_version,
             split: self.split.map(|s| server::SplitRules {
                 events_per_job: s.events_per_job,

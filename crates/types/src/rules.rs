@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::FieldError;
 
-/// Attempts per input file when the task does not say: one, so a task without retry rules
-/// behaves as before they existed (the reference's ContentsFeeder default is 3).
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 1;
+/// Attempts per input file when the task does not say: three, the reference's ContentsFeeder
+/// default (a transient site problem should not fail a user's file); `max_attempts: 1` turns
+/// automatic retries off.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most scouts a task may ask for (the reference generates up to 10).
 pub const MAX_SCOUTS: u32 = 10;
 

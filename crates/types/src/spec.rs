@@ -91,6 +91,19 @@ pub struct TaskSpec {
     /// What a queue must offer beyond resources.
     #[serde(default)]
     pub requirements: Requirements,
+    /// Command of the merge jobs (`split.merge_files_per_job`); none: [`DEFAULT_MERGE_COMMAND`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_command: Option<String>,
+}
+
+/// What a merge job runs unless the task says: its inputs concatenated, in job order.
+pub const DEFAULT_MERGE_COMMAND: &str = "cat {inputs} > {output}";
+
+impl TaskSpec {
+    /// The merge jobs' command.
+    pub fn merge_command(&self) -> &str {
+        self.merge_command.as_deref().unwrap_or(DEFAULT_MERGE_COMMAND)
+    }
 }
 
 /// A task specification as received, before validation (every field optional).
@@ -127,12 +140,18 @@ pub struct TaskSpecDraft {
     pub split: SplitRulesDraft,
     /// Brokerage requirements.
     pub requirements: Requirements,
+    /// See [`TaskSpec::merge_command`]; empty for the default.
+    pub merge_command: String,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
 /// make an old client's parameters mean something else gets a new version; old versions are
 /// refused with a message rather than misread.
-pub const TASK_SCHEMA_VERSION: u32 = 1;
+pub const TASK_SCHEMA_VERSION: u32 = 2;
+
+/// Older versions still accepted, read with their own meaning: version 1 did not retry failed
+/// files unless `split.max_attempts` said so (version 2 retries three times by default).
+pub const OLDER_TASK_SCHEMA_VERSIONS: &[u32] = &[1];
 
 /// Most payload environment variables per task.
 pub const MAX_ENVIRONMENT_ENTRIES: usize = 256;
@@ -170,19 +189,26 @@ impl TaskSpecDraft {
     ///
     /// # Errors
     /// One [`FieldError`] per problem, fields named `task.<field>`.
-    pub fn validate(self) -> Result<TaskSpec, Vec<FieldError>> {
+    pub fn validate(mut self) -> Result<TaskSpec, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut bad = |field: &str, message: String| errors.push(FieldError::new(format!("task.{field}"), message));
 
-        if self.schema_version != 0 && self.schema_version != TASK_SCHEMA_VERSION {
+        let known = self.schema_version == 0
+            || self.schema_version == TASK_SCHEMA_VERSION
+            || OLDER_TASK_SCHEMA_VERSIONS.contains(&self.schema_version);
+        if !known {
             bad(
                 "schema_version",
                 format!(
-                    "version {} is not supported; this server accepts version {TASK_SCHEMA_VERSION} \
+                    "version {} is not supported; this server accepts versions 1..={TASK_SCHEMA_VERSION} \
                      (docs/task-parameters.md), or 0 for the current one",
                     self.schema_version
                 ),
             );
+        }
+        // Version 1's default: no automatic retry.
+        if self.schema_version == 1 && self.split.max_attempts.is_none() {
+            self.split.max_attempts = Some(1);
         }
         if let Err(e) = check_name(&self.name, 200) {
             bad("name", e);
@@ -301,6 +327,23 @@ impl TaskSpecDraft {
             bad("code_sha256", e);
         }
         let split = self.split.validate(self.files_per_job, !self.input_datasets.is_empty(), &mut errors);
+        let merge_command = (!self.merge_command.trim().is_empty()).then(|| self.merge_command.clone());
+        if let Some(command) = &merge_command {
+            let problem = if split.merge_files_per_job.is_none() {
+                Some("needs task.split.merge_files_per_job (merge jobs run it)".to_owned())
+            } else if command.len() > 64 * 1024 {
+                Some(format!("must be at most 65536 bytes (got {})", command.len()))
+            } else if let Err(e) = check_placeholders(command) {
+                Some(e)
+            } else if !command.contains("{output}") {
+                Some("must write {output} (the merged file the job declares)".to_owned())
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                errors.push(FieldError::new("task.merge_command".to_owned(), message));
+            }
+        }
         self.requirements.validate(&mut errors);
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
@@ -316,6 +359,7 @@ impl TaskSpecDraft {
                 code_sha256,
                 split,
                 requirements: self.requirements,
+                merge_command,
             }),
             _ => Err(errors),
         }

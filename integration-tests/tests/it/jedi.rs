@@ -1,5 +1,6 @@
 //! JEDI end to end (embedded): scouts, then the rest of the jobs; a failing file retried until
-//! its attempts run out; a task whose scouts all fail is broken; brokerage explained.
+//! its attempts run out; a task whose scouts all fail is broken; brokerage explained; job events
+//! alone driving retries and merge jobs.
 
 use std::time::Duration;
 
@@ -209,4 +210,68 @@ fn spec_with_rules(split: server::SplitRules) -> server::TaskSpec {
         split: Some(split),
         ..Default::default()
     }
+}
+
+/// With the sweep effectively off, job events alone drive JEDI: a file that fails its first
+/// attempt is retried (the default three attempts), and once every job has ended the merge jobs
+/// (`merge_files_per_job: 2`) run over the outputs; the task ends `done` with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_events_drive_retries_and_merge_jobs_without_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.jedi.sweep_interval = Duration::from_secs(3600);
+    let cluster = start(config, PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let storage = dir.path().join("storage");
+    let mut names: Vec<String> = (1..=4).map(|i| format!("m.in._{i:06}")).collect();
+    names[2] = "m.in._000003.flaky".into();
+    register(&server, &storage, "m.in", &names).await;
+    let flag = dir.path().join("failed-once");
+    let spec = server::TaskSpec {
+        name: "merged".into(),
+        // The flaky file fails its first attempt only.
+        command: format!(
+            "case '{{inputs}}' in *flaky*) if [ ! -e {flag} ]; then touch {flag}; exit 3; fi;; esac; cat {{inputs}} > {{output}}",
+            flag = flag.display()
+        ),
+        input_datasets: vec!["m.in".into()],
+        files_per_job: Some(1),
+        output_dataset: "m.out".into(),
+        split: Some(server::SplitRules { merge_files_per_job: Some(2), ..Default::default() }),
+        ..Default::default()
+    };
+    let task_id = submit(&server, spec).await;
+    let task = await_task(&server, task_id, TaskStatus::Done, Duration::from_secs(120)).await;
+    assert_eq!(task.error_diag, "");
+
+    let jobs = jobs_of(&server, task_id).await;
+    let flaky: Vec<&server::Job> = jobs.iter().filter(|j| j.input_files.iter().any(|f| f.contains("flaky"))).collect();
+    assert_eq!(
+        flaky.iter().map(|j| (j.attempt_nr, j.status)).collect::<Vec<_>>(),
+        vec![(1, JobStatus::Failed as i32), (2, JobStatus::Finished as i32)]
+    );
+    let mut merges: Vec<&server::Job> = jobs.iter().filter(|j| j.merge).collect();
+    merges.sort_by_key(|j| j.job_index);
+    assert_eq!(merges.iter().map(|j| j.job_index).collect::<Vec<_>>(), vec![5, 6], "{jobs:#?}");
+    assert!(merges.iter().all(|j| j.status == JobStatus::Finished as i32 && j.input_files.len() == 2));
+    // Each merge job was created after every processing job had ended.
+    let last_end =
+        jobs.iter().filter(|j| !j.merge).filter_map(|j| j.ended_at.as_ref().map(|t| (t.seconds, t.nanos))).max();
+    let first_merge = merges.iter().filter_map(|j| j.created_at.as_ref().map(|t| (t.seconds, t.nanos))).min();
+    assert!(first_merge >= last_end, "merge jobs before the last processing job ended");
+    // The merged files hold their inputs' outputs, in order.
+    let merged = std::fs::read_to_string(storage.join("m.out.merged._000005")).unwrap();
+    assert_eq!(merged, "content of m.in._000001\ncontent of m.in._000002\n");
+    let out = server
+        .internal
+        .clone()
+        .get_dataset(server::GetDatasetRequest { name: "m.out".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .dataset
+        .unwrap();
+    assert_eq!(out.status, "done");
+    assert!(out.files.iter().any(|f| f.lfn == "m.out.merged._000006" && f.status == "finished"), "{out:#?}");
+    cluster.stop().await.unwrap();
 }

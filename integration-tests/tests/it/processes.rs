@@ -376,7 +376,11 @@ async fn two_server_replicas_on_one_database_dispatch_each_job_once() {
     let jobs: Vec<wire::NewJob> = (1..=n_jobs)
         .map(|i| wire::NewJob { job_index: i, queue: "q".into(), command: "true".into(), ..Default::default() })
         .collect();
-    a.internal.clone().insert_jobs(wire::InsertJobsRequest { task_id, jobs, scouting: false }).await.unwrap();
+    a.internal
+        .clone()
+        .insert_jobs(wire::InsertJobsRequest { task_id, jobs, scouting: false, merge: false })
+        .await
+        .unwrap();
 
     // Pilots take jobs from one replica and report through the other.
     let mut pilots = Vec::new();

@@ -930,6 +930,7 @@ fn wire_spec(task: TaskTemplate, user: &str) -> server::TaskSpec {
         environment: task.environment.into_iter().collect(),
         queues: task.queues,
         code_sha256: task.code_sha256,
+        merge_command: String::new(),
         schema_version: 0,
         // Works do not carry JEDI's split rules or brokerage requirements yet: the server's
         // defaults apply (one job per file, or n_jobs).

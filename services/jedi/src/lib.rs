@@ -1,12 +1,15 @@
-//! JEDI: turns tasks into jobs. It follows `task.registered` events (and sweeps registered and
-//! pending tasks periodically as a safety net), splits each task into jobs (`split`), brokers
-//! them to queues (`brokerage`) and inserts them through the server's internal API in one call.
-//! JEDI keeps no state of its own: the server's task states are its work queue.
+//! JEDI: turns tasks into jobs. It follows `task.registered` events, splits each task into jobs
+//! (`split`), brokers them to queues (`brokerage`) and inserts them through the server's internal
+//! API in one call; it follows `job.finished|failed|cancelled` events to judge scouts, retry
+//! failed jobs and generate merge jobs (`attention` coalesces them per task); a periodic sweep
+//! is the safety net for lost events and pending tasks. JEDI keeps no state of its own: the
+//! server's task states are its work queue.
 //!
 //! Modules: `config`, `error`; pure domain logic: `split` (splitting rules), `brokerage`
 //! (filters, weight, explanations, global shares), `scouting` (scout verdict and re-tuning),
 //! `retry` (next attempt of a failed job); `service` (the generator); JediService in this file.
 
+pub mod attention;
 pub mod brokerage;
 pub mod config;
 pub mod error;
@@ -18,7 +21,7 @@ pub mod split;
 use std::sync::Arc;
 
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
-use panda_proto::events::v1::TaskStatusChanged;
+use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
 use panda_proto::jedi::v1 as wire;
 use panda_proto::jedi::v1::jedi_service_server::{JediService, JediServiceServer};
 use panda_runtime::Listeners;
@@ -71,6 +74,37 @@ impl Handler for TaskEvents {
     }
 }
 
+/// A job ended: its task may need a scout verdict, a retry or merge jobs.
+struct JobEvents {
+    attention: Arc<attention::Attention>,
+}
+
+#[tonic::async_trait]
+impl Handler for JobEvents {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandleError> {
+        let body: JobStatusChanged = event.decode().map_err(|e| HandleError::Reject(e.to_string()))?;
+        self.attention.mark(TaskId(body.task_id));
+        Ok(())
+    }
+}
+
+/// Processes the marked tasks, round after round, until `shutdown`.
+async fn attend(jedi: Jedi, attention: Arc<attention::Attention>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = attention.marked() => {}
+        }
+        for task_id in attention.take() {
+            match jedi.process_task(task_id).await {
+                Ok(outcome) => tracing::debug!(task_id = %task_id, ?outcome, "job events processed"),
+                // The sweep finds the task again.
+                Err(error) => warn!(task_id = %task_id, %error, "could not process a task after its jobs' events"),
+            }
+        }
+    }
+}
+
 struct Api {
     jedi: Jedi,
 }
@@ -111,6 +145,16 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
+    let attention = Arc::new(attention::Attention::default());
+    let job_consumer = deps
+        .bus
+        .consume(
+            Subscription::new(deps.bus.queue_name("jedi", "jobs"), ["job.finished", "job.failed", "job.cancelled"]),
+            Arc::new(JobEvents { attention: attention.clone() }),
+            shutdown.clone(),
+        )
+        .await?;
+    let attendant = tokio::spawn(attend(jedi.clone(), attention, shutdown.clone()));
     let sweeper = {
         let jedi = jedi.clone();
         panda_runtime::task::every("task-sweep", config.sweep_interval, shutdown.clone(), move || {
@@ -132,6 +176,8 @@ pub async fn run(
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer.await;
+    let _ = job_consumer.await;
+    let _ = attendant.await;
     let _ = sweeper.await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -1,6 +1,7 @@
 //! Retries of failed files: a failed job's files get another job until their attempts run out,
 //! with a changed resource request when the error says so (the reference's retry module,
-//! §5.5): out of memory → more memory; walltime exceeded → longer and smaller jobs. Pure.
+//! §5.5): out of memory → more memory; walltime exceeded → a longer walltime (the reference may
+//! also shrink the job; here the job keeps its input, see ARCHITECTURE.md). Pure.
 
 use panda_types::Resources;
 
@@ -31,14 +32,12 @@ pub struct FailedAttempt {
 /// What to do with a failed job's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryAction {
-    /// Run them again with this request; `split` asks for the job's input to be halved.
+    /// Run them again with this request.
     Retry {
         /// The next attempt's request.
         resources: Resources,
         /// Why the request changed (empty: unchanged).
         change: String,
-        /// Halve the input per job (events or files).
-        split: bool,
     },
     /// Attempts exhausted: the files are failed.
     GiveUp {
@@ -74,21 +73,16 @@ pub fn decide(attempt: &FailedAttempt, max_attempts: u32, resources: Resources) 
         return RetryAction::Retry {
             change: format!("out of memory: memory {} → {memory} MB", resources.memory_mb),
             resources: Resources { memory_mb: memory, ..resources },
-            split: false,
         };
     }
     if out_of_time(attempt) {
         let walltime = if resources.walltime_seconds == 0 { 0 } else { resources.walltime_seconds * 2 };
         return RetryAction::Retry {
-            change: format!(
-                "walltime exceeded: walltime {}s → {walltime}s, input per job halved",
-                resources.walltime_seconds
-            ),
+            change: format!("walltime exceeded: walltime {}s → {walltime}s", resources.walltime_seconds),
             resources: Resources { walltime_seconds: walltime, ..resources },
-            split: true,
         };
     }
-    RetryAction::Retry { resources, change: String::new(), split: false }
+    RetryAction::Retry { resources, change: String::new() }
 }
 
 #[cfg(test)]
@@ -100,10 +94,7 @@ mod tests {
     #[test]
     fn plain_failure_retries_unchanged() {
         let a = FailedAttempt { attempt_nr: 1, error_code: 1305, error_diag: "exit 1".into(), max_rss_kb: 0 };
-        assert_eq!(
-            decide(&a, 3, REQUEST),
-            RetryAction::Retry { resources: REQUEST, change: String::new(), split: false }
-        );
+        assert_eq!(decide(&a, 3, REQUEST), RetryAction::Retry { resources: REQUEST, change: String::new() });
     }
 
     #[test]
@@ -114,21 +105,21 @@ mod tests {
             max_rss_kb: 3000 * 1024,
             ..Default::default()
         };
-        let RetryAction::Retry { resources, change, split } = decide(&a, 3, REQUEST) else { panic!() };
+        let RetryAction::Retry { resources, change } = decide(&a, 3, REQUEST) else { panic!() };
         assert_eq!(resources.memory_mb, 4500);
         assert!(change.starts_with("out of memory"), "{change}");
-        assert!(!split);
         let by_diag = FailedAttempt { attempt_nr: 1, error_diag: "Killed: Out Of Memory".into(), ..Default::default() };
         let RetryAction::Retry { resources, .. } = decide(&by_diag, 3, REQUEST) else { panic!() };
         assert_eq!(resources.memory_mb, 4000);
     }
 
     #[test]
-    fn walltime_exceeded_asks_for_longer_smaller_jobs() {
+    fn walltime_exceeded_asks_for_a_longer_walltime() {
         let a = FailedAttempt { attempt_nr: 2, error_code: REACHED_MAX_TIME, ..Default::default() };
-        let RetryAction::Retry { resources, split, .. } = decide(&a, 3, REQUEST) else { panic!() };
+        let RetryAction::Retry { resources, change } = decide(&a, 3, REQUEST) else { panic!() };
         assert_eq!(resources.walltime_seconds, 7200);
-        assert!(split);
+        assert_eq!(resources.memory_mb, REQUEST.memory_mb);
+        assert_eq!(change, "walltime exceeded: walltime 3600s → 7200s");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 use panda_client::ServerClient;
 use panda_proto::convert::WireEnum;
 use panda_proto::server::v1 as wire;
+use panda_types::rules::DEFAULT_MAX_ATTEMPTS;
 use panda_types::spec::{TaskInput, TaskSpecDraft};
 use panda_types::{JobStatus, Resources, StateMachine, TaskId, TaskSpec, TaskStatus};
 use tracing::{info, instrument, warn};
@@ -27,6 +28,8 @@ pub enum Outcome {
     Skipped(TaskStatus),
     /// Failed jobs got their next attempt.
     Retried(usize),
+    /// The task's merge jobs were inserted.
+    Merging(usize),
     /// The task cannot run (bad input, every scout failed): broken with this reason.
     Broken(String),
 }
@@ -97,6 +100,7 @@ impl Jedi {
         {
             return Ok(Outcome::Skipped(status));
         }
+        let counts = task.job_counts.unwrap_or_default();
         let spec = task.spec.ok_or(Error::Protocol { call: "GetTask", task_id, detail: "no spec".into() })?;
         let spec = TaskSpecDraft::from(spec).validate().map_err(|errors| Error::Protocol {
             call: "GetTask",
@@ -105,7 +109,7 @@ impl Jedi {
         })?;
         match status {
             TaskStatus::Scouting => self.after_scouts(task_id, &spec).await,
-            TaskStatus::Running => self.retry_failed(task_id, &spec).await,
+            TaskStatus::Running => self.running(task_id, &spec, &counts).await,
             _ => self.generate(task_id, &spec).await,
         }
     }
@@ -270,7 +274,7 @@ impl Jedi {
             .server
             .internal
             .clone()
-            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting })
+            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting, merge: false })
             .await
         {
             Ok(_) => {
@@ -364,6 +368,99 @@ impl Jedi {
                 info!(task_id = %task_id, ?tuning, jobs = rest.len(), "scouts done; generating the rest");
                 self.broker_and_insert(task_id, spec, rest, resources, &files, false).await
             }
+        }
+    }
+
+    /// A running task: its failed jobs' next attempts first; once every job has ended, its merge
+    /// jobs if it merges.
+    async fn running(&self, task_id: TaskId, spec: &TaskSpec, counts: &wire::JobCounts) -> Result<Outcome, Error> {
+        if counts.failed > 0 {
+            let retried = self.retry_failed(task_id, spec).await?;
+            if matches!(retried, Outcome::Retried(_)) {
+                return Ok(retried);
+            }
+        }
+        let live = counts.total.saturating_sub(counts.finished + counts.failed + counts.cancelled);
+        match spec.split.merge_files_per_job {
+            Some(files_per_job) if live == 0 && counts.finished > 0 => self.merge(task_id, spec, files_per_job).await,
+            _ => Ok(Outcome::Skipped(TaskStatus::Running)),
+        }
+    }
+
+    /// Merge jobs over the outputs of the task's finished jobs, `files_per_job` each, inserted
+    /// once (the server refuses a second batch).
+    async fn merge(&self, task_id: TaskId, spec: &TaskSpec, files_per_job: u32) -> Result<Outcome, Error> {
+        let jobs = self.current_jobs(task_id).await?;
+        if jobs.iter().any(|j| j.merge) {
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        }
+        let Some(dataset) = spec.output_dataset.as_deref() else {
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        };
+        // The produced outputs, in job order (the dataset knows which were produced).
+        let produced: std::collections::HashSet<String> = self
+            .server
+            .catalog
+            .clone()
+            .get_dataset_contents(wire::GetDatasetContentsRequest { name: dataset.to_owned() })
+            .await
+            .map_err(|status| Error::Server { call: "GetDatasetContents", task_id, status })?
+            .into_inner()
+            .dataset
+            .map(|d| d.files.into_iter().filter(|f| f.status == "finished").map(|f| f.lfn).collect())
+            .unwrap_or_default();
+        let outputs: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Finished.to_wire())
+            .flat_map(|j| j.output_files.iter().map(|f| f.lfn.clone()))
+            .filter(|lfn| produced.contains(lfn))
+            .collect();
+        if outputs.is_empty() {
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        }
+        let first_index = jobs.iter().map(|j| j.job_index).max().unwrap_or(0) + 1;
+        let plans = split::merge_plans(task_id, dataset, spec.merge_command(), &outputs, files_per_job, first_index);
+        let snapshot = self.snapshot(task_id).await?;
+        let request = Self::request(task_id, spec, spec.resources, &[], plans.len() as u32);
+        let decision = brokerage::broker(&snapshot, &request, &mut Vec::new());
+        let queues = decision.queue_names(&snapshot);
+        if queues.is_empty() {
+            // Stays running; the next sweep tries again when a queue is back.
+            warn!(task_id = %task_id, reason = %decision.explanation.summary(), "no queue for the merge jobs");
+            return Ok(Outcome::Skipped(TaskStatus::Running));
+        }
+        let jobs: Vec<wire::NewJob> = plans
+            .into_iter()
+            .zip(queues)
+            .map(|(plan, queue)| wire::NewJob {
+                job_index: plan.index,
+                queue: queue.to_owned(),
+                environment: spec.environment.clone().into_iter().collect(),
+                command: plan.command,
+                input_files: plan.inputs,
+                output_files: plan.outputs,
+                resources: Some(spec.resources.into()),
+                priority: spec.priority,
+            })
+            .collect();
+        let n = jobs.len();
+        match self
+            .server
+            .internal
+            .clone()
+            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting: false, merge: true })
+            .await
+        {
+            Ok(_) => {
+                info!(task_id = %task_id, jobs = n, "merge jobs generated");
+                self.stats.jobs_generated.inc_by(n as u64);
+                Ok(Outcome::Merging(n))
+            }
+            // Inserted by another delivery, or the task moved on.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Ok(Outcome::Skipped(TaskStatus::Running))
+            }
+            Err(status) => Err(Error::Server { call: "InsertJobs", task_id, status }),
         }
     }
 
@@ -493,14 +590,8 @@ impl Jedi {
                 .await?
                 .into_inner();
             for task in page.tasks {
-                // Running tasks need a look only when a job failed and the task retries.
-                if task.status == TaskStatus::Running.to_wire() {
-                    let failed = task.job_counts.map_or(0, |c| c.failed);
-                    let retries =
-                        task.spec.as_ref().and_then(|s| s.split.as_ref()).and_then(|s| s.max_attempts).unwrap_or(1);
-                    if failed == 0 || retries <= 1 {
-                        continue;
-                    }
+                if task.status == TaskStatus::Running.to_wire() && !running_task_needs_jedi(&task) {
+                    continue;
                 }
                 match self.process_task(TaskId(task.task_id)).await {
                     Ok(Outcome::Generated(_)) => generated += 1,
@@ -514,6 +605,17 @@ impl Jedi {
             after = page.next_after;
         }
     }
+}
+
+/// Whether a running task waits for JEDI: a failed job it retries, or (every job ended, some
+/// finished) the merge jobs it asks for.
+fn running_task_needs_jedi(task: &wire::Task) -> bool {
+    let counts = task.job_counts.unwrap_or_default();
+    let split = task.spec.as_ref().and_then(|s| s.split.as_ref());
+    let retries = split.and_then(|s| s.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS) > 1;
+    let live = counts.total.saturating_sub(counts.finished + counts.failed + counts.cancelled);
+    let merges = split.is_some_and(|s| s.merge_files_per_job.is_some());
+    (counts.failed > 0 && retries) || (merges && live == 0 && counts.finished > 0)
 }
 
 /// The explanation as the server stores and shows it.

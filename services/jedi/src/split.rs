@@ -297,11 +297,13 @@ fn by_bytes(files: &[InputFile], max_bytes: u64) -> Vec<Chunk> {
     chunks
 }
 
-/// Merge jobs over a task's outputs: `files_per_job` outputs each, writing
-/// `<dataset>.merged._<NNNNNN>`, numbered after the task's last job (`first_index`).
+/// Merge jobs over a task's outputs: `files_per_job` outputs each, running `command` (the task's
+/// `merge_command`), writing `<dataset>.merged._<NNNNNN>`, numbered after the task's last job
+/// (`first_index`).
 pub fn merge_plans(
     task_id: TaskId,
     dataset: &str,
+    command: &str,
     outputs: &[String],
     files_per_job: u32,
     first_index: u32,
@@ -318,7 +320,7 @@ pub fn merge_plans(
                 event_ranges: Vec::new(),
                 n_events: 0,
                 input_bytes: 0,
-                command: render(task_id, "cat {inputs} > {output}", inputs, Some(&output), index),
+                command: render(task_id, command, inputs, Some(&output), index),
                 outputs: vec![output],
                 log_file: format!("{dataset}.log._{index:06}.tgz"),
             }

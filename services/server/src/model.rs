@@ -136,6 +136,19 @@ pub struct Job {
     pub state_times: StateTimes,
     /// Which part of the system the job's error comes from (empty without an error).
     pub error_source: ErrorSource,
+    /// A merge job over the task's outputs.
+    pub merge: bool,
+}
+
+/// Which of a task's jobs an insertion brings (JEDI's phases of a task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobBatch {
+    /// All the task's jobs, or the rest after its scouts.
+    Jobs,
+    /// The first few, run as scouts: the task goes to `scouting`.
+    Scouts,
+    /// Merge jobs over the outputs, once the other jobs have ended.
+    Merge,
 }
 
 /// When a job entered each state, kept as the JSON object it is stored as. Dispatch and reports
@@ -246,6 +259,8 @@ pub struct NewJob {
     pub resources: Resources,
     /// Priority.
     pub priority: i32,
+    /// A merge job (set by the server from the insertion's kind, not by the caller).
+    pub merge: bool,
 }
 
 /// What a pilot reports.

@@ -17,7 +17,7 @@ use tracing::{info, instrument};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
-use crate::model::{Dataset, FileRecord, Job, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
+use crate::model::{Dataset, FileRecord, Job, JobBatch, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
 use crate::store::{JobFilter, Store, TaskFilter};
 
 mod generation;
@@ -441,19 +441,33 @@ impl Service {
     /// INVALID_ARGUMENT for bad jobs, NOT_FOUND, FAILED_PRECONDITION when jobs exist already.
     #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len()))]
     pub async fn insert_jobs(&self, task_id: TaskId, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
-        self.insert_jobs_with(task_id, jobs, false).await
+        self.insert_jobs_with(task_id, jobs, JobBatch::Jobs).await
     }
 
-    /// [`Service::insert_jobs`]; with `scouting`, these are the task's scouts: it goes to
-    /// `scouting`, and a later call with the rest of its jobs moves it on to `running`.
+    /// [`Service::insert_jobs`] for one phase of the task: with [`JobBatch::Scouts`] the task goes
+    /// to `scouting`, and a later call with the rest of its jobs moves it on to `running`; with
+    /// [`JobBatch::Merge`] a running task whose jobs have all ended gets its merge jobs, once.
     ///
     /// # Errors
-    /// As [`Service::insert_jobs`].
-    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), scouting = scouting))]
-    pub async fn insert_jobs_with(&self, task_id: TaskId, mut jobs: Vec<NewJob>, scouting: bool) -> Result<Vec<JobId>> {
+    /// As [`Service::insert_jobs`]; for merge jobs, FAILED_PRECONDITION when the task does not
+    /// merge, still has live jobs, or has its merge jobs already.
+    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), batch = ?batch))]
+    pub async fn insert_jobs_with(
+        &self,
+        task_id: TaskId,
+        mut jobs: Vec<NewJob>,
+        batch: JobBatch,
+    ) -> Result<Vec<JobId>> {
         validate_new_jobs(&jobs)?;
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        for job in &mut jobs {
+            job.merge = batch == JobBatch::Merge;
+        }
+        if batch == JobBatch::Merge {
+            self.check_merge_insertion(&txn, &task).await?;
+        }
+        let scouting = batch == JobBatch::Scouts;
         // The job carries its task's code archive (the pilot gets it with the dispatch; users
         // cannot set PANDA_* variables themselves).
         if let Some(sha256) = &task.spec.code_sha256 {
@@ -462,6 +476,8 @@ impl Service {
             }
         }
         let path: &[TaskStatus] = match (task.status, scouting) {
+            // Merge jobs join a running task (checked above).
+            (TaskStatus::Running, false) if batch == JobBatch::Merge => &[],
             (TaskStatus::Registered | TaskStatus::Pending, false) => {
                 &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]
             }
@@ -492,7 +508,7 @@ impl Service {
             let diag = matches!(step, TaskStatus::Running | TaskStatus::Scouting).then(String::new);
             self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
         }
-        if output_dataset.is_some() {
+        if output_dataset.is_some() && batch != JobBatch::Merge {
             self.store
                 .set_task_datasets_status(&txn, task_id, DataActor::Jedi, DatasetStatus::Running, Utc::now())
                 .await?;
@@ -504,6 +520,38 @@ impl Service {
         self.commit(txn, events).await?;
         info!(entity = "task", id = %task_id, jobs = inserted.len(), "jobs inserted");
         Ok(inserted.into_iter().map(|j| j.id).collect())
+    }
+
+    /// Merge jobs are inserted once, into a running task that merges and whose jobs have all
+    /// ended, with something finished to merge.
+    async fn check_merge_insertion(&self, txn: &DatabaseTransaction, task: &Task) -> Result<()> {
+        let refuse = |why: &'static str| Error::TaskState {
+            task_id: task.id,
+            status: task.status,
+            action: "inserting merge jobs",
+            allowed: if why.is_empty() { "a running task" } else { why },
+        };
+        if task.status != TaskStatus::Running {
+            return Err(refuse(""));
+        }
+        if task.spec.split.merge_files_per_job.is_none() {
+            return Err(refuse("a task with split.merge_files_per_job"));
+        }
+        if self.store.has_unfinished_jobs(txn, task.id).await? {
+            return Err(refuse("a task whose jobs have all ended"));
+        }
+        if self.store.has_merge_jobs(txn, task.id).await? {
+            return Err(refuse("a task without merge jobs (they were inserted already)"));
+        }
+        Ok(())
+    }
+
+    /// Whether a drained running task still waits for JEDI's merge jobs: it merges, something
+    /// finished, and its merge jobs are not in yet.
+    async fn awaits_merge(&self, txn: &DatabaseTransaction, task: &Task, finished: u32) -> Result<bool> {
+        Ok(task.spec.split.merge_files_per_job.is_some()
+            && finished > 0
+            && !self.store.has_merge_jobs(txn, task.id).await?)
     }
 
     /// Parks a task in pending with a reason (JEDI found no queue, or its input is not ready).
@@ -591,6 +639,11 @@ impl Service {
             TaskStatus::Running if counts.total > 0 => {
                 // A failed job with attempts left gets its next attempt from JEDI first.
                 if self.has_retryable_failures(txn, task).await? {
+                    return Ok(());
+                }
+                // The outputs are complete: JEDI inserts the merge jobs next, and the task ends
+                // with them.
+                if self.awaits_merge(txn, task, counts.finished).await? {
                     return Ok(());
                 }
                 self.move_task(txn, task, TaskStatus::Prepared, TaskActor::Server, None, events).await?;

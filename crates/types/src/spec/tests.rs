@@ -65,6 +65,7 @@ fn valid_generated_spec() {
             code_sha256: None,
             split: Default::default(),
             requirements: Default::default(),
+            merge_command: None,
         }
     );
 }
@@ -299,6 +300,25 @@ fn queue_errors_name_the_index() {
 }
 
 #[test]
+fn merge_command_needs_merge_jobs_and_must_write_the_output() {
+    let merging = |command: &str| TaskSpecDraft {
+        merge_command: command.to_owned(),
+        split: crate::rules::SplitRulesDraft { merge_files_per_job: Some(10), ..Default::default() },
+        ..generated()
+    };
+    let spec = merging("hadd {output} {inputs}").validate().expect("valid");
+    assert_eq!(spec.merge_command(), "hadd {output} {inputs}");
+    assert_eq!(merging("  ").validate().expect("valid").merge_command(), crate::spec::DEFAULT_MERGE_COMMAND);
+    check_error(
+        TaskSpecDraft { merge_command: "hadd {output} {inputs}".to_owned(), ..generated() },
+        "task.merge_command",
+        "needs task.split.merge_files_per_job (merge jobs run it)",
+    );
+    check_error(merging("hadd merged.root {inputs}"), "task.merge_command", "must write {output}...");
+    check_error(merging("hadd {output} {files}"), "task.merge_command", "has unknown placeholder {files}...");
+}
+
+#[test]
 fn code_archive_must_be_a_sha256() {
     let sha = "0123456789abcdef".repeat(4);
     let spec = TaskSpecDraft { code_sha256: sha.clone(), ..generated() }.validate().expect("valid");
@@ -331,11 +351,12 @@ fn every_error_is_reported_at_once() {
         schema_version: 7,
         split: Default::default(),
         requirements: Default::default(),
+        merge_command: "cat {inputs}".to_owned(),
     };
     check_errors(
         draft,
         &[
-            ("task.schema_version", "version 7 is not supported; this server accepts version 1..."),
+            ("task.schema_version", "version 7 is not supported; this server accepts versions 1..=2..."),
             ("task.name", "must not be empty"),
             ("task.user", "must be at most 200 characters (got 300)"),
             ("task.command", "has unknown placeholder {foo}..."),
@@ -347,6 +368,7 @@ fn every_error_is_reported_at_once() {
             ("task.environment", "key \"PANDA_X\" is reserved..."),
             ("task.queues[0]", "\"a b\" contains ' '..."),
             ("task.code_sha256", "must be a sha256 digest..."),
+            ("task.merge_command", "needs task.split.merge_files_per_job (merge jobs run it)"),
         ],
     );
 }
@@ -466,8 +488,23 @@ fn the_current_schema_version_is_accepted_explicitly_or_as_zero() {
     check_error(
         TaskSpecDraft { schema_version: TASK_SCHEMA_VERSION + 1, ..generated() },
         "task.schema_version",
-        "version 2 is not supported...",
+        "version 3 is not supported...",
     );
+}
+
+#[test]
+fn version_1_keeps_its_meaning_no_automatic_retry() {
+    let v1 = TaskSpecDraft { schema_version: 1, ..generated() }.validate().expect("version 1 is still accepted");
+    assert_eq!(v1.split.max_attempts(), 1);
+    let current = generated().validate().expect("valid");
+    assert_eq!(current.split.max_attempts(), crate::rules::DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(crate::rules::DEFAULT_MAX_ATTEMPTS, 3);
+    let v1_retrying = TaskSpecDraft {
+        schema_version: 1,
+        split: crate::rules::SplitRulesDraft { max_attempts: Some(5), ..Default::default() },
+        ..generated()
+    };
+    assert_eq!(v1_retrying.validate().expect("valid").split.max_attempts(), 5);
 }
 
 #[test]

@@ -184,13 +184,15 @@ fn walltime_target_sets_events_per_job_from_time_per_event() {
 #[test]
 fn merge_jobs_cover_every_output_once() {
     let outputs: Vec<String> = (1..=5).map(|i| output_lfn("out", i)).collect();
-    let merges = merge_plans(TaskId(3), "out", &outputs, 2, 6);
+    let merges = merge_plans(TaskId(3), "out", panda_types::spec::DEFAULT_MERGE_COMMAND, &outputs, 2, 6);
     assert_eq!(merges.len(), 3);
     assert_eq!(merges[0].index, 6);
     assert_eq!(merges[0].outputs, vec!["out.merged._000006"]);
     assert_eq!(merges[0].command, "cat out._000001 out._000002 > out.merged._000006");
     let merged: Vec<String> = merges.iter().flat_map(|m| m.inputs.clone()).collect();
     assert_eq!(merged, outputs);
+    let hadd = merge_plans(TaskId(3), "out", "hadd {output} {inputs}", &outputs, 5, 6);
+    assert_eq!(hadd[0].command, "hadd out.merged._000006 out._000001 out._000002 out._000003 out._000004 out._000005");
 }
 
 #[test]

@@ -56,6 +56,7 @@ pub(super) fn job(job: Job, outputs: Vec<common::FileInfo>) -> wire::Job {
         environment: job.environment.into_iter().collect(),
         state_times: job.state_times.parse().into_iter().map(|(state, at)| (state, timestamp(at))).collect(),
         error_source: job.error_source.as_str().to_owned(),
+        merge: job.merge,
     }
 }
 

@@ -17,7 +17,7 @@ use super::convert;
 use super::watch;
 use crate::error::Error;
 use crate::feed::ChangeFeed;
-use crate::model::{JobReport, NewJob, OutputFile, Queue};
+use crate::model::{JobBatch, JobReport, NewJob, OutputFile, Queue};
 use crate::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use crate::store::{JobFilter, TaskFilter};
 
@@ -435,9 +435,16 @@ impl InternalService for Api {
                 output_files: j.output_files,
                 resources: resources(j.resources),
                 priority: j.priority,
+                merge: false,
             })
             .collect();
-        let ids = self.service.insert_jobs_with(task_id, jobs, request.scouting).await?;
+        let batch = match (request.scouting, request.merge) {
+            (false, false) => JobBatch::Jobs,
+            (true, false) => JobBatch::Scouts,
+            (false, true) => JobBatch::Merge,
+            (true, true) => return Err(Status::invalid_argument("scouting and merge: a batch is one or the other")),
+        };
+        let ids = self.service.insert_jobs_with(task_id, jobs, batch).await?;
         Ok(Response::new(wire::InsertJobsResponse { job_ids: ids.into_iter().map(|id| id.0).collect() }))
     }
 

@@ -123,6 +123,7 @@ pub(crate) mod job {
         #[sea_orm(column_type = "Text")]
         pub state_times_json: String,
         pub error_source: String,
+        pub merge: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0005CacheAndLogs));
         all.push(Box::new(M0006JobStateTimes));
         all.push(Box::new(M0007CatalogAndBrokerage));
+        all.push(Box::new(M0008JobMerge));
         all
     }
 }
@@ -340,5 +341,22 @@ impl MigrationTrait for M0007CatalogAndBrokerage {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Marks merge jobs (generated over a task's outputs once its other jobs ended), so a task is
+/// merged once and JEDI can tell them from processing jobs.
+struct M0008JobMerge;
+
+impl MigrationName for M0008JobMerge {
+    fn name(&self) -> &str {
+        "server_m0008_job_merge"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0008JobMerge {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.alter_table(Table::alter().table("jobs").add_column(boolean("merge").default(false)).to_owned()).await
     }
 }

@@ -150,6 +150,7 @@ fn job_from_row(row: job::Model) -> Result<Job> {
         heartbeat_at: row.heartbeat_at,
         state_times: StateTimes::from_json(row.state_times_json),
         error_source: ErrorSource::parse(&row.error_source),
+        merge: row.merge,
     })
 }
 
@@ -367,6 +368,20 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Whether a task has merge jobs (current attempts or not).
+    pub async fn has_merge_jobs(&self, conn: &impl ConnectionTrait, task_id: TaskId) -> Result<bool> {
+        let found = job::Entity::find()
+            .select_only()
+            .column(job::Column::Id)
+            .filter(job::Column::TaskId.eq(to_i64(task_id.0)))
+            .filter(job::Column::Merge.eq(true))
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Running or aborting tasks with no live job left (normally ended right after their last job;
     /// this finds those whose check was lost).
     pub async fn drained_active_tasks(&self, conn: &impl ConnectionTrait, limit: u64) -> Result<Vec<TaskId>> {
@@ -576,6 +591,7 @@ impl Store {
             output_files: old.output_files.clone(),
             resources: old.resources,
             priority: old.priority,
+            merge: old.merge,
         };
         let row = new_job_row(old.task_id, &new, old.attempt_nr + 1, now).insert(conn).await?;
         // The old attempt's outputs that were not produced are expected from the new one.
@@ -859,6 +875,7 @@ fn new_job_row(task_id: TaskId, new: &NewJob, attempt_nr: u32, now: DateTime<Utc
         modified_at: Set(now),
         heartbeat_at: Set(None),
         superseded: Set(false),
+        merge: Set(new.merge),
         state_times_json: Set(StateTimes::starting(JobStatus::Activated, now).as_json().to_owned()),
         error_source: Set(String::new()),
         ..Default::default()

@@ -34,12 +34,15 @@ async fn fixture(db: TestDb) -> Fixture {
     Fixture { service, outbox, _db: db, _storage: storage }
 }
 
+/// A task whose failed jobs are not retried: these cases test the server's own rules, and JEDI,
+/// which inserts retries (three attempts by default), is not running here.
 fn draft(name: &str, n_jobs: u32, output: &str) -> TaskSpecDraft {
     TaskSpecDraft {
         name: name.into(),
         command: if output.is_empty() { "true".into() } else { "echo x > {output}".into() },
         n_jobs: Some(n_jobs),
         output_dataset: output.into(),
+        split: panda_types::rules::SplitRulesDraft { max_attempts: Some(1), ..Default::default() },
         ..Default::default()
     }
 }
@@ -55,6 +58,7 @@ fn jobs(n: u32, queue: &str, output: &str) -> Vec<NewJob> {
             output_files: if output.is_empty() { vec![] } else { vec![format!("{output}._{i:06}")] },
             resources: Resources { cores: 1, ..Default::default() },
             priority: 0,
+            merge: false,
         })
         .collect()
 }
@@ -714,6 +718,82 @@ async fn a_payload_failure_is_told_apart_from_a_pilot_failure(f: Fixture) {
     assert!(times.contains_key("failed") && !times.contains_key("running"), "{times:?}");
 }
 
+/// Runs a dispatched job to `finished`, producing its declared outputs.
+async fn finish(f: &Fixture, d: &panda_server::service::Dispatched) {
+    let lease = d.job.lease_token.clone().unwrap();
+    let mut done = report(JobStatus::Finished);
+    done.output_files = d
+        .job
+        .output_files
+        .iter()
+        .map(|lfn| OutputFile { lfn: lfn.clone(), size_bytes: 1, checksum: String::new() })
+        .collect();
+    f.service.update_job(d.job.id, &lease, done).await.unwrap();
+}
+
+/// A task with `split.merge_files_per_job` does not end when its processing jobs end: it waits
+/// for its merge jobs (inserted once, only then), and ends with them.
+async fn a_merging_task_waits_for_its_merge_jobs(f: Fixture) {
+    let mut spec = draft("t", 2, "out");
+    spec.split.merge_files_per_job = Some(2);
+    let (task, _) = f.service.submit_task(spec, None).await.unwrap();
+    f.service.insert_jobs(task.id, jobs(2, "q", "out")).await.unwrap();
+    let merge = |index: u32| NewJob {
+        job_index: index,
+        queue: "q".into(),
+        command: "cat {inputs} > {output}".into(),
+        environment: BTreeMap::new(),
+        input_files: vec!["out._000001".into(), "out._000002".into()],
+        output_files: vec![format!("out.merged._{index:06}")],
+        resources: Resources { cores: 1, ..Default::default() },
+        priority: 0,
+        merge: true,
+    };
+    use panda_server::model::JobBatch;
+    // Not while processing jobs are live.
+    let early = f.service.insert_jobs_with(task.id, vec![merge(3)], JobBatch::Merge).await.unwrap_err();
+    assert!(matches!(early, Error::TaskState { .. }), "{early}");
+    for d in f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap() {
+        finish(&f, &d).await;
+    }
+    let (waiting, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((waiting.status, counts.finished), (TaskStatus::Running, 2), "the task waits for its merge jobs");
+    // The watchdog's safety net leaves it waiting too.
+    f.service.end_drained_tasks().await.unwrap();
+    assert_eq!(f.service.get_task(task.id).await.unwrap().0.status, TaskStatus::Running);
+    let ids = f.service.insert_jobs_with(task.id, vec![merge(3)], JobBatch::Merge).await.unwrap();
+    // Once only.
+    let again = f.service.insert_jobs_with(task.id, vec![merge(4)], JobBatch::Merge).await.unwrap_err();
+    assert!(matches!(again, Error::TaskState { .. }), "{again}");
+    assert!(f.service.show_job(ids[0]).await.unwrap().merge);
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 5).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].job.merge);
+    finish(&f, &sent[0]).await;
+    let (ended, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((ended.status, counts.finished), (TaskStatus::Done, 3));
+    let dataset = f.service.get_dataset("out").await.unwrap();
+    assert!(dataset.files.iter().any(|file| file.lfn == "out.merged._000003" && file.status == "finished"));
+    // A task without the rule never takes merge jobs.
+    let plain = submit_with_jobs(&f, "p", 1, "").await;
+    let refused = f.service.insert_jobs_with(plain, vec![merge(2)], JobBatch::Merge).await.unwrap_err();
+    assert!(matches!(refused, Error::TaskState { .. }), "{refused}");
+}
+
+/// Without `max_attempts` a task retries (three attempts): a failed job keeps its task running
+/// for JEDI's next attempt instead of ending it.
+async fn a_failed_job_with_default_attempts_keeps_the_task_running(f: Fixture) {
+    let mut spec = draft("t", 1, "");
+    spec.split.max_attempts = None;
+    let (task, _) = f.service.submit_task(spec, None).await.unwrap();
+    f.service.insert_jobs(task.id, jobs(1, "q", "")).await.unwrap();
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap();
+    let lease = sent[0].job.lease_token.clone().unwrap();
+    f.service.update_job(sent[0].job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+    let (task, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((task.status, counts.failed), (TaskStatus::Running, 1));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -759,4 +839,6 @@ store_suite!(
     undelivered_dispatches_go_back_to_the_queue,
     group_committed_pilots_take_each_job_once,
     a_payload_failure_is_told_apart_from_a_pilot_failure,
+    a_merging_task_waits_for_its_merge_jobs,
+    a_failed_job_with_default_attempts_keeps_the_task_running,
 );
