@@ -74,6 +74,49 @@ pub struct JobSpec {
     pub stderr: Option<String>,
     /// Wall time limit (ToolTimeLimit).
     pub timeout: Option<Duration>,
+    /// Cores (`runtime.cores`, from ResourceRequirement; 1 without one).
+    pub cores: u32,
+    /// Memory in MiB when ResourceRequirement asks for it (`ramMin`, else `ramMax`); `None`
+    /// without an explicit request, so no limit is enforced.
+    pub ram_mb: Option<u64>,
+}
+
+/// The job as one `/bin/sh` line: change to the work dir, replace the environment with exactly
+/// `job.env` (`env -i`), run argv with its redirections. Every word is single-quoted, so the
+/// line means the same argv whatever it contains; the caller stages the work dir first.
+pub fn shell_line(dirs: &JobDirs, job: &JobSpec) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = format!("cd {} && exec env -i", q(&dirs.outdir.display().to_string()));
+    for (k, v) in &job.env {
+        line.push(' ');
+        line.push_str(&q(&format!("{k}={v}")));
+    }
+    for a in &job.command {
+        line.push(' ');
+        line.push_str(&q(a));
+    }
+    match &job.stdin {
+        Some(p) => line.push_str(&format!(" < {}", q(&p.display().to_string()))),
+        None => line.push_str(" < /dev/null"),
+    }
+    if let Some(o) = &job.stdout {
+        line.push_str(&format!(" > {}", q(o)));
+    }
+    if let Some(e) = &job.stderr {
+        line.push_str(&format!(" 2> {}", q(e)));
+    }
+    line
+}
+
+/// Creates the parent directories of the redirection targets (relative to the work dir), as
+/// the local executor does before opening them.
+pub fn prepare_redirections(dirs: &JobDirs, job: &JobSpec) -> Result<()> {
+    for name in [&job.stdout, &job.stderr].into_iter().flatten() {
+        if let Some(parent) = dirs.outdir.join(name).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| CwlError::io(parent, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// How a job ended.
