@@ -181,5 +181,37 @@ async fn server_mode_jobs_carry_the_tool_and_leave_nothing_behind() {
     tokio::time::timeout(Duration::from_secs(30), aborted).await.expect("the interrupted run's task is aborted");
     assert_eq!(jobs(&server, task_id).await[0].status, JobStatus::Cancelled as i32);
     nothing_left(&server).await;
+
+    // `panda workflow submit wf.cwl` returns at once with an idds workflow; its one work's job
+    // runs the runner against the server, each tool invocation a task of its own.
+    let before = tasks(&server).await.len();
+    let wf_out = tempfile::tempdir().expect("tempdir");
+    let submitted = tokio::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(["--server-url", &system.server_url, "--idds-url", &system.idds_url, "-o", "json"])
+        .args(["workflow", "submit", &fixture("wf-scatter-tools.cwl"), "--outdir"])
+        .arg(wf_out.path())
+        .output()
+        .await
+        .expect("panda workflow submit");
+    let id = json_out(&submitted)["workflow_id"].as_u64().expect("a workflow id");
+    let mut idds = panda_client::WorkflowServiceClient::new(panda_client::channel(&system.idds_url).expect("channel"));
+    let mut watch = idds
+        .watch_workflow(panda_proto::idds::v1::WatchWorkflowRequest { workflow_id: id })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(update) = watch.message().await.expect("watch stream") {
+            last = update.workflow;
+        }
+    });
+    ended.await.expect("the CWL workflow ends");
+    let workflow = last.expect("a workflow state");
+    assert_eq!(workflow.status, panda_proto::idds::v1::WorkflowStatus::Finished as i32, "{workflow:?}");
+    assert_eq!(workflow.works.len(), 1);
+    assert_eq!(std::fs::read_to_string(wf_out.path().join("all.txt")).expect("all.txt"), "ALPHA\nBETA\nGAMMA\n");
+    assert_eq!(tasks(&server).await.len(), before + 5, "the runner's task and one per tool invocation");
+    nothing_left(&server).await;
     system.stop().await.expect("system stops");
 }
