@@ -116,7 +116,7 @@ async fn server_mode_jobs_carry_the_tool_and_leave_nothing_behind() {
 
     // One tool: one task with one job that ran it with the requested resources.
     let job_file = dir.path().join("job.yml");
-    std::fs::write(&job_file, "word: delta\n").expect("job file");
+    std::fs::write(&job_file, "word: delta\ncores: 2\n").expect("job file");
     let v = json_out(&runner(&[&url, &outdir, &fixture("shout.cwl"), &job_file.display().to_string()]).await);
     assert_eq!(read(&v["out"]), "DELTA\n");
     let all = tasks(&server).await;

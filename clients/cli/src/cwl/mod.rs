@@ -82,7 +82,11 @@ async fn run_on_system(args: Args, pilot_program: Vec<String>) -> anyhow::Result
         () = shutdown.cancelled() => {
             // Interrupted: no job may outlive the run.
             executor.shutdown(true).await;
-            // The tool's thread still waits for its task's end; do not wait for it.
+            // The tool's thread still waits for its task's end; do not wait for it (so the
+            // scratch directory is removed here, not on drop).
+            if let Err(error) = std::fs::remove_dir_all(scratch.path()) {
+                eprintln!("cwl-runner: cannot remove {}: {error}", scratch.path().display());
+            }
             std::process::exit(INTERRUPTED);
         }
     };
