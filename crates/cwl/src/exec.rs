@@ -254,3 +254,47 @@ impl Executor for LocalExecutor {
         Ok(JobOutcome { exit_code: status.code().unwrap_or(-1), timed_out: false })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_line_runs_exactly_the_argv_in_the_work_dir_with_only_the_given_environment() {
+        let dirs = JobDirs { outdir: PathBuf::from("/w/out dir"), tmpdir: PathBuf::from("/w/tmp") };
+        let job = JobSpec {
+            command: vec!["printf".into(), "%s {x} it's".into(), "$HOME".into()],
+            env: BTreeMap::from([("HOME".into(), "/w/out dir".into()), ("A".into(), "b c".into())]),
+            stdin: Some(PathBuf::from("/in/f.txt")),
+            stdout: Some("o/out.txt".into()),
+            ..Default::default()
+        };
+        let line = shell_line(&dirs, &job);
+        assert_eq!(
+            line,
+            "cd '/w/out dir' && exec env -i 'A=b c' 'HOME=/w/out dir' 'printf' '%s {x} it'\\''s' '$HOME' \
+             < '/in/f.txt' > 'o/out.txt'"
+        );
+        // What /bin/sh makes of it: the argv and environment as given, nothing expanded, nothing
+        // inherited (cargo sets CARGO_PKG_NAME for this test process).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = JobDirs { outdir: dir.path().to_path_buf(), tmpdir: dir.path().to_path_buf() };
+        let job = JobSpec {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "printf '%s|' \"$1\" \"$A\" \"${CARGO_PKG_NAME:-unset}\"".into(),
+                "x".into(),
+                "q'{u}$v".into(),
+            ],
+            env: BTreeMap::from([("A".into(), "b c".into())]),
+            stdout: Some("sub/out.txt".into()),
+            ..Default::default()
+        };
+        prepare_redirections(&dirs, &job).expect("parents");
+        let status = Command::new("/bin/sh").arg("-c").arg(shell_line(&dirs, &job)).status().expect("sh");
+        assert!(status.success());
+        let out = std::fs::read_to_string(dir.path().join("sub/out.txt")).expect("stdout file");
+        assert_eq!(out, "q'{u}$v|b c|unset|");
+    }
+}

@@ -248,6 +248,9 @@ impl Executor for PilotExecutor {
     }
 
     fn run(&self, dirs: &JobDirs, job: &JobSpec) -> Result<JobOutcome> {
+        if job.command.is_empty() {
+            return Err(CwlError::Failed(format!("{}: empty command line", job.name)));
+        }
         for s in &job.stage {
             stage_one(&dirs.outdir, s)?;
         }
