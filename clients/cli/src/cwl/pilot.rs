@@ -152,13 +152,17 @@ impl PilotExecutor {
     async fn submit_and_wait(&self, spec: server::TaskSpec, key: String) -> Result<JobOutcome> {
         let fail = |what: &str, s: tonic::Status| CwlError::Failed(format!("{what}: {}", s.message()));
         let server = self.server().await?;
-        let mut tasks = server.tasks.clone();
-        let task_id = tasks
-            .submit_task(server::SubmitTaskRequest { spec: Some(spec), idempotency_key: key })
-            .await
-            .map_err(|s| fail("submitting the job", s))?
-            .into_inner()
-            .task_id;
+        // The idempotency key makes a repeated submission return the first task.
+        let request = server::SubmitTaskRequest { spec: Some(spec), idempotency_key: key };
+        let task_id = panda_client::retry(5, true, || {
+            let mut tasks = server.tasks.clone();
+            let request = request.clone();
+            async move { tasks.submit_task(request).await }
+        })
+        .await
+        .map_err(|s| fail("submitting the job", s))?
+        .into_inner()
+        .task_id;
         if let Ok(mut live) = self.live.lock() {
             live.insert(task_id);
         }
@@ -195,14 +199,14 @@ impl PilotExecutor {
                 }
             }
         }
-        let jobs = server
-            .jobs
-            .clone()
-            .list_jobs(server::ListJobsRequest { task_id, ..Default::default() })
-            .await
-            .map_err(|s| fail("listing its job", s))?
-            .into_inner()
-            .jobs;
+        let jobs = panda_client::retry(5, true, || {
+            let mut jobs = server.jobs.clone();
+            async move { jobs.list_jobs(server::ListJobsRequest { task_id, ..Default::default() }).await }
+        })
+        .await
+        .map_err(|s| fail("listing its job", s))?
+        .into_inner()
+        .jobs;
         // The current attempt: the last one of the (only) index.
         let Some(job) = jobs.iter().max_by_key(|j| j.job_id) else {
             return Err(CwlError::Failed(format!("task {task_id} ended without a job")));
