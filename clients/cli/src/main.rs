@@ -15,6 +15,7 @@ macro_rules! out {
 mod brokerage;
 mod code;
 mod cwl;
+mod cwl_submit;
 mod harvester_admin;
 mod logs;
 mod render;
@@ -107,7 +108,9 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Runs a CWL document: `panda cwl-runner [--outdir DIR] [--quiet] doc.cwl[#id] [job.yml]`.
+    /// Runs a CWL document, each tool a job of an embedded system (or of `--server URL`; `--executor
+    /// local` for plain processes): `panda cwl-runner [--outdir DIR] [--quiet] [--executor
+    /// pilot|local] [--server URL] doc.cwl[#id] [job.yml]`.
     #[command(name = "cwl-runner", disable_help_flag = true)]
     CwlRunner {
         /// Runner arguments.

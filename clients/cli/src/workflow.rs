@@ -45,10 +45,18 @@ impl GraphArg {
 /// `panda workflow` subcommands.
 #[derive(Subcommand)]
 pub enum WorkflowCommand {
-    /// Submits a workflow file: native YAML/JSON, or a Snakefile (named Snakefile or *.smk).
+    /// Submits a workflow file: native YAML/JSON, a Snakefile (named Snakefile or *.smk), or a
+    /// CWL document (*.cwl, with --inputs; its run is one work whose job runs the CWL runner
+    /// against this server, each tool a task of its own).
     Submit {
         /// The file.
         file: PathBuf,
+        /// CWL: the input object (YAML or JSON).
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// CWL: where output files go (default: the current directory); the pilot must see it.
+        #[arg(long)]
+        outdir: Option<PathBuf>,
         /// Its language (default: from the file name).
         #[arg(long, value_enum)]
         language: Option<LanguageArg>,
@@ -153,9 +161,17 @@ pub fn document(
 pub async fn run(command: WorkflowCommand, idds_url: &str, server_url: &str, format: Format) -> anyhow::Result<u8> {
     let mut client = WorkflowServiceClient::new(panda_client::channel(idds_url)?);
     match command {
-        WorkflowCommand::Submit { file, language, name, watch } => {
-            let document = document(&file, language, name)?;
-            let request = idds::SubmitWorkflowRequest { spec: None, document: Some(document) };
+        WorkflowCommand::Submit { file, inputs, outdir, language, name, watch } => {
+            let request = if file.extension().is_some_and(|e| e == "cwl") && language.is_none() {
+                let spec = crate::cwl_submit::workflow_spec(&file, inputs.as_deref(), outdir.as_deref(), server_url)?;
+                idds::SubmitWorkflowRequest { spec: Some(spec), document: None }
+            } else {
+                anyhow::ensure!(
+                    inputs.is_none() && outdir.is_none(),
+                    "--inputs and --outdir are for CWL documents (*.cwl)"
+                );
+                idds::SubmitWorkflowRequest { spec: None, document: Some(document(&file, language, name)?) }
+            };
             let id = client
                 .submit_workflow(request)
                 .await

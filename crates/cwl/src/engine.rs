@@ -651,6 +651,11 @@ impl<'a> Engine<'a> {
             stdout: stdout.clone(),
             stderr: stderr.clone(),
             timeout,
+            cores: runtime.get("cores").and_then(Value::as_u64).and_then(|c| u32::try_from(c).ok()).unwrap_or(1).max(1),
+            ram_mb: reqs
+                .get("ResourceRequirement")
+                .filter(|r| r.get("ramMin").is_some() || r.get("ramMax").is_some())
+                .and_then(|_| runtime.get("ram").and_then(Value::as_u64)),
         };
         if let Ok(mut links) = self.links.lock() {
             *links = job

@@ -74,6 +74,49 @@ pub struct JobSpec {
     pub stderr: Option<String>,
     /// Wall time limit (ToolTimeLimit).
     pub timeout: Option<Duration>,
+    /// Cores (`runtime.cores`, from ResourceRequirement; 1 without one).
+    pub cores: u32,
+    /// Memory in MiB when ResourceRequirement asks for it (`ramMin`, else `ramMax`); `None`
+    /// without an explicit request, so no limit is enforced.
+    pub ram_mb: Option<u64>,
+}
+
+/// The job as one `/bin/sh` line: change to the work dir, replace the environment with exactly
+/// `job.env` (`env -i`), run argv with its redirections. Every word is single-quoted, so the
+/// line means the same argv whatever it contains; the caller stages the work dir first.
+pub fn shell_line(dirs: &JobDirs, job: &JobSpec) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = format!("cd {} && exec env -i", q(&dirs.outdir.display().to_string()));
+    for (k, v) in &job.env {
+        line.push(' ');
+        line.push_str(&q(&format!("{k}={v}")));
+    }
+    for a in &job.command {
+        line.push(' ');
+        line.push_str(&q(a));
+    }
+    match &job.stdin {
+        Some(p) => line.push_str(&format!(" < {}", q(&p.display().to_string()))),
+        None => line.push_str(" < /dev/null"),
+    }
+    if let Some(o) = &job.stdout {
+        line.push_str(&format!(" > {}", q(o)));
+    }
+    if let Some(e) = &job.stderr {
+        line.push_str(&format!(" 2> {}", q(e)));
+    }
+    line
+}
+
+/// Creates the parent directories of the redirection targets (relative to the work dir), as
+/// the local executor does before opening them.
+pub fn prepare_redirections(dirs: &JobDirs, job: &JobSpec) -> Result<()> {
+    for name in [&job.stdout, &job.stderr].into_iter().flatten() {
+        if let Some(parent) = dirs.outdir.join(name).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| CwlError::io(parent, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// How a job ended.
@@ -209,5 +252,49 @@ impl Executor for LocalExecutor {
         };
         let status = status.map_err(|e| CwlError::Failed(format!("{}: {e}", job.name)))?;
         Ok(JobOutcome { exit_code: status.code().unwrap_or(-1), timed_out: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_line_runs_exactly_the_argv_in_the_work_dir_with_only_the_given_environment() {
+        let dirs = JobDirs { outdir: PathBuf::from("/w/out dir"), tmpdir: PathBuf::from("/w/tmp") };
+        let job = JobSpec {
+            command: vec!["printf".into(), "%s {x} it's".into(), "$HOME".into()],
+            env: BTreeMap::from([("HOME".into(), "/w/out dir".into()), ("A".into(), "b c".into())]),
+            stdin: Some(PathBuf::from("/in/f.txt")),
+            stdout: Some("o/out.txt".into()),
+            ..Default::default()
+        };
+        let line = shell_line(&dirs, &job);
+        assert_eq!(
+            line,
+            "cd '/w/out dir' && exec env -i 'A=b c' 'HOME=/w/out dir' 'printf' '%s {x} it'\\''s' '$HOME' \
+             < '/in/f.txt' > 'o/out.txt'"
+        );
+        // What /bin/sh makes of it: the argv and environment as given, nothing expanded, nothing
+        // inherited (cargo sets CARGO_PKG_NAME for this test process).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = JobDirs { outdir: dir.path().to_path_buf(), tmpdir: dir.path().to_path_buf() };
+        let job = JobSpec {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "printf '%s|' \"$1\" \"$A\" \"${CARGO_PKG_NAME:-unset}\"".into(),
+                "x".into(),
+                "q'{u}$v".into(),
+            ],
+            env: BTreeMap::from([("A".into(), "b c".into())]),
+            stdout: Some("sub/out.txt".into()),
+            ..Default::default()
+        };
+        prepare_redirections(&dirs, &job).expect("parents");
+        let status = Command::new("/bin/sh").arg("-c").arg(shell_line(&dirs, &job)).status().expect("sh");
+        assert!(status.success());
+        let out = std::fs::read_to_string(dir.path().join("sub/out.txt")).expect("stdout file");
+        assert_eq!(out, "q'{u}$v|b c|unset|");
     }
 }

@@ -23,6 +23,17 @@ pub struct Args {
     pub document: String,
     /// The input object file, if any.
     pub job: Option<PathBuf>,
+    /// Where tools run: `pilot` (the default of `panda cwl-runner`) or `local`.
+    pub executor: Option<String>,
+    /// A running deployment's server URL (pilot executor); unset: an embedded system.
+    pub server: Option<String>,
+}
+
+impl Args {
+    /// Whether tools run as local processes (`--executor local`) rather than as jobs.
+    pub fn local(&self) -> bool {
+        self.executor.as_deref() == Some("local")
+    }
 }
 
 /// Parses runner arguments (without the program name).
@@ -35,6 +46,14 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
             a.outdir = Some(PathBuf::from(v));
         } else if x == "--outdir" {
             a.outdir = Some(PathBuf::from(it.next().ok_or("--outdir needs a value")?));
+        } else if let Some(v) = x.strip_prefix("--executor=") {
+            a.executor = Some(check_executor(v)?);
+        } else if x == "--executor" {
+            a.executor = Some(check_executor(it.next().ok_or("--executor needs a value: pilot or local")?)?);
+        } else if let Some(v) = x.strip_prefix("--server=") {
+            a.server = Some(v.to_string());
+        } else if x == "--server" {
+            a.server = Some(it.next().ok_or("--server needs a URL")?.clone());
         } else if x == "--quiet" {
             a.quiet = true;
         } else if x == "--version" {
@@ -51,7 +70,18 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
             a.job = pos.get(1).map(PathBuf::from);
             Ok(a)
         }
-        _ => Err("usage: cwl-runner [--outdir DIR] [--quiet] document.cwl[#id] [job.yml]".into()),
+        _ => Err(USAGE.into()),
+    }
+}
+
+/// The runner's usage line.
+pub const USAGE: &str =
+    "usage: cwl-runner [--outdir DIR] [--quiet] [--executor pilot|local] [--server URL] document.cwl[#id] [job.yml]";
+
+fn check_executor(v: &str) -> std::result::Result<String, String> {
+    match v {
+        "pilot" | "local" => Ok(v.to_string()),
+        other => Err(format!("--executor {other}: must be `pilot` or `local`")),
     }
 }
 

@@ -31,6 +31,7 @@ fn run(doc: &str, job: Option<&str>) -> Run {
         quiet: true,
         document: fixture(doc).display().to_string(),
         job: job_path,
+        ..Args::default()
     };
     let exec = LocalExecutor::new(scratch.path().join("jobs"));
     let result = run_with(&args, &exec, scratch.path());
