@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::Utc;
 use panda_bus::{Envelope, HandleError, Handler};
-use panda_proto::events::v1::JobStatusChanged;
+use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
 use panda_proto::server::v1::{FunctionError, FunctionResult};
 use panda_types::spec::{MAX_JOBS_PER_TASK, TaskSpecDraft};
 use panda_types::{FieldError, JobId, JobStatus, StateMachine, TaskId, TaskStatus};
@@ -330,22 +330,83 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Gives every call of an ended work's task that has no result a failure result (a task
+    /// killed or broken before its jobs existed, or whose jobs never reported). Idempotent.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn record_task_end(&self, task_id: TaskId) -> Result<usize> {
+        let txn = self.db.begin().await?;
+        let Some(task) = self.store.lock_task(&txn, task_id).await? else { return Ok(0) };
+        if !task.status.is_final() || self.store.find_work(&txn, task_id).await?.is_none() {
+            return Ok(0);
+        }
+        let missing = self.store.calls_without_result(&txn, task_id).await?;
+        let mut events = Vec::with_capacity(missing.len());
+        for (index, key) in missing {
+            let mut message = format!("task {task_id} ended {} before call {index} stored a result", task.status);
+            if !task.error_diag.is_empty() {
+                message.push_str(&format!(": {}", task.error_diag));
+            }
+            let failure = FunctionResult {
+                task_id: task_id.0,
+                index,
+                key,
+                ok: false,
+                error: Some(FunctionError {
+                    r#type: format!("Task{}", capitalized(&task.status.to_string())),
+                    message,
+                    traceback: String::new(),
+                    log_location: format!("panda task show {task_id}"),
+                }),
+                ..Default::default()
+            };
+            events.push(self.store_result(&txn, task_id, &failure).await?);
+        }
+        let n = events.len();
+        self.commit(txn, events).await?;
+        if n > 0 {
+            info!(entity = "work", id = %task_id, calls = n, "failure results for calls of an ended task");
+        }
+        Ok(n)
+    }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
 /// Bus consumer: a job of a work that ended (`job.finished`, `job.failed`, `job.cancelled`,
-/// `job.closed`) without a result gets a failure result.
+/// `job.closed`) without a result gets a failure result; so does every unanswered call of a work
+/// whose task ended (`task.<final state>`).
 pub struct FailureResults(pub Service);
 
-/// The job events [`FailureResults`] follows.
-pub const FAILURE_BINDINGS: &[&str] = &["job.finished", "job.failed", "job.cancelled", "job.closed"];
+/// The job and task events [`FailureResults`] follows (final states).
+pub const FAILURE_BINDINGS: &[&str] = &[
+    "job.finished",
+    "job.failed",
+    "job.cancelled",
+    "job.closed",
+    "task.done",
+    "task.finished",
+    "task.failed",
+    "task.aborted",
+    "task.broken",
+];
 
 #[async_trait]
 impl Handler for FailureResults {
     async fn handle(&self, event: &Envelope) -> std::result::Result<(), HandleError> {
-        let body: JobStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
-        self.0
-            .record_job_end(JobId(body.job_id))
-            .await
-            .map(|_| ())
-            .map_err(|error| HandleError::Retry(panda_runtime::error::chain(&error)))
+        let retry = |error: Error| HandleError::Retry(panda_runtime::error::chain(&error));
+        if event.routing_key.starts_with("task.") {
+            let body: TaskStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
+            self.0.record_task_end(TaskId(body.task_id)).await.map(|_| ()).map_err(retry)
+        } else {
+            let body: JobStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
+            self.0.record_job_end(JobId(body.job_id)).await.map(|_| ()).map_err(retry)
+        }
     }
 }
 

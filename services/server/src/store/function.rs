@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use panda_types::{JobId, TaskId};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 
 use super::{Store, to_i64};
 use crate::error::Result;
@@ -206,6 +206,30 @@ impl Store {
         .exec_without_returning(conn)
         .await?;
         Ok(())
+    }
+
+    /// The index and key of every call of a work that has no stored result.
+    pub async fn calls_without_result(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+    ) -> Result<Vec<(u32, String)>> {
+        let answered: std::collections::HashSet<u32> =
+            self.results_of(conn, task_id).await?.into_iter().map(|r| r.index).collect();
+        let rows = call::Entity::find()
+            .select_only()
+            .column(call::Column::Idx)
+            .column(call::Column::CallKey)
+            .filter(call::Column::TaskId.eq(to_i64(task_id.0)))
+            .order_by_asc(call::Column::Idx)
+            .into_tuple::<(i32, String)>()
+            .all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(idx, key)| u32::try_from(idx).ok().map(|idx| (idx, key)))
+            .filter(|(idx, _)| !answered.contains(idx))
+            .collect())
     }
 
     /// Every stored result of a work, in index order.

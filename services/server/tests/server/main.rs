@@ -773,6 +773,19 @@ async fn a_work_stores_calls_and_results(f: Fixture) {
     assert_eq!(failure.log_location, format!("panda job logs {}", job(2).id));
 }
 
+/// A work killed before its jobs exist still answers every call (with a failure).
+async fn a_work_killed_before_its_jobs_answers_every_call(f: Fixture) {
+    let (task_id, _) = f.service.submit_work(new_work("w", 2), None).await.unwrap();
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 0, "a running work is left alone");
+    f.service.kill_task(task_id).await.unwrap();
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 2);
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 0, "a second delivery changes nothing");
+    let (results, _) = f.service.list_results(task_id).await.unwrap();
+    let kinds: Vec<String> = results.iter().map(|r| r.error.clone().unwrap().r#type).collect();
+    assert_eq!(kinds, ["TaskAborted", "TaskAborted"]);
+    assert_eq!((results[0].key.as_str(), results[1].key.as_str()), ("k0", "k1"));
+}
+
 /// Bad works are refused whole, every problem named; nothing is stored.
 async fn a_bad_work_stores_nothing(f: Fixture) {
     let mut bad = new_work("", 2);
@@ -816,6 +829,7 @@ macro_rules! store_suite {
 store_suite!(
     a_work_stores_calls_and_results,
     a_bad_work_stores_nothing,
+    a_work_killed_before_its_jobs_answers_every_call,
     submit_and_read_back,
     inserting_jobs_runs_the_task_once,
     concurrent_dispatch_hands_out_each_job_once,

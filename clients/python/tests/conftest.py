@@ -1,0 +1,25 @@
+"""Starts the embedded system (`panda up` from the cargo-built binary, free ports, a temporary
+data directory) once for the session and tears it down."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pandars.embedded import Embedded  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def panda():
+    system = Embedded(local_workers=4)
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture()
+def client(panda):
+    return panda.client
