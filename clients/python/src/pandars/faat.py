@@ -75,23 +75,28 @@ def call_key(arg_set) -> str:
 
 
 def function_ref(func: Callable, source_dir: str) -> str:
-    """``<module>:<qualname>``; a function of a script run as ``__main__`` is named by its file
-    path relative to the source directory (the runtime imports the file without running its
-    ``if __name__ == "__main__":`` block)."""
-    module = func.__module__
-    if module and module.endswith(".py"):
-        pass  # a script's function, loaded by path in a job (runtime.resolve)
-    elif module == "__main__" or module is None:
-        path = inspect.getsourcefile(func)
-        if not path:
-            raise ValueError(f"cannot find the source file of {func.__qualname__}")
-        rel = os.path.relpath(os.path.abspath(path), source_dir)
-        if rel.startswith(".."):
-            raise ValueError(f"{path} is outside the workflow's source directory {source_dir}")
-        module = rel.replace(os.sep, "/")
+    """``<module>:<qualname>``. A function defined under the source directory is named by its
+    module when that module is importable from there, else (a script, ``__main__``, a file loaded
+    by path) by its file path relative to the source directory: the runtime imports that file
+    without running its ``if __name__ == "__main__":`` block. A function from elsewhere (an
+    installed package) is named by its module, which the job's Python must have too."""
     if "<locals>" in func.__qualname__:
         raise ValueError(f"{func.__qualname__}: a work must be a module-level function")
-    return f"{module}:{func.__qualname__}"
+    module = func.__module__ or "__main__"
+    if module.endswith(".py"):
+        return f"{module}:{func.__qualname__}"  # a script's function, loaded by path in a job
+    path = inspect.getsourcefile(func)
+    rel = os.path.relpath(os.path.abspath(path), source_dir) if path else None
+    inside = rel is not None and not rel.startswith("..")
+    if not inside:
+        if module == "__main__":
+            raise ValueError(f"{path} is outside the workflow's source directory {source_dir}")
+        return f"{module}:{func.__qualname__}"
+    as_module = os.path.join(source_dir, *module.split("."))
+    importable = os.path.isfile(as_module + ".py") or os.path.isfile(os.path.join(as_module, "__init__.py"))
+    if module != "__main__" and importable:
+        return f"{module}:{func.__qualname__}"
+    return f"{rel.replace(os.sep, '/')}:{func.__qualname__}"
 
 
 class Work:
