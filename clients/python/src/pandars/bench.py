@@ -15,19 +15,8 @@ import sys
 import tempfile
 import time
 
-from pandars import work
+from pandars._benchfuncs import noop, objective
 from pandars.faat import WorkflowContext, workflow_context
-
-
-@work
-def noop(i):
-    return None
-
-
-@work
-def objective(x, seconds):
-    time.sleep(seconds)
-    return x * x
 
 
 def bench_functions(ctx, n):
