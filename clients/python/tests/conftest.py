@@ -13,7 +13,10 @@ from pandars.embedded import Embedded  # noqa: E402
 
 @pytest.fixture(scope="session")
 def panda():
-    system = Embedded(local_workers=4)
+    # PANDARS_TEST_BUS_URL=amqp://... runs the suite with RabbitMQ as the bus instead of the
+    # in-process one (results then travel through the broker).
+    bus = os.environ.get("PANDARS_TEST_BUS_URL")
+    system = Embedded(local_workers=4, extra_env={"PANDA_BUS__URL": bus} if bus else None)
     try:
         yield system
     finally:

@@ -145,3 +145,19 @@ def test_a_remote_workflow_runs_its_driver_as_a_job(client):
     result = remote_driver(3, client=client)
     assert isinstance(result, AsyncResult)
     assert result.get(timeout=180) == 0 + 1 + 4
+
+
+def test_results_are_pushed_without_asking_the_server(ctx):
+    submitted = funcs.square(group_kwargs=[[i] for i in range(3)])
+    submitted.close()
+
+    class Counting(AsyncResult):
+        refreshes = 0
+
+        def refresh(self):
+            Counting.refreshes += 1
+            super().refresh()
+
+    pushed = Counting(submitted.client, submitted.task_id, submitted.keys, poll_interval=1000)
+    assert pushed.get(timeout=120) == [0, 1, 4]
+    assert Counting.refreshes == 0, "every result came over the stream"

@@ -309,7 +309,11 @@ impl Service {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn record_job_end(&self, job_id: JobId) -> Result<bool> {
+    pub async fn record_job_end(&self, task_id: TaskId, job_id: JobId) -> Result<bool> {
+        // Most ended jobs are no work's: one read, no transaction, for them.
+        if self.store.find_work(&self.db, task_id).await?.is_none() {
+            return Ok(false);
+        }
         let txn = self.db.begin().await?;
         let Some(job) = self.store.lock_job(&txn, job_id).await? else { return Ok(false) };
         if !job.status.is_final() {
@@ -337,6 +341,9 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn record_task_end(&self, task_id: TaskId) -> Result<usize> {
+        if self.store.find_work(&self.db, task_id).await?.is_none() {
+            return Ok(0);
+        }
         let txn = self.db.begin().await?;
         let Some(task) = self.store.lock_task(&txn, task_id).await? else { return Ok(0) };
         if !task.status.is_final() || self.store.find_work(&txn, task_id).await?.is_none() {
@@ -405,7 +412,7 @@ impl Handler for FailureResults {
             self.0.record_task_end(TaskId(body.task_id)).await.map(|_| ()).map_err(retry)
         } else {
             let body: JobStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
-            self.0.record_job_end(JobId(body.job_id)).await.map(|_| ()).map_err(retry)
+            self.0.record_job_end(TaskId(body.task_id), JobId(body.job_id)).await.map(|_| ()).map_err(retry)
         }
     }
 }

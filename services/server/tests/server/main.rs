@@ -753,14 +753,14 @@ async fn a_work_stores_calls_and_results(f: Fixture) {
     f.service.kill_job(job(2).id).await.unwrap();
     let lease = job(2).lease_token.unwrap();
     f.service.update_job(job(2).id, &lease, report(JobStatus::Failed)).await.unwrap();
-    assert!(f.service.record_job_end(job(2).id).await.unwrap());
-    assert!(!f.service.record_job_end(job(2).id).await.unwrap(), "a second delivery changes nothing");
+    assert!(f.service.record_job_end(task_id, job(2).id).await.unwrap());
+    assert!(!f.service.record_job_end(task_id, job(2).id).await.unwrap(), "a second delivery changes nothing");
     // A job that stored its result and ended gets no failure result.
     let lease1 = job(1).lease_token.unwrap();
     f.service.update_job(job(1).id, &lease1, report(JobStatus::Finished)).await.unwrap();
-    assert!(!f.service.record_job_end(job(1).id).await.unwrap());
+    assert!(!f.service.record_job_end(task_id, job(1).id).await.unwrap());
     // A job still running is left alone; an ended job may not store a result any more.
-    assert!(!f.service.record_job_end(job(3).id).await.unwrap());
+    assert!(!f.service.record_job_end(task_id, job(3).id).await.unwrap());
     let error = f.service.put_result(job(2).id, ok_result(task_id, 2, "20")).await.unwrap_err();
     assert!(matches!(error, Error::ResultRefused { .. }), "{error}");
     let (results, n_calls) = f.service.list_results(task_id).await.unwrap();
