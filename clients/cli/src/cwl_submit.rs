@@ -63,6 +63,8 @@ pub fn workflow_spec(
                 // The task command is a template: braces are escaped.
                 command: line.join(" ").replace('{', "{{").replace('}', "}}"),
                 n_jobs: Some(1),
+                // The driver is not rerun on failure: its tools already ran (or failed) once.
+                split: Some(server::SplitRules { max_attempts: Some(1), ..Default::default() }),
                 ..Default::default()
             }),
         }],

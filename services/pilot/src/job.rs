@@ -96,8 +96,10 @@ pub(crate) fn job_dir(work_dir: &Path, job_id: JobId) -> PathBuf {
 }
 
 /// The payload's environment on top of the pilot's: the job's variables, then the PANDA_*
-/// variables, which win so that a job cannot lie about its own identity.
-pub(crate) fn payload_environment(job: &Job, job_dir: &Path) -> Vec<(String, String)> {
+/// variables, which win so that a job cannot lie about its own identity. `PANDA_SERVER_URL` is
+/// the server this pilot talks to (the Python SDK's runtime fetches its call and stores its
+/// result there).
+pub(crate) fn payload_environment(job: &Job, job_dir: &Path, server_url: &str) -> Vec<(String, String)> {
     let mut environment: Vec<(String, String)> = job.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let panda = [
         ("PANDA_JOB_ID", job.lease.job_id.to_string()),
@@ -106,6 +108,7 @@ pub(crate) fn payload_environment(job: &Job, job_dir: &Path) -> Vec<(String, Str
         ("PANDA_WORK_DIR", job_dir.display().to_string()),
         ("PANDA_INPUT_FILES", job.inputs.iter().map(|file| file.lfn.as_str()).collect::<Vec<_>>().join(" ")),
         ("PANDA_OUTPUT_FILES", job.outputs.join(" ")),
+        ("PANDA_SERVER_URL", server_url.to_owned()),
     ];
     environment.retain(|(key, _)| !panda.iter().any(|(name, _)| name == key));
     environment.extend(panda.into_iter().map(|(key, value)| (key.to_owned(), value)));
@@ -201,7 +204,7 @@ async fn prepare_inputs(cx: &Context<'_>, job: &Job, dir: &Path) -> Result<(), s
 /// Runs the payload with heartbeats and judges how it ended; the final update, or `None` when
 /// the lease was lost and nothing more may be sent.
 async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<Update>> {
-    let environment = payload_environment(job, dir);
+    let environment = payload_environment(job, dir, &cx.config.server_url);
     let environment = environment.iter().map(|(key, value)| (key.as_str(), value.as_str()));
     let mut payload = match Payload::spawn(&job.command, dir, environment) {
         Ok(payload) => payload,

@@ -77,6 +77,30 @@ pub enum Error {
         /// Asked state.
         to: JobStatus,
     },
+    /// The task is not a Function-as-a-Task work.
+    #[error("task {task_id} is not a work (submit functions with FunctionService.SubmitWork)")]
+    WorkNotFound {
+        /// The task asked for.
+        task_id: TaskId,
+    },
+    /// A work has no call with this index.
+    #[error("work {task_id} has no call {index} (calls are numbered 1..={n_calls})")]
+    CallNotFound {
+        /// The work's task.
+        task_id: TaskId,
+        /// The index asked for.
+        index: u32,
+        /// How many calls it has.
+        n_calls: u32,
+    },
+    /// A result the job may not store.
+    #[error("result of job {job_id} refused: {reason}")]
+    ResultRefused {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: String,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down ({0}); retry against another replica or later")]
     ShuttingDown(#[from] crate::group_commit::Stopped),
@@ -159,14 +183,17 @@ impl ServiceError for Error {
             | Error::JobNotFound { .. }
             | Error::DatasetNotFound { .. }
             | Error::ArchiveNotFound { .. }
-            | Error::BrokerageNotFound { .. } => ErrorCode::NotFound,
+            | Error::BrokerageNotFound { .. }
+            | Error::WorkNotFound { .. }
+            | Error::CallNotFound { .. } => ErrorCode::NotFound,
             Error::DatasetTaken { .. } | Error::DatasetExists { .. } => ErrorCode::AlreadyExists,
             Error::TaskState { .. }
             | Error::NotHolder { .. }
             | Error::JobTransition { .. }
             | Error::JobActor { .. }
             | Error::TaskActor { .. }
-            | Error::LogClosed { .. } => ErrorCode::FailedPrecondition,
+            | Error::LogClosed { .. }
+            | Error::ResultRefused { .. } => ErrorCode::FailedPrecondition,
             Error::ShuttingDown(_) => ErrorCode::Unavailable,
             Error::Db(error) => db_code(error),
             Error::Corrupt { .. } | Error::Storage { .. } => ErrorCode::Internal,

@@ -52,6 +52,9 @@ pub enum RunError {
     /// Database connection or migration.
     #[error(transparent)]
     Db(#[from] panda_db::Error),
+    /// The bus refused a subscription.
+    #[error(transparent)]
+    Bus(#[from] panda_bus::Error),
     /// gRPC serving.
     #[error(transparent)]
     Grpc(#[from] panda_runtime::grpc::GrpcError),
@@ -126,6 +129,13 @@ pub async fn run(
     let log_api = grpc::LogApi::new(logs, feed.clone());
     let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let generation_api = grpc::GenerationApi::new(service.clone());
+    // Jobs of works that end without a result get a failure result (one queue shared by replicas).
+    let failures = panda_bus::Subscription::new(
+        deps.bus.queue_name("server", "function-failures"),
+        service::FAILURE_BINDINGS.iter().copied(),
+    );
+    deps.bus.consume(failures, Arc::new(service::FailureResults(service.clone())), shutdown.clone()).await?;
+    let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -143,6 +153,11 @@ pub async fn run(
         )
         .add_service(panda_proto::server::v1::brokerage_service_server::BrokerageServiceServer::new(catalog_api))
         .add_service(panda_proto::server::v1::generation_service_server::GenerationServiceServer::new(generation_api))
+        // A work's calls arrive in one SubmitWork call (all or nothing).
+        .add_service(
+            panda_proto::server::v1::function_service_server::FunctionServiceServer::new(function_api)
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));

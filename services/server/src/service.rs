@@ -20,8 +20,11 @@ use crate::metrics::Metrics;
 use crate::model::{Dataset, FileRecord, Job, JobBatch, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
 use crate::store::{JobFilter, Store, TaskFilter};
 
+mod function;
 mod generation;
 mod pilot;
+
+pub use function::{FAILURE_BINDINGS, FailureResults, NewWork, log_location, result_topic};
 
 pub use generation::JobRetry;
 pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
@@ -48,6 +51,14 @@ pub struct Dispatched {
     pub job: Job,
     /// Its inputs in order.
     pub inputs: Vec<FileRecord>,
+}
+
+/// What [`Service::register_task`] did.
+enum Registered {
+    /// The idempotency key named this stored task; nothing was written.
+    Existing(Task),
+    /// Stored in the caller's transaction.
+    New(Task),
 }
 
 /// The server's use cases.
@@ -154,14 +165,33 @@ impl Service {
         }
         let spec = draft.validate().map_err(Error::InvalidArgument)?;
         let txn = self.db.begin().await?;
-        if let Some(key) = &idempotency_key
-            && let Some(existing) = self.store.find_task_by_key(&txn, key).await?
+        match self.register_task(&txn, &spec, idempotency_key.as_deref()).await? {
+            Registered::Existing(task) => Ok((task, false)),
+            Registered::New(task) => {
+                self.commit(txn, vec![events::task_changed(&task, TaskStatus::Registered)]).await?;
+                Ok((task, true))
+            }
+        }
+    }
+
+    /// Checks a validated task against the stored state (input datasets exist, the code archive
+    /// is cached, the output dataset is free) and stores it with its output dataset in `txn`; the
+    /// caller commits with the `task.registered` event. A known idempotency key gives the stored
+    /// task and stores nothing.
+    async fn register_task(
+        &self,
+        txn: &DatabaseTransaction,
+        spec: &panda_types::spec::TaskSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<Registered> {
+        if let Some(key) = idempotency_key
+            && let Some(existing) = self.store.find_task_by_key(txn, key).await?
         {
-            return Ok((existing, false));
+            return Ok(Registered::Existing(existing));
         }
         if let panda_types::spec::TaskInput::Datasets { names, .. } = &spec.input {
             for (i, name) in names.iter().enumerate() {
-                if self.store.find_dataset(&txn, name).await?.is_none() {
+                if self.store.find_dataset(txn, name).await?.is_none() {
                     return Err(Error::invalid(
                         format!("task.input_datasets[{i}]"),
                         format!("dataset {name:?} does not exist"),
@@ -170,7 +200,7 @@ impl Service {
             }
         }
         if let Some(sha256) = &spec.code_sha256
-            && self.store.find_archive(&txn, sha256).await?.is_none()
+            && self.store.find_archive(txn, sha256).await?.is_none()
         {
             return Err(Error::invalid(
                 "task.code_sha256",
@@ -178,19 +208,18 @@ impl Service {
             ));
         }
         if let Some(output) = &spec.output_dataset
-            && let Some((_, owner, _)) = self.store.find_dataset(&txn, output).await?
+            && let Some((_, owner, _)) = self.store.find_dataset(txn, output).await?
         {
             return Err(Error::DatasetTaken { name: output.clone(), task_id: owner });
         }
         let now = Utc::now();
-        let task = self.store.insert_task(&txn, &spec, idempotency_key.as_deref(), now).await?;
+        let task = self.store.insert_task(txn, spec, idempotency_key, now).await?;
         if let Some(output) = &spec.output_dataset {
-            self.store.insert_dataset(&txn, output, task.id, DatasetStatus::Defined, now).await?;
+            self.store.insert_dataset(txn, output, task.id, DatasetStatus::Defined, now).await?;
         }
         info!(entity = "task", id = %task.id, to = %task.status, "task registered");
         self.metrics.tasks_submitted.inc();
-        self.commit(txn, vec![events::task_changed(&task, TaskStatus::Registered)]).await?;
-        Ok((task, true))
+        Ok(Registered::New(task))
     }
 
     /// A task and its job counts.

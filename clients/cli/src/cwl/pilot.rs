@@ -145,6 +145,9 @@ impl PilotExecutor {
                 disk_mb: 0,
                 walltime_seconds: job.timeout.map_or(0, |t| t.as_secs().max(1)),
             }),
+            // CWL has no automatic retry: a failing tool is the workflow's permanentFail at
+            // once, not after the system's default three attempts.
+            split: Some(server::SplitRules { max_attempts: Some(1), ..Default::default() }),
             ..Default::default()
         })
     }

@@ -39,7 +39,8 @@ fn job_dirs_follow_the_reference_name() {
 
 #[test]
 fn the_payload_sees_the_job_and_panda_variables() {
-    let environment: BTreeMap<_, _> = payload_environment(&job(), Path::new("/w/PanDA_Pilot-7")).into_iter().collect();
+    let environment: BTreeMap<_, _> =
+        payload_environment(&job(), Path::new("/w/PanDA_Pilot-7"), "http://127.0.0.1:9").into_iter().collect();
     let get = |key: &str| environment.get(key).map(String::as_str);
     assert_eq!(get("USER_VAR"), Some("x"));
     assert_eq!(get("PANDA_JOB_ID"), Some("7"));
@@ -48,10 +49,11 @@ fn the_payload_sees_the_job_and_panda_variables() {
     assert_eq!(get("PANDA_WORK_DIR"), Some("/w/PanDA_Pilot-7"));
     assert_eq!(get("PANDA_INPUT_FILES"), Some("a.root b.root"));
     assert_eq!(get("PANDA_OUTPUT_FILES"), Some("out.1 out.2"));
+    assert_eq!(get("PANDA_SERVER_URL"), Some("http://127.0.0.1:9"));
 }
 
 #[test]
 fn a_panda_variable_appears_once() {
-    let environment = payload_environment(&job(), Path::new("/w"));
+    let environment = payload_environment(&job(), Path::new("/w"), "http://127.0.0.1:9");
     assert_eq!(environment.iter().filter(|(key, _)| key == "PANDA_JOB_ID").count(), 1);
 }

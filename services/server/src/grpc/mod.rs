@@ -4,11 +4,13 @@
 mod cache;
 mod catalog;
 mod convert;
+mod function;
 mod handlers;
 mod logs;
 mod watch;
 
 pub use cache::CacheApi;
 pub use catalog::{CatalogApi, GenerationApi};
+pub use function::FunctionApi;
 pub use handlers::Api;
 pub use logs::LogApi;

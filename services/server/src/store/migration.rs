@@ -18,7 +18,8 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0005CacheAndLogs));
         all.push(Box::new(M0006JobStateTimes));
         all.push(Box::new(M0007CatalogAndBrokerage));
-        all.push(Box::new(M0008JobMerge));
+        all.push(Box::new(M0008Functions));
+        all.push(Box::new(M0009JobMerge));
         all
     }
 }
@@ -344,18 +345,75 @@ impl MigrationTrait for M0007CatalogAndBrokerage {
     }
 }
 
-/// Marks merge jobs (generated over a task's outputs once its other jobs ended), so a task is
-/// merged once and JEDI can tell them from processing jobs.
-struct M0008JobMerge;
+/// Function-as-a-Task: the works (tasks whose jobs run one call of a Python function each), the
+/// calls' arguments and their results (the encoded `FunctionResult`).
+struct M0008Functions;
 
-impl MigrationName for M0008JobMerge {
+impl MigrationName for M0008Functions {
     fn name(&self) -> &str {
-        "server_m0008_job_merge"
+        "server_m0008_functions"
     }
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for M0008JobMerge {
+impl MigrationTrait for M0008Functions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("function_works")
+                    .if_not_exists()
+                    .col(big_integer("task_id").primary_key())
+                    .col(text("function"))
+                    .col(string("serializer"))
+                    .col(integer("n_calls"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("function_calls")
+                    .if_not_exists()
+                    .col(big_integer("task_id"))
+                    .col(integer("idx"))
+                    .col(text("call_key"))
+                    .col(blob("args"))
+                    .primary_key(Index::create().col("task_id").col("idx"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("function_results")
+                    .if_not_exists()
+                    .col(big_integer("task_id"))
+                    .col(integer("idx"))
+                    .col(big_integer("job_id"))
+                    .col(boolean("ok"))
+                    .col(blob("body"))
+                    .col(timestamp_with_time_zone("stored_at"))
+                    .primary_key(Index::create().col("task_id").col("idx"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Marks merge jobs (generated over a task's outputs once its other jobs ended), so a task is
+/// merged once and JEDI can tell them from processing jobs.
+struct M0009JobMerge;
+
+impl MigrationName for M0009JobMerge {
+    fn name(&self) -> &str {
+        "server_m0009_job_merge"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0009JobMerge {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.alter_table(Table::alter().table("jobs").add_column(boolean("merge").default(false)).to_owned()).await
     }

@@ -10,6 +10,7 @@ mod bulk;
 mod cache;
 mod catalog;
 mod entities;
+pub mod function;
 mod logs;
 pub mod migration;
 

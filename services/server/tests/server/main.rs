@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use panda_bus::outbox::Outbox;
 use panda_db::TestDb;
+use panda_proto::server::v1::FunctionResult;
 use panda_server::error::Error;
 use panda_server::group_commit::Shape;
 use panda_server::model::{ErrorSource, JobReport, NewJob, OutputFile};
-use panda_server::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
+use panda_server::service::{DispatchRequest, NewWork, PilotBatches, PilotCommand, Service, UpdateRequest};
 use panda_server::store::migration::Migrator;
 use panda_types::spec::TaskSpecDraft;
 use panda_types::{JobStatus, Resources, StateMachine, TaskId, TaskStatus};
@@ -794,6 +795,95 @@ async fn a_failed_job_with_default_attempts_keeps_the_task_running(f: Fixture) {
     assert_eq!((task.status, counts.failed), (TaskStatus::Running, 1));
 }
 
+fn new_work(name: &str, calls: usize) -> NewWork {
+    NewWork {
+        task: TaskSpecDraft { name: name.into(), command: "python3 -m pandars.runtime".into(), ..Default::default() },
+        function: "m:f".into(),
+        serializer: "json".into(),
+        calls: (0..calls).map(|i| (format!("k{i}"), format!("[{i}]").into_bytes())).collect(),
+    }
+}
+
+fn ok_result(task_id: TaskId, index: u32, value: &str) -> FunctionResult {
+    FunctionResult { task_id: task_id.0, index, ok: true, value: value.as_bytes().to_vec(), ..Default::default() }
+}
+
+/// A work is one task with its calls, stored together; the runtime reads its call and stores its
+/// result; a job that ends without one gets a failure result.
+async fn a_work_stores_calls_and_results(f: Fixture) {
+    let (task_id, created) = f.service.submit_work(new_work("w", 3), Some("wk".into())).await.unwrap();
+    assert!(created);
+    let (again, created) = f.service.submit_work(new_work("w", 3), Some("wk".into())).await.unwrap();
+    assert_eq!((again, created), (task_id, false));
+    let (task, _) = f.service.get_task(task_id).await.unwrap();
+    assert_eq!(task.spec.input, panda_types::spec::TaskInput::Generated { n_jobs: 3 });
+    let (work, call) = f.service.get_call(task_id, 2).await.unwrap();
+    assert_eq!((work.function.as_str(), call.key.as_str(), call.args.as_slice()), ("m:f", "k1", b"[1]".as_slice()));
+    assert!(matches!(f.service.get_call(task_id, 4).await, Err(Error::CallNotFound { n_calls: 3, .. })));
+    f.service.insert_jobs(task_id, jobs(3, "q", "")).await.unwrap();
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 3).await.unwrap();
+    let job = |index: u32| sent.iter().find(|d| d.job.job_index == index).unwrap().job.clone();
+    // A job may store only its own call's result.
+    let error = f.service.put_result(job(1).id, ok_result(task_id, 2, "1")).await.unwrap_err();
+    assert!(matches!(error, Error::ResultRefused { .. }), "{error}");
+    assert!(f.service.put_result(job(1).id, ok_result(task_id, 1, "10")).await.unwrap());
+    // The first success stays.
+    assert!(!f.service.put_result(job(1).id, ok_result(task_id, 1, "11")).await.unwrap());
+    // Job 2 is killed before storing anything: its call gets a failure result.
+    f.service.kill_job(job(2).id).await.unwrap();
+    let lease = job(2).lease_token.unwrap();
+    f.service.update_job(job(2).id, &lease, report(JobStatus::Failed)).await.unwrap();
+    assert!(f.service.record_job_end(task_id, job(2).id).await.unwrap());
+    assert!(!f.service.record_job_end(task_id, job(2).id).await.unwrap(), "a second delivery changes nothing");
+    // A job that stored its result and ended gets no failure result.
+    let lease1 = job(1).lease_token.unwrap();
+    f.service.update_job(job(1).id, &lease1, report(JobStatus::Finished)).await.unwrap();
+    assert!(!f.service.record_job_end(task_id, job(1).id).await.unwrap());
+    // A job still running is left alone; an ended job may not store a result any more.
+    assert!(!f.service.record_job_end(task_id, job(3).id).await.unwrap());
+    let error = f.service.put_result(job(2).id, ok_result(task_id, 2, "20")).await.unwrap_err();
+    assert!(matches!(error, Error::ResultRefused { .. }), "{error}");
+    let (results, n_calls) = f.service.list_results(task_id).await.unwrap();
+    assert_eq!(n_calls, 3);
+    assert_eq!(results.len(), 2);
+    assert!(results[0].ok && results[0].value == b"10" && results[0].key == "k0" && results[0].serializer == "json");
+    let failure = results[1].error.clone().unwrap();
+    assert!(!results[1].ok);
+    assert_eq!(failure.r#type, "JobCancelled");
+    assert_eq!(failure.log_location, format!("panda job logs {}", job(2).id));
+}
+
+/// A work killed before its jobs exist still answers every call (with a failure).
+async fn a_work_killed_before_its_jobs_answers_every_call(f: Fixture) {
+    let (task_id, _) = f.service.submit_work(new_work("w", 2), None).await.unwrap();
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 0, "a running work is left alone");
+    f.service.kill_task(task_id).await.unwrap();
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 2);
+    assert_eq!(f.service.record_task_end(task_id).await.unwrap(), 0, "a second delivery changes nothing");
+    let (results, _) = f.service.list_results(task_id).await.unwrap();
+    let kinds: Vec<String> = results.iter().map(|r| r.error.clone().unwrap().r#type).collect();
+    assert_eq!(kinds, ["TaskAborted", "TaskAborted"]);
+    assert_eq!((results[0].key.as_str(), results[1].key.as_str()), ("k0", "k1"));
+}
+
+/// Bad works are refused whole, every problem named; nothing is stored.
+async fn a_bad_work_stores_nothing(f: Fixture) {
+    let mut bad = new_work("", 2);
+    bad.calls[1].0 = "k0".into();
+    bad.serializer = "xml".into();
+    let Err(Error::InvalidArgument(problems)) = f.service.submit_work(bad, None).await else { panic!("accepted") };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert!(
+        fields.contains(&"serializer") && fields.contains(&"calls[1].key") && fields.contains(&"task.name"),
+        "{fields:?}"
+    );
+    assert!(f.service.list_tasks(Default::default()).await.unwrap().is_empty());
+    assert!(matches!(f.service.list_results(TaskId(1)).await, Err(Error::WorkNotFound { .. })));
+    // An ordinary task is no work.
+    let (task, _) = f.service.submit_task(draft("t", 1, ""), None).await.unwrap();
+    assert!(matches!(f.service.get_call(task.id, 1).await, Err(Error::WorkNotFound { .. })));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -817,6 +907,9 @@ macro_rules! store_suite {
 }
 
 store_suite!(
+    a_work_stores_calls_and_results,
+    a_bad_work_stores_nothing,
+    a_work_killed_before_its_jobs_answers_every_call,
     submit_and_read_back,
     inserting_jobs_runs_the_task_once,
     concurrent_dispatch_hands_out_each_job_once,
