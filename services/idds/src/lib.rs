@@ -12,6 +12,8 @@
 pub mod backend;
 pub mod config;
 pub mod graph;
+pub mod hpo;
+pub mod hpo_store;
 pub mod grpc;
 pub mod service;
 pub mod store;
