@@ -62,6 +62,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The study (or a request about one) is invalid.
+    #[error("invalid study: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidStudy(Vec<FieldError>),
     /// No such study.
     #[error("study {study_id} not found")]
     StudyNotFound {
@@ -92,7 +95,7 @@ pub enum Error {
 impl ServiceError for Error {
     fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::InvalidArgument(_) | Error::InvalidStudy(_) => ErrorCode::InvalidArgument,
             Error::NotFound { .. } | Error::StudyNotFound { .. } => ErrorCode::NotFound,
             Error::FailedPrecondition { .. } | Error::StudyPrecondition { .. } => ErrorCode::FailedPrecondition,
             Error::Optimizer(_) => ErrorCode::Unavailable,
@@ -396,7 +399,7 @@ impl Engine {
         check_tasks(&graph, &user)?;
         for (path, node) in graph.walk() {
             if let Some(spec) = &node.hpo {
-                self.check_study(spec, &format!("nodes.{path}.hpo"))?;
+                self.check_study(spec, &format!("nodes.{path}.hpo")).map_err(Error::InvalidArgument)?;
             }
         }
         let mut state = State::initial(&graph);

@@ -13,9 +13,9 @@ pub const MAX_POINTS: u32 = 10_000;
 /// Most points per iteration.
 pub const MAX_POINTS_PER_ITERATION: u32 = 1_000;
 
-/// Which optimizer proposes points.
+/// Which optimizer proposes points: written `random`, `tpe` or `{plugin: <name>}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "OptimizerText", into = "OptimizerText")]
 pub enum OptimizerSpec {
     /// Uniform random search.
     Random,
@@ -24,6 +24,39 @@ pub enum OptimizerSpec {
     Tpe,
     /// An external optimizer configured in `[idds.hpo.plugins]`, by name.
     Plugin(String),
+}
+
+/// How an optimizer is written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum OptimizerText {
+    Name(String),
+    Plugin { plugin: String },
+}
+
+impl TryFrom<OptimizerText> for OptimizerSpec {
+    type Error = String;
+
+    fn try_from(text: OptimizerText) -> Result<Self, Self::Error> {
+        match text {
+            OptimizerText::Name(name) => match name.as_str() {
+                "random" => Ok(OptimizerSpec::Random),
+                "tpe" | "bayesian" => Ok(OptimizerSpec::Tpe),
+                other => Err(format!("unknown optimizer {other:?}: use random, tpe or {{plugin: <name>}}")),
+            },
+            OptimizerText::Plugin { plugin } => Ok(OptimizerSpec::Plugin(plugin)),
+        }
+    }
+}
+
+impl From<OptimizerSpec> for OptimizerText {
+    fn from(spec: OptimizerSpec) -> Self {
+        match spec {
+            OptimizerSpec::Random => OptimizerText::Name("random".into()),
+            OptimizerSpec::Tpe => OptimizerText::Name("tpe".into()),
+            OptimizerSpec::Plugin(plugin) => OptimizerText::Plugin { plugin },
+        }
+    }
 }
 
 impl OptimizerSpec {

@@ -30,12 +30,10 @@ impl StudyView {
     }
 }
 
-fn invalid(error: HpoError) -> Error {
+fn field_errors(error: HpoError) -> Vec<FieldError> {
     match error {
-        HpoError::Invalid(problems) => {
-            Error::InvalidArgument(problems.into_iter().map(|(f, m)| FieldError::new(f, m)).collect())
-        }
-        other => Error::Optimizer(other),
+        HpoError::Invalid(problems) => problems.into_iter().map(|(f, m)| FieldError::new(f, m)).collect(),
+        other => vec![FieldError::new("study", other.to_string())],
     }
 }
 
@@ -92,16 +90,16 @@ fn placeholder_study(id: u64) -> Study {
 impl Engine {
     /// Checks a study's settings and that its plug-in is configured; problems name
     /// `<prefix>.<field>`.
-    pub(super) fn check_study(&self, spec: &StudySpec, prefix: &str) -> Result<(), Error> {
-        spec.validate(prefix).map_err(invalid)?;
+    pub(super) fn check_study(&self, spec: &StudySpec, prefix: &str) -> Result<(), Vec<FieldError>> {
+        spec.validate(prefix).map_err(field_errors)?;
         if let crate::hpo::OptimizerSpec::Plugin(name) = &spec.optimizer
             && !self.plugins.contains_key(name)
         {
             let configured = self.plugins.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(Error::InvalidArgument(vec![FieldError::new(
+            return Err(vec![FieldError::new(
                 format!("{prefix}.optimizer.plugin"),
                 format!("no plug-in named {name:?} is configured in [idds.hpo.plugins] (configured: {configured})"),
-            )]));
+            )]);
         }
         Ok(())
     }
@@ -118,16 +116,19 @@ impl Engine {
         spec: StudySpec,
         task: Option<TaskTemplate>,
     ) -> Result<u64, Error> {
-        self.check_study(&spec, "study")?;
+        self.check_study(&spec, "study").map_err(Error::InvalidStudy)?;
         if name.is_empty() || name.len() > 200 {
-            return Err(Error::InvalidArgument(vec![FieldError::new("name", "must be 1 to 200 characters")]));
+            return Err(Error::InvalidStudy(vec![FieldError::new("name", "must be 1 to 200 characters")]));
         }
         let user = if user.is_empty() { "anonymous" } else { user };
         let task_json = match task {
-            Some(task) => {
+            Some(mut task) => {
+                if task.input_datasets.is_empty() && task.n_jobs.is_none() {
+                    task.n_jobs = Some(1);
+                }
                 let graph = Graph { name: name.to_owned(), nodes: vec![Node::task(name, task.clone())], ..Graph::default() };
                 check_tasks(&graph, user).map_err(|e| match e {
-                    Error::InvalidArgument(problems) => Error::InvalidArgument(
+                    Error::InvalidArgument(problems) => Error::InvalidStudy(
                         problems
                             .into_iter()
                             .map(|p| FieldError::new(p.field.replacen(&format!("nodes.{name}."), "task.", 1), p.message))
@@ -188,7 +189,7 @@ impl Engine {
     /// UNAVAILABLE when its plug-in fails.
     pub async fn ask_points(&self, study_id: u64, n: u32) -> Result<Vec<StoredPoint>, Error> {
         if n > MAX_POINTS_PER_ITERATION {
-            return Err(Error::InvalidArgument(vec![FieldError::new(
+            return Err(Error::InvalidStudy(vec![FieldError::new(
                 "n",
                 format!("must be at most {MAX_POINTS_PER_ITERATION} (got {n})"),
             )]));
@@ -232,13 +233,13 @@ impl Engine {
     /// FAILED_PRECONDITION when the point already ended.
     pub async fn tell_loss(&self, study_id: u64, seq: u32, loss: Option<f64>, reason: &str) -> Result<StudyStatus, Error> {
         if loss.is_some_and(|l| !l.is_finite()) {
-            return Err(Error::InvalidArgument(vec![FieldError::new("loss", "must be a finite number")]));
+            return Err(Error::InvalidStudy(vec![FieldError::new("loss", "must be a finite number")]));
         }
         let _lock = self.hpo_lock.lock().await;
         let study = self.external_study(study_id).await?;
         let mut points = hpo_store::points_of(&self.db, study_id).await?;
         let Some(point) = points.iter_mut().find(|p| p.seq == seq) else {
-            return Err(Error::InvalidArgument(vec![FieldError::new(
+            return Err(Error::InvalidStudy(vec![FieldError::new(
                 "point",
                 format!("study {study_id} has no point {seq} (it has {})", points.len()),
             )]));
