@@ -16,6 +16,7 @@ mod brokerage;
 mod code;
 mod cwl;
 mod harvester_admin;
+mod hpo;
 mod logs;
 mod render;
 mod up;
@@ -85,6 +86,9 @@ enum Command {
     /// Workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// HPO studies (idds): points, their losses, the best.
+    #[command(subcommand)]
+    Hpo(hpo::HpoCommand),
     /// Queues known to the server, with their load.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -419,6 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Workflow(command) => Ok(workflow::run(command, &cli.idds, &cli.server, format).await?),
+        Command::Hpo(command) => Ok(hpo::run(command, &cli.idds, format).await?),
         Command::Queue(QueueCommand::List) => {
             let server = ServerClient::new(&cli.server)?;
             let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;

@@ -947,7 +947,8 @@ fn legacy_graph(workflow: &Workflow, works: &[Work]) -> Graph {
     Graph { name: workflow.name.clone(), nodes, ..Graph::default() }
 }
 
-fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
+/// A task template from a wire task spec (the older workflow format, CreateStudy).
+pub fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
     let resources = task.resources.unwrap_or_default();
     TaskTemplate {
         name: if task.name.is_empty() { name.to_owned() } else { task.name },
