@@ -150,7 +150,17 @@ fn list(format: Format, studies: &[idds::Study]) {
     match format {
         Format::Json => out!("{}", Value::Array(studies.iter().map(study_json).collect())),
         Format::Table => {
-            let mut t = render::table(&["ID", "NAME", "STATUS", "OPTIMIZER", "POINTS", "DONE", "FAILED", "BEST LOSS", "CREATED"]);
+            let mut t = render::table(&[
+                "ID",
+                "NAME",
+                "STATUS",
+                "OPTIMIZER",
+                "POINTS",
+                "DONE",
+                "FAILED",
+                "BEST LOSS",
+                "CREATED",
+            ]);
             for s in studies {
                 t.add_row(vec![
                     s.study_id.to_string(),
@@ -173,12 +183,18 @@ fn show(format: Format, s: &idds::Study) {
     match format {
         Format::Json => out!("{}", study_json(s)),
         Format::Table => {
-            out!("study {} {:?}: {}{}", s.study_id, s.name, s.status, if s.reason.is_empty() {
+            out!(
+                "study {} {:?}: {}{}",
+                s.study_id,
+                s.name,
+                s.status,
+                if s.reason.is_empty() { String::new() } else { format!(" ({})", s.reason) }
+            );
+            let source = if s.workflow_id == 0 {
                 String::new()
             } else {
-                format!(" ({})", s.reason)
-            });
-            let source = if s.workflow_id == 0 { String::new() } else { format!(", workflow {} work {}", s.workflow_id, s.work_key) };
+                format!(", workflow {} work {}", s.workflow_id, s.work_key)
+            };
             out!(
                 "optimizer {}, {} of at most {} points, {} per iteration{source}",
                 s.optimizer,
@@ -203,7 +219,12 @@ fn show(format: Format, s: &idds::Study) {
             if s.best_seq == 0 {
                 out!("best: none yet");
             } else {
-                out!("best: point {} loss {} ({})", s.best_seq, loss_text(s.best_loss), params_text(&s.best_params_json));
+                out!(
+                    "best: point {} loss {} ({})",
+                    s.best_seq,
+                    loss_text(s.best_loss),
+                    params_text(&s.best_params_json)
+                );
             }
         }
     }

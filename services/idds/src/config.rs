@@ -61,7 +61,8 @@ impl Config {
         });
         problems.check_url("idds.server_url", &self.server_url);
         for (name, plugin) in &self.hpo.plugins {
-            problems.check(!plugin.command.is_empty(), || format!("idds.hpo.plugins.{name}.command: must not be empty"));
+            problems
+                .check(!plugin.command.is_empty(), || format!("idds.hpo.plugins.{name}.command: must not be empty"));
             problems.check(!plugin.timeout.is_zero(), || format!("idds.hpo.plugins.{name}.timeout: must be positive"));
         }
         problems.finish()

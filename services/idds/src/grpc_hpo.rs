@@ -75,7 +75,10 @@ impl HpoService for HpoApi {
         Ok(Response::new(wire::CreateStudyResponse { study_id }))
     }
 
-    async fn get_study(&self, request: Request<wire::GetStudyRequest>) -> Result<Response<wire::GetStudyResponse>, Status> {
+    async fn get_study(
+        &self,
+        request: Request<wire::GetStudyRequest>,
+    ) -> Result<Response<wire::GetStudyResponse>, Status> {
         let view = self.engine.get_study(required(request.into_inner().study_id)?).await?;
         Ok(Response::new(wire::GetStudyResponse { study: Some(encode(&view, true)) }))
     }
@@ -92,13 +95,19 @@ impl HpoService for HpoApi {
         Ok(Response::new(wire::ListStudiesResponse { studies: views.iter().map(|v| encode(v, false)).collect() }))
     }
 
-    async fn ask_points(&self, request: Request<wire::AskPointsRequest>) -> Result<Response<wire::AskPointsResponse>, Status> {
+    async fn ask_points(
+        &self,
+        request: Request<wire::AskPointsRequest>,
+    ) -> Result<Response<wire::AskPointsResponse>, Status> {
         let request = request.into_inner();
         let points = self.engine.ask_points(required(request.study_id)?, request.n).await?;
         Ok(Response::new(wire::AskPointsResponse { points: points.iter().map(point).collect() }))
     }
 
-    async fn tell_loss(&self, request: Request<wire::TellLossRequest>) -> Result<Response<wire::TellLossResponse>, Status> {
+    async fn tell_loss(
+        &self,
+        request: Request<wire::TellLossRequest>,
+    ) -> Result<Response<wire::TellLossResponse>, Status> {
         let request = request.into_inner();
         if request.seq == 0 {
             return Err(Status::invalid_argument("seq is required (the point's number, from 1)"));

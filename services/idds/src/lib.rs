@@ -14,10 +14,10 @@
 pub mod backend;
 pub mod config;
 pub mod graph;
-pub mod hpo;
-pub mod hpo_store;
 pub mod grpc;
 pub mod grpc_hpo;
+pub mod hpo;
+pub mod hpo_store;
 pub mod service;
 pub mod store;
 

@@ -119,7 +119,15 @@ async fn a_workflow_study_stops_early_survives_a_restart_and_ends_its_work(db: T
     rig.engine = restarted;
     // Point 1 is the best (0.5); point 2 fails; every later point is worse: the study stops
     // after 4 points without improvement (points 3..6), before max_points.
-    let loss = |seq: &str| if seq == "1" { Some(0.5) } else if seq == "2" { None } else { Some(2.0) };
+    let loss = |seq: &str| {
+        if seq == "1" {
+            Some(0.5)
+        } else if seq == "2" {
+            None
+        } else {
+            Some(2.0)
+        }
+    };
     for &task in &first {
         end_point(&rig, task, loss(&env(&rig, task, "HPO_POINT_SEQ"))).await;
     }
@@ -188,9 +196,8 @@ fn spec(text: &str) -> StudySpec {
 
 async fn ask_and_tell_drive_an_outside_study(db: TestDb) {
     let rig = rig(&db).await;
-    let study = spec(
-        "{space: {x: {type: uniform, low: 0, high: 1}}, optimizer: tpe, max_points: 5, points_per_iteration: 2}",
-    );
+    let study =
+        spec("{space: {x: {type: uniform, low: 0, high: 1}}, optimizer: tpe, max_points: 5, points_per_iteration: 2}");
     let id = rig.engine.create_study("outside", "alice", study, None).await.unwrap();
     let first = rig.engine.ask_points(id, 0).await.unwrap();
     assert_eq!(first.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2], "0 asks for points_per_iteration");
@@ -250,7 +257,10 @@ async fn bad_studies_are_refused_naming_the_field(db: TestDb) {
             "name: w\nworks:\n  - name: t\n    hpo: {space: {x: {type: uniform, low: 2, high: 1}}, max_points: 3}\n    task: {command: 'true'}\n",
             "hpo.space.x: low (2) is greater than high (1)",
         ),
-        ("name: w\nworks:\n  - name: t\n    hpo: {space: {c: {type: categorical, choices: []}}, max_points: 3}\n", "hpo needs a task"),
+        (
+            "name: w\nworks:\n  - name: t\n    hpo: {space: {c: {type: categorical, choices: []}}, max_points: 3}\n",
+            "hpo needs a task",
+        ),
         (
             "name: w\nworks:\n  - name: t\n    hpo: {space: {x: {type: integer, low: 1, high: 3}}, max_points: 3, optimizer: {plugin: nope}}\n    task: {command: 'true'}\n",
             "nodes.t.hpo.optimizer.plugin",

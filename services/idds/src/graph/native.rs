@@ -223,7 +223,8 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
     }
     let kind = if let Some(task) = work.task {
         // A study's point is one job unless the task reads input.
-        let n_jobs = if work.hpo.is_some() && task.input_datasets.is_empty() { task.n_jobs.or(Some(1)) } else { task.n_jobs };
+        let n_jobs =
+            if work.hpo.is_some() && task.input_datasets.is_empty() { task.n_jobs.or(Some(1)) } else { task.n_jobs };
         NodeKind::Task(Box::new(TaskTemplate {
             name: if task.name.is_empty() { work.name.clone() } else { task.name.clone() },
             n_jobs,

@@ -117,7 +117,8 @@ impl StudySpec {
             problems.extend(space.into_iter().map(|(f, m)| (format!("{prefix}.{f}"), m)));
         }
         if self.max_points == 0 || self.max_points > MAX_POINTS {
-            problems.push((format!("{prefix}.max_points"), format!("must be 1..={MAX_POINTS} (got {})", self.max_points)));
+            problems
+                .push((format!("{prefix}.max_points"), format!("must be 1..={MAX_POINTS} (got {})", self.max_points)));
         }
         if self.points_per_iteration == 0 || self.points_per_iteration > MAX_POINTS_PER_ITERATION {
             problems.push((
@@ -241,7 +242,10 @@ pub fn early_stop(spec: &StudySpec, points: &[PointView]) -> Option<String> {
         done.sort_by_key(|p| p.seq);
         let since_best = done.iter().filter(|p| p.seq > best_point.seq).count();
         if since_best >= patience as usize {
-            return Some(format!("no improvement in {since_best} points since point {} (patience {patience})", best_point.seq));
+            return Some(format!(
+                "no improvement in {since_best} points since point {} (patience {patience})",
+                best_point.seq
+            ));
         }
     }
     None

@@ -3,11 +3,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::HpoError;
 use super::optimizer::{Observation, Optimizer, Random, Tpe};
 use super::plugin::{self, PluginConfig, Request};
 use super::space::{Param, Point, Space};
 use super::study::{self, Decision, EarlyStop, OptimizerSpec, PointStatus, PointView, StudyEnd, StudySpec};
-use super::HpoError;
 
 const ALL_KINDS: &str = "
 x: {type: uniform, low: -5, high: 5}
@@ -125,8 +125,8 @@ fn study_settings_are_checked() {
 #[test]
 fn point_checks_name_the_parameter() {
     let space = Space::parse(ALL_KINDS).expect("space");
-    let point: Point = serde_json::from_value(json!({"x": 9.0, "lr": 0.01, "layers": 2.5, "act": "gelu", "y": 1}))
-        .expect("point");
+    let point: Point =
+        serde_json::from_value(json!({"x": 9.0, "lr": 0.01, "layers": 2.5, "act": "gelu", "y": 1})).expect("point");
     let found: Vec<String> = problems(space.check_point(&point, "p")).into_iter().map(|(f, _)| f).collect();
     assert_eq!(found, ["p.y", "p.act", "p.layers", "p.x"]);
 }
@@ -159,8 +159,8 @@ fn quadratic(point: &Point) -> f64 {
 
 /// Runs a study of `iterations` × `batch` points against the quadratic; returns the best loss.
 fn run(optimizer: &dyn Optimizer, seed: u64, iterations: usize, batch: usize) -> f64 {
-    let space = Space::parse("x: {type: uniform, low: -10, high: 10}\ny: {type: uniform, low: -10, high: 10}")
-        .expect("space");
+    let space =
+        Space::parse("x: {type: uniform, low: -10, high: 10}\ny: {type: uniform, low: -10, high: 10}").expect("space");
     let mut history = Vec::new();
     for _ in 0..iterations {
         for point in optimizer.ask(&space, &history, batch, seed) {

@@ -50,7 +50,10 @@ fn study_outputs(study_id: u64, points: &[StoredPoint]) -> BTreeMap<String, Valu
     let mut outputs = BTreeMap::from([
         ("study_id".to_owned(), Value::Int(study_id as i64)),
         ("points".to_owned(), Value::Int(points.len() as i64)),
-        ("points_failed".to_owned(), Value::Int(points.iter().filter(|p| p.status == PointStatus::Failed).count() as i64)),
+        (
+            "points_failed".to_owned(),
+            Value::Int(points.iter().filter(|p| p.status == PointStatus::Failed).count() as i64),
+        ),
     ]);
     if let Some(best) = view.best() {
         outputs.insert("best_loss".into(), Value::Float(best.loss.unwrap_or(f64::NAN)));
@@ -126,12 +129,15 @@ impl Engine {
                 if task.input_datasets.is_empty() && task.n_jobs.is_none() {
                     task.n_jobs = Some(1);
                 }
-                let graph = Graph { name: name.to_owned(), nodes: vec![Node::task(name, task.clone())], ..Graph::default() };
+                let graph =
+                    Graph { name: name.to_owned(), nodes: vec![Node::task(name, task.clone())], ..Graph::default() };
                 check_tasks(&graph, user).map_err(|e| match e {
                     Error::InvalidArgument(problems) => Error::InvalidStudy(
                         problems
                             .into_iter()
-                            .map(|p| FieldError::new(p.field.replacen(&format!("nodes.{name}."), "task.", 1), p.message))
+                            .map(|p| {
+                                FieldError::new(p.field.replacen(&format!("nodes.{name}."), "task.", 1), p.message)
+                            })
                             .collect(),
                     ),
                     other => other,
@@ -231,7 +237,13 @@ impl Engine {
     /// # Errors
     /// NOT_FOUND; INVALID_ARGUMENT for an unknown point or a non-finite loss;
     /// FAILED_PRECONDITION when the point already ended.
-    pub async fn tell_loss(&self, study_id: u64, seq: u32, loss: Option<f64>, reason: &str) -> Result<StudyStatus, Error> {
+    pub async fn tell_loss(
+        &self,
+        study_id: u64,
+        seq: u32,
+        loss: Option<f64>,
+        reason: &str,
+    ) -> Result<StudyStatus, Error> {
         if loss.is_some_and(|l| !l.is_finite()) {
             return Err(Error::InvalidStudy(vec![FieldError::new("loss", "must be a finite number")]));
         }
@@ -297,7 +309,10 @@ impl Engine {
         if let Some(optimizer) = crate::hpo::builtin(&spec.optimizer) {
             let history: Vec<Observation> = points
                 .iter()
-                .map(|p| Observation { params: p.params.clone(), loss: if p.status == PointStatus::Done { p.loss } else { None } })
+                .map(|p| Observation {
+                    params: p.params.clone(),
+                    loss: if p.status == PointStatus::Done { p.loss } else { None },
+                })
                 .collect();
             return Ok(optimizer.ask(&spec.space, &history, n as usize, spec.seed));
         }
@@ -402,7 +417,13 @@ impl Engine {
 
     /// Ends a study and, for a work's study, the work with the study's outputs, in one
     /// transaction.
-    async fn finish_study(&self, study: &Study, points: &[StoredPoint], end: StudyEnd, reason: &str) -> Result<(), Error> {
+    async fn finish_study(
+        &self,
+        study: &Study,
+        points: &[StoredPoint],
+        end: StudyEnd,
+        reason: &str,
+    ) -> Result<(), Error> {
         let (study_status, work_status) = study_end_status(end);
         info!(study_id = study.id, status = study_status.as_str(), reason, "study ended");
         let Some(workflow_id) = study.workflow_id else {
@@ -522,7 +543,9 @@ impl Engine {
                 .map_err(|status| Error::Server { call: "ReadJobLog", status })?;
             match values.get("loss").and_then(Value::as_f64) {
                 Some(loss) if loss.is_finite() => (PointStatus::Done, Some(loss), String::new()),
-                Some(loss) => (PointStatus::Failed, None, format!("its job printed a loss that is not finite ({loss})")),
+                Some(loss) => {
+                    (PointStatus::Failed, None, format!("its job printed a loss that is not finite ({loss})"))
+                }
                 None => (PointStatus::Failed, None, "its job printed no `panda-output loss=<number>` line".to_owned()),
             }
         } else {
