@@ -24,10 +24,14 @@ pub struct StudyView {
 impl StudyView {
     /// The point with the lowest loss (the earliest among equals).
     pub fn best(&self) -> Option<&StoredPoint> {
-        let views: Vec<_> = self.points.iter().map(StoredPoint::view).collect();
-        let best = study::best(&views)?;
-        self.points.iter().find(|p| p.seq == best.seq)
+        best_of(&self.points)
     }
+}
+
+fn best_of(points: &[StoredPoint]) -> Option<&StoredPoint> {
+    let views: Vec<_> = points.iter().map(StoredPoint::view).collect();
+    let best = study::best(&views)?;
+    points.iter().find(|p| p.seq == best.seq)
 }
 
 fn field_errors(error: HpoError) -> Vec<FieldError> {
@@ -46,7 +50,6 @@ fn study_end_status(end: StudyEnd) -> (StudyStatus, WorkStatus) {
 
 /// A work's outputs when its study ends: the best loss, point and parameters, the count.
 fn study_outputs(study_id: u64, points: &[StoredPoint]) -> BTreeMap<String, Value> {
-    let view = StudyView { study: placeholder_study(study_id), points: points.to_vec() };
     let mut outputs = BTreeMap::from([
         ("study_id".to_owned(), Value::Int(study_id as i64)),
         ("points".to_owned(), Value::Int(points.len() as i64)),
@@ -55,7 +58,7 @@ fn study_outputs(study_id: u64, points: &[StoredPoint]) -> BTreeMap<String, Valu
             Value::Int(points.iter().filter(|p| p.status == PointStatus::Failed).count() as i64),
         ),
     ]);
-    if let Some(best) = view.best() {
+    if let Some(best) = best_of(points) {
         outputs.insert("best_loss".into(), Value::Float(best.loss.unwrap_or(f64::NAN)));
         outputs.insert("best_seq".into(), Value::Int(i64::from(best.seq)));
         let json = serde_json::Value::Object(best.params.clone().into_iter().collect());
@@ -65,29 +68,6 @@ fn study_outputs(study_id: u64, points: &[StoredPoint]) -> BTreeMap<String, Valu
         }
     }
     outputs
-}
-
-fn placeholder_study(id: u64) -> Study {
-    Study {
-        id,
-        name: String::new(),
-        user: String::new(),
-        workflow_id: None,
-        work_key: String::new(),
-        spec: StudySpec {
-            space: crate::hpo::Space::default(),
-            optimizer: crate::hpo::OptimizerSpec::Random,
-            max_points: 0,
-            points_per_iteration: 0,
-            early_stop: crate::hpo::EarlyStop::default(),
-            seed: 0,
-        },
-        task_json: String::new(),
-        status: StudyStatus::Running,
-        reason: String::new(),
-        created_at: chrono::Utc::now(),
-        ended_at: None,
-    }
 }
 
 impl Engine {
