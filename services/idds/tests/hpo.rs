@@ -275,6 +275,65 @@ async fn bad_studies_are_refused_naming_the_field(db: TestDb) {
     let _ = Space::default();
 }
 
+async fn the_grpc_adapter_names_bad_fields_and_round_trips(db: TestDb) {
+    use panda_proto::idds::v1::hpo_service_server::HpoService;
+    use tonic::{Code, Request};
+    let rig = rig(&db).await;
+    let api = panda_idds::grpc_hpo::HpoApi { engine: rig.engine.clone() };
+    let create =
+        |spec: &str| wire::CreateStudyRequest { name: "api".into(), user: "bob".into(), spec: spec.into(), task: None };
+    let bad_yaml = api.create_study(Request::new(create("{space: {x: {type: uniform, low: 0}}, max_points: 2}"))).await;
+    let status = bad_yaml.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("spec") && status.message().contains("high"), "{}", status.message());
+    let bad_range = api
+        .create_study(Request::new(create("{space: {x: {type: log_uniform, low: 0, high: 1}}, max_points: 2}")))
+        .await;
+    let status = bad_range.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("study.space.x log_uniform needs low > 0"), "{}", status.message());
+    let task = panda_proto::server::v1::TaskSpec { command: "echo %{x}".into(), ..Default::default() };
+    let driven = api
+        .create_study(Request::new(wire::CreateStudyRequest {
+            task: Some(task),
+            ..create("{space: {x: {type: integer, low: 1, high: 9}}, max_points: 2}")
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .study_id;
+    let status = api.ask_points(Request::new(wire::AskPointsRequest { study_id: driven, n: 1 })).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    let id = api
+        .create_study(Request::new(create("{space: {x: {type: integer, low: 1, high: 9}}, max_points: 2}")))
+        .await
+        .unwrap()
+        .into_inner()
+        .study_id;
+    let points = api.ask_points(Request::new(wire::AskPointsRequest { study_id: id, n: 2 })).await.unwrap();
+    let points = points.into_inner().points;
+    assert_eq!(points.len(), 2);
+    let x: serde_json::Value = serde_json::from_str(&points[0].params_json).unwrap();
+    assert!((1..=9).contains(&x["x"].as_i64().unwrap()), "{x}");
+    let tell = |seq, loss| wire::TellLossRequest { study_id: id, seq, loss, reason: String::new() };
+    let status = api.tell_loss(Request::new(tell(0, Some(1.0)))).await.unwrap_err();
+    assert!(status.message().contains("seq is required"), "{}", status.message());
+    api.tell_loss(Request::new(tell(1, Some(2.0)))).await.unwrap();
+    let after = api.tell_loss(Request::new(tell(2, Some(1.0)))).await.unwrap().into_inner();
+    assert_eq!(after.study_status, "finished");
+    let study = api.get_study(Request::new(wire::GetStudyRequest { study_id: id })).await.unwrap().into_inner();
+    let study = study.study.unwrap();
+    assert_eq!((study.best_seq, study.best_loss, study.points_done), (2, Some(1.0), 2));
+    assert_eq!(study.points.len(), 2);
+    let status = api.get_study(Request::new(wire::GetStudyRequest { study_id: 0 })).await.unwrap_err();
+    assert!(status.message().contains("study_id is required"), "{}", status.message());
+    let status = api.get_study(Request::new(wire::GetStudyRequest { study_id: 77 })).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let listed = api.list_studies(Request::new(wire::ListStudiesRequest { limit: 0 })).await.unwrap().into_inner();
+    assert_eq!(listed.studies.len(), 2);
+    assert!(listed.studies.iter().all(|s| s.points.is_empty()), "lists carry no points");
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -303,4 +362,5 @@ suite!(
     ask_and_tell_drive_an_outside_study,
     a_plugin_optimizer_proposes_points,
     bad_studies_are_refused_naming_the_field,
+    the_grpc_adapter_names_bad_fields_and_round_trips,
 );
