@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 fn list_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    // A directory's own change (a new .proto file) reruns the build too.
+    println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.path());
     for entry in entries {

@@ -17,6 +17,7 @@ mod code;
 mod cwl;
 mod cwl_submit;
 mod harvester_admin;
+mod hpo;
 mod logs;
 mod render;
 mod up;
@@ -86,6 +87,9 @@ enum Command {
     /// Workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// HPO studies (idds): points, their losses, the best.
+    #[command(subcommand)]
+    Hpo(hpo::HpoCommand),
     /// Queues known to the server, with their load.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -422,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Workflow(command) => Ok(workflow::run(command, &cli.idds, &cli.server, format).await?),
+        Command::Hpo(command) => Ok(hpo::run(command, &cli.idds, format).await?),
         Command::Queue(QueueCommand::List) => {
             let server = ServerClient::new(&cli.server)?;
             let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;

@@ -35,11 +35,11 @@ fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     ts.as_ref().and_then(|t| Utc.timestamp_opt(t.seconds, t.nanos.max(0) as u32).single())
 }
 
-fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
+pub(crate) fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
     time(ts).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
 }
 
-fn time_json(ts: &Option<prost_types::Timestamp>) -> Value {
+pub(crate) fn time_json(ts: &Option<prost_types::Timestamp>) -> Value {
     time(ts).map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
 }
 
@@ -77,7 +77,7 @@ pub fn workflow_status(value: i32) -> String {
         .unwrap_or_else(|_| value.to_string())
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     table

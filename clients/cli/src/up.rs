@@ -121,6 +121,7 @@ async fn run_workflow(cluster: &Cluster, spec: idds::WorkflowDocument) -> anyhow
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     summary(&workflow, &tasks, &server, &cluster.data_dir, started.elapsed()).await?;
+    crate::hpo::show_studies_of(&cluster.idds_url, workflow_id).await?;
     Ok(workflow.status == idds::WorkflowStatus::Finished as i32)
 }
 

@@ -8,6 +8,7 @@
 mod cache_logs;
 mod checks;
 mod embedded;
+mod hpo;
 mod jedi;
 mod processes;
 mod slurm;

@@ -22,6 +22,18 @@ pub struct Config {
     /// How soon a submission the server could not take is tried again.
     #[serde(with = "humantime_serde")]
     pub submit_retry_interval: Duration,
+    /// HPO studies.
+    pub hpo: HpoConfig,
+}
+
+/// `[idds.hpo]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HpoConfig {
+    /// Optimizer plug-ins by name, used by studies as `optimizer: {plugin: <name>}`:
+    /// `[idds.hpo.plugins.bayes_opt] command = ["python3", "examples/hpo/bayes_opt_plugin.py"]`,
+    /// `timeout = "60s"` (docs/hpo.md).
+    pub plugins: std::collections::BTreeMap<String, crate::hpo::plugin::PluginConfig>,
 }
 
 impl Default for Config {
@@ -32,6 +44,7 @@ impl Default for Config {
             server_url: "http://127.0.0.1:50051".to_owned(),
             database: DatabaseConfig::default(),
             submit_retry_interval: Duration::from_secs(2),
+            hpo: HpoConfig::default(),
         }
     }
 }
@@ -47,6 +60,11 @@ impl Config {
             format!("idds.submit_retry_interval = {:?}: must be at least 100ms", self.submit_retry_interval)
         });
         problems.check_url("idds.server_url", &self.server_url);
+        for (name, plugin) in &self.hpo.plugins {
+            problems
+                .check(!plugin.command.is_empty(), || format!("idds.hpo.plugins.{name}.command: must not be empty"));
+            problems.check(!plugin.timeout.is_zero(), || format!("idds.hpo.plugins.{name}.timeout: must be positive"));
+        }
         problems.finish()
     }
 }

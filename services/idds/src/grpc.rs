@@ -58,6 +58,7 @@ fn encode(workflow: Workflow, works: Vec<Work>, graph: Option<&Graph>) -> wire::
                 .into_iter()
                 .map(|(path, node)| {
                     let kind = match node.kind {
+                        NodeKind::Task(_) if node.hpo.is_some() => "hpo",
                         NodeKind::Task(_) => "task",
                         NodeKind::Subworkflow(_) => "workflow",
                         NodeKind::Loop(_) => "loop",

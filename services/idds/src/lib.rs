@@ -7,12 +7,17 @@
 //!
 //! Modules: `config` (`[idds]`), `graph` (pure: model, conditions, validation, planning,
 //! release bookkeeping, front ends, rendering), `backend` (the server's task API behind a trait),
-//! `store`, `service` (the engine), `grpc` (WorkflowService).
+//! `store`, `service` (the engine), `grpc` (WorkflowService); `hpo` (pure: search spaces,
+//! optimizers, study rules, the plug-in protocol), `hpo_store` (studies and points),
+//! `service::studies` (studies in the engine), `grpc_hpo` (HpoService).
 
 pub mod backend;
 pub mod config;
 pub mod graph;
 pub mod grpc;
+pub mod grpc_hpo;
+pub mod hpo;
+pub mod hpo_store;
 pub mod service;
 pub mod store;
 
@@ -23,6 +28,7 @@ use panda_bus::outbox::{self, Outbox};
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
 use panda_proto::convert::WireEnum;
 use panda_proto::events::v1::TaskStatusChanged;
+use panda_proto::idds::v1::hpo_service_server::HpoServiceServer;
 use panda_proto::idds::v1::workflow_service_server::WorkflowServiceServer;
 use panda_runtime::Listeners;
 use panda_types::TaskStatus;
@@ -93,7 +99,7 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let backend = backend::GrpcBackend::new(panda_client::ServerClient::new(&config.server_url)?);
-    let engine = Engine::new(db, outbox, Arc::new(backend));
+    let engine = Engine::new(db, outbox, Arc::new(backend)).with_hpo_plugins(config.hpo.plugins.clone());
     // Only final task states move a DAG forward; `task.running` keeps the shown task state fresh.
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
@@ -137,7 +143,10 @@ pub async fn run(
     let registry = Arc::new(registry);
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
     let mut server = panda_runtime::grpc::server("idds")?;
-    server.router = server.router.add_service(WorkflowServiceServer::new(grpc::Api { engine }));
+    server.router = server
+        .router
+        .add_service(HpoServiceServer::new(grpc_hpo::HpoApi { engine: engine.clone() }))
+        .add_service(WorkflowServiceServer::new(grpc::Api { engine }));
     info!(addr = ?listeners.grpc.local_addr().ok(), "idds ready");
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();

@@ -26,6 +26,9 @@ use crate::graph::plan::{self, Instance, State};
 use crate::graph::{self, Language, WorkStatus, WorkflowStatus};
 use crate::store::{self, NewWork, Work, Workflow};
 
+mod studies;
+pub use studies::StudyView;
+
 /// What can go wrong in idds.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +62,26 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The study (or a request about one) is invalid.
+    #[error("invalid study: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidStudy(Vec<FieldError>),
+    /// No such study.
+    #[error("study {study_id} not found")]
+    StudyNotFound {
+        /// The ID asked for.
+        study_id: u64,
+    },
+    /// Right request, wrong study state.
+    #[error("study {study_id}: {message}")]
+    StudyPrecondition {
+        /// The study.
+        study_id: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The study's optimizer (a plug-in) failed.
+    #[error(transparent)]
+    Optimizer(crate::hpo::HpoError),
     /// The server failed.
     #[error("server call {call} failed: {status}")]
     Server {
@@ -72,9 +95,10 @@ pub enum Error {
 impl ServiceError for Error {
     fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::NotFound { .. } => ErrorCode::NotFound,
-            Error::FailedPrecondition { .. } => ErrorCode::FailedPrecondition,
+            Error::InvalidArgument(_) | Error::InvalidStudy(_) => ErrorCode::InvalidArgument,
+            Error::NotFound { .. } | Error::StudyNotFound { .. } => ErrorCode::NotFound,
+            Error::FailedPrecondition { .. } | Error::StudyPrecondition { .. } => ErrorCode::FailedPrecondition,
+            Error::Optimizer(_) => ErrorCode::Unavailable,
             Error::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ErrorCode::Unavailable,
             Error::Db(_) | Error::Corrupt { .. } => ErrorCode::Internal,
             Error::Server { status, .. } if panda_client::is_transient(status, true) => ErrorCode::Unavailable,
@@ -153,6 +177,10 @@ pub struct Engine {
     cache: Arc<std::sync::Mutex<HashMap<u64, Slot>>>,
     /// Workflow IDs after each committed change (watch streams).
     changes: broadcast::Sender<u64>,
+    /// Optimizer plug-ins by name (`[idds.hpo.plugins]`).
+    plugins: Arc<BTreeMap<String, crate::hpo::plugin::PluginConfig>>,
+    /// Serialises changes to studies (driving, asking, telling, point results).
+    hpo_lock: Arc<Mutex<()>>,
 }
 
 impl Engine {
@@ -167,7 +195,16 @@ impl Engine {
             submitting: Arc::default(),
             cache: Arc::default(),
             changes: broadcast::channel(1024).0,
+            plugins: Arc::default(),
+            hpo_lock: Arc::default(),
         }
+    }
+
+    /// Uses these optimizer plug-ins (by name).
+    #[must_use]
+    pub fn with_hpo_plugins(mut self, plugins: BTreeMap<String, crate::hpo::plugin::PluginConfig>) -> Self {
+        self.plugins = Arc::new(plugins);
+        self
     }
 
     /// The engine's database (for tests and tools).
@@ -360,6 +397,11 @@ impl Engine {
         }
         let user = if user.is_empty() { "anonymous".to_owned() } else { user };
         check_tasks(&graph, &user)?;
+        for (path, node) in graph.walk() {
+            if let Some(spec) = &node.hpo {
+                self.check_study(spec, &format!("nodes.{path}.hpo")).map_err(Error::InvalidArgument)?;
+            }
+        }
         let mut state = State::initial(&graph);
         plan::advance(&graph, &mut state);
         state.take_changed();
@@ -397,6 +439,10 @@ impl Engine {
         let mut pass = Pass::default();
         let ready = store::works_in(&self.db, WorkStatus::Ready).await?;
         for work in ready {
+            if self.start_work_study(&work).await? {
+                pass.submitted += 1;
+                continue;
+            }
             let Some((spec, attempt)) = self.render(&work).await? else { continue };
             let key = format!("idds-{}-{}-{}", work.workflow_id, work.key, attempt);
             let json = serde_json::to_string(&spec_json(&spec)).unwrap_or_default();
@@ -443,6 +489,9 @@ impl Engine {
                 }
             }
         }
+        if !pass.deferred {
+            pass.deferred = self.drive_studies().await?;
+        }
         Ok(pass)
     }
 
@@ -482,8 +531,12 @@ impl Engine {
         event_id: Option<uuid::Uuid>,
     ) -> Result<Handled, Error> {
         let Some(work) = store::work_by_task(&self.db, task_id).await? else {
+            if crate::hpo_store::point_by_task(&self.db, task_id).await?.is_some() {
+                return self.on_point_task(task_id, task_status, event_id).await;
+            }
             // Our submitter may not have recorded this task yet.
-            let in_flight = !store::works_in(&self.db, WorkStatus::Ready).await?.is_empty();
+            let in_flight = !store::works_in(&self.db, WorkStatus::Ready).await?.is_empty()
+                || crate::hpo_store::any_pending(&self.db).await?;
             return Ok(if in_flight && task_status.is_final() { Handled::NotYet } else { Handled::Ignored });
         };
         if work.status != WorkStatus::Submitted {
@@ -574,6 +627,7 @@ impl Engine {
                 Err(status) => warn!(task_id, %status, "could not reconcile a work's task"),
             }
         }
+        self.reconcile_points().await?;
         // Workflows whose planner step did not run (e.g. stored by an older version) move now.
         for workflow_id in store::workflows_in(&self.db, WorkflowStatus::Running).await? {
             self.mutate(workflow_id, None, |_| Ok(()), async |_, _| Ok(())).await?;
@@ -655,6 +709,8 @@ impl Engine {
                 warn!(task_id, %status, "could not kill an aborted workflow's task");
             }
         }
+        // The submitter cancels the studies of its hpo works.
+        self.wake.notify_one();
         info!(workflow_id, "workflow aborted");
         Ok(())
     }
@@ -891,7 +947,8 @@ fn legacy_graph(workflow: &Workflow, works: &[Work]) -> Graph {
     Graph { name: workflow.name.clone(), nodes, ..Graph::default() }
 }
 
-fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
+/// A task template from a wire task spec (the older workflow format, CreateStudy).
+pub fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
     let resources = task.resources.unwrap_or_default();
     TaskTemplate {
         name: if task.name.is_empty() { name.to_owned() } else { task.name },

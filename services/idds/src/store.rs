@@ -389,6 +389,7 @@ impl MigratorTrait for Migrator {
         let mut all = panda_bus::migration::migrations();
         all.push(Box::new(M0001Workflows));
         all.push(Box::new(M0002Graphs));
+        all.push(Box::new(crate::hpo_store::M0003Hpo));
         all
     }
 }

@@ -228,6 +228,10 @@ pub struct Node {
     pub scatter: Option<Scatter>,
     /// Where in the source it was written (line, 1-based; 0 when unknown), for error messages.
     pub line: u32,
+    /// A task node with a study: the task is the evaluation of one point (docs/hpo.md); idds
+    /// runs the study and the node ends with the best point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpo: Option<Box<crate::hpo::StudySpec>>,
 }
 
 /// What a node runs.
@@ -353,6 +357,7 @@ impl Node {
             when: None,
             scatter: None,
             line: 0,
+            hpo: None,
         }
     }
 

@@ -53,6 +53,9 @@ struct WorkFile {
     workflow: Option<SubFile>,
     #[serde(rename = "loop", default)]
     looped: Option<LoopFile>,
+    /// A study whose points are evaluated by `task` (docs/hpo.md).
+    #[serde(default)]
+    hpo: Option<crate::hpo::StudySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,9 +211,23 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
     if kinds != 1 {
         bad(format!("needs exactly one of task, workflow or loop (has {kinds})"));
     }
+    if let Some(hpo) = &work.hpo {
+        if work.task.is_none() {
+            bad("hpo needs a task: the command that evaluates one point (docs/hpo.md)".into());
+        }
+        if let Err(crate::hpo::HpoError::Invalid(problems)) = hpo.validate("hpo") {
+            for (field, message) in problems {
+                bad(format!("{field}: {message}"));
+            }
+        }
+    }
     let kind = if let Some(task) = work.task {
+        // A study's point is one job unless the task reads input.
+        let n_jobs =
+            if work.hpo.is_some() && task.input_datasets.is_empty() { task.n_jobs.or(Some(1)) } else { task.n_jobs };
         NodeKind::Task(Box::new(TaskTemplate {
             name: if task.name.is_empty() { work.name.clone() } else { task.name.clone() },
+            n_jobs,
             ..task
         }))
     } else if let Some(sub) = work.workflow {
@@ -276,6 +293,7 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
         .chain(work.after_files.into_iter().map(|node| Dependency { node, level: DependencyLevel::File }))
         .collect();
     let when = work.when.as_ref().and_then(|w| to_cond(w, &path, line, errors));
+    let hpo = work.hpo.map(Box::new);
     Node {
         name: work.name,
         kind,
@@ -286,6 +304,7 @@ fn build_node(work: WorkFile, lines: &LineIndex, prefix: &str, errors: &mut Vec<
         scatter: (!work.scatter.is_empty())
             .then(|| Scatter { inputs: work.scatter, method: work.scatter_method.unwrap_or_default() }),
         line,
+        hpo,
     }
 }
 
