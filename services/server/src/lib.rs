@@ -101,7 +101,8 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let catalog_api = grpc::CatalogApi::new(catalog::Catalog::new(db.clone()));
-    let service = service::Service::new(db, outbox, storage_dir, metrics);
+    let service = service::Service::new(db, outbox, storage_dir, metrics)
+        .with_worker_report_stale_after(config.worker_report_stale_after);
     let watchdog = {
         let service = service.clone();
         let lost_after = config.lost_heartbeat_after;
@@ -126,6 +127,7 @@ pub async fn run(
     let log_api = grpc::LogApi::new(logs, feed.clone());
     let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let generation_api = grpc::GenerationApi::new(service.clone());
+    let worker_report_api = grpc::WorkerReportApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -143,6 +145,10 @@ pub async fn run(
         )
         .add_service(panda_proto::server::v1::brokerage_service_server::BrokerageServiceServer::new(catalog_api))
         .add_service(panda_proto::server::v1::generation_service_server::GenerationServiceServer::new(generation_api))
+        .add_service(
+            panda_proto::server::v1::worker_report_service_server::WorkerReportServiceServer::new(worker_report_api)
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));

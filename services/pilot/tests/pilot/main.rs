@@ -268,7 +268,7 @@ async fn a_wrong_input_checksum_fails_stage_in_and_the_payload_never_runs() {
     assert_eq!(summary, self::summary(1, 0, 1));
     assert_eq!(fake.statuses(), [JobStatus::Starting, JobStatus::Failed]);
     let last = fake.last_update();
-    assert_failed(&last, error_codes::STAGE_IN_FAILED, None);
+    assert_failed(&last, error_codes::GET_ADLER32_MISMATCH, None);
     assert!(last.error_diag.contains("in.dat") && last.error_diag.contains("checksum"), "{}", last.error_diag);
     assert!(!marker.exists(), "the payload must not run after a failed stage-in");
 }
@@ -286,7 +286,7 @@ async fn a_missing_input_fails_stage_in() {
     let (fake, _) = run_pilot(script(&dirs, vec![dispatched]), &dirs, |_| {}).await;
 
     assert_eq!(fake.statuses(), [JobStatus::Starting, JobStatus::Failed]);
-    assert_failed(&fake.last_update(), error_codes::STAGE_IN_FAILED, None);
+    assert_failed(&fake.last_update(), error_codes::NO_SUCH_FILE, None);
 }
 
 #[tokio::test]

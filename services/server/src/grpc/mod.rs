@@ -7,8 +7,10 @@ mod convert;
 mod handlers;
 mod logs;
 mod watch;
+mod workers;
 
 pub use cache::CacheApi;
 pub use catalog::{CatalogApi, GenerationApi};
 pub use handlers::Api;
 pub use logs::LogApi;
+pub use workers::WorkerReportApi;

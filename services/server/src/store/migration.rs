@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0005CacheAndLogs));
         all.push(Box::new(M0006JobStateTimes));
         all.push(Box::new(M0007CatalogAndBrokerage));
+        all.push(Box::new(M0008QueueWorkers));
         all
     }
 }
@@ -336,6 +337,35 @@ impl MigrationTrait for M0007CatalogAndBrokerage {
                     .col(text("summary"))
                     .col(blob("body"))
                     .col(timestamp_with_time_zone("decided_at"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The latest worker report per queue and harvester instance (`ReportWorkers`).
+struct M0008QueueWorkers;
+
+impl MigrationName for M0008QueueWorkers {
+    fn name(&self) -> &str {
+        "server_m0008_queue_workers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0008QueueWorkers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("queue_workers")
+                    .if_not_exists()
+                    .col(string("queue"))
+                    .col(string("harvester_id"))
+                    .col(text("counts_json"))
+                    .col(timestamp_with_time_zone("reported_at"))
+                    .primary_key(Index::create().col("queue").col("harvester_id"))
                     .to_owned(),
             )
             .await?;

@@ -12,6 +12,7 @@ mod catalog;
 mod entities;
 mod logs;
 pub mod migration;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 
