@@ -32,6 +32,7 @@ where
 pub fn fast_config(data_dir: &Path) -> AllConfig {
     let mut config = AllConfig::ephemeral(data_dir.to_owned());
     config.harvester.cycle_interval = Duration::from_millis(200);
+    config.harvester.propagate_interval = Duration::from_millis(200);
     config.jedi.sweep_interval = Duration::from_secs(1);
     config.idds.submit_retry_interval = Duration::from_millis(500);
     config.server.heartbeat_interval = Duration::from_secs(1);

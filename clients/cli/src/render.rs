@@ -256,6 +256,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
             let load = q.load.clone().unwrap_or_default();
             json!({"name": queue.name, "status": queue.status, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
                    "activated": load.activated, "sent": load.sent, "running": load.running,
+                   "pilots": q.pilots, "workers_by_status": q.workers_by_status,
                    "seconds_since_heartbeat": q.seconds_since_heartbeat})
         })
         .collect();
@@ -270,6 +271,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                 "ACTIVATED",
                 "SENT",
                 "RUNNING",
+                "PILOTS",
                 "HEARTBEAT AGE s",
             ]);
             for r in rows {
@@ -282,6 +284,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                         "activated",
                         "sent",
                         "running",
+                        "pilots",
                         "seconds_since_heartbeat",
                     ]
                     .iter()

@@ -24,6 +24,7 @@ pub use panda_proto::server::v1::job_service_client::JobServiceClient;
 pub use panda_proto::server::v1::log_service_client::LogServiceClient;
 pub use panda_proto::server::v1::pilot_service_client::PilotServiceClient;
 pub use panda_proto::server::v1::task_service_client::TaskServiceClient;
+pub use panda_proto::server::v1::worker_report_service_client::WorkerReportServiceClient;
 
 /// A client could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,8 @@ pub struct ServerClient {
     pub brokerage: BrokerageServiceClient<Channel>,
     /// Retries and broken tasks (JEDI).
     pub generation: GenerationServiceClient<Channel>,
+    /// Harvesters' worker reports.
+    pub workers: WorkerReportServiceClient<Channel>,
 }
 
 impl ServerClient {
@@ -106,6 +109,7 @@ impl ServerClient {
             catalog: CatalogServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             brokerage: BrokerageServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             generation: GenerationServiceClient::new(channel.clone()),
+            workers: WorkerReportServiceClient::new(channel.clone()),
             internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
             cache: CacheServiceClient::new(channel_with_timeout(url, ARCHIVE_TRANSFER_TIMEOUT)?),
         })

@@ -197,6 +197,16 @@ async fn killing_a_task_stops_its_running_and_queued_jobs() {
         }
     })
     .await;
+    // The harvester's propagator reports its two running workers: brokerage sees them as pilots.
+    await_condition(Duration::from_secs(30), "two pilots on the local queue", || {
+        let mut internal = server.internal.clone();
+        async move {
+            let queues = internal.list_queues(server::ListQueuesRequest {}).await.ok()?.into_inner().queues;
+            let local = queues.into_iter().find(|q| q.queue.as_ref().is_some_and(|q| q.name == "local"))?;
+            (local.pilots == 2 && local.workers_by_status.get("running") == Some(&2)).then_some(())
+        }
+    })
+    .await;
     let killed =
         server.tasks.clone().kill_task(server::KillTaskRequest { task_id }).await.unwrap().into_inner().task.unwrap();
     assert_eq!(killed.status, TaskStatus::Aborting as i32);

@@ -31,6 +31,15 @@ pub struct Config {
     /// One provisioning cycle (report queues, monitor, submit, clean) per interval.
     #[serde(with = "humantime_serde")]
     pub cycle_interval: Duration,
+    /// The propagator reports the workers of every queue to the server (brokerage counts the
+    /// running ones as pilots; the answer names workers whose job the server killed) once per
+    /// interval.
+    #[serde(with = "humantime_serde")]
+    pub propagate_interval: Duration,
+    /// A pilot has this long to stop a job the server killed; then the harvester kills its worker
+    /// through the plugin (scancel, condor_rm, Job deletion, a signal).
+    #[serde(with = "humantime_serde")]
+    pub server_kill_grace: Duration,
     /// Worker directories are removed this long after the worker ended.
     #[serde(with = "humantime_serde")]
     pub keep_finished: Duration,
@@ -54,6 +63,8 @@ impl Default for Config {
             local_workers: 4,
             worker_dir: None,
             cycle_interval: Duration::from_secs(1),
+            propagate_interval: Duration::from_secs(10),
+            server_kill_grace: Duration::from_secs(60),
             keep_finished: Duration::from_secs(3600),
             kill_local_workers_on_exit: true,
             reload_interval: Duration::from_secs(10),
@@ -70,6 +81,9 @@ impl Config {
         let mut problems = Problems::default();
         problems.check(self.cycle_interval >= Duration::from_millis(100), || {
             format!("harvester.cycle_interval = {:?}: must be at least 100ms", self.cycle_interval)
+        });
+        problems.check(self.propagate_interval >= Duration::from_millis(100), || {
+            format!("harvester.propagate_interval = {:?}: must be at least 100ms", self.propagate_interval)
         });
         problems.check(self.reload_interval >= Duration::from_millis(100), || {
             format!("harvester.reload_interval = {:?}: must be at least 100ms", self.reload_interval)

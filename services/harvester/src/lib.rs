@@ -7,13 +7,14 @@
 //!
 //! Modules: `config` (`[harvester]`), `queues` (the site admin's queue file), `adjuster` (pure
 //! sizing), `plugins` (role traits, config enum, factory; `local`, `slurm`, `htcondor`), `store`, `provisioner` (the
-//! cycle), `grpc` (HarvesterService), `metrics`.
+//! cycle, the propagator's report and server kills), `propagator` (its pure parts), `grpc` (HarvesterService), `metrics`.
 
 pub mod adjuster;
 pub mod config;
 pub mod grpc;
 pub mod metrics;
 pub mod plugins;
+pub mod propagator;
 pub mod provisioner;
 pub mod queues;
 pub mod store;
@@ -116,12 +117,24 @@ pub async fn run(
         config.server_url.clone(),
         worker_dir,
         config.keep_finished,
-    );
+    )
+    .with_server_kill_grace(config.server_kill_grace);
     let cycles = {
         let provisioner = provisioner.clone();
         panda_runtime::task::every("provisioning", config.cycle_interval, shutdown.clone(), move || {
             let provisioner = provisioner.clone();
             async move { provisioner.cycle().await }
+        })
+    };
+    let propagation = {
+        let provisioner = provisioner.clone();
+        panda_runtime::task::every("propagator", config.propagate_interval, shutdown.clone(), move || {
+            let provisioner = provisioner.clone();
+            async move {
+                if let Err(error) = provisioner.propagate().await {
+                    tracing::warn!(%error, "could not report workers to the server; retrying next cycle");
+                }
+            }
         })
     };
     let reloads = queue_path.map(|path| {
@@ -144,6 +157,7 @@ pub async fn run(
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();
     let _ = cycles.await;
+    let _ = propagation.await;
     if let Some(reloads) = reloads {
         let _ = reloads.await;
     }

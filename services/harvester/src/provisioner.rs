@@ -50,6 +50,9 @@ pub struct Provisioner {
     server_url: String,
     worker_dir: PathBuf,
     keep_finished: Duration,
+    /// Workers the server named as holding a killed job, waiting out `server_kill_grace`.
+    kills: Arc<std::sync::Mutex<crate::propagator::KillTracker>>,
+    server_kill_grace: Duration,
     /// Counters.
     pub metrics: crate::metrics::Metrics,
 }
@@ -137,8 +140,17 @@ impl Provisioner {
             server_url,
             worker_dir,
             keep_finished,
+            kills: Default::default(),
+            server_kill_grace: Duration::from_secs(60),
             metrics: Default::default(),
         }
+    }
+
+    /// How long a pilot has to stop a job the server killed before its worker is killed through
+    /// the plugin (default 60 s).
+    pub fn with_server_kill_grace(mut self, grace: Duration) -> Self {
+        self.server_kill_grace = grace;
+        self
     }
 
     /// The harvester database.
@@ -448,6 +460,72 @@ impl Provisioner {
             }
         }
         Ok(())
+    }
+
+    /// The propagator's cycle: reports every queue's workers to the server (counts by state and
+    /// the live workers' IDs), so brokerage sees the pilots, then kills through the plugin the
+    /// workers the server named as holding a killed job for longer than the grace (their pilots
+    /// did not stop on their own). Answers the workers killed.
+    ///
+    /// # Errors
+    /// The database or the server; nothing is killed then.
+    pub async fn propagate(&self) -> Result<Vec<i64>, CycleError> {
+        let queues = self.queues();
+        let mut statuses = vec![WorkerStatus::Pending];
+        statuses.extend_from_slice(LIVE);
+        let workers = store::workers_in(&self.db, None, &statuses).await?;
+        let reports = crate::propagator::reports(queues.keys().map(String::as_str), &workers);
+        let request = wire::ReportWorkersRequest {
+            harvester_id: self.harvester_id.clone(),
+            queues: reports
+                .into_iter()
+                .map(|(queue, report)| wire::QueueWorkers {
+                    queue,
+                    workers_by_status: report.by_status.into_iter().collect(),
+                    live_worker_ids: report.live_worker_ids,
+                })
+                .collect(),
+        };
+        let kills = self
+            .server
+            .workers
+            .clone()
+            .report_workers(request)
+            .await
+            .map_err(|status| CycleError::Server { call: "ReportWorkers", status })?
+            .into_inner()
+            .kills;
+        let mut named = Vec::with_capacity(kills.len());
+        for kill in kills {
+            match kill.worker_id.parse::<i64>() {
+                Ok(id) => named.push((id, kill.reason)),
+                Err(_) => {
+                    warn!(worker_id = %kill.worker_id, queue = %kill.queue, "the server named a worker ID this harvester never gave; ignored")
+                }
+            }
+        }
+        let due = self.kills.lock().unwrap_or_else(std::sync::PoisonError::into_inner).due(
+            named,
+            tokio::time::Instant::now(),
+            self.server_kill_grace,
+        );
+        let mut killed = Vec::new();
+        for (worker_id, reason) in due {
+            let diag = format!(
+                "{reason}; its pilot did not stop within {:?}: killed by the harvester",
+                self.server_kill_grace
+            );
+            match self.kill_worker(worker_id, &diag).await {
+                Ok(status) => {
+                    info!(worker_id, %status, %reason, "worker killed after a server kill");
+                    killed.push(worker_id);
+                }
+                Err(error) => {
+                    warn!(worker_id, %error, "could not kill a worker after a server kill; retrying next cycle")
+                }
+            }
+        }
+        Ok(killed)
     }
 
     /// Kills one worker at its resource (scancel, condor_rm, Job deletion, a signal to the local
@@ -773,5 +851,125 @@ mod tests {
         answer(state(WorkerStatus::Failed, "Slurm job 7 NODE_FAIL"));
         provisioner.monitor(&queue).await.unwrap();
         assert_eq!(reread().await.status, WorkerStatus::Failed);
+    }
+
+    /// The server's side of ReportWorkers, as the test sets it: records each report and names
+    /// the workers in `kill` as holding a killed job.
+    #[derive(Default)]
+    struct FakeReports {
+        requests: Mutex<Vec<wire::ReportWorkersRequest>>,
+        kill: Mutex<Vec<String>>,
+    }
+
+    #[derive(Clone)]
+    struct FakeServer(Arc<FakeReports>);
+
+    #[tonic::async_trait]
+    impl wire::worker_report_service_server::WorkerReportService for FakeServer {
+        async fn report_workers(
+            &self,
+            request: tonic::Request<wire::ReportWorkersRequest>,
+        ) -> Result<tonic::Response<wire::ReportWorkersResponse>, tonic::Status> {
+            let request = request.into_inner();
+            let queue = request.queues.first().map(|q| q.queue.clone()).unwrap_or_default();
+            self.0.requests.lock().unwrap().push(request);
+            let kills = self
+                .0
+                .kill
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|id| wire::WorkerKill {
+                    queue: queue.clone(),
+                    worker_id: id.clone(),
+                    job_id: 42,
+                    reason: "job 42 was killed on the server".into(),
+                })
+                .collect();
+            Ok(tonic::Response::new(wire::ReportWorkersResponse { kills }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_kill_reaches_a_local_worker_whose_pilot_does_not_stop_within_the_grace() {
+        let test_db = TestDb::sqlite_temp();
+        let db = panda_db::connect_and_migrate::<store::Migrator>(&test_db.url, None).await.unwrap();
+        let fake = Arc::new(FakeReports::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut server = panda_runtime::grpc::server("fake-server").unwrap();
+        server.router = server
+            .router
+            .add_service(wire::worker_report_service_server::WorkerReportServiceServer::new(FakeServer(fake.clone())));
+        let served = tokio::spawn(panda_runtime::grpc::serve(server, listener, shutdown.clone()));
+
+        // A local pilot that never stops on its own (it ignores the server).
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_config = PluginConfig::Local(crate::plugins::local::LocalConfig {
+            pilot_command: Some(vec!["/bin/sh".into(), "-c".into(), "sleep 600".into(), "pilot".into()]),
+        });
+        let mut config = QueueFile::embedded_default(2).queues.remove("local").unwrap();
+        config.plugin = plugin_config.clone();
+        let plugins = crate::plugins::build("q", &plugin_config, &crate::plugins::PluginDeps { pilot_program: vec![] });
+        let queue = Queue { name: "q".into(), config, plugins };
+        let provisioner = Provisioner::new(
+            "h".into(),
+            BTreeMap::from([("q".to_owned(), queue.clone())]),
+            db.clone(),
+            Outbox::new(db.clone()),
+            ServerClient::new(&url).unwrap(),
+            url.clone(),
+            dir.path().to_owned(),
+            Duration::from_secs(3600),
+        )
+        .with_server_kill_grace(Duration::from_millis(300));
+        provisioner.submit(&queue, 2).await.unwrap();
+        provisioner.monitor(&queue).await.unwrap();
+        let pid = store::get(&db, 1).await.unwrap().unwrap().batch_id;
+
+        // Nothing killed: the report carries the counts and the live workers.
+        assert!(provisioner.propagate().await.unwrap().is_empty());
+        {
+            let requests = fake.requests.lock().unwrap();
+            let report = &requests[0];
+            assert_eq!(report.harvester_id, "h");
+            assert_eq!(report.queues.len(), 1);
+            assert_eq!(report.queues[0].queue, "q");
+            assert_eq!(report.queues[0].workers_by_status.get("running"), Some(&2));
+            assert_eq!(report.queues[0].live_worker_ids, ["1", "2"]);
+        }
+
+        // The server killed worker 1's job: the pilot gets the grace first...
+        fake.kill.lock().unwrap().push("1".into());
+        assert!(provisioner.propagate().await.unwrap().is_empty());
+        assert_eq!(store::get(&db, 1).await.unwrap().unwrap().status, WorkerStatus::Running);
+        // ...then the harvester kills the worker through its plugin.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(provisioner.propagate().await.unwrap(), [1]);
+        let killed = store::get(&db, 1).await.unwrap().unwrap();
+        assert_eq!(killed.status, WorkerStatus::Cancelled);
+        assert!(killed.diag.contains("job 42 was killed on the server"), "{}", killed.diag);
+        assert!(killed.diag.contains("did not stop within"), "{}", killed.diag);
+        let mut gone = false;
+        for _ in 0..100 {
+            // Gone, or a zombie (dead, not yet reaped).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_none_or(|s| s == "Z") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the pilot process {pid} still runs");
+        // Worker 2 was never named: still running; the next report no longer lists worker 1.
+        assert_eq!(store::get(&db, 2).await.unwrap().unwrap().status, WorkerStatus::Running);
+        fake.kill.lock().unwrap().clear();
+        provisioner.propagate().await.unwrap();
+        assert_eq!(fake.requests.lock().unwrap().last().unwrap().queues[0].live_worker_ids, ["2"]);
+
+        provisioner.kill_worker(2, "test over").await.unwrap();
+        shutdown.cancel();
+        served.await.unwrap().unwrap();
     }
 }

@@ -172,7 +172,12 @@ impl Jedi {
                     status: queue.status,
                     max_resources: panda_proto::convert::resources(queue.max_resources),
                     capacity: queue.max_workers,
-                    load: Load { running: load.sent + load.running, queued: load.activated, ..Load::default() },
+                    load: Load {
+                        running: load.sent + load.running,
+                        queued: load.activated,
+                        pilots: q.pilots,
+                        ..Load::default()
+                    },
                     seconds_since_heartbeat: q.seconds_since_heartbeat,
                     ..QueueState::online("", 0)
                 })

@@ -51,6 +51,14 @@ pub struct Config {
     /// job's `memory_mb`.
     #[serde(with = "humantime_serde")]
     pub memory_check_interval: Duration,
+    /// Tries per input download (http(s)://) before stage-in fails.
+    pub stage_in_attempts: u32,
+    /// Wait before the first retry of a download; doubles with each retry.
+    #[serde(with = "humantime_serde")]
+    pub stage_in_backoff: Duration,
+    /// One download try's limit.
+    #[serde(with = "humantime_serde")]
+    pub stage_in_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +78,9 @@ impl Default for Config {
             heartbeat_interval: None,
             log_interval: Duration::from_secs(5),
             memory_check_interval: Duration::from_secs(10),
+            stage_in_attempts: 3,
+            stage_in_backoff: Duration::from_secs(2),
+            stage_in_timeout: Duration::from_secs(1800),
         }
     }
 }
@@ -106,7 +117,22 @@ impl Config {
         if self.log_interval.is_zero() {
             problems.push("pilot.log_interval = 0s: must be positive".to_owned());
         }
+        if self.stage_in_attempts == 0 {
+            problems.push("pilot.stage_in_attempts = 0: must be at least 1".to_owned());
+        }
+        if self.stage_in_timeout.is_zero() {
+            problems.push("pilot.stage_in_timeout = 0s: must be positive".to_owned());
+        }
         if problems.is_empty() { Ok(()) } else { Err(Error::InvalidConfig(problems)) }
+    }
+
+    /// How input downloads are tried.
+    pub(crate) fn stage_in_policy(&self) -> crate::stage::StageInPolicy {
+        crate::stage::StageInPolicy {
+            attempts: self.stage_in_attempts,
+            backoff: self.stage_in_backoff,
+            timeout: self.stage_in_timeout,
+        }
     }
 
     /// The heartbeat interval for a job whose dispatch asked for `job_seconds` (0: unspecified).

@@ -7,14 +7,22 @@ pub const GENERAL: u32 = 1008;
 pub const NO_LOCAL_SPACE: u32 = 1098;
 /// An input could not be staged in, or did not match its size or checksum (STAGEINFAILED).
 pub const STAGE_IN_FAILED: u32 = 1099;
+/// An input's URL names no file: 404 or 410 over http(s), no such file for file:// (NOSUCHFILE).
+pub const NO_SUCH_FILE: u32 = 1103;
 /// The job's work directory could not be set up (SETUPFAILURE).
 pub const SETUP_FAILURE: u32 = 1110;
 /// An output could not be staged out (STAGEOUTFAILED).
 pub const STAGE_OUT_FAILED: u32 = 1137;
 /// Killed on the server's instruction (PANDAKILL).
 pub const PANDA_KILL: u32 = 1144;
+/// An input's md5 or sha256 checksum did not match the catalog's (GETMD5MISMATCH).
+pub const GET_MD5_MISMATCH: u32 = 1145;
+/// An input download kept timing out until its tries ran out (STAGEINTIMEOUT).
+pub const STAGE_IN_TIMEOUT: u32 = 1151;
 /// The payload exited 0 without writing an expected output (MISSINGOUTPUTFILE).
 pub const MISSING_OUTPUT: u32 = 1165;
+/// An input's adler32 checksum did not match the catalog's (GETADMISMATCH).
+pub const GET_ADLER32_MISMATCH: u32 = 1171;
 /// The pilot was told to stop (SIGTERM or Ctrl-C) while it held the job (SIGTERM).
 pub const SIGTERM: u32 = 1201;
 /// The payload ran past the job's wall-time limit and was killed (REACHEDMAXTIME).

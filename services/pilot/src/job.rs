@@ -198,7 +198,7 @@ async fn prepare_inputs(cx: &Context<'_>, job: &Job, dir: &Path) -> Result<(), s
     if let Some(sha256) = &job.code_sha256 {
         code::install(cx.server.cache(), cx.work_dir, sha256, dir).await?;
     }
-    stage::stage_in(dir, &job.inputs).await
+    stage::stage_in(dir, &job.inputs, &cx.config.stage_in_policy()).await
 }
 
 /// Runs the payload with heartbeats and judges how it ended; the final update, or `None` when

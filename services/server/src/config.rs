@@ -31,6 +31,10 @@ pub struct Config {
     /// How often the watchdog looks for such jobs.
     #[serde(with = "humantime_serde")]
     pub watchdog_interval: Duration,
+    /// A harvester's worker report (ReportWorkers) counts for brokerage this long; after that its
+    /// harvester is taken to have stopped reporting and its workers no longer count as pilots.
+    #[serde(with = "humantime_serde")]
+    pub worker_report_stale_after: Duration,
     /// Group commit of pilots' GetJob and UpdateJob calls.
     pub group_commit: GroupCommitConfig,
     /// `[server.cache]`: users' code archives.
@@ -78,6 +82,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(30),
             lost_heartbeat_after: Duration::from_secs(600),
             watchdog_interval: Duration::from_secs(30),
+            worker_report_stale_after: Duration::from_secs(300),
             group_commit: GroupCommitConfig::default(),
             cache: crate::cache::Config::default(),
             logs: crate::logs::Config::default(),

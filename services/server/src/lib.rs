@@ -104,7 +104,8 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let catalog_api = grpc::CatalogApi::new(catalog::Catalog::new(db.clone()));
-    let service = service::Service::new(db, outbox, storage_dir, metrics);
+    let service = service::Service::new(db, outbox, storage_dir, metrics)
+        .with_worker_report_stale_after(config.worker_report_stale_after);
     let watchdog = {
         let service = service.clone();
         let lost_after = config.lost_heartbeat_after;
@@ -136,6 +137,7 @@ pub async fn run(
     );
     deps.bus.consume(failures, Arc::new(service::FailureResults(service.clone())), shutdown.clone()).await?;
     let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
+    let worker_report_api = grpc::WorkerReportApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -156,6 +158,10 @@ pub async fn run(
         // A work's calls arrive in one SubmitWork call (all or nothing).
         .add_service(
             panda_proto::server::v1::function_service_server::FunctionServiceServer::new(function_api)
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            panda_proto::server::v1::worker_report_service_server::WorkerReportServiceServer::new(worker_report_api)
                 .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
         )
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.

@@ -320,6 +320,39 @@ pub struct QueueLoad {
     pub running: u32,
 }
 
+/// One harvester's workers on one queue, as its propagator reported them (`ReportWorkers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Queue.
+    pub queue: String,
+    /// Worker counts by state name (live states only).
+    pub by_status: std::collections::BTreeMap<String, u32>,
+    /// IDs of the live workers.
+    pub live_worker_ids: Vec<String>,
+}
+
+/// A queue's workers summed over the harvesters' fresh reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueWorkers {
+    /// Running workers: the pilots brokerage counts as slots.
+    pub pilots: u32,
+    /// Worker counts by state name.
+    pub by_status: std::collections::BTreeMap<String, u32>,
+}
+
+/// A live worker holding a job the server wants killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerKill {
+    /// Queue.
+    pub queue: String,
+    /// Harvester worker.
+    pub worker_id: String,
+    /// The job.
+    pub job_id: JobId,
+    /// Why.
+    pub reason: String,
+}
+
 /// A catalogued file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {

@@ -17,12 +17,15 @@ use tracing::{info, instrument};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
-use crate::model::{Dataset, FileRecord, Job, JobBatch, JobCounts, JobReport, NewJob, Queue, QueueLoad, Task};
+use crate::model::{
+    Dataset, FileRecord, Job, JobBatch, JobCounts, JobReport, NewJob, Queue, QueueLoad, QueueWorkers, Task,
+};
 use crate::store::{JobFilter, Store, TaskFilter};
 
 mod function;
 mod generation;
 mod pilot;
+mod workers;
 
 pub use function::{FAILURE_BINDINGS, FailureResults, NewWork, log_location, result_topic};
 
@@ -69,13 +72,15 @@ pub struct Service {
     outbox: Outbox,
     storage_dir: PathBuf,
     metrics: Metrics,
+    /// How long a harvester's worker report counts.
+    worker_report_stale_after: std::time::Duration,
 }
 
 impl Service {
     /// Builds the service over a migrated database.
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
         let store = Store::new(db.get_database_backend());
-        Self { db, store, outbox, storage_dir, metrics }
+        Self { db, store, outbox, storage_dir, metrics, worker_report_stale_after: std::time::Duration::from_secs(300) }
     }
 
     /// `file://` URL of the storage directory.
@@ -787,13 +792,14 @@ impl Service {
         Ok(())
     }
 
-    /// Every known queue with its load.
+    /// Every known queue with its load and its workers (fresh harvester reports).
     ///
     /// # Errors
     /// Database failures.
-    pub async fn list_queues(&self) -> Result<Vec<(Queue, QueueLoad)>> {
+    pub async fn list_queues(&self) -> Result<Vec<(Queue, QueueLoad, QueueWorkers)>> {
         let queues = self.store.list_queues(&self.db).await?;
         let loads = self.store.queue_load(&self.db, &[]).await?;
+        let mut workers = self.queue_workers().await?;
         Ok(queues
             .into_iter()
             .map(|q| {
@@ -802,7 +808,8 @@ impl Service {
                     .find(|l| l.queue == q.name)
                     .cloned()
                     .unwrap_or_else(|| QueueLoad { queue: q.name.clone(), ..Default::default() });
-                (q, load)
+                let workers = workers.remove(&q.name).unwrap_or_default();
+                (q, load, workers)
             })
             .collect())
     }

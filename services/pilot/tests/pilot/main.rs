@@ -268,7 +268,7 @@ async fn a_wrong_input_checksum_fails_stage_in_and_the_payload_never_runs() {
     assert_eq!(summary, self::summary(1, 0, 1));
     assert_eq!(fake.statuses(), [JobStatus::Starting, JobStatus::Failed]);
     let last = fake.last_update();
-    assert_failed(&last, error_codes::STAGE_IN_FAILED, None);
+    assert_failed(&last, error_codes::GET_ADLER32_MISMATCH, None);
     assert!(last.error_diag.contains("in.dat") && last.error_diag.contains("checksum"), "{}", last.error_diag);
     assert!(!marker.exists(), "the payload must not run after a failed stage-in");
 }
@@ -286,7 +286,7 @@ async fn a_missing_input_fails_stage_in() {
     let (fake, _) = run_pilot(script(&dirs, vec![dispatched]), &dirs, |_| {}).await;
 
     assert_eq!(fake.statuses(), [JobStatus::Starting, JobStatus::Failed]);
-    assert_failed(&fake.last_update(), error_codes::STAGE_IN_FAILED, None);
+    assert_failed(&fake.last_update(), error_codes::NO_SUCH_FILE, None);
 }
 
 #[tokio::test]
@@ -494,4 +494,47 @@ async fn an_invalid_config_is_refused_before_any_call() {
     let config = Config { queue: String::new(), ..config(addr, &dirs) };
     let error = panda_pilot::run(config, CancellationToken::new()).await.unwrap_err();
     assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
+}
+
+/// An input served over http: downloaded, verified (sha256), read by the payload; one whose
+/// server keeps answering 404 fails the job with NOSUCHFILE before the payload runs.
+#[tokio::test]
+async fn http_inputs_are_downloaded_verified_and_read_by_the_payload() {
+    use sha2::Digest;
+    let content = b"served over http\n".repeat(100);
+    let served = content.clone();
+    let app = axum::Router::new().route("/data/in.txt", axum::routing::get(move || async move { served.clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dirs = Dirs::new();
+    let sha256: String = sha2::Sha256::digest(&content).iter().map(|b| format!("{b:02x}")).collect();
+    let mut good = job(1, "wc -c < in.txt > out.txt");
+    good.input_files = vec![StagedFile {
+        lfn: "in.txt".to_owned(),
+        url: format!("{base}/data/in.txt"),
+        size_bytes: content.len() as u64,
+        checksum: format!("sha256:{sha256}"),
+    }];
+    good.output_files = vec!["out.txt".to_owned()];
+    let marker = dirs.scratch.join("payload-ran");
+    let mut missing = job(2, &format!("touch {}", marker.display()));
+    missing.input_files = vec![StagedFile {
+        lfn: "gone.txt".to_owned(),
+        url: format!("{base}/data/gone.txt"),
+        size_bytes: 0,
+        checksum: String::new(),
+    }];
+
+    let (fake, summary) = run_pilot(script(&dirs, vec![good, missing]), &dirs, |_| {}).await;
+
+    assert_eq!(summary, self::summary(2, 1, 1));
+    assert_eq!(std::fs::read_to_string(dirs.storage.join("out.txt")).unwrap().trim(), content.len().to_string());
+    let updates = fake.seen(|seen| seen.updates.clone());
+    let last = updates.iter().rev().find(|u| u.job_id == 2).unwrap();
+    assert_failed(last, error_codes::NO_SUCH_FILE, None);
+    assert!(last.error_diag.contains("404") && last.error_diag.contains("gone.txt"), "{}", last.error_diag);
+    assert!(!marker.exists(), "the payload must not run after a failed stage-in");
 }

@@ -504,10 +504,12 @@ impl InternalService for Api {
             .list_queues()
             .await?
             .into_iter()
-            .map(|(q, load)| wire::QueueWithLoad {
+            .map(|(q, load, workers)| wire::QueueWithLoad {
                 seconds_since_heartbeat: (now - q.heartbeat_at).num_seconds().max(0) as u64,
                 queue: Some(convert::queue(q)),
                 load: Some(convert::queue_load(load)),
+                pilots: workers.pilots,
+                workers_by_status: workers.by_status.into_iter().collect(),
             })
             .collect();
         Ok(Response::new(wire::ListQueuesResponse { queues }))

@@ -8,9 +8,11 @@ mod function;
 mod handlers;
 mod logs;
 mod watch;
+mod workers;
 
 pub use cache::CacheApi;
 pub use catalog::{CatalogApi, GenerationApi};
 pub use function::FunctionApi;
 pub use handlers::Api;
 pub use logs::LogApi;
+pub use workers::WorkerReportApi;

@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0007CatalogAndBrokerage));
         all.push(Box::new(M0008Functions));
         all.push(Box::new(M0009JobMerge));
+        all.push(Box::new(M0010QueueWorkers));
         all
     }
 }
@@ -416,5 +417,34 @@ impl MigrationName for M0009JobMerge {
 impl MigrationTrait for M0009JobMerge {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.alter_table(Table::alter().table("jobs").add_column(boolean("merge").default(false)).to_owned()).await
+    }
+}
+
+/// The latest worker report per queue and harvester instance (`ReportWorkers`).
+struct M0010QueueWorkers;
+
+impl MigrationName for M0010QueueWorkers {
+    fn name(&self) -> &str {
+        "server_m0010_queue_workers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0010QueueWorkers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("queue_workers")
+                    .if_not_exists()
+                    .col(string("queue"))
+                    .col(string("harvester_id"))
+                    .col(text("counts_json"))
+                    .col(timestamp_with_time_zone("reported_at"))
+                    .primary_key(Index::create().col("queue").col("harvester_id"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -884,6 +884,91 @@ async fn a_bad_work_stores_nothing(f: Fixture) {
     assert!(matches!(f.service.get_call(task.id, 1).await, Err(Error::WorkNotFound { .. })));
 }
 
+/// A harvester's worker reports: the latest per queue and instance counts, running workers are
+/// the queue's pilots, stale reports stop counting, and the answer names the reported live
+/// workers holding a job the server wants killed.
+async fn worker_reports_count_as_pilots_and_name_workers_of_killed_jobs(f: Fixture) {
+    use panda_server::model::{Queue, WorkerReport};
+    let queue = |name: &str| Queue {
+        name: name.into(),
+        status: "online".into(),
+        max_resources: Resources { cores: 1, ..Default::default() },
+        max_workers: 10,
+        harvester_id: "h1".into(),
+        heartbeat_at: chrono::Utc::now(),
+    };
+    f.service.register_queues(vec![queue("q"), queue("other")]).await.unwrap();
+    let counts = |pairs: &[(&str, u32)]| pairs.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect();
+    let workers = |queue: &str, by_status, ids: &[&str]| WorkerReport {
+        queue: queue.into(),
+        by_status,
+        live_worker_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let task = submit_with_jobs(&f, "t", 3, "").await;
+    // Worker 7 runs job A; worker 8 holds job B (sent); the third job stays queued.
+    let a = f.service.dispatch("q", "n", "7", Resources::default(), 1).await.unwrap().remove(0);
+    let lease = a.job.lease_token.clone().unwrap();
+    f.service.update_job(a.job.id, &lease, report(JobStatus::Running)).await.unwrap();
+    let b = f.service.dispatch("q", "n", "8", Resources::default(), 1).await.unwrap().remove(0);
+
+    let kills = f
+        .service
+        .report_workers("h1", vec![workers("q", counts(&[("running", 2), ("submitted", 1)]), &["7", "8", "9"])])
+        .await
+        .unwrap();
+    assert!(kills.is_empty(), "{kills:?}");
+    // A second instance on the same queue adds its own; a new report replaces the old one.
+    f.service.report_workers("h2", vec![workers("q", counts(&[("running", 1)]), &["1"])]).await.unwrap();
+    f.service.report_workers("h1", vec![workers("q", counts(&[("running", 3)]), &["7", "8", "9"])]).await.unwrap();
+    let listed = f.service.list_queues().await.unwrap();
+    let (_, _, seen) = listed.iter().find(|(q, _, _)| q.name == "q").unwrap();
+    assert_eq!(seen.pilots, 4);
+    assert_eq!(seen.by_status, counts(&[("running", 4)]));
+    let (_, _, none) = listed.iter().find(|(q, _, _)| q.name == "other").unwrap();
+    assert_eq!(none.pilots, 0);
+
+    // The task is killed: the queued job ends at once, the held ones are marked; the report names
+    // the workers that hold them (worker 1 at h2 holds nothing of this queue).
+    f.service.kill_task(task).await.unwrap();
+    let mut kills = f
+        .service
+        .report_workers("h1", vec![workers("q", counts(&[("running", 3)]), &["7", "8", "9", "1"])])
+        .await
+        .unwrap();
+    kills.sort_by(|x, y| x.worker_id.cmp(&y.worker_id));
+    assert_eq!(
+        kills.iter().map(|k| (k.worker_id.as_str(), k.job_id)).collect::<Vec<_>>(),
+        [("7", a.job.id), ("8", b.job.id)]
+    );
+    assert!(kills[0].reason.contains("killed"), "{}", kills[0].reason);
+    // Once the pilot reported, the worker is not named any more.
+    f.service.update_job(a.job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+    let kills = f.service.report_workers("h1", vec![workers("q", counts(&[]), &["7", "8"])]).await.unwrap();
+    assert_eq!(kills.iter().map(|k| k.worker_id.as_str()).collect::<Vec<_>>(), ["8"]);
+
+    // Stale reports stop counting.
+    let stale = f.service.clone().with_worker_report_stale_after(std::time::Duration::ZERO);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let listed = stale.list_queues().await.unwrap();
+    assert!(listed.iter().all(|(_, _, w)| w.pilots == 0 && w.by_status.is_empty()), "{listed:?}");
+
+    // Bad reports are refused naming the field, and change nothing.
+    let error = f
+        .service
+        .report_workers(
+            "",
+            vec![workers("q", counts(&[("finished", 1)]), &[]), workers("q", counts(&[("walking", 1)]), &[])],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    for needle in
+        ["harvester_id", "queues[0].workers_by_status", "ended state", "queues[1].queue", "not a worker state"]
+    {
+        assert!(error.contains(needle), "{needle} missing from {error}");
+    }
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -934,4 +1019,5 @@ store_suite!(
     a_payload_failure_is_told_apart_from_a_pilot_failure,
     a_merging_task_waits_for_its_merge_jobs,
     a_failed_job_with_default_attempts_keeps_the_task_running,
+    worker_reports_count_as_pilots_and_name_workers_of_killed_jobs,
 );
