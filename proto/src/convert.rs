@@ -135,6 +135,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
                     excluded_queues: r.excluded_queues,
                 })
                 .unwrap_or_default(),
+            hold_jobs: spec.hold_jobs,
         }
     }
 }
@@ -181,6 +182,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
                     excluded_queues: r.excluded_queues,
                 }
             }),
+            hold_jobs: spec.hold_jobs,
         }
     }
 }

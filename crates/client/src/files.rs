@@ -57,6 +57,9 @@ pub struct TaskFile {
     /// Brokerage requirements.
     #[serde(default)]
     requirements: Option<RequirementsFile>,
+    /// Jobs wait held until released (file-level dependencies).
+    #[serde(default)]
+    hold_jobs: bool,
 }
 
 /// `split:` of a task file.
@@ -130,6 +133,7 @@ impl TaskFile {
                 software_tags: r.software_tags,
                 excluded_queues: r.excluded_queues,
             }),
+            hold_jobs: self.hold_jobs,
         }
     }
 }

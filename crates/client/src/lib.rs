@@ -22,6 +22,7 @@ pub use panda_proto::server::v1::internal_service_client::InternalServiceClient;
 pub use panda_proto::server::v1::job_service_client::JobServiceClient;
 pub use panda_proto::server::v1::log_service_client::LogServiceClient;
 pub use panda_proto::server::v1::pilot_service_client::PilotServiceClient;
+pub use panda_proto::server::v1::release_service_client::ReleaseServiceClient;
 pub use panda_proto::server::v1::task_service_client::TaskServiceClient;
 
 /// A client could not be created.
@@ -88,6 +89,8 @@ pub struct ServerClient {
     pub brokerage: BrokerageServiceClient<Channel>,
     /// Retries and broken tasks (JEDI).
     pub generation: GenerationServiceClient<Channel>,
+    /// Release of held jobs (idds, file-level dependencies).
+    pub release: ReleaseServiceClient<Channel>,
 }
 
 impl ServerClient {
@@ -105,6 +108,7 @@ impl ServerClient {
             catalog: CatalogServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             brokerage: BrokerageServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             generation: GenerationServiceClient::new(channel.clone()),
+            release: ReleaseServiceClient::new(channel.clone()),
             internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
             cache: CacheServiceClient::new(channel_with_timeout(url, ARCHIVE_TRANSFER_TIMEOUT)?),
         })

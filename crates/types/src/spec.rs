@@ -91,6 +91,10 @@ pub struct TaskSpec {
     /// What a queue must offer beyond resources.
     #[serde(default)]
     pub requirements: Requirements,
+    /// Jobs are inserted held (`defined`) until a releaser releases them (file-level
+    /// dependencies: idds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_jobs: bool,
 }
 
 /// A task specification as received, before validation (every field optional).
@@ -127,6 +131,8 @@ pub struct TaskSpecDraft {
     pub split: SplitRulesDraft,
     /// Brokerage requirements.
     pub requirements: Requirements,
+    /// See [`TaskSpec::hold_jobs`].
+    pub hold_jobs: bool,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
@@ -316,6 +322,7 @@ impl TaskSpecDraft {
                 code_sha256,
                 split,
                 requirements: self.requirements,
+                hold_jobs: self.hold_jobs,
             }),
             _ => Err(errors),
         }

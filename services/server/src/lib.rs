@@ -126,6 +126,7 @@ pub async fn run(
     let log_api = grpc::LogApi::new(logs, feed.clone());
     let heartbeat_seconds = config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let generation_api = grpc::GenerationApi::new(service.clone());
+    let release_api = grpc::ReleaseApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -143,6 +144,10 @@ pub async fn run(
         )
         .add_service(panda_proto::server::v1::brokerage_service_server::BrokerageServiceServer::new(catalog_api))
         .add_service(panda_proto::server::v1::generation_service_server::GenerationServiceServer::new(generation_api))
+        .add_service(
+            panda_proto::server::v1::release_service_server::ReleaseServiceServer::new(release_api)
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));

@@ -65,6 +65,7 @@ fn valid_generated_spec() {
             code_sha256: None,
             split: Default::default(),
             requirements: Default::default(),
+            hold_jobs: false,
         }
     );
 }
@@ -331,6 +332,7 @@ fn every_error_is_reported_at_once() {
         schema_version: 7,
         split: Default::default(),
         requirements: Default::default(),
+        hold_jobs: false,
     };
     check_errors(
         draft,

@@ -6,9 +6,11 @@ mod catalog;
 mod convert;
 mod handlers;
 mod logs;
+mod release;
 mod watch;
 
 pub use cache::CacheApi;
 pub use catalog::{CatalogApi, GenerationApi};
 pub use handlers::Api;
 pub use logs::LogApi;
+pub use release::ReleaseApi;
