@@ -145,6 +145,8 @@ struct Loaded {
     /// Works whose jobs are held (file-level release): what each job still waits for. Not
     /// stored: rebuilt from the server's finished jobs after a load ([`Engine::sync_holds`]).
     holds: HashMap<String, HeldJobs>,
+    /// Whether any work of the graph holds its jobs (most workflows: no, and release is skipped).
+    any_holds: bool,
 }
 
 type Slot = Arc<Mutex<Option<Loaded>>>;
@@ -226,6 +228,7 @@ impl Engine {
             );
             tasks.insert(work.key.clone(), (work.task_id, work.attempt));
         }
+        let any_holds = any_holds(&graph);
         Ok(Loaded {
             stored: instances.keys().cloned().collect(),
             workflow,
@@ -235,6 +238,7 @@ impl Engine {
             state: State::new(instances),
             tasks,
             holds: HashMap::new(),
+            any_holds,
         })
     }
 
@@ -396,6 +400,7 @@ impl Engine {
         self.outbox.notify();
         info!(workflow_id = workflow.id, works = works.len(), "workflow submitted");
         let id = workflow.id;
+        let any_holds = any_holds(&graph);
         let loaded = Loaded {
             workflow,
             stored: state.works.keys().cloned().collect(),
@@ -405,6 +410,7 @@ impl Engine {
             state,
             tasks: HashMap::new(),
             holds: HashMap::new(),
+            any_holds,
         };
         *self.slot(id).lock().await = Some(loaded);
         let _ = self.changes.send(id);
@@ -615,6 +621,9 @@ impl Engine {
             *guard = Some(self.load(work.workflow_id).await?);
         }
         let loaded = guard.as_mut().expect("loaded above");
+        if !loaded.any_holds {
+            return Ok(Handled::Ignored);
+        }
         let graph = loaded.graph.clone();
         let children = held_children(&graph, &work.key);
         let Some((NodeKind::Task(template), _)) =
@@ -659,6 +668,9 @@ impl Engine {
             *guard = Some(self.load(workflow_id).await?);
         }
         let loaded = guard.as_mut().expect("loaded above");
+        if !loaded.any_holds {
+            return Ok(());
+        }
         let graph = loaded.graph.clone();
         let mut keys: Vec<String> = parents.iter().flat_map(|p| held_children(&graph, p)).collect();
         if let Some(own) = own
@@ -1229,6 +1241,11 @@ fn scope_datasets(task: &mut TaskTemplate, graph: &Graph, workflow: &Workflow, k
     if !task.output_dataset.is_empty() {
         task.output_dataset = name(&scope, &task.output_dataset);
     }
+}
+
+/// Whether any work of a graph (nested ones included) holds its jobs.
+fn any_holds(graph: &Graph) -> bool {
+    graph.walk().iter().any(|(_, node)| release::holds(node))
 }
 
 /// The task of a work whose task is running (submitted and recorded).
