@@ -136,6 +136,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
                 })
                 .unwrap_or_default(),
             merge_command: spec.merge_command,
+            hold_jobs: spec.hold_jobs,
         }
     }
 }
@@ -183,6 +184,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
                     excluded_queues: r.excluded_queues,
                 }
             }),
+            hold_jobs: spec.hold_jobs,
         }
     }
 }

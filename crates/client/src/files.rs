@@ -60,6 +60,9 @@ pub struct TaskFile {
     /// Command of the merge jobs (with `split.merge_files_per_job`).
     #[serde(default)]
     merge_command: String,
+    /// Jobs wait held until released (file-level dependencies).
+    #[serde(default)]
+    hold_jobs: bool,
 }
 
 /// `split:` of a task file.
@@ -134,6 +137,7 @@ impl TaskFile {
                 software_tags: r.software_tags,
                 excluded_queues: r.excluded_queues,
             }),
+            hold_jobs: self.hold_jobs,
         }
     }
 }

@@ -94,6 +94,10 @@ pub struct TaskSpec {
     /// Command of the merge jobs (`split.merge_files_per_job`); none: [`DEFAULT_MERGE_COMMAND`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_command: Option<String>,
+    /// Jobs are inserted held (`defined`) until a releaser releases them (file-level
+    /// dependencies: idds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_jobs: bool,
 }
 
 /// What a merge job runs unless the task says: its inputs concatenated, in job order.
@@ -142,6 +146,8 @@ pub struct TaskSpecDraft {
     pub requirements: Requirements,
     /// See [`TaskSpec::merge_command`]; empty for the default.
     pub merge_command: String,
+    /// See [`TaskSpec::hold_jobs`].
+    pub hold_jobs: bool,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
@@ -360,6 +366,7 @@ impl TaskSpecDraft {
                 split,
                 requirements: self.requirements,
                 merge_command,
+                hold_jobs: self.hold_jobs,
             }),
             _ => Err(errors),
         }

@@ -355,3 +355,98 @@ async fn watching_a_job_and_a_users_tasks() {
     }
     cluster.stop().await.unwrap();
 }
+
+/// File-level release through the real server: the downstream work's jobs are inserted held and
+/// each is released (and runs) as soon as the upstream job writing its file finished, while the
+/// upstream task is still running its slow job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_job_runs_as_soon_as_its_file_exists() {
+    use panda_client::WorkflowServiceClient;
+    use panda_proto::idds::v1 as idds;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let work = dir.path().join("shared");
+    std::fs::create_dir_all(&work).unwrap();
+    let w = work.display();
+    let text = format!(
+        "name: per-file
+works:
+  - name: up
+    task:
+      command: 'case {{index}} in 1) echo a > {w}/a ;; 2) sleep 20; echo b > {w}/b ;; esac'
+      n_jobs: 2
+      jobs: [{{outputs: [a]}}, {{outputs: [b]}}]
+  - name: down
+    after_files: [up]
+    task:
+      command: 'case {{index}} in 1) cat {w}/a ;; 2) cat {w}/b ;; esac'
+      n_jobs: 2
+      jobs: [{{inputs: [a], outputs: [a2]}}, {{inputs: [b], outputs: [b2]}}]
+"
+    );
+    let workflows = WorkflowServiceClient::new(panda_client::channel(&cluster.idds_url).unwrap());
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let document = idds::WorkflowDocument {
+        language: idds::WorkflowLanguage::Native as i32,
+        text,
+        name: String::new(),
+        user: String::new(),
+    };
+    let workflow_id =
+        panda_client::retry(50, false, || {
+            let mut workflows = workflows.clone();
+            let document = document.clone();
+            async move {
+                workflows.submit_workflow(idds::SubmitWorkflowRequest { spec: None, document: Some(document) }).await
+            }
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let task_of = |name: &'static str| {
+        let workflows = workflows.clone();
+        async move {
+            await_condition(Duration::from_secs(60), "the work's task", || {
+                let mut workflows = workflows.clone();
+                async move {
+                    let response =
+                        workflows.get_workflow(idds::GetWorkflowRequest { workflow_id }).await.ok()?.into_inner();
+                    response.workflow?.works.into_iter().find(|w| w.name == name && w.task_id != 0).map(|w| w.task_id)
+                }
+            })
+            .await
+        }
+    };
+    let (up, down) = (task_of("up").await, task_of("down").await);
+    // down's first job finishes while up's second job still sleeps: released per file.
+    await_condition(Duration::from_secs(60), "down's first job to finish", || {
+        let server = server.clone();
+        async move {
+            jobs_of(&server, down)
+                .await
+                .iter()
+                .any(|j| j.job_index == 1 && j.status == JobStatus::Finished as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    let up_jobs = jobs_of(&server, up).await;
+    let slow = up_jobs.iter().find(|j| j.job_index == 2).unwrap();
+    assert_ne!(slow.status, JobStatus::Finished as i32, "up's slow job is still running: {slow:?}");
+    let second = jobs_of(&server, down).await.into_iter().find(|j| j.job_index == 2).unwrap();
+    assert_eq!(second.status, JobStatus::Defined as i32, "down's second job waits held for b: {second:?}");
+    // Then b is written and the rest follows; the workflow finishes.
+    let workflow = await_condition(Duration::from_secs(120), "the workflow to end", || {
+        let mut workflows = workflows.clone();
+        async move {
+            let workflow =
+                workflows.get_workflow(idds::GetWorkflowRequest { workflow_id }).await.ok()?.into_inner().workflow?;
+            (workflow.status != idds::WorkflowStatus::Running as i32).then_some(workflow)
+        }
+    })
+    .await;
+    assert_eq!(workflow.status, idds::WorkflowStatus::Finished as i32, "{workflow:?}");
+    cluster.stop().await.unwrap();
+}

@@ -42,6 +42,17 @@ pub trait TaskBackend: Send + Sync {
     async fn resume(&self, task_id: u64) -> Result<(), Status>;
     /// Reruns an ended task's failed jobs.
     async fn retry(&self, task_id: u64) -> Result<(), Status>;
+    /// Indices of the task's finished jobs (current attempts).
+    async fn finished_jobs(&self, task_id: u64) -> Result<Vec<u32>, Status>;
+    /// Releases held jobs by index and closes others (`ReleaseJobs`; idempotent). Returns how
+    /// many were released and closed by this call.
+    async fn release(
+        &self,
+        task_id: u64,
+        release: Vec<u32>,
+        close: Vec<u32>,
+        reason: String,
+    ) -> Result<(u32, u32), Status>;
 }
 
 /// Parses `panda-output key=value` lines.
@@ -149,6 +160,45 @@ impl TaskBackend for GrpcBackend {
     async fn retry(&self, task_id: u64) -> Result<(), Status> {
         self.server.tasks.clone().retry_task(server::RetryTaskRequest { task_id }).await.map(|_| ())
     }
+
+    async fn finished_jobs(&self, task_id: u64) -> Result<Vec<u32>, Status> {
+        let mut finished = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .server
+                .jobs
+                .clone()
+                .list_jobs(server::ListJobsRequest {
+                    task_id,
+                    after_job_id: after,
+                    limit: 10_000,
+                    statuses: vec![panda_types::JobStatus::Finished.to_wire()],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            finished.extend(page.jobs.iter().map(|j| j.job_index));
+            if page.next_after == 0 {
+                finished.sort_unstable();
+                finished.dedup();
+                return Ok(finished);
+            }
+            after = page.next_after;
+        }
+    }
+
+    async fn release(
+        &self,
+        task_id: u64,
+        release: Vec<u32>,
+        close: Vec<u32>,
+        reason: String,
+    ) -> Result<(u32, u32), Status> {
+        let request = server::ReleaseJobsRequest { task_id, release, close, close_reason: reason };
+        let done = self.server.release.clone().release_jobs(request).await?.into_inner();
+        Ok((done.released.len() as u32, done.closed.len() as u32))
+    }
 }
 
 /// An in-process server for tests and benches: tasks are numbered from 1, an idempotency key
@@ -174,6 +224,15 @@ pub struct FakeState {
     pub submit_calls: usize,
     /// Killed, paused, resumed and retried tasks, in order.
     pub actions: Vec<(&'static str, u64)>,
+    /// Finished job indices by task.
+    pub finished: BTreeMap<u64, Vec<u32>>,
+    /// Held job indices by task (a task's jobs are held while it is listed; the fake holds every
+    /// job of a `hold_jobs` task from its submission).
+    pub held: BTreeMap<u64, std::collections::BTreeSet<u32>>,
+    /// Jobs released, by task, in order.
+    pub released: BTreeMap<u64, Vec<u32>>,
+    /// Jobs closed, by task, with the reason.
+    pub closed: BTreeMap<u64, Vec<(u32, String)>>,
 }
 
 impl FakeBackend {
@@ -212,6 +271,9 @@ impl TaskBackend for FakeBackend {
                 return (id, false);
             }
             let id = s.specs.len() as u64 + 1;
+            if spec.hold_jobs {
+                s.held.insert(id, (1..=spec.n_jobs.unwrap_or(1)).collect());
+            }
             s.by_key.insert(idempotency_key, id);
             s.specs.insert(id, spec);
             s.status.insert(id, TaskStatus::Registered);
@@ -255,6 +317,31 @@ impl TaskBackend for FakeBackend {
 
     async fn retry(&self, task_id: u64) -> Result<(), Status> {
         self.act("retry", task_id)
+    }
+
+    async fn finished_jobs(&self, task_id: u64) -> Result<Vec<u32>, Status> {
+        Ok(self.with(|s| s.finished.get(&task_id).cloned().unwrap_or_default()))
+    }
+
+    async fn release(
+        &self,
+        task_id: u64,
+        release: Vec<u32>,
+        close: Vec<u32>,
+        reason: String,
+    ) -> Result<(u32, u32), Status> {
+        self.with(|s| {
+            if !s.specs.contains_key(&task_id) {
+                return Err(Status::not_found(format!("task {task_id} not found")));
+            }
+            let held = s.held.entry(task_id).or_default();
+            let released: Vec<u32> = release.into_iter().filter(|i| held.remove(i)).collect();
+            let closed: Vec<u32> = close.into_iter().filter(|i| held.remove(i)).collect();
+            let counts = (released.len() as u32, closed.len() as u32);
+            s.released.entry(task_id).or_default().extend(released);
+            s.closed.entry(task_id).or_default().extend(closed.into_iter().map(|i| (i, reason.clone())));
+            Ok(counts)
+        })
     }
 }
 

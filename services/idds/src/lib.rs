@@ -27,7 +27,7 @@ use std::sync::Arc;
 use panda_bus::outbox::{self, Outbox};
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
 use panda_proto::convert::WireEnum;
-use panda_proto::events::v1::TaskStatusChanged;
+use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
 use panda_proto::idds::v1::hpo_service_server::HpoServiceServer;
 use panda_proto::idds::v1::workflow_service_server::WorkflowServiceServer;
 use panda_runtime::Listeners;
@@ -83,6 +83,22 @@ impl Handler for TaskEvents {
     }
 }
 
+/// `job.finished` events: file-level release of the jobs waiting for what the job wrote.
+struct JobEvents {
+    engine: Engine,
+}
+
+#[tonic::async_trait]
+impl Handler for JobEvents {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandleError> {
+        let body: JobStatusChanged = event.decode().map_err(|e| HandleError::Reject(e.to_string()))?;
+        match self.engine.on_job_finished(body.task_id, body.job_index).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(HandleError::Retry(error.to_string())),
+        }
+    }
+}
+
 /// Runs idds until `shutdown`.
 ///
 /// # Errors
@@ -107,6 +123,14 @@ pub async fn run(
         .consume(
             Subscription::new(deps.bus.queue_name("idds", "tasks"), bindings),
             Arc::new(TaskEvents { engine: engine.clone() }),
+            shutdown.clone(),
+        )
+        .await?;
+    let job_consumer = deps
+        .bus
+        .consume(
+            Subscription::new(deps.bus.queue_name("idds", "jobs"), ["job.finished"]),
+            Arc::new(JobEvents { engine: engine.clone() }),
             shutdown.clone(),
         )
         .await?;
@@ -151,6 +175,7 @@ pub async fn run(
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer.await;
+    let _ = job_consumer.await;
     let _ = submitter.await;
     let _ = relay.await;
     if let Some(admin) = admin {

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use panda_bus::Envelope;
 use panda_bus::outbox::{self, Outbox};
 use panda_proto::events::v1::WorkflowStatusChanged;
@@ -21,8 +22,9 @@ use tokio::sync::{Mutex, Notify, broadcast};
 use tracing::{info, instrument, warn};
 
 use crate::backend::{TaskBackend, TaskInfo};
-use crate::graph::model::{Dependency, DependencyLevel, Graph, Node, NodeKind, TaskTemplate, Value};
+use crate::graph::model::{Dependency, DependencyLevel, Graph, Node, NodeKind, SplitTemplate, TaskTemplate, Value};
 use crate::graph::plan::{self, Instance, State};
+use crate::graph::release::{self, HeldJobs};
 use crate::graph::{self, Language, WorkStatus, WorkflowStatus};
 use crate::store::{self, NewWork, Work, Workflow};
 
@@ -113,6 +115,9 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// Submissions in flight at once in a submission pass.
+pub const SUBMIT_CONCURRENCY: usize = 16;
+
 /// The consumer name under which idds records processed task events.
 const CONSUMER: &str = "idds.tasks";
 
@@ -152,11 +157,20 @@ impl Metrics {
 struct Loaded {
     workflow: Workflow,
     graph: Arc<Graph>,
+    /// Children of each top-level node (the planner looks only at what a change can unlock).
+    index: Arc<plan::Index>,
+    /// The next planner step looks at every node (after a load: what a crash interrupted).
+    full: bool,
     state: State,
     /// Keys that have a row.
     stored: BTreeSet<String>,
     /// Task of each submitted key, and each key's submission attempts.
     tasks: HashMap<String, (Option<u64>, u32)>,
+    /// Works whose jobs are held (file-level release): what each job still waits for. Not
+    /// stored: rebuilt from the server's finished jobs after a load ([`Engine::sync_holds`]).
+    holds: HashMap<String, HeldJobs>,
+    /// Whether any work of the graph holds its jobs (most workflows: no, and release is skipped).
+    any_holds: bool,
 }
 
 type Slot = Arc<Mutex<Option<Loaded>>>;
@@ -251,12 +265,17 @@ impl Engine {
             );
             tasks.insert(work.key.clone(), (work.task_id, work.attempt));
         }
+        let any_holds = any_holds(&graph);
         Ok(Loaded {
             stored: instances.keys().cloned().collect(),
             workflow,
+            index: Arc::new(plan::Index::new(&graph)),
+            full: true,
             graph: Arc::new(graph),
             state: State::new(instances),
             tasks,
+            holds: HashMap::new(),
+            any_holds,
         })
     }
 
@@ -316,12 +335,15 @@ impl Engine {
         change: impl FnOnce(&mut Loaded) -> Result<R, Error>,
         extra: impl AsyncFnOnce(&DatabaseTransaction, &Loaded) -> Result<(), Error>,
     ) -> Result<(R, Vec<Envelope>, bool), Error> {
+        let before = loaded.workflow.status;
         let value = change(loaded)?;
         let mut events = Vec::new();
         let end = if loaded.workflow.status.is_final() && loaded.workflow.status != WorkflowStatus::Cancelled {
             None
-        } else {
+        } else if std::mem::take(&mut loaded.full) {
             plan::advance(&loaded.graph, &mut loaded.state)
+        } else {
+            plan::advance_changed(&loaded.graph, &loaded.index, &mut loaded.state)
         };
         let changed = loaded.state.take_changed();
         let mut new = Vec::new();
@@ -345,7 +367,11 @@ impl Engine {
             info!(workflow_id = loaded.workflow.id, status = end.as_str(), "workflow ended");
             self.metrics.workflows_ended.get_or_create(&Ended { status: end.as_str() }).inc();
             loaded.workflow.status = end;
-            events.push(workflow_event(&loaded.workflow, end));
+        }
+        // Every change of the workflow's state has its event: the end, and what operations did
+        // (workflow.cancelled after an abort, suspended, running again after a resume or retry).
+        if loaded.workflow.status != before {
+            events.push(workflow_event(&loaded.workflow, loaded.workflow.status));
         }
         Ok((value, events, ready))
     }
@@ -416,12 +442,17 @@ impl Engine {
         self.outbox.notify();
         info!(workflow_id = workflow.id, works = works.len(), "workflow submitted");
         let id = workflow.id;
+        let any_holds = any_holds(&graph);
         let loaded = Loaded {
             workflow,
             stored: state.works.keys().cloned().collect(),
+            index: Arc::new(plan::Index::new(&graph)),
+            full: false,
             graph: Arc::new(graph),
             state,
             tasks: HashMap::new(),
+            holds: HashMap::new(),
+            any_holds,
         };
         *self.slot(id).lock().await = Some(loaded);
         let _ = self.changes.send(id);
@@ -430,6 +461,9 @@ impl Engine {
     }
 
     /// Submits every ready work of running workflows as a task (idempotent per work and attempt).
+    /// A workflow's ready works are submitted together (up to [`SUBMIT_CONCURRENCY`] calls in
+    /// flight) and recorded in one transaction; a crash before that commit is harmless, since
+    /// the next pass submits with the same idempotency keys and gets the same tasks.
     ///
     /// # Errors
     /// Database failures; transient server failures end the pass (the caller retries later),
@@ -437,56 +471,81 @@ impl Engine {
     pub async fn submit_ready(&self) -> Result<Pass, Error> {
         let _pass = self.submitting.lock().await;
         let mut pass = Pass::default();
-        let ready = store::works_in(&self.db, WorkStatus::Ready).await?;
-        for work in ready {
+        let mut by_workflow: BTreeMap<u64, Vec<Work>> = BTreeMap::new();
+        for work in store::works_in(&self.db, WorkStatus::Ready).await? {
+            // An HPO work starts its study instead of one task (its points are tasks).
             if self.start_work_study(&work).await? {
                 pass.submitted += 1;
                 continue;
             }
-            let Some((spec, attempt)) = self.render(&work).await? else { continue };
-            let key = format!("idds-{}-{}-{}", work.workflow_id, work.key, attempt);
-            let json = serde_json::to_string(&spec_json(&spec)).unwrap_or_default();
-            match self.backend.submit(spec, key).await {
-                Ok(task_id) => {
-                    let work_key = work.key.clone();
-                    self.mutate(
-                        work.workflow_id,
-                        None,
-                        |loaded| {
-                            if loaded.state.works.get(&work_key).map(|i| i.status) == Some(WorkStatus::Ready) {
-                                loaded.state.set_status(&work_key, WorkStatus::Submitted, "");
+            by_workflow.entry(work.workflow_id).or_default().push(work);
+        }
+        for (workflow_id, works) in by_workflow {
+            let rendered = self.render(workflow_id, works).await?;
+            let results: Vec<(Work, String, u32, Result<u64, tonic::Status>)> =
+                futures::stream::iter(rendered.into_iter().map(|(work, spec, attempt)| async move {
+                    let key = format!("idds-{}-{}-{}", work.workflow_id, work.key, attempt);
+                    let json = serde_json::to_string(&spec_json(&spec)).unwrap_or_default();
+                    let result = self.backend.submit(spec, key).await;
+                    (work, json, attempt, result)
+                }))
+                .buffered(SUBMIT_CONCURRENCY)
+                .collect()
+                .await;
+            let mut accepted = Vec::new();
+            let mut refused = Vec::new();
+            for (work, json, attempt, result) in results {
+                match result {
+                    Ok(task_id) => {
+                        info!(workflow_id, work = %work.key, task_id, "work submitted");
+                        accepted.push((work.key, task_id, json, attempt));
+                    }
+                    Err(status) if panda_client::is_transient(&status, true) => {
+                        warn!(work = %work.key, %status, "server unavailable; will submit later");
+                        pass.deferred = true;
+                    }
+                    Err(status) => {
+                        warn!(work = %work.key, %status, "task refused; failing the work");
+                        refused.push((work.key, format!("the server refused the task: {}", status.message())));
+                    }
+                }
+            }
+            if !accepted.is_empty() || !refused.is_empty() {
+                self.mutate(
+                    workflow_id,
+                    None,
+                    |loaded| {
+                        for (key, task_id, _, attempt) in &accepted {
+                            if loaded.state.works.get(key).map(|i| i.status) == Some(WorkStatus::Ready) {
+                                loaded.state.set_status(key, WorkStatus::Submitted, "");
                             }
-                            loaded.tasks.insert(work_key.clone(), (Some(task_id), attempt));
-                            Ok(())
-                        },
-                        async |txn, _| {
-                            Ok(store::record_task(txn, work.workflow_id, &work.key, task_id, json, attempt).await?)
-                        },
-                    )
-                    .await?;
-                    info!(workflow_id = work.workflow_id, work = %work.key, task_id, "work submitted");
-                    self.metrics.works_submitted.inc();
-                    pass.submitted += 1;
+                            loaded.tasks.insert(key.clone(), (Some(*task_id), *attempt));
+                        }
+                        for (key, reason) in &refused {
+                            if loaded.state.works.get(key).map(|i| i.status) == Some(WorkStatus::Ready) {
+                                loaded.state.set_status(key, WorkStatus::Failed, reason.clone());
+                            }
+                        }
+                        Ok(())
+                    },
+                    async |txn, _| {
+                        for (key, task_id, json, attempt) in &accepted {
+                            store::record_task(txn, workflow_id, key, *task_id, json.clone(), *attempt).await?;
+                        }
+                        Ok(())
+                    },
+                )
+                .await?;
+                self.metrics.works_submitted.inc_by(accepted.len() as u64);
+                pass.submitted += accepted.len();
+                // Held works whose jobs already exist (their task.running event came before this
+                // record) release what their parents produced meanwhile.
+                for (key, ..) in &accepted {
+                    self.sync_holds(workflow_id, Some(key.clone()), &[]).await?;
                 }
-                Err(status) if panda_client::is_transient(&status, true) => {
-                    warn!(work = %work.key, %status, "server unavailable; will submit later");
-                    pass.deferred = true;
-                    break;
-                }
-                Err(status) => {
-                    warn!(work = %work.key, %status, "task refused; failing the work");
-                    let reason = format!("the server refused the task: {}", status.message());
-                    self.mutate(
-                        work.workflow_id,
-                        None,
-                        |loaded| {
-                            loaded.state.set_status(&work.key, WorkStatus::Failed, reason);
-                            Ok(())
-                        },
-                        async |_, _| Ok(()),
-                    )
-                    .await?;
-                }
+            }
+            if pass.deferred {
+                break;
             }
         }
         if !pass.deferred {
@@ -495,27 +554,33 @@ impl Engine {
         Ok(pass)
     }
 
-    /// The task of a ready work (None when its workflow is suspended or it is no longer ready).
-    async fn render(&self, work: &Work) -> Result<Option<(server::TaskSpec, u32)>, Error> {
-        let slot = self.slot(work.workflow_id);
+    /// The tasks of a workflow's ready works (none when the workflow is suspended; works no
+    /// longer ready are left out).
+    async fn render(&self, workflow_id: u64, works: Vec<Work>) -> Result<Vec<(Work, server::TaskSpec, u32)>, Error> {
+        let slot = self.slot(workflow_id);
         let mut guard = slot.lock().await;
         if guard.is_none() {
-            *guard = Some(self.load(work.workflow_id).await?);
+            *guard = Some(self.load(workflow_id).await?);
         }
         let loaded = guard.as_ref().expect("loaded above");
-        if loaded.workflow.status != WorkflowStatus::Running
-            || loaded.state.works.get(&work.key).map(|i| i.status) != Some(WorkStatus::Ready)
-        {
-            return Ok(None);
+        if loaded.workflow.status != WorkflowStatus::Running {
+            return Ok(Vec::new());
         }
-        let Some((node, params)) = plan::resolve(&loaded.graph, &loaded.state, &work.key) else {
-            return Err(Error::Corrupt { workflow_id: work.workflow_id, reason: format!("no node for {}", work.key) });
-        };
-        let NodeKind::Task(template) = &node.kind else { return Ok(None) };
-        let mut task = plan::render_task(template, &params, &work.key);
-        scope_datasets(&mut task, &loaded.graph, &loaded.workflow, &work.key);
-        let attempt = loaded.tasks.get(&work.key).map_or(0, |(_, a)| *a);
-        Ok(Some((wire_spec(task, &loaded.workflow.user), attempt)))
+        let mut out = Vec::with_capacity(works.len());
+        for work in works {
+            if loaded.state.works.get(&work.key).map(|i| i.status) != Some(WorkStatus::Ready) {
+                continue;
+            }
+            let Some((node, params)) = plan::resolve(&loaded.graph, &loaded.state, &work.key) else {
+                return Err(Error::Corrupt { workflow_id, reason: format!("no node for {}", work.key) });
+            };
+            let NodeKind::Task(template) = &node.kind else { continue };
+            let mut task = plan::render_task(template, &params, &work.key);
+            scope_datasets(&mut task, &loaded.graph, &loaded.workflow, &work.key);
+            let attempt = loaded.tasks.get(&work.key).map_or(0, |(_, a)| *a);
+            out.push((work, wire_spec(task, &loaded.workflow.user, release::holds(node)), attempt));
+        }
+        Ok(out)
     }
 
     /// Applies a task's new state to its work, once per event: the event id is recorded in the
@@ -539,13 +604,30 @@ impl Engine {
                 || crate::hpo_store::any_pending(&self.db).await?;
             return Ok(if in_flight && task_status.is_final() { Handled::NotYet } else { Handled::Ignored });
         };
+        let handled = self.apply_task_status(&work, task_id, task_status, event_id).await?;
+        // Held jobs follow (idempotent, so also on a repeated event: a failed sync is redone):
+        // a work whose jobs now exist releases what its parents produced so far; a parent that
+        // ended releases or closes what still waits for it.
+        let keys = if task_status.is_final() { vec![work.key.clone()] } else { Vec::new() };
+        let own = (!task_status.is_final()).then(|| work.key.clone());
+        self.sync_holds(work.workflow_id, own, &keys).await?;
+        Ok(handled)
+    }
+
+    async fn apply_task_status(
+        &self,
+        work: &Work,
+        task_id: u64,
+        task_status: TaskStatus,
+        event_id: Option<uuid::Uuid>,
+    ) -> Result<Handled, Error> {
         if work.status != WorkStatus::Submitted {
             return Ok(Handled::Ignored);
         }
         let end = WorkStatus::from_task_status(task_status);
         // Counts and produced values are read before the transaction (server calls).
         let outputs = match end {
-            Some(_) => Some(self.outputs_of(&work, task_id).await?),
+            Some(_) => Some(self.outputs_of(work, task_id).await?),
             None => None,
         };
         let key = work.key.clone();
@@ -577,6 +659,156 @@ impl Engine {
             Some(true) => Handled::Applied,
             _ => Handled::Ignored,
         })
+    }
+
+    /// A job finished: the jobs of file-level children that waited only for the files it wrote
+    /// are released now (per file, not per dataset). Idempotent: the server releases only held
+    /// jobs, and a countdown lost with a failed call is rebuilt from the server.
+    ///
+    /// # Errors
+    /// Database failures; server failures (the event is retried).
+    pub async fn on_job_finished(&self, task_id: u64, job_index: u32) -> Result<Handled, Error> {
+        let Some(work) = store::work_by_task(&self.db, task_id).await? else { return Ok(Handled::Ignored) };
+        let slot = self.slot(work.workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(work.workflow_id).await?);
+        }
+        let loaded = guard.as_mut().expect("loaded above");
+        if !loaded.any_holds {
+            return Ok(Handled::Ignored);
+        }
+        let graph = loaded.graph.clone();
+        let children = held_children(&graph, &work.key);
+        let Some((NodeKind::Task(template), _)) =
+            plan::resolve(&graph, &loaded.state, &work.key).map(|(n, p)| (&n.kind, p))
+        else {
+            return Ok(Handled::Ignored);
+        };
+        let files: &[String] = job_index
+            .checked_sub(1)
+            .and_then(|i| template.jobs.get(i as usize))
+            .map(|j| j.outputs.as_slice())
+            .unwrap_or_default();
+        let mut handled = Handled::Ignored;
+        for child in children {
+            let Some(child_task) = running_task(loaded, &child) else { continue };
+            let Some(held) = loaded.holds.get_mut(&child) else {
+                self.sync_hold(loaded, &child).await?;
+                handled = Handled::Applied;
+                continue;
+            };
+            let released: Vec<u32> = files.iter().flat_map(|f| held.produced(f)).map(|i| i + 1).collect();
+            if released.is_empty() {
+                continue;
+            }
+            if let Err(status) = self.backend.release(child_task, released.clone(), Vec::new(), String::new()).await {
+                // The countdown already moved: forget it, so the retry rebuilds it from the server.
+                loaded.holds.remove(&child);
+                return Err(Error::Server { call: "ReleaseJobs", status });
+            }
+            info!(workflow_id = work.workflow_id, work = %child, task_id = child_task, jobs = ?released, "held jobs released");
+            handled = Handled::Applied;
+        }
+        Ok(handled)
+    }
+
+    /// Rebuilds (from the server) the hold of `own` if it holds jobs, and of the held children
+    /// of each of `parents`, releasing what can run and closing what never will.
+    async fn sync_holds(&self, workflow_id: u64, own: Option<String>, parents: &[String]) -> Result<(), Error> {
+        let slot = self.slot(workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(workflow_id).await?);
+        }
+        let loaded = guard.as_mut().expect("loaded above");
+        if !loaded.any_holds {
+            return Ok(());
+        }
+        let graph = loaded.graph.clone();
+        let mut keys: Vec<String> = parents.iter().flat_map(|p| held_children(&graph, p)).collect();
+        if let Some(own) = own
+            && plan::resolve(&graph, &loaded.state, &own).is_some_and(|(n, _)| release::holds(n))
+        {
+            keys.push(own);
+        }
+        for key in keys {
+            if running_task(loaded, &key).is_some() {
+                self.sync_hold(loaded, &key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A held work's countdown from scratch: every file its parents' finished jobs wrote is
+    /// produced; a parent that ended lost the rest. Releases and closes on the server what that
+    /// allows (idempotent), and keeps the countdown for the next job events.
+    async fn sync_hold(&self, loaded: &mut Loaded, key: &str) -> Result<(), Error> {
+        let graph = loaded.graph.clone();
+        let Some(child_task) = running_task(loaded, key) else { return Ok(()) };
+        let Some((child, _)) = plan::resolve(&graph, &loaded.state, key) else { return Ok(()) };
+        let NodeKind::Task(child_template) = &child.kind else { return Ok(()) };
+        let scope = key.rsplit_once('/').map_or("", |(scope, _)| scope);
+        let mut parents = Vec::new();
+        for name in release::file_parents(child) {
+            let parent_key = plan::key_in(scope, name);
+            let Some((parent, _)) = plan::resolve(&graph, &loaded.state, &parent_key) else { continue };
+            let NodeKind::Task(template) = &parent.kind else { continue };
+            let ended = loaded.state.works.get(&parent_key).is_some_and(|i| i.status.is_final());
+            let task = loaded.tasks.get(&parent_key).and_then(|(t, _)| *t);
+            parents.push((parent_key, &**template, task, ended));
+        }
+        let templates: Vec<&TaskTemplate> = parents.iter().map(|p| p.1).collect();
+        let mut held = HeldJobs::new(&release::awaited(child_template, &templates));
+        let mut release_now = held.released_at_start();
+        let mut close = Vec::new();
+        let mut lost = Vec::new();
+        for (parent_key, template, task, ended) in &parents {
+            let finished = match task {
+                Some(task) => self
+                    .backend
+                    .finished_jobs(*task)
+                    .await
+                    .map_err(|status| Error::Server { call: "ListJobs", status })?,
+                None => Vec::new(),
+            };
+            for index in &finished {
+                let Some(job) = index.checked_sub(1).and_then(|i| template.jobs.get(i as usize)) else { continue };
+                for file in &job.outputs {
+                    release_now.extend(held.produced(file));
+                }
+            }
+            if *ended {
+                for (i, job) in template.jobs.iter().enumerate() {
+                    if finished.binary_search(&(i as u32 + 1)).is_ok() {
+                        continue;
+                    }
+                    for file in &job.outputs {
+                        let missing = held.lost(file);
+                        if !missing.is_empty() {
+                            lost.push(format!("{file} (from {parent_key})"));
+                            close.extend(missing);
+                        }
+                    }
+                }
+            }
+        }
+        if !release_now.is_empty() || !close.is_empty() {
+            let mut reason = format!("input never produced: {}", lost.join(", "));
+            reason.truncate(reason.floor_char_boundary(1000));
+            let release: Vec<u32> = release_now.iter().map(|i| i + 1).collect();
+            let close: Vec<u32> = close.iter().map(|i| i + 1).collect();
+            let (released, closed) = self
+                .backend
+                .release(child_task, release, close, reason)
+                .await
+                .map_err(|status| Error::Server { call: "ReleaseJobs", status })?;
+            if released + closed > 0 {
+                info!(workflow_id = loaded.workflow.id, work = %key, task_id = child_task, released, closed, "held jobs synchronised");
+            }
+        }
+        loaded.holds.insert(key.to_owned(), held);
+        Ok(())
     }
 
     async fn outputs_of(&self, work: &Work, task_id: u64) -> Result<BTreeMap<String, Value>, Error> {
@@ -870,7 +1102,7 @@ fn check_tasks(graph: &Graph, user: &str) -> Result<(), Error> {
         let NodeKind::Task(template) = &node.kind else { continue };
         let mut task = TaskTemplate::clone(template);
         task.command = fill_params(&task.command);
-        let draft = panda_types::spec::TaskSpecDraft::from(wire_spec(task, user));
+        let draft = panda_types::spec::TaskSpecDraft::from(wire_spec(task, user, release::holds(node)));
         if let Err(problems) = draft.validate() {
             errors
                 .extend(problems.into_iter().map(|e| FieldError::new(format!("nodes.{path}.{}", e.field), e.message)));
@@ -964,11 +1196,20 @@ pub fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
         environment: task.environment.into_iter().collect(),
         queues: task.queues,
         code_sha256: task.code_sha256,
+        split: task.split.map(|s| SplitTemplate {
+            events_per_job: s.events_per_job,
+            gb_per_job: s.gb_per_job,
+            walltime_target_seconds: s.walltime_target_seconds,
+            seconds_per_event: s.seconds_per_event,
+            merge_files_per_job: s.merge_files_per_job,
+            scouts: s.scouts,
+            max_attempts: s.max_attempts,
+        }),
         jobs: Vec::new(),
     }
 }
 
-fn wire_spec(task: TaskTemplate, user: &str) -> server::TaskSpec {
+fn wire_spec(task: TaskTemplate, user: &str, hold_jobs: bool) -> server::TaskSpec {
     server::TaskSpec {
         name: task.name,
         user: user.to_owned(),
@@ -989,10 +1230,18 @@ fn wire_spec(task: TaskTemplate, user: &str) -> server::TaskSpec {
         code_sha256: task.code_sha256,
         merge_command: String::new(),
         schema_version: 0,
-        // Works do not carry JEDI's split rules or brokerage requirements yet: the server's
-        // defaults apply (one job per file, or n_jobs).
-        split: None,
+        // JEDI's rules as the work wrote them (brokerage requirements are not carried yet).
+        split: task.split.map(|s| server::SplitRules {
+            events_per_job: s.events_per_job,
+            gb_per_job: s.gb_per_job,
+            walltime_target_seconds: s.walltime_target_seconds,
+            seconds_per_event: s.seconds_per_event,
+            merge_files_per_job: s.merge_files_per_job,
+            scouts: s.scouts,
+            max_attempts: s.max_attempts,
+        }),
         requirements: None,
+        hold_jobs,
     }
 }
 
@@ -1051,6 +1300,33 @@ fn scope_datasets(task: &mut TaskTemplate, graph: &Graph, workflow: &Workflow, k
     if !task.output_dataset.is_empty() {
         task.output_dataset = name(&scope, &task.output_dataset);
     }
+}
+
+/// Whether any work of a graph (nested ones included) holds its jobs.
+fn any_holds(graph: &Graph) -> bool {
+    graph.walk().iter().any(|(_, node)| release::holds(node))
+}
+
+/// The task of a work whose task is running (submitted and recorded).
+fn running_task(loaded: &Loaded, key: &str) -> Option<u64> {
+    (loaded.state.works.get(key).map(|i| i.status) == Some(WorkStatus::Submitted))
+        .then(|| loaded.tasks.get(key).and_then(|(t, _)| *t))
+        .flatten()
+}
+
+/// Keys of the works (in the same scope) whose jobs are held for files `key` writes.
+fn held_children(graph: &Graph, key: &str) -> Vec<String> {
+    let (scope, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let scope_graph = if scope.is_empty() { Some(graph) } else { body_graph(graph, scope) };
+    scope_graph
+        .map(|g| {
+            g.nodes
+                .iter()
+                .filter(|n| release::holds(n) && release::file_parents(n).any(|p| p == name))
+                .map(|n| plan::key_in(scope, &n.name))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The nested graph a scope (`loop#2`, `outer#1/inner#3`) runs.

@@ -337,6 +337,150 @@ async fn watch_graph_and_check_over_the_api(db: TestDb) {
     assert!(rig.engine.list_workflows(10).await.unwrap().len() == 1, "check stores nothing");
 }
 
+const FILES: &str = "
+name: files
+works:
+  - name: gen
+    task:
+      command: 'true'
+      n_jobs: 3
+      jobs: [{outputs: [a]}, {outputs: [b]}, {outputs: [c]}]
+  - name: use
+    after_files: [gen]
+    task:
+      command: 'true'
+      n_jobs: 3
+      jobs: [{inputs: [a], outputs: [a2]}, {inputs: [b, c], outputs: [bc]}, {inputs: [c, /data/ext], outputs: [c2]}]
+";
+
+async fn held_jobs_are_released_per_file_across_a_restart(db: TestDb) {
+    let rig = rig(&db).await;
+    let id = rig.engine.submit_document(native(FILES)).await.unwrap();
+    rig.engine.submit_ready().await.unwrap();
+    // The child starts with its parent; its jobs are held.
+    rig.engine.submit_ready().await.unwrap();
+    let (gen_task, use_task) = (task_of(&rig.engine, id, "gen").await, task_of(&rig.engine, id, "use").await);
+    let hold = |task: u64| rig.fake.with(|s| s.specs[&task].hold_jobs);
+    assert!(!hold(gen_task) && hold(use_task), "only the file-level child holds its jobs");
+    let released = |fake: &FakeBackend| fake.with(|s| s.released.get(&use_task).cloned().unwrap_or_default());
+    assert!(released(&rig.fake).is_empty(), "nothing produced yet");
+    // gen's job 1 wrote a: use's job 1 runs, while gen still runs.
+    rig.fake.with(|s| s.finished.insert(gen_task, vec![1]));
+    assert_eq!(rig.engine.on_job_finished(gen_task, 1).await.unwrap(), Handled::Applied);
+    assert_eq!(released(&rig.fake), [1]);
+    // The same event again releases nothing twice.
+    rig.engine.on_job_finished(gen_task, 1).await.unwrap();
+    assert_eq!(released(&rig.fake), [1]);
+    assert_eq!(statuses(&rig.engine, id).await["gen"], WorkStatus::Submitted, "released before its parent ended");
+    // A restarted engine rebuilds the countdown from the server: b alone releases nothing
+    // (job 2 also reads c), c releases jobs 2 and 3.
+    let fake = rig.fake.clone();
+    drop(rig);
+    let conn = panda_db::connect_and_migrate::<store::Migrator>(&db.url, Some(4)).await.unwrap();
+    let engine = Engine::new(conn.clone(), Outbox::new(conn), fake.clone());
+    fake.with(|s| s.finished.insert(gen_task, vec![1, 2]));
+    engine.on_job_finished(gen_task, 2).await.unwrap();
+    assert_eq!(released(&fake), [1]);
+    fake.with(|s| s.finished.insert(gen_task, vec![1, 2, 3]));
+    engine.on_job_finished(gen_task, 3).await.unwrap();
+    assert_eq!(released(&fake), [1, 2, 3]);
+    // Events of tasks that are not works change nothing.
+    assert_eq!(engine.on_job_finished(999, 1).await.unwrap(), Handled::Ignored);
+}
+
+async fn held_jobs_whose_input_was_never_produced_are_closed(db: TestDb) {
+    let rig = rig(&db).await;
+    let id = rig.engine.submit_document(native(FILES)).await.unwrap();
+    rig.engine.submit_ready().await.unwrap();
+    rig.engine.submit_ready().await.unwrap();
+    let (gen_task, use_task) = (task_of(&rig.engine, id, "gen").await, task_of(&rig.engine, id, "use").await);
+    // gen's jobs 1 and 2 finish, job 3 fails for good: c is never written.
+    rig.fake.with(|s| s.finished.insert(gen_task, vec![1, 2]));
+    rig.engine.on_job_finished(gen_task, 1).await.unwrap();
+    rig.engine.on_job_finished(gen_task, 2).await.unwrap();
+    end(&rig, gen_task, TaskStatus::Finished).await;
+    let (released, closed) = rig.fake.with(|s| (s.released[&use_task].clone(), s.closed[&use_task].clone()));
+    assert_eq!(released, [1]);
+    assert_eq!(closed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [2, 3]);
+    assert!(closed[0].1.contains("c (from gen)"), "{}", closed[0].1);
+    // The parent's end again (a redelivery, a reconciliation) closes nothing twice.
+    rig.engine.on_task_status(gen_task, TaskStatus::Finished, Some(uuid::Uuid::new_v4())).await.unwrap();
+    assert_eq!(rig.fake.with(|s| s.closed[&use_task].len()), 2);
+}
+
+/// Publishes nothing; remembers routing keys.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+#[tonic::async_trait]
+impl panda_bus::Publisher for Recorder {
+    async fn publish(&self, events: &[panda_bus::Envelope]) -> Result<(), panda_bus::Error> {
+        self.0.lock().unwrap().extend(events.iter().map(|e| e.routing_key.clone()));
+        Ok(())
+    }
+}
+
+/// Routing keys of the events committed so far (drains the outbox).
+async fn published(engine: &Engine) -> Vec<String> {
+    let recorder = Recorder::default();
+    panda_bus::outbox::flush_once(&Outbox::new(engine.db().clone()), &recorder).await.unwrap();
+    recorder.0.into_inner().unwrap()
+}
+
+async fn every_workflow_state_change_has_its_event(db: TestDb) {
+    let rig = rig(&db).await;
+    let id = rig.engine.submit_document(native(DIAMOND)).await.unwrap();
+    assert_eq!(published(&rig.engine).await, ["workflow.running"]);
+    rig.engine.submit_ready().await.unwrap();
+    rig.engine.suspend(id, true).await.unwrap();
+    rig.engine.suspend(id, false).await.unwrap();
+    assert_eq!(published(&rig.engine).await, ["workflow.suspended", "workflow.running"]);
+    rig.engine.abort(id).await.unwrap();
+    assert_eq!(published(&rig.engine).await, ["workflow.cancelled"], "an abort announces the cancellation");
+    // A second workflow ends by itself: one event for its end.
+    let id = rig.engine.submit_document(native(DIAMOND)).await.unwrap();
+    rig.engine.submit_ready().await.unwrap();
+    end(&rig, task_of(&rig.engine, id, "gen").await, TaskStatus::Failed).await;
+    assert_eq!(published(&rig.engine).await, ["workflow.running", "workflow.failed"]);
+}
+
+async fn works_pass_their_split_rules_to_the_server(db: TestDb) {
+    let mut rig = rig(&db).await;
+    let text = "
+name: split
+works:
+  - name: gen
+    task:
+      command: 'true'
+      n_jobs: 2
+      output_dataset: numbers
+      split: {max_attempts: 3, scouts: 1}
+  - name: read
+    after: [gen]
+    task:
+      command: 'cat {inputs}'
+      input_datasets: [numbers]
+      split: {gb_per_job: 1.5, max_attempts: 2}
+";
+    let id = rig.engine.submit_document(native(text)).await.unwrap();
+    rig.engine.submit_ready().await.unwrap();
+    let gen_task = rig.submitted.recv().await.unwrap();
+    let split = rig.fake.with(|s| s.specs[&gen_task].split.unwrap());
+    assert_eq!((split.max_attempts, split.scouts, split.gb_per_job), (Some(3), Some(1), None));
+    end(&rig, gen_task, TaskStatus::Done).await;
+    rig.engine.submit_ready().await.unwrap();
+    let read = task_of(&rig.engine, id, "read").await;
+    let spec = rig.fake.with(|s| s.specs[&read].clone());
+    let split = spec.split.unwrap();
+    assert_eq!((split.gb_per_job, split.max_attempts, split.scouts), (Some(1.5), Some(2), None));
+    // Rules the server would refuse are refused at submission, naming the work.
+    let bad = "name: bad\nworks:\n  - {name: a, task: {command: x, n_jobs: 1, split: {scouts: 99}}}\n";
+    let error = rig.engine.submit_document(native(bad)).await.unwrap_err().to_string();
+    assert!(error.contains("nodes.a.") && error.contains("scouts"), "{error}");
+    let unknown = "name: bad\nworks:\n  - {name: a, task: {command: x, n_jobs: 1, split: {files: 2}}}\n";
+    assert!(rig.engine.submit_document(native(unknown)).await.is_err(), "an unknown split key is refused");
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -368,4 +512,8 @@ suite!(
     a_restarted_engine_resumes_without_submitting_twice,
     an_invalid_document_stores_nothing,
     watch_graph_and_check_over_the_api,
+    every_workflow_state_change_has_its_event,
+    works_pass_their_split_rules_to_the_server,
+    held_jobs_are_released_per_file_across_a_restart,
+    held_jobs_whose_input_was_never_produced_are_closed,
 );

@@ -32,6 +32,7 @@ pub fn job_changed(job: &Job, from: JobStatus) -> Envelope {
             status: job.status.to_wire(),
             previous_status: from.to_wire(),
             queue: job.queue.clone(),
+            job_index: job.job_index,
         },
     )
 }

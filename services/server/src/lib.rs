@@ -138,6 +138,7 @@ pub async fn run(
     deps.bus.consume(failures, Arc::new(service::FailureResults(service.clone())), shutdown.clone()).await?;
     let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
     let worker_report_api = grpc::WorkerReportApi::new(service.clone());
+    let release_api = grpc::ReleaseApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -162,6 +163,10 @@ pub async fn run(
         )
         .add_service(
             panda_proto::server::v1::worker_report_service_server::WorkerReportServiceServer::new(worker_report_api)
+                .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            panda_proto::server::v1::release_service_server::ReleaseServiceServer::new(release_api)
                 .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
         )
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.

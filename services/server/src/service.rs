@@ -25,12 +25,14 @@ use crate::store::{JobFilter, Store, TaskFilter};
 mod function;
 mod generation;
 mod pilot;
+mod release;
 mod workers;
 
 pub use function::{FAILURE_BINDINGS, FailureResults, NewWork, log_location, result_topic};
 
 pub use generation::JobRetry;
 pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
+pub use release::Released;
 
 /// Pilot instruction from the server's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -547,9 +549,16 @@ impl Service {
                 .set_task_datasets_status(&txn, task_id, DataActor::Jedi, DatasetStatus::Running, Utc::now())
                 .await?;
         }
-        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, Utc::now()).await?;
+        // A task with `hold_jobs` gets its jobs held (`defined`) until ReleaseJobs releases them;
+        // its merge jobs come after every job ended, so nothing holds them.
+        let (status, from) = if task.spec.hold_jobs && batch != JobBatch::Merge {
+            (JobStatus::Defined, JobStatus::Pending)
+        } else {
+            (JobStatus::Activated, JobStatus::Defined)
+        };
+        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, Utc::now()).await?;
         for job in &inserted {
-            events.push(events::job_changed(job, JobStatus::Defined));
+            events.push(events::job_changed(job, from));
         }
         self.commit(txn, events).await?;
         info!(entity = "task", id = %task_id, jobs = inserted.len(), "jobs inserted");

@@ -66,6 +66,7 @@ fn valid_generated_spec() {
             split: Default::default(),
             requirements: Default::default(),
             merge_command: None,
+            hold_jobs: false,
         }
     );
 }
@@ -352,6 +353,7 @@ fn every_error_is_reported_at_once() {
         split: Default::default(),
         requirements: Default::default(),
         merge_command: "cat {inputs}".to_owned(),
+        hold_jobs: false,
     };
     check_errors(
         draft,

@@ -248,7 +248,7 @@ pub enum NodeKind {
 
 /// A task as written; `%{name}` placeholders in the command take loop parameters and inputs
 /// (`%{i}` is the iteration, from 1).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskTemplate {
     /// Task name (default: the node's name).
@@ -277,9 +277,32 @@ pub struct TaskTemplate {
     pub queues: Vec<String>,
     /// Code archive.
     pub code_sha256: String,
+    /// JEDI's splitting, scouting and retry rules (as in a task file's `split:`), passed to the
+    /// server as written; the server validates them (at submission of the workflow, too).
+    pub split: Option<SplitTemplate>,
     /// Per-job files, when the front end knows them (Snakemake): job `i` (from 1) reads
     /// `jobs[i-1].inputs` and writes `jobs[i-1].outputs`. File-level release matches these.
     pub jobs: Vec<JobFiles>,
+}
+
+/// `split:` of a task: the server's `SplitRules`, field for field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitTemplate {
+    /// Events per job.
+    pub events_per_job: Option<u64>,
+    /// Input gigabytes per job.
+    pub gb_per_job: Option<f64>,
+    /// Target walltime per job, seconds.
+    pub walltime_target_seconds: Option<u64>,
+    /// Preset time per event, seconds.
+    pub seconds_per_event: Option<f64>,
+    /// Merge jobs over this many output files each.
+    pub merge_files_per_job: Option<u32>,
+    /// Scout jobs run first.
+    pub scouts: Option<u32>,
+    /// Attempts per input file.
+    pub max_attempts: Option<u32>,
 }
 
 /// The files one job reads and writes.

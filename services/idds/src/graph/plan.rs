@@ -7,7 +7,7 @@
 //! Instance keys: a top-level node is keyed by its name; a node inside a loop or sub-workflow
 //! by `<parent key>#<iteration>/<name>` (sub-workflows have the single iteration 1).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::cond::{Facts, Truth};
 use super::model::{DependencyLevel, Graph, Node, NodeKind, TaskTemplate, Value};
@@ -146,8 +146,8 @@ impl Facts for ScopeFacts<'_> {
     }
 }
 
-/// Moves the workflow as far as it can go now. Returns the workflow's state when every
-/// top-level work is final.
+/// Moves the workflow as far as it can go now, looking at every node (a new workflow, a
+/// reconciliation). Returns the workflow's state when every top-level work is final.
 pub fn advance(graph: &Graph, state: &mut State) -> Option<WorkflowStatus> {
     // Each pass can unlock more (a bypass cascades, a loop iteration starts); bounded because
     // every change moves an instance forward in its (acyclic) transition order or adds one.
@@ -158,6 +158,89 @@ pub fn advance(graph: &Graph, state: &mut State) -> Option<WorkflowStatus> {
             break;
         }
     }
+    top_status(graph, state)
+}
+
+/// Which top-level nodes to look at again when one changes: its children (through `after`,
+/// input links and conditions). Built once per workflow, so an event costs the changed works'
+/// children, not the whole graph.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    position: HashMap<String, usize>,
+    children: Vec<Vec<usize>>,
+}
+
+impl Index {
+    /// The index of a graph's top level.
+    pub fn new(graph: &Graph) -> Self {
+        let position: HashMap<String, usize> =
+            graph.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut children = vec![Vec::new(); graph.nodes.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let mut parents = node.hard_parents();
+            parents.extend(node.condition_parents());
+            parents.sort_unstable();
+            parents.dedup();
+            for parent in parents {
+                if let Some(&p) = position.get(parent) {
+                    children[p].push(i);
+                }
+            }
+        }
+        Index { position, children }
+    }
+
+    /// The top-level node an instance key belongs to (`loop#2/inner` → `loop`).
+    fn top_of(&self, key: &str) -> Option<usize> {
+        let top = key.split('/').next().unwrap_or(key);
+        let top = top.split_once('#').map_or(top, |(name, _)| name);
+        self.position.get(top).copied()
+    }
+}
+
+/// Moves the workflow forward from what changed since the last [`State::take_changed`]: only
+/// the changed top-level works (or the loop / sub-workflow holding a changed inner work) and,
+/// as they change, their children are looked at. Same result as [`advance`] when every change
+/// went through [`State`] (the engine's path); O(changed works and their children) per event.
+pub fn advance_changed(graph: &Graph, index: &Index, state: &mut State) -> Option<WorkflowStatus> {
+    let n = graph.nodes.len();
+    let mut queued = vec![false; n];
+    let mut work: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let push = |i: usize, queued: &mut Vec<bool>, work: &mut std::collections::VecDeque<usize>| {
+        if !queued[i] {
+            queued[i] = true;
+            work.push_back(i);
+        }
+    };
+    for key in &state.changed {
+        if let Some(i) = index.top_of(key) {
+            push(i, &mut queued, &mut work);
+            for &child in &index.children[i] {
+                push(child, &mut queued, &mut work);
+            }
+        }
+    }
+    while let Some(i) = work.pop_front() {
+        queued[i] = false;
+        let before = state.version;
+        step(graph, i, "", &graph.inputs, state);
+        if state.version != before {
+            // It moved: it may move again (a loop's next iteration), and its children may too.
+            push(i, &mut queued, &mut work);
+            for &child in &index.children[i] {
+                push(child, &mut queued, &mut work);
+            }
+        }
+    }
+    top_status(graph, state)
+}
+
+/// The workflow's state when every top-level work is final. Looks from the end: in a DAG the
+/// last nodes written are usually the last to end, so a running workflow answers at once.
+fn top_status(graph: &Graph, state: &State) -> Option<WorkflowStatus> {
+    if graph.nodes.iter().rev().any(|n| state.works.get(&n.name).is_some_and(|i| !i.status.is_final())) {
+        return None;
+    }
     workflow_status(state.top_level(graph))
 }
 
@@ -165,73 +248,78 @@ fn advance_scope(graph: &Graph, scope: &str, params: &BTreeMap<String, Value>, s
     // Written order, not a topological one: the caller repeats passes until nothing changes, and
     // sorting on every event would cost more than the extra pass a back reference needs.
     for i in 0..graph.nodes.len() {
-        let node = &graph.nodes[i];
-        // Ended nodes are the common case on a big graph: skip them before building a key.
-        match instance(state, scope, &node.name).map(|i| i.status) {
-            Some(WorkStatus::Waiting | WorkStatus::Submitted) => {}
-            _ => continue,
-        }
-        let key = key_in(scope, &node.name);
-        let Some(instance) = state.works.get(&key) else { continue };
-        match instance.status {
-            WorkStatus::Waiting => decide(node, &key, scope, params, state),
-            WorkStatus::Submitted => match &node.kind {
-                NodeKind::Task(_) => {}
-                NodeKind::Subworkflow(body) => {
-                    let inner = scope_of(&key, 1);
-                    let mut inner_params = params.clone();
-                    inner_params.extend(body.inputs.clone());
-                    advance_scope(body, &inner, &inner_params, state);
-                    if let Some(end) = scope_status(body, &inner, state) {
-                        let outputs = scope_outputs(body, &inner, state);
-                        finish_composite(state, &key, end, outputs, String::new());
-                    }
+        step(graph, i, scope, params, state);
+    }
+}
+
+/// Looks at one node of a scope: decides a waiting one, moves a running loop or sub-workflow.
+fn step(graph: &Graph, i: usize, scope: &str, params: &BTreeMap<String, Value>, state: &mut State) {
+    let node = &graph.nodes[i];
+    // Ended nodes are the common case on a big graph: skip them before building a key.
+    match instance(state, scope, &node.name).map(|i| i.status) {
+        Some(WorkStatus::Waiting | WorkStatus::Submitted) => {}
+        _ => return,
+    }
+    let key = key_in(scope, &node.name);
+    let Some(instance) = state.works.get(&key) else { return };
+    match instance.status {
+        WorkStatus::Waiting => decide(node, &key, scope, params, state),
+        WorkStatus::Submitted => match &node.kind {
+            NodeKind::Task(_) => {}
+            NodeKind::Subworkflow(body) => {
+                let inner = scope_of(&key, 1);
+                let mut inner_params = params.clone();
+                inner_params.extend(body.inputs.clone());
+                advance_scope(body, &inner, &inner_params, state);
+                if let Some(end) = scope_status(body, &inner, state) {
+                    let outputs = scope_outputs(body, &inner, state);
+                    finish_composite(state, &key, end, outputs, String::new());
                 }
-                NodeKind::Loop(spec) => {
-                    let iteration = instance.iteration.max(1);
-                    let mut loop_params = params.clone();
-                    loop_params.extend(instance.params.clone());
-                    loop_params.insert("i".into(), Value::Int(i64::from(iteration)));
-                    let inner = scope_of(&key, iteration);
-                    advance_scope(&spec.body, &inner, &loop_params, state);
-                    let Some(end) = scope_status(&spec.body, &inner, state) else { continue };
-                    if end != WorkflowStatus::Finished {
-                        let outputs = scope_outputs(&spec.body, &inner, state);
-                        let reason = format!("iteration {iteration} ended {}", end.as_str());
-                        finish_composite(state, &key, end, outputs, reason);
-                        continue;
-                    }
-                    let facts = ScopeFacts { state, scope: &inner, params: &loop_params };
-                    let done = spec.until.as_ref().map(|c| c.eval(&facts) == Truth::True);
-                    let mut outputs = scope_outputs(&spec.body, &inner, state);
-                    outputs.extend(loop_params.iter().map(|(k, v)| (format!("param.{k}"), v.clone())));
-                    if done == Some(true) {
-                        let reason = format!("until held after iteration {iteration}");
-                        finish_composite(state, &key, WorkflowStatus::Finished, outputs, reason);
-                    } else if iteration >= spec.max_iterations {
-                        let reason = format!("max_iterations ({}) reached", spec.max_iterations);
-                        finish_composite(state, &key, WorkflowStatus::Finished, outputs, reason);
-                    } else {
-                        // Parameter links: iteration i's outputs become iteration i+1's parameters.
-                        let mut next = instance_params(state, &key);
-                        for link in &spec.links {
-                            let value = facts_output(state, &inner, &link.source.node, &link.source.output);
-                            next.insert(link.param.clone(), value.unwrap_or(Value::Null));
-                        }
-                        let next_iteration = iteration + 1;
-                        if let Some(instance) = state.works.get_mut(&key) {
-                            instance.iteration = next_iteration;
-                            instance.params = next;
-                            instance.reason = format!("iteration {next_iteration}");
-                        }
-                        state.changed.insert(key.clone());
-                        state.version += 1;
-                        state.create_scope(&spec.body, &scope_of(&key, next_iteration));
-                    }
+            }
+            NodeKind::Loop(spec) => {
+                let iteration = instance.iteration.max(1);
+                let mut loop_params = params.clone();
+                loop_params.extend(instance.params.clone());
+                loop_params.insert("i".into(), Value::Int(i64::from(iteration)));
+                let inner = scope_of(&key, iteration);
+                advance_scope(&spec.body, &inner, &loop_params, state);
+                let Some(end) = scope_status(&spec.body, &inner, state) else { return };
+                if end != WorkflowStatus::Finished {
+                    let outputs = scope_outputs(&spec.body, &inner, state);
+                    let reason = format!("iteration {iteration} ended {}", end.as_str());
+                    finish_composite(state, &key, end, outputs, reason);
+                    return;
                 }
-            },
-            _ => {}
-        }
+                let facts = ScopeFacts { state, scope: &inner, params: &loop_params };
+                let done = spec.until.as_ref().map(|c| c.eval(&facts) == Truth::True);
+                let mut outputs = scope_outputs(&spec.body, &inner, state);
+                outputs.extend(loop_params.iter().map(|(k, v)| (format!("param.{k}"), v.clone())));
+                if done == Some(true) {
+                    let reason = format!("until held after iteration {iteration}");
+                    finish_composite(state, &key, WorkflowStatus::Finished, outputs, reason);
+                } else if iteration >= spec.max_iterations {
+                    let reason = format!("max_iterations ({}) reached", spec.max_iterations);
+                    finish_composite(state, &key, WorkflowStatus::Finished, outputs, reason);
+                } else {
+                    // Parameter links: iteration i's outputs become iteration i+1's parameters.
+                    let mut next = instance_params(state, &key);
+                    for link in &spec.links {
+                        let value = facts_output(state, &inner, &link.source.node, &link.source.output);
+                        next.insert(link.param.clone(), value.unwrap_or(Value::Null));
+                    }
+                    let next_iteration = iteration + 1;
+                    if let Some(instance) = state.works.get_mut(&key) {
+                        instance.iteration = next_iteration;
+                        instance.params = next;
+                        instance.reason = format!("iteration {next_iteration}");
+                    }
+                    state.changed.insert(key.clone());
+                    state.version += 1;
+                    state.create_scope(&spec.body, &scope_of(&key, next_iteration));
+                }
+            }
+        },
+        _ => {}
     }
 }
 

@@ -4,7 +4,29 @@
 //! file to jobs make each production O(jobs reading it) (the reference pages through dependency
 //! rows in SQL instead). Reporting a file twice releases nothing twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+use super::model::{DependencyLevel, Node, NodeKind, TaskTemplate};
+
+/// Whether a node's jobs are created held and released per file: a task with file-level
+/// parents that declares its jobs' files (Snakemake rules; native `jobs:`). A file-level child
+/// without per-job files reads its parents' datasets and starts once they are closed.
+pub fn holds(node: &Node) -> bool {
+    matches!(&node.kind, NodeKind::Task(t) if !t.jobs.is_empty())
+        && node.after.iter().any(|d| d.level == DependencyLevel::File)
+}
+
+/// The names of a node's file-level parents.
+pub fn file_parents(node: &Node) -> impl Iterator<Item = &str> {
+    node.after.iter().filter(|d| d.level == DependencyLevel::File).map(|d| d.node.as_str())
+}
+
+/// The files each job of `child` waits for: its inputs that some job of `parents` writes
+/// (other inputs exist before the workflow runs).
+pub fn awaited(child: &TaskTemplate, parents: &[&TaskTemplate]) -> Vec<Vec<String>> {
+    let produced: BTreeSet<&String> = parents.iter().flat_map(|p| p.jobs.iter().flat_map(|j| &j.outputs)).collect();
+    child.jobs.iter().map(|j| j.inputs.iter().filter(|f| produced.contains(f)).cloned().collect()).collect()
+}
 
 /// What happened to a held job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -564,3 +564,91 @@ fn the_example_workflows_compile() {
     }
     assert!(seen >= 3, "{seen}");
 }
+
+/// A layered DAG like the bench's, written in the native format.
+fn layered(layers: usize, width: usize, seed: u64) -> String {
+    use rand::seq::index::sample;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut text = String::from("name: layered\nworks:\n");
+    for layer in 0..layers {
+        for i in 0..width {
+            let after = if layer == 0 {
+                String::new()
+            } else {
+                let k = rng.random_range(1..=3.min(width));
+                let names: Vec<String> =
+                    sample(&mut rng, width, k).into_iter().map(|p| format!("w{}-{p}", layer - 1)).collect();
+                format!(", after: [{}]", names.join(", "))
+            };
+            text.push_str(&format!("  - {{name: w{layer}-{i}{after}, task: {{command: 'true', n_jobs: 1}}}}\n"));
+        }
+    }
+    text
+}
+
+/// The incremental planner decides exactly what the full one does: both run the same graph
+/// side by side, ending tasks in the same (seeded, random) order with random outcomes.
+#[test]
+fn the_incremental_planner_matches_the_full_one() {
+    use rand::{Rng, SeedableRng};
+    for (name, text) in [
+        ("diamond", DIAMOND.to_owned()),
+        ("branch", BRANCH.to_owned()),
+        ("loop", LOOP.to_owned()),
+        ("layered", layered(6, 8, 3)),
+    ] {
+        for seed in 0..8 {
+            let graph = native(&text);
+            let index = plan::Index::new(&graph);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut full = State::initial(&graph);
+            plan::advance(&graph, &mut full);
+            full.take_changed();
+            let mut incremental = full.clone();
+            let mut ends = (None, None);
+            for _ in 0..10_000 {
+                // Submit every ready task, then end one running task.
+                let ready: Vec<String> =
+                    full.works.iter().filter(|(_, i)| i.status == WorkStatus::Ready).map(|(k, _)| k.clone()).collect();
+                let running: Vec<String> = full
+                    .works
+                    .iter()
+                    .filter(|(k, i)| {
+                        i.status == WorkStatus::Submitted
+                            && plan::resolve(&graph, &full, k).is_some_and(|(n, _)| matches!(n.kind, NodeKind::Task(_)))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if ready.is_empty() && running.is_empty() {
+                    break;
+                }
+                let ended = (!running.is_empty()).then(|| {
+                    let key = running[rng.random_range(0..running.len())].clone();
+                    let end = if rng.random_bool(0.15) { WorkStatus::Failed } else { WorkStatus::Finished };
+                    let outputs: BTreeMap<String, Value> = [
+                        ("size".to_owned(), Value::Int(rng.random_range(0..200))),
+                        ("x".to_owned(), Value::Int(rng.random_range(0..10))),
+                    ]
+                    .into();
+                    (key, end, outputs)
+                });
+                for state in [&mut full, &mut incremental] {
+                    for key in &ready {
+                        state.set_status(key, WorkStatus::Submitted, "");
+                    }
+                    if let Some((key, end, outputs)) = &ended {
+                        state.set_outputs(key, outputs.clone());
+                        state.set_status(key, *end, "");
+                    }
+                }
+                ends = (plan::advance(&graph, &mut full), plan::advance_changed(&graph, &index, &mut incremental));
+                full.take_changed();
+                incremental.take_changed();
+                assert_eq!(full.works, incremental.works, "{name} (seed {seed}) diverged");
+                assert_eq!(ends.0, ends.1, "{name} (seed {seed})");
+            }
+            assert!(ends.0.is_some(), "{name} (seed {seed}) did not end: {:?}", full.works);
+        }
+    }
+}

@@ -578,5 +578,5 @@ fn point_task(study: &Study, template: &TaskTemplate, point: &StoredPoint) -> se
     if !task.output_dataset.is_empty() {
         task.output_dataset = format!("{}.hpo{}.p{}", task.output_dataset, study.id, point.seq);
     }
-    wire_spec(task, &study.user)
+    wire_spec(task, &study.user, false)
 }

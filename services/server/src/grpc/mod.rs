@@ -7,6 +7,7 @@ mod convert;
 mod function;
 mod handlers;
 mod logs;
+mod release;
 mod watch;
 mod workers;
 
@@ -16,3 +17,4 @@ pub use function::FunctionApi;
 pub use handlers::Api;
 pub use logs::LogApi;
 pub use workers::WorkerReportApi;
+pub use release::ReleaseApi;

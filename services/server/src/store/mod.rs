@@ -547,18 +547,23 @@ impl Store {
             .collect())
     }
 
-    /// Inserts jobs (activated) and their expected output files (defined) in `output_dataset`.
+    /// Inserts jobs (`status`: activated, or defined when held) and their expected output files
+    /// (defined) in `output_dataset`.
     pub async fn insert_jobs(
         &self,
         conn: &impl ConnectionTrait,
         task_id: TaskId,
         jobs: &[NewJob],
         output_dataset: Option<i64>,
+        status: JobStatus,
         now: DateTime<Utc>,
     ) -> Result<Vec<Job>> {
         let mut inserted = Vec::with_capacity(jobs.len());
         for new in jobs {
-            let row = new_job_row(task_id, new, 1, now).insert(conn).await?;
+            let mut row = new_job_row(task_id, new, 1, now);
+            row.status = Set(status.as_str().to_owned());
+            row.state_times_json = Set(StateTimes::starting(status, now).as_json().to_owned());
+            let row = row.insert(conn).await?;
             if let Some(dataset_id) = output_dataset {
                 for lfn in &new.output_files {
                     file::ActiveModel {

@@ -719,10 +719,11 @@ async fn a_payload_failure_is_told_apart_from_a_pilot_failure(f: Fixture) {
     assert!(times.contains_key("failed") && !times.contains_key("running"), "{times:?}");
 }
 
-/// Runs a dispatched job to `finished`, producing its declared outputs.
+/// Runs a dispatched job to `finished` with its declared outputs.
 async fn finish(f: &Fixture, d: &panda_server::service::Dispatched) {
     let lease = d.job.lease_token.clone().unwrap();
     let mut done = report(JobStatus::Finished);
+    done.exit_code = Some(0);
     done.output_files = d
         .job
         .output_files
@@ -969,6 +970,54 @@ async fn worker_reports_count_as_pilots_and_name_workers_of_killed_jobs(f: Fixtu
     }
 }
 
+async fn held_jobs_wait_until_released_by_index(f: Fixture) {
+    let (task, _) =
+        f.service.submit_task(TaskSpecDraft { hold_jobs: true, ..draft("held", 4, "out") }, None).await.unwrap();
+    let ids = f.service.insert_jobs(task.id, jobs(4, "q", "out")).await.unwrap();
+    let (running, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((running.status, counts.queued), (TaskStatus::Running, 4));
+    for id in &ids {
+        assert_eq!(f.service.show_job(*id).await.unwrap().status, JobStatus::Defined, "inserted held");
+    }
+    // Held jobs are neither dispatched nor counted as demand.
+    assert!(f.service.dispatch("q", "n", "", Resources::default(), 10).await.unwrap().is_empty());
+    assert!(f.service.queue_demand(&[]).await.unwrap().iter().all(|l| l.activated == 0));
+    // Release by index; a repeat (a redelivered event, a restarted releaser) changes nothing.
+    let done = f.service.release_jobs(task.id, &[1], &[], "").await.unwrap();
+    assert_eq!((done.released.len(), done.unchanged, done.held), (1, 0, 3));
+    let again = f.service.release_jobs(task.id, &[1], &[], "").await.unwrap();
+    assert_eq!((again.released.len(), again.unchanged, again.held), (0, 1, 3));
+    let first = f.service.dispatch("q", "n", "", Resources::default(), 10).await.unwrap();
+    assert_eq!(first.iter().map(|d| d.job.job_index).collect::<Vec<_>>(), [1], "only the released job runs");
+    finish(&f, &first[0]).await;
+    assert_eq!(f.service.get_task(task.id).await.unwrap().0.status, TaskStatus::Running, "three jobs still held");
+    // Bad requests change nothing.
+    assert!(matches!(f.service.release_jobs(task.id, &[2], &[2], "x").await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(f.service.release_jobs(task.id, &[], &[3], " ").await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(f.service.release_jobs(TaskId(999), &[1], &[], "").await, Err(Error::TaskNotFound { .. })));
+    assert_eq!(f.service.release_jobs(task.id, &[], &[], "").await.unwrap().held, 3);
+    // A paused task's released job waits throttled, and runs after the resume.
+    f.service.pause_task(task.id).await.unwrap();
+    f.service.release_jobs(task.id, &[2], &[], "").await.unwrap();
+    assert_eq!(f.service.show_job(ids[1]).await.unwrap().status, JobStatus::Throttled);
+    f.service.resume_task(task.id).await.unwrap();
+    // Job 3's input will never exist: closed with the reason, its output cancelled.
+    let closed = f.service.release_jobs(task.id, &[4], &[3], "input counts/x.n was not produced").await.unwrap();
+    assert_eq!((closed.released.len(), closed.closed.len(), closed.held), (1, 1, 0));
+    let job3 = f.service.show_job(ids[2]).await.unwrap();
+    assert_eq!((job3.status, job3.error_diag.as_str()), (JobStatus::Closed, "input counts/x.n was not produced"));
+    for d in f.service.dispatch("q", "n", "", Resources::default(), 10).await.unwrap() {
+        finish(&f, &d).await;
+    }
+    let (ended, counts) = f.service.get_task(task.id).await.unwrap();
+    assert_eq!((ended.status, counts.finished), (TaskStatus::Finished, 3), "3 of 4 finished, one closed");
+    let dataset = f.service.get_dataset("out").await.unwrap();
+    assert_eq!(dataset.files.iter().filter(|file| file.status == "cancelled").count(), 1);
+    // Without hold_jobs, jobs are inserted activated as before.
+    let plain = submit_with_jobs(&f, "plain", 1, "").await;
+    assert_eq!(f.service.release_jobs(plain, &[1], &[], "").await.unwrap().unchanged, 1);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -995,6 +1044,7 @@ store_suite!(
     a_work_stores_calls_and_results,
     a_bad_work_stores_nothing,
     a_work_killed_before_its_jobs_answers_every_call,
+    held_jobs_wait_until_released_by_index,
     submit_and_read_back,
     inserting_jobs_runs_the_task_once,
     concurrent_dispatch_hands_out_each_job_once,
