@@ -16,5 +16,5 @@ pub use catalog::{CatalogApi, GenerationApi};
 pub use function::FunctionApi;
 pub use handlers::Api;
 pub use logs::LogApi;
-pub use workers::WorkerReportApi;
 pub use release::ReleaseApi;
+pub use workers::WorkerReportApi;
