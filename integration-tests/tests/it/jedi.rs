@@ -250,6 +250,14 @@ async fn job_events_drive_retries_and_merge_jobs_without_the_sweep() {
         flaky.iter().map(|j| (j.attempt_nr, j.status)).collect::<Vec<_>>(),
         vec![(1, JobStatus::Failed as i32), (2, JobStatus::Finished as i32)]
     );
+    // ListJobs reports each output's size and state (the first attempt's row moved to the second).
+    let out = &flaky[1].output_files[0];
+    assert_eq!(
+        (out.size_bytes, out.status.as_str()),
+        ("content of m.in._000003.flaky\n".len() as u64, "finished"),
+        "{out:?}"
+    );
+    assert_eq!((flaky[0].output_files[0].size_bytes, flaky[0].output_files[0].status.as_str()), (0, ""));
     let mut merges: Vec<&server::Job> = jobs.iter().filter(|j| j.merge).collect();
     merges.sort_by_key(|j| j.job_index);
     assert_eq!(merges.iter().map(|j| j.job_index).collect::<Vec<_>>(), vec![5, 6], "{jobs:#?}");

@@ -13,6 +13,8 @@ use panda_types::Resources;
 pub const MEMORY_MARGIN_PERCENT: u64 = 10;
 /// Walltime requested per job relative to the measured expectation.
 pub const WALLTIME_FACTOR: f64 = 1.5;
+/// Scratch disk requested per job relative to the output the scouts measured for its events.
+pub const DISK_FACTOR: f64 = 2.0;
 
 /// What one scout job reported.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -49,16 +51,25 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// The resource request for the rest of the task's jobs: measured memory, and a walltime for
-    /// `events_per_job` events (or the longest scout) with [`WALLTIME_FACTOR`] of margin.
+    /// The resource request for the rest of the task's jobs: measured memory, a walltime for
+    /// `events_per_job` events (or the longest scout) with [`WALLTIME_FACTOR`] of margin, and at
+    /// least [`DISK_FACTOR`] times the output those events write as disk (never less than the
+    /// task asked for).
     pub fn resources(&self, preset: Resources, events_per_job: Option<u64>) -> Resources {
         let expected = match (self.micros_per_event, events_per_job) {
             (Some(micros), Some(events)) => micros.saturating_mul(events) / 1_000_000,
             _ => self.walltime_seconds,
         };
+        let output_mb = match (self.output_bytes_per_event, events_per_job) {
+            (Some(bytes), Some(events)) => {
+                ((bytes.saturating_mul(events) as f64) * DISK_FACTOR / (1024.0 * 1024.0)).ceil() as u64
+            }
+            _ => 0,
+        };
         Resources {
             memory_mb: if self.memory_mb > 0 { self.memory_mb } else { preset.memory_mb },
             walltime_seconds: ((expected.max(1) as f64) * WALLTIME_FACTOR).ceil() as u64,
+            disk_mb: preset.disk_mb.max(output_mb),
             ..preset
         }
     }
@@ -149,8 +160,10 @@ mod tests {
         assert_eq!(t.output_bytes_per_event, Some(1000));
         let preset = Resources { cores: 2, memory_mb: 8000, disk_mb: 5, walltime_seconds: 60 };
         let r = t.resources(preset, Some(500));
-        // 500 events × 2 s × 1.5.
+        // 500 events × 2 s × 1.5; the preset disk (5 MB) is more than 2 × 500 × 1000 bytes.
         assert_eq!(r, Resources { cores: 2, memory_mb: 2200, disk_mb: 5, walltime_seconds: 1500 });
+        // 10,000 events write 10 MB: 20 MB of disk.
+        assert_eq!(t.resources(preset, Some(10_000)).disk_mb, 20);
         // Without events, the longest scout × 1.5.
         assert_eq!(t.resources(preset, None).walltime_seconds, 300);
     }

@@ -846,6 +846,15 @@ impl Service {
     pub async fn show_job(&self, job_id: JobId) -> Result<Job> {
         self.store.get_job(&self.db, job_id).await?.ok_or(Error::JobNotFound { job_id })
     }
+
+    /// The output files (size, checksum, state) that `jobs` hold now, by job: what ListJobs and
+    /// ShowJob report beside each job's declared names (scouts' output sizes come from here).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn outputs_of_jobs(&self, jobs: &[JobId]) -> Result<std::collections::HashMap<JobId, Vec<FileRecord>>> {
+        self.store.outputs_of_jobs(&self.db, jobs).await
+    }
 }
 
 /// The task (and job) an event is about.

@@ -209,11 +209,13 @@ impl JobService for Api {
         };
         let jobs = self.service.list_jobs(filter).await?;
         let next_after = if jobs.len() == limit as usize { jobs.last().map_or(0, |j| j.id.0) } else { 0 };
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        let mut produced = self.service.outputs_of_jobs(&ids).await?;
         Ok(Response::new(wire::ListJobsResponse {
             jobs: jobs
                 .into_iter()
                 .map(|j| {
-                    let outputs = outputs_of(&j.output_files);
+                    let outputs = outputs_with_state(&j.output_files, produced.remove(&j.id).unwrap_or_default());
                     convert::job(j, outputs)
                 })
                 .collect(),
@@ -227,7 +229,8 @@ impl JobService for Api {
     ) -> Result<Response<wire::ShowJobResponse>, Status> {
         let job_id = JobId(required_id("job_id", request.into_inner().job_id)?);
         let job = self.service.show_job(job_id).await?;
-        let outputs = outputs_of(&job.output_files);
+        let produced = self.service.outputs_of_jobs(&[job_id]).await?.remove(&job_id).unwrap_or_default();
+        let outputs = outputs_with_state(&job.output_files, produced);
         Ok(Response::new(wire::ShowJobResponse { job: Some(convert::job(job, outputs)) }))
     }
 
@@ -254,6 +257,25 @@ impl JobService for Api {
 
 pub(super) fn outputs_of(lfns: &[String]) -> Vec<common::FileInfo> {
     lfns.iter().map(|lfn| common::FileInfo { lfn: lfn.clone(), ..Default::default() }).collect()
+}
+
+/// The job's declared outputs, each with its size, checksum and state where the job holds its
+/// file row (an earlier attempt's rows moved to the next attempt: names only).
+fn outputs_with_state(lfns: &[String], rows: Vec<crate::model::FileRecord>) -> Vec<common::FileInfo> {
+    let mut rows: std::collections::HashMap<String, crate::model::FileRecord> =
+        rows.into_iter().map(|r| (r.lfn.clone(), r)).collect();
+    lfns.iter()
+        .map(|lfn| match rows.remove(lfn) {
+            Some(row) => common::FileInfo {
+                lfn: row.lfn,
+                size_bytes: row.size_bytes,
+                checksum: row.checksum,
+                status: row.status,
+                ..Default::default()
+            },
+            None => common::FileInfo { lfn: lfn.clone(), ..Default::default() },
+        })
+        .collect()
 }
 
 #[tonic::async_trait]

@@ -511,6 +511,32 @@ impl Store {
         Ok(Some(Dataset { name: name.to_owned(), task_id, status, files }))
     }
 
+    /// The output file rows each of `jobs` holds now (a retried job's rows move to its next
+    /// attempt), by job.
+    pub async fn outputs_of_jobs(
+        &self,
+        conn: &impl ConnectionTrait,
+        jobs: &[JobId],
+    ) -> Result<HashMap<JobId, Vec<FileRecord>>> {
+        let mut by_job: HashMap<JobId, Vec<FileRecord>> = HashMap::new();
+        for chunk in jobs.chunks(1000) {
+            let rows = file::Entity::find()
+                .filter(file::Column::JobId.is_in(chunk.iter().map(|j| to_i64(j.0))))
+                .all(conn)
+                .await?;
+            for f in rows {
+                by_job.entry(JobId(f.job_id as u64)).or_default().push(FileRecord {
+                    lfn: f.lfn,
+                    dataset: String::new(),
+                    size_bytes: f.size_bytes as u64,
+                    checksum: f.checksum,
+                    status: f.status,
+                });
+            }
+        }
+        Ok(by_job)
+    }
+
     /// Catalog entries of the given files (any dataset).
     pub async fn files_by_lfn(
         &self,
