@@ -135,7 +135,7 @@ pub async fn run(
         deps.bus.queue_name("server", "function-failures"),
         service::FAILURE_BINDINGS.iter().copied(),
     );
-    deps.bus.consume(failures, Arc::new(service::FailureResults(service.clone())), shutdown.clone()).await?;
+    deps.bus.consume(failures, Arc::new(service::FailureResults::new(service.clone())), shutdown.clone()).await?;
     let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
     let worker_report_api = grpc::WorkerReportApi::new(service.clone());
     let release_api = grpc::ReleaseApi::new(service.clone());

@@ -324,9 +324,6 @@ impl Service {
         if !job.status.is_final() {
             return Ok(false);
         }
-        if self.store.find_work(&txn, job.task_id).await?.is_none() {
-            return Ok(false);
-        }
         let Some(call) = self.store.find_call(&txn, job.task_id, job.job_index).await? else { return Ok(false) };
         if self.store.find_result(&txn, job.task_id, job.job_index).await?.is_some() {
             return Ok(false);
@@ -351,7 +348,7 @@ impl Service {
         }
         let txn = self.db.begin().await?;
         let Some(task) = self.store.lock_task(&txn, task_id).await? else { return Ok(0) };
-        if !task.status.is_final() || self.store.find_work(&txn, task_id).await?.is_none() {
+        if !task.status.is_final() {
             return Ok(0);
         }
         let missing = self.store.calls_without_result(&txn, task_id).await?;
@@ -393,7 +390,43 @@ fn capitalized(word: &str) -> String {
 /// Bus consumer: a job of a work that ended (`job.finished`, `job.failed`, `job.cancelled`,
 /// `job.closed`) without a result gets a failure result; so does every unanswered call of a work
 /// whose task ended (`task.<final state>`).
-pub struct FailureResults(pub Service);
+///
+/// Every ended job of the system passes here, and most are no work's. A task's work row is written
+/// in the task's own transaction, so a task seen without one never gets one: those task ids are
+/// remembered, and the rest of their jobs cost no database read (one read per task, not per job,
+/// on the dispatch hot path).
+pub struct FailureResults {
+    service: Service,
+    not_works: std::sync::Mutex<std::collections::HashSet<TaskId>>,
+}
+
+/// Tasks remembered as not being works before the set starts over (a forgotten task costs one
+/// more read).
+const NOT_WORKS_REMEMBERED: usize = 100_000;
+
+impl FailureResults {
+    /// The consumer for `service`.
+    pub fn new(service: Service) -> Self {
+        Self { service, not_works: std::sync::Mutex::default() }
+    }
+
+    /// Whether `task_id` is a work (remembering those that are not).
+    async fn is_work(&self, task_id: TaskId) -> Result<bool> {
+        let not_works = || self.not_works.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if not_works().contains(&task_id) {
+            return Ok(false);
+        }
+        if self.service.store.find_work(&self.service.db, task_id).await?.is_some() {
+            return Ok(true);
+        }
+        let mut remembered = not_works();
+        if remembered.len() >= NOT_WORKS_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(task_id);
+        Ok(false)
+    }
+}
 
 /// The job and task events [`FailureResults`] follows (final states).
 pub const FAILURE_BINDINGS: &[&str] = &[
@@ -412,12 +445,19 @@ pub const FAILURE_BINDINGS: &[&str] = &[
 impl Handler for FailureResults {
     async fn handle(&self, event: &Envelope) -> std::result::Result<(), HandleError> {
         let retry = |error: Error| HandleError::Retry(panda_runtime::error::chain(&error));
+        let reject = |error: panda_bus::Error| HandleError::Reject(error.to_string());
         if event.routing_key.starts_with("task.") {
-            let body: TaskStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
-            self.0.record_task_end(TaskId(body.task_id)).await.map(|_| ()).map_err(retry)
+            let body: TaskStatusChanged = event.decode().map_err(reject)?;
+            if !self.is_work(TaskId(body.task_id)).await.map_err(retry)? {
+                return Ok(());
+            }
+            self.service.record_task_end(TaskId(body.task_id)).await.map(|_| ()).map_err(retry)
         } else {
-            let body: JobStatusChanged = event.decode().map_err(|error| HandleError::Reject(error.to_string()))?;
-            self.0.record_job_end(TaskId(body.task_id), JobId(body.job_id)).await.map(|_| ()).map_err(retry)
+            let body: JobStatusChanged = event.decode().map_err(reject)?;
+            if !self.is_work(TaskId(body.task_id)).await.map_err(retry)? {
+                return Ok(());
+            }
+            self.service.record_job_end(TaskId(body.task_id), JobId(body.job_id)).await.map(|_| ()).map_err(retry)
         }
     }
 }
