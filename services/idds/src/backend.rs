@@ -84,6 +84,32 @@ impl GrpcBackend {
     pub fn new(server: ServerClient) -> Self {
         Self { server }
     }
+
+    /// Every finished job of a task, page by page.
+    async fn finished_jobs_of(&self, task_id: u64) -> Result<Vec<server::Job>, Status> {
+        let mut finished = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .server
+                .jobs
+                .clone()
+                .list_jobs(server::ListJobsRequest {
+                    task_id,
+                    after_job_id: after,
+                    limit: 10_000,
+                    statuses: vec![panda_types::JobStatus::Finished.to_wire()],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            finished.extend(page.jobs);
+            if page.next_after == 0 {
+                return Ok(finished);
+            }
+            after = page.next_after;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -110,39 +136,26 @@ impl TaskBackend for GrpcBackend {
 
     async fn produced_values(&self, task_id: u64) -> Result<BTreeMap<String, Value>, Status> {
         let mut values = BTreeMap::new();
-        let mut after = 0;
-        loop {
-            let page = self
+        for job in self.finished_jobs_of(task_id).await? {
+            let mut stream = self
                 .server
-                .jobs
+                .logs
                 .clone()
-                .list_jobs(server::ListJobsRequest { task_id, after_job_id: after, ..Default::default() })
+                .read_job_log(server::ReadJobLogRequest {
+                    job_id: job.job_id,
+                    stream: server::LogStream::Stdout as i32,
+                    offset: 0,
+                    follow: false,
+                })
                 .await?
                 .into_inner();
-            for job in page.jobs.iter().filter(|j| j.status == panda_types::JobStatus::Finished.to_wire()) {
-                let mut stream = self
-                    .server
-                    .logs
-                    .clone()
-                    .read_job_log(server::ReadJobLogRequest {
-                        job_id: job.job_id,
-                        stream: server::LogStream::Stdout as i32,
-                        offset: 0,
-                        follow: false,
-                    })
-                    .await?
-                    .into_inner();
-                let mut text = Vec::new();
-                while let Some(chunk) = stream.message().await? {
-                    text.extend_from_slice(&chunk.data);
-                }
-                values.extend(parse_values(&String::from_utf8_lossy(&text)));
+            let mut text = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                text.extend_from_slice(&chunk.data);
             }
-            if page.next_after == 0 {
-                return Ok(values);
-            }
-            after = page.next_after;
+            values.extend(parse_values(&String::from_utf8_lossy(&text)));
         }
+        Ok(values)
     }
 
     async fn kill(&self, task_id: u64) -> Result<(), Status> {
@@ -162,30 +175,10 @@ impl TaskBackend for GrpcBackend {
     }
 
     async fn finished_jobs(&self, task_id: u64) -> Result<Vec<u32>, Status> {
-        let mut finished = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .server
-                .jobs
-                .clone()
-                .list_jobs(server::ListJobsRequest {
-                    task_id,
-                    after_job_id: after,
-                    limit: 10_000,
-                    statuses: vec![panda_types::JobStatus::Finished.to_wire()],
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            finished.extend(page.jobs.iter().map(|j| j.job_index));
-            if page.next_after == 0 {
-                finished.sort_unstable();
-                finished.dedup();
-                return Ok(finished);
-            }
-            after = page.next_after;
-        }
+        let mut finished: Vec<u32> = self.finished_jobs_of(task_id).await?.iter().map(|j| j.job_index).collect();
+        finished.sort_unstable();
+        finished.dedup();
+        Ok(finished)
     }
 
     async fn release(
