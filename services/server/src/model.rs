@@ -138,6 +138,9 @@ pub struct Job {
     pub error_source: ErrorSource,
     /// A merge job over the task's outputs.
     pub merge: bool,
+    /// Global share whose slots it uses (its task's; empty for jobs stored before shares
+    /// existed, which count as the default share).
+    pub share: String,
 }
 
 /// Which of a task's jobs an insertion brings (JEDI's phases of a task).
@@ -303,6 +306,8 @@ pub struct Queue {
     pub max_workers: u32,
     /// Announcing harvester.
     pub harvester_id: String,
+    /// Storage site it reads input from (data locality); empty: its name.
+    pub site: String,
     /// Last announcement.
     pub heartbeat_at: DateTime<Utc>,
 }

@@ -76,13 +76,53 @@ pub struct Service {
     metrics: Metrics,
     /// How long a harvester's worker report counts.
     worker_report_stale_after: std::time::Duration,
+    /// Global shares and their usage.
+    shares: std::sync::Arc<crate::shares::Shares>,
 }
 
 impl Service {
     /// Builds the service over a migrated database.
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
         let store = Store::new(db.get_database_backend());
-        Self { db, store, outbox, storage_dir, metrics, worker_report_stale_after: std::time::Duration::from_secs(300) }
+        Self {
+            db,
+            store,
+            outbox,
+            storage_dir,
+            metrics,
+            worker_report_stale_after: std::time::Duration::from_secs(300),
+            shares: std::sync::Arc::new(crate::shares::Shares::single()),
+        }
+    }
+
+    /// The global shares dispatch follows (default: one share).
+    pub fn with_shares(mut self, shares: crate::shares::Shares) -> Self {
+        self.shares = std::sync::Arc::new(shares);
+        self
+    }
+
+    /// The global shares.
+    pub fn shares(&self) -> &crate::shares::Shares {
+        &self.shares
+    }
+
+    /// Counts the shares' usage again from the database.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn refresh_shares(&self) -> Result<()> {
+        let counts = self.store.share_counts(&self.db).await?;
+        self.shares.replace(&counts);
+        Ok(())
+    }
+
+    /// Every leaf share with its target and usage, freshly counted.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list_shares(&self) -> Result<Vec<crate::shares::ShareUsage>> {
+        self.refresh_shares().await?;
+        Ok(self.shares.usage())
     }
 
     /// `file://` URL of the storage directory.
@@ -170,7 +210,8 @@ impl Service {
                 format!("must be at most 200 characters (got {})", key.len()),
             ));
         }
-        let spec = draft.validate().map_err(Error::InvalidArgument)?;
+        let mut spec = draft.validate().map_err(Error::InvalidArgument)?;
+        spec.share = self.shares.resolve(&spec.share).map_err(|e| Error::invalid("task.share", e))?;
         let txn = self.db.begin().await?;
         match self.register_task(&txn, &spec, idempotency_key.as_deref()).await? {
             Registered::Existing(task) => Ok((task, false)),
@@ -556,7 +597,9 @@ impl Service {
         } else {
             (JobStatus::Activated, JobStatus::Defined)
         };
-        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, Utc::now()).await?;
+        let share = self.shares.resolve(&task.spec.share).unwrap_or_default();
+        let inserted =
+            self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, &share, Utc::now()).await?;
         for job in &inserted {
             events.push(events::job_changed(job, from));
         }
@@ -788,6 +831,9 @@ impl Service {
     pub async fn register_queues(&self, queues: Vec<Queue>) -> Result<()> {
         for (i, q) in queues.iter().enumerate() {
             panda_types::QueueName::new(q.name.clone()).map_err(|e| Error::invalid(format!("queues[{i}].name"), e))?;
+            if !q.site.is_empty() {
+                panda_types::ids::check_name(&q.site, 255).map_err(|e| Error::invalid(format!("queues[{i}].site"), e))?;
+            }
             if !matches!(q.status.as_str(), "online" | "offline" | "test" | "brokeroff") {
                 return Err(Error::invalid(
                     format!("queues[{i}].status"),

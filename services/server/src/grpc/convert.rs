@@ -71,5 +71,6 @@ pub(super) fn queue(queue: Queue) -> wire::Queue {
         max_resources: Some(queue.max_resources.into()),
         max_workers: queue.max_workers,
         harvester_id: queue.harvester_id,
+        site: queue.site,
     }
 }

@@ -509,6 +509,7 @@ impl InternalService for Api {
                 max_resources: resources(q.max_resources),
                 max_workers: q.max_workers,
                 harvester_id: request.harvester_id.clone(),
+                site: q.site,
                 heartbeat_at: now,
             })
             .collect();
