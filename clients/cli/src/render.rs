@@ -254,7 +254,8 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
         .map(|q| {
             let queue = q.queue.clone().unwrap_or_default();
             let load = q.load.clone().unwrap_or_default();
-            json!({"name": queue.name, "status": queue.status, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
+            let site = if queue.site.is_empty() { queue.name.clone() } else { queue.site.clone() };
+            json!({"name": queue.name, "status": queue.status, "site": site, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
                    "activated": load.activated, "sent": load.sent, "running": load.running,
                    "pilots": q.pilots, "workers_by_status": q.workers_by_status,
                    "seconds_since_heartbeat": q.seconds_since_heartbeat})
@@ -266,6 +267,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
             let mut t = table(&[
                 "QUEUE",
                 "STATUS",
+                "SITE",
                 "HARVESTER",
                 "MAX WORKERS",
                 "ACTIVATED",
@@ -279,6 +281,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                     [
                         "name",
                         "status",
+                        "site",
                         "harvester",
                         "max_workers",
                         "activated",

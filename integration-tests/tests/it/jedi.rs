@@ -283,3 +283,84 @@ async fn job_events_drive_retries_and_merge_jobs_without_the_sweep() {
     assert!(out.files.iter().any(|f| f.lfn == "m.out.merged._000006" && f.status == "finished"), "{out:#?}");
     cluster.stop().await.unwrap();
 }
+
+/// A queue announces the storage site it reads from: brokerage counts the task's replicas at that
+/// site as local, so the task's jobs go to the queue whose `site` holds its data, and the queue
+/// whose site has none is dropped by the data-locality filter, naming its site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_goes_to_the_queue_whose_site_holds_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let queue = |name: &str, site: &str| server::Queue {
+        name: name.into(),
+        status: "online".into(),
+        max_resources: Some(Resources::default()),
+        max_workers: 10,
+        harvester_id: "it-sites".into(),
+        site: site.into(),
+    };
+    server
+        .internal
+        .clone()
+        .register_queues(server::RegisterQueuesRequest {
+            harvester_id: "it-sites".into(),
+            queues: vec![queue("T2_A", "SITE-Y"), queue("T2_B", "SITE-X")],
+        })
+        .await
+        .unwrap();
+    let files = (1..=3)
+        .map(|i| server::CatalogFile {
+            lfn: format!("loc.in._{i:06}"),
+            size_bytes: 1000,
+            checksum: String::new(),
+            n_events: 10,
+            replicas: vec!["SITE-X".into()],
+        })
+        .collect();
+    server
+        .catalog
+        .clone()
+        .register_dataset(server::RegisterDatasetRequest { name: "loc.in".into(), files })
+        .await
+        .unwrap();
+    let spec = server::TaskSpec {
+        name: "located".into(),
+        command: "cat {inputs}".into(),
+        input_datasets: vec!["loc.in".into()],
+        files_per_job: Some(1),
+        queues: vec!["T2_A".into(), "T2_B".into()],
+        ..Default::default()
+    };
+    let task_id = submit(&server, spec).await;
+    // No pilot serves these queues: the jobs wait there, brokered.
+    await_task(&server, task_id, TaskStatus::Running, Duration::from_secs(60)).await;
+    let jobs = jobs_of(&server, task_id).await;
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j.queue == "T2_B"), "{jobs:#?}");
+    let explanation = server
+        .brokerage
+        .clone()
+        .get_brokerage(server::GetBrokerageRequest { task_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .explanation
+        .unwrap();
+    let dropped: Vec<(&str, &str)> = explanation
+        .dropped
+        .iter()
+        .filter(|d| d.queue == "T2_A")
+        .map(|d| (d.filter.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{explanation:?}");
+    assert_eq!(dropped[0].0, "data_locality");
+    assert!(dropped[0].1.contains("SITE-Y"), "{explanation:?}");
+    // ListQueues shows each queue's site.
+    let queues = server.internal.clone().list_queues(server::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    let site_of = |name: &str| {
+        queues.iter().filter_map(|q| q.queue.as_ref()).find(|q| q.name == name).map(|q| q.site.clone()).unwrap()
+    };
+    assert_eq!((site_of("T2_A"), site_of("T2_B"), site_of("local")), ("SITE-Y".into(), "SITE-X".into(), String::new()));
+    cluster.stop().await.unwrap();
+}

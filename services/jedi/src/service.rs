@@ -167,7 +167,8 @@ impl Jedi {
                 let queue = q.queue?;
                 let load = q.load.unwrap_or_default();
                 Some(QueueState {
-                    site: queue.name.clone(),
+                    // A queue reads from its announced storage site, by default its own name.
+                    site: if queue.site.is_empty() { queue.name.clone() } else { queue.site },
                     name: queue.name,
                     status: queue.status,
                     max_resources: panda_proto::convert::resources(queue.max_resources),

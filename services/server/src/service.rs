@@ -598,8 +598,7 @@ impl Service {
             (JobStatus::Activated, JobStatus::Defined)
         };
         let share = self.shares.resolve(&task.spec.share).unwrap_or_default();
-        let inserted =
-            self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, &share, Utc::now()).await?;
+        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, &share, Utc::now()).await?;
         for job in &inserted {
             events.push(events::job_changed(job, from));
         }
@@ -832,7 +831,8 @@ impl Service {
         for (i, q) in queues.iter().enumerate() {
             panda_types::QueueName::new(q.name.clone()).map_err(|e| Error::invalid(format!("queues[{i}].name"), e))?;
             if !q.site.is_empty() {
-                panda_types::ids::check_name(&q.site, 255).map_err(|e| Error::invalid(format!("queues[{i}].site"), e))?;
+                panda_types::ids::check_name(&q.site, 255)
+                    .map_err(|e| Error::invalid(format!("queues[{i}].site"), e))?;
             }
             if !matches!(q.status.as_str(), "online" | "offline" | "test" | "brokeroff") {
                 return Err(Error::invalid(

@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(shares.resolve(""), Ok("analysis".to_owned()));
         assert_eq!(shares.resolve("production"), Ok("production".to_owned()));
         let e = shares.resolve("express").unwrap_err();
-        assert_eq!(e, "\"express\" is not a share jobs can use; the leaf shares are: production, analysis (panda share list)");
+        assert_eq!(
+            e,
+            "\"express\" is not a share jobs can use; the leaf shares are: production, analysis (panda share list)"
+        );
     }
 
     #[test]

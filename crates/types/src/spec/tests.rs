@@ -383,7 +383,11 @@ fn a_share_is_kept_and_checked_as_a_name() {
     let spec = TaskSpecDraft { share: "production.mc".to_owned(), ..generated() }.validate().expect("valid");
     assert_eq!(spec.share, "production.mc");
     assert_eq!(generated().validate().expect("valid").share, "", "unset: the server's default");
-    check_error(TaskSpecDraft { share: "x".repeat(101), ..generated() }, "task.share", "must be at most 100 characters...");
+    check_error(
+        TaskSpecDraft { share: "x".repeat(101), ..generated() },
+        "task.share",
+        "must be at most 100 characters...",
+    );
 }
 
 #[test]

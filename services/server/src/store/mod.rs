@@ -595,8 +595,9 @@ impl Store {
             .collect())
     }
 
-    /// Inserts jobs (`status`: activated, or defined when held) and their expected output files
-    /// (defined) in `output_dataset`.
+    /// Inserts jobs (`status`: activated, or defined when held, in global share `share`) and
+    /// their expected output files (defined) in `output_dataset`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_jobs(
         &self,
         conn: &impl ConnectionTrait,

@@ -1098,8 +1098,10 @@ async fn tasks_and_jobs_carry_a_share_of_the_tree(f: Fixture) {
 /// start. Pilots keep taking jobs as slots free up; the held jobs per share converge to the
 /// targets, and each share's dispatches follow its target once the start is undone.
 async fn shares_converge_to_their_targets_under_contention(f: Fixture) {
-    let service =
-        f.service.clone().with_shares(shares(&[("prod", None, 60.0), ("ana", None, 30.0), ("test", None, 10.0)], "ana"));
+    let service = f
+        .service
+        .clone()
+        .with_shares(shares(&[("prod", None, 60.0), ("ana", None, 30.0), ("test", None, 10.0)], "ana"));
     let submit = |name: &'static str, share: &'static str| {
         let service = service.clone();
         async move {
@@ -1141,7 +1143,10 @@ async fn shares_converge_to_their_targets_under_contention(f: Fixture) {
             held.into_iter().map(|(d, age)| (d, age + 1)).partition(|(d, age)| *age >= length(share_of(d.job.task_id)));
         held = running;
         for (d, _) in done {
-            service.update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished)).await.unwrap();
+            service
+                .update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished))
+                .await
+                .unwrap();
         }
         // Pilots fill the free slots, one job each.
         while held.len() < slots {
@@ -1162,13 +1167,17 @@ async fn shares_converge_to_their_targets_under_contention(f: Fixture) {
         assert!((got - target).abs() <= 0.1, "{share}: holds {got:.2} of the slots, target {target}; {per_share:?}");
     }
     // Dispatches in the second half: each share gets slots in proportion to target / job length.
-    let weights: Vec<f64> = [("prod", 0.6), ("ana", 0.3), ("test", 0.1)].iter().map(|(s, t)| t / f64::from(length(s))).collect();
+    let weights: Vec<f64> =
+        [("prod", 0.6), ("ana", 0.3), ("test", 0.1)].iter().map(|(s, t)| t / f64::from(length(s))).collect();
     let total_weight: f64 = weights.iter().sum();
     let total: u32 = dispatched.values().sum();
     for ((share, _), weight) in [("prod", 0.6), ("ana", 0.3), ("test", 0.1)].iter().zip(&weights) {
         let got = f64::from(dispatched.get(share).copied().unwrap_or(0)) / f64::from(total);
         let expected = weight / total_weight;
-        assert!((got - expected).abs() <= 0.1, "{share}: {got:.2} of dispatches, expected {expected:.2}; {dispatched:?}");
+        assert!(
+            (got - expected).abs() <= 0.1,
+            "{share}: {got:.2} of dispatches, expected {expected:.2}; {dispatched:?}"
+        );
     }
     // ListShares shows the same picture.
     let usage = service.list_shares().await.unwrap();
