@@ -89,7 +89,7 @@ fn task_json(t: &server::Task) -> Value {
     json!({
         "task_id": t.task_id, "name": spec.name, "user": spec.user, "status": task_status(t.status),
         "error_diag": t.error_diag, "command": spec.command, "input_datasets": spec.input_datasets,
-        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "priority": spec.priority, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
+        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "priority": spec.priority, "share": spec.share, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
         "jobs": {"total": counts.total, "queued": counts.queued, "running": counts.running, "finished": counts.finished,
                  "failed": counts.failed, "cancelled": counts.cancelled},
     })

@@ -364,3 +364,56 @@ async fn a_task_goes_to_the_queue_whose_site_holds_its_data() {
     assert_eq!((site_of("T2_A"), site_of("T2_B"), site_of("local")), ("SITE-Y".into(), "SITE-X".into(), String::new()));
     cluster.stop().await.unwrap();
 }
+
+/// Streaming input: a task reading another task's output while it is still being written runs on
+/// the files already there, gets jobs for the rest as they arrive, and ends only once the
+/// producer closed the dataset and its own jobs ended: one job per produced file, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_reading_an_open_dataset_runs_as_its_files_arrive_and_ends_after_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.server.watchdog_interval = Duration::from_millis(200);
+    let cluster = start(config, PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    // The producer's jobs end one after another (job i sleeps i seconds).
+    let producer = submit(
+        &server,
+        server::TaskSpec {
+            name: "producer".into(),
+            command: "sleep {index}; echo {index} > {output}".into(),
+            n_jobs: Some(4),
+            output_dataset: "stream.a".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let consumer = submit(
+        &server,
+        server::TaskSpec {
+            name: "consumer".into(),
+            command: "cat {inputs}".into(),
+            input_datasets: vec!["stream.a".into()],
+            files_per_job: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let consumer_task = await_task(&server, consumer, TaskStatus::Done, Duration::from_secs(120)).await;
+    let producer_task = await_task(&server, producer, TaskStatus::Done, Duration::from_secs(10)).await;
+    let jobs = jobs_of(&server, consumer).await;
+    let mut inputs: Vec<String> = jobs.iter().flat_map(|j| j.input_files.clone()).collect();
+    inputs.sort();
+    assert_eq!(inputs, (1..=4).map(|i| format!("stream.a._{i:06}")).collect::<Vec<_>>(), "{jobs:#?}");
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Finished as i32));
+    let mut indices: Vec<u32> = jobs.iter().map(|j| j.job_index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), 4, "job indices are unique: {jobs:#?}");
+    // The consumer's first job came before the producer ended, and it ended after the producer.
+    let first = jobs.iter().filter_map(|j| j.created_at.as_ref().map(|t| (t.seconds, t.nanos))).min().unwrap();
+    let producer_end = producer_task.modified_at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
+    assert!(first < producer_end, "the consumer waited for the whole dataset");
+    let consumer_end = consumer_task.modified_at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
+    assert!(consumer_end >= producer_end, "the consumer ended before its input closed");
+    cluster.stop().await.unwrap();
+}

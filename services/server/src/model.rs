@@ -22,6 +22,8 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub modified_at: DateTime<Utc>,
+    /// An input dataset was open when JEDI last read the input: the task does not end yet.
+    pub awaits_input: bool,
 }
 
 /// Jobs of a task by state group.
@@ -152,6 +154,9 @@ pub enum JobBatch {
     Scouts,
     /// Merge jobs over the outputs, once the other jobs have ended.
     Merge,
+    /// More jobs of a running task, for files that arrived in its open input dataset (may be
+    /// none: the input closed and every file has its job).
+    More,
 }
 
 /// When a job entered each state, kept as the JSON object it is stored as. Dispatch and reports

@@ -529,13 +529,27 @@ impl Service {
     /// As [`Service::insert_jobs`]; for merge jobs, FAILED_PRECONDITION when the task does not
     /// merge, still has live jobs, or has its merge jobs already.
     #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), batch = ?batch))]
-    pub async fn insert_jobs_with(
+    pub async fn insert_jobs_with(&self, task_id: TaskId, jobs: Vec<NewJob>, batch: JobBatch) -> Result<Vec<JobId>> {
+        self.insert_jobs_reading(task_id, jobs, batch, false).await
+    }
+
+    /// [`Service::insert_jobs_with`], saying whether an input dataset was still open when JEDI
+    /// read the task's input (`input_open`): such a task does not end when its jobs have, until
+    /// an insertion (of [`JobBatch::More`], with or without jobs) says the input is complete.
+    ///
+    /// # Errors
+    /// As [`Service::insert_jobs_with`].
+    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), batch = ?batch, input_open))]
+    pub async fn insert_jobs_reading(
         &self,
         task_id: TaskId,
         mut jobs: Vec<NewJob>,
         batch: JobBatch,
+        input_open: bool,
     ) -> Result<Vec<JobId>> {
-        validate_new_jobs(&jobs)?;
+        if !(batch == JobBatch::More && jobs.is_empty()) {
+            validate_new_jobs(&jobs)?;
+        }
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
         for job in &mut jobs {
@@ -553,8 +567,8 @@ impl Service {
             }
         }
         let path: &[TaskStatus] = match (task.status, scouting) {
-            // Merge jobs join a running task (checked above).
-            (TaskStatus::Running, false) if batch == JobBatch::Merge => &[],
+            // Merge jobs join a running task (checked above); so do jobs for new input files.
+            (TaskStatus::Running, false) if matches!(batch, JobBatch::Merge | JobBatch::More) => &[],
             (TaskStatus::Registered | TaskStatus::Pending, false) => {
                 &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]
             }
@@ -581,6 +595,18 @@ impl Service {
             None => None,
         };
         let mut events = Vec::with_capacity(jobs.len() + 3);
+        if batch != JobBatch::Merge {
+            self.store.set_task_awaits_input(&txn, task_id, input_open).await?;
+        }
+        if jobs.is_empty() {
+            // The input is complete and every file has its job: the task may end now.
+            let ended = task.status == TaskStatus::Running;
+            self.commit(txn, events).await?;
+            if ended {
+                self.end_task_if_drained(task_id).await;
+            }
+            return Ok(Vec::new());
+        }
         for &step in path {
             let diag = matches!(step, TaskStatus::Running | TaskStatus::Scouting).then(String::new);
             self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
@@ -711,6 +737,11 @@ impl Service {
         }
         let counts = self.store.job_counts(txn, task.id).await?;
         if counts.unfinished() > 0 {
+            return Ok(());
+        }
+        // A task reading a dataset still being written waits for its files (JEDI adds their
+        // jobs); it ends once the dataset is closed and those jobs ended too.
+        if task.status == TaskStatus::Running && task.awaits_input {
             return Ok(());
         }
         let now = Utc::now();

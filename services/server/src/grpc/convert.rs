@@ -23,6 +23,7 @@ pub(super) fn task(task: Task, counts: JobCounts) -> wire::Task {
             cancelled: counts.cancelled,
         }),
         idempotency_key: task.idempotency_key.unwrap_or_default(),
+        awaits_input: task.awaits_input,
     }
 }
 

@@ -19,6 +19,7 @@ pub(crate) mod task {
         pub created_at: DateTimeUtc,
         pub modified_at: DateTimeUtc,
         pub old_status: Option<String>,
+        pub awaits_input: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

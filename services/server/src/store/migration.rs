@@ -453,7 +453,8 @@ impl MigrationTrait for M0010QueueWorkers {
 /// Global shares and queue sites: each job carries its task's share (existing jobs get the empty
 /// name, which counts as the default share), with a partial index over activated jobs by queue
 /// and share so that share-aware dispatch claims one share's jobs in index order; each queue
-/// carries the storage site it reads from (existing queues: empty, which means their name).
+/// carries the storage site it reads from (existing queues: empty, which means their name); a task
+/// reading a still-open dataset is marked as awaiting input (it does not end while marked).
 struct M0011SharesAndSites;
 
 impl MigrationName for M0011SharesAndSites {
@@ -467,6 +468,9 @@ impl MigrationTrait for M0011SharesAndSites {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.alter_table(Table::alter().table("jobs").add_column(string("share").default("")).to_owned()).await?;
         manager.alter_table(Table::alter().table("queues").add_column(string("site").default("")).to_owned()).await?;
+        manager
+            .alter_table(Table::alter().table("tasks").add_column(boolean("awaits_input").default(false)).to_owned())
+            .await?;
         manager
             .get_connection()
             .execute_unprepared(

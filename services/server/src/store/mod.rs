@@ -106,6 +106,7 @@ fn task_from_row(row: task::Model) -> Result<Task> {
         idempotency_key: row.idempotency_key,
         created_at: row.created_at,
         modified_at: row.modified_at,
+        awaits_input: row.awaits_input,
     })
 }
 
@@ -224,6 +225,7 @@ impl Store {
             spec_json: Set(spec_json),
             error_diag: Set(String::new()),
             idempotency_key: Set(idempotency_key.map(str::to_owned)),
+            awaits_input: Set(false),
             created_at: Set(now),
             modified_at: Set(now),
             ..Default::default()
@@ -281,6 +283,17 @@ impl Store {
     ) -> Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::OldStatus, Expr::value(old.map(|s| s.as_str())))
+            .filter(task::Column::Id.eq(to_i64(id.0)))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks whether a task waits for more input files (an input dataset was open when JEDI read
+    /// it), so that it does not end when its jobs have.
+    pub async fn set_task_awaits_input(&self, conn: &impl ConnectionTrait, id: TaskId, awaits: bool) -> Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::AwaitsInput, Expr::value(awaits))
             .filter(task::Column::Id.eq(to_i64(id.0)))
             .exec(conn)
             .await?;
