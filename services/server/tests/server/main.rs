@@ -1187,6 +1187,53 @@ async fn shares_converge_to_their_targets_under_contention(f: Fixture) {
     assert_eq!(running, expected);
 }
 
+/// A task whose input was open when JEDI read it (`input_open`) stays running when its jobs have
+/// ended, takes more jobs while running (`More`), and ends once an insertion says its input is
+/// complete (a `More` without jobs), with the last of its jobs or at once when drained.
+async fn a_task_awaiting_input_ends_only_once_its_input_is_complete(f: Fixture) {
+    use panda_server::model::JobBatch;
+    let service = &f.service;
+    let (producer, _) = service.submit_task(draft("producer", 1, "p.out"), None).await.unwrap();
+    let consumer = TaskSpecDraft {
+        name: "consumer".into(),
+        command: "cat {inputs}".into(),
+        input_datasets: vec!["p.out".into()],
+        split: panda_types::rules::SplitRulesDraft { max_attempts: Some(1), ..Default::default() },
+        ..Default::default()
+    };
+    let (consumer, _) = service.submit_task(consumer, None).await.unwrap();
+    assert!(!consumer.awaits_input);
+    service.insert_jobs_reading(consumer.id, jobs(1, "q", ""), JobBatch::Jobs, true).await.unwrap();
+    assert!(service.get_task(consumer.id).await.unwrap().0.awaits_input);
+    let finish_all = || async {
+        for d in service.dispatch("q", "n", "", Resources::default(), 10).await.unwrap() {
+            service
+                .update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished))
+                .await
+                .unwrap();
+        }
+    };
+    finish_all().await;
+    service.end_drained_tasks().await.unwrap();
+    assert_eq!(service.get_task(consumer.id).await.unwrap().0.status, TaskStatus::Running, "its input may grow");
+    // A new file: one more job, numbered after the first, into the running task.
+    let more: Vec<NewJob> = jobs(2, "q", "").into_iter().skip(1).collect();
+    service.insert_jobs_reading(consumer.id, more, JobBatch::More, true).await.unwrap();
+    finish_all().await;
+    service.end_drained_tasks().await.unwrap();
+    let (task, counts) = service.get_task(consumer.id).await.unwrap();
+    assert_eq!((task.status, counts.finished), (TaskStatus::Running, 2));
+    // JEDI read the input closed, every file with its job: the task ends.
+    service.insert_jobs_reading(consumer.id, Vec::new(), JobBatch::More, false).await.unwrap();
+    let (task, _) = service.get_task(consumer.id).await.unwrap();
+    assert_eq!((task.status, task.awaits_input), (TaskStatus::Done, false));
+    // An empty insertion is only for `More`.
+    assert!(matches!(
+        service.insert_jobs_reading(producer.id, Vec::new(), JobBatch::Jobs, false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1241,4 +1288,5 @@ store_suite!(
     worker_reports_count_as_pilots_and_name_workers_of_killed_jobs,
     tasks_and_jobs_carry_a_share_of_the_tree,
     shares_converge_to_their_targets_under_contention,
+    a_task_awaiting_input_ends_only_once_its_input_is_complete,
 );
