@@ -1,7 +1,7 @@
 //! Runs processes: CommandLineTool (through an [`Executor`]), ExpressionTool, Workflow (step
 //! links, linkMerge, pickValue, `when`, scatter, subworkflows, step valueFrom).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -81,6 +81,26 @@ pub struct Engine<'a> {
     inplace: std::sync::atomic::AtomicBool,
     /// Work-dir paths that are in-place links (their targets are outputs).
     links: std::sync::Mutex<Vec<PathBuf>>,
+    /// Which invocation is which, for executors that record them (the pilot executor's idds works).
+    trail: std::sync::Mutex<Trail>,
+}
+
+/// Where the engine is in the run: the step path (step ids and scatter indexes), the keys of the
+/// invocations feeding what runs now, and every invocation key given so far.
+#[derive(Debug, Default)]
+struct Trail {
+    path: Vec<String>,
+    feeding: BTreeSet<String>,
+    ran: Vec<String>,
+    used: HashSet<String>,
+}
+
+/// `[A-Za-z0-9._-]` only.
+fn key_part(text: &str) -> String {
+    let clean: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    let clean = clean.trim_matches('_').to_owned();
+    if clean.is_empty() { "step".to_owned() } else { clean }
 }
 
 fn s<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
@@ -105,7 +125,42 @@ impl<'a> Engine<'a> {
             counter: AtomicU64::new(0),
             inplace: std::sync::atomic::AtomicBool::new(false),
             links: std::sync::Mutex::new(Vec::new()),
+            trail: std::sync::Mutex::new(Trail::default()),
         }
+    }
+
+    fn with_trail<R>(&self, f: impl FnOnce(&mut Trail) -> R) -> R {
+        let mut trail = self.trail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut trail)
+    }
+
+    /// Runs `f` one level deeper in the step path (a step, a scatter element), restoring the
+    /// path afterwards whatever `f` returns.
+    fn nested<R>(&self, part: String, f: impl FnOnce() -> R) -> R {
+        self.with_trail(|t| t.path.push(part));
+        let result = f();
+        self.with_trail(|t| t.path.pop());
+        result
+    }
+
+    /// A new invocation's key (the step path, made unique in the run) and its parents.
+    fn next_key(&self, tool: &str) -> (String, Vec<String>) {
+        self.with_trail(|t| {
+            let mut base = if t.path.is_empty() { key_part(tool) } else { t.path.join(".") };
+            if base.len() > 90 {
+                let cut = base.len() - 90;
+                base = base[cut..].trim_start_matches(['.', '_', '-']).to_owned();
+            }
+            let mut key = base.clone();
+            let mut n = 2;
+            while t.used.contains(&key) {
+                key = format!("{base}.{n}");
+                n += 1;
+            }
+            t.used.insert(key.clone());
+            t.ran.push(key.clone());
+            (key, t.feeding.iter().cloned().collect())
+        })
     }
 
     fn scope(&self, reqs: &Reqs, inputs: &Value) -> Scope {
@@ -642,7 +697,21 @@ impl<'a> Engine<'a> {
             }
             None => None,
         };
+        let success: Vec<i64> = match p.get("successCodes").and_then(Value::as_array) {
+            Some(a) => a.iter().filter_map(Value::as_i64).collect(),
+            None => vec![0],
+        };
+        let perm: Vec<i64> = arr(p, "permanentFailCodes").iter().filter_map(Value::as_i64).collect();
+        let temp: Vec<i64> = arr(p, "temporaryFailCodes").iter().filter_map(Value::as_i64).collect();
+        let (key, parents) = self.next_key(s(p, "id").unwrap_or("tool"));
         let job = JobSpec {
+            success_codes: success
+                .iter()
+                .filter(|c| **c != 0 && !perm.contains(c) && !temp.contains(c))
+                .filter_map(|c| i32::try_from(*c).ok())
+                .collect(),
+            key,
+            parents,
             name: name.clone(),
             command,
             env,
@@ -672,12 +741,6 @@ impl<'a> Engine<'a> {
             return Err(failed(format!("{name}: killed after the time limit")));
         }
         let code = outcome.exit_code;
-        let success: Vec<i64> = match p.get("successCodes").and_then(Value::as_array) {
-            Some(a) => a.iter().filter_map(Value::as_i64).collect(),
-            None => vec![0],
-        };
-        let perm: Vec<i64> = arr(p, "permanentFailCodes").iter().filter_map(Value::as_i64).collect();
-        let temp: Vec<i64> = arr(p, "temporaryFailCodes").iter().filter_map(Value::as_i64).collect();
         if !success.contains(&(code as i64)) || perm.contains(&(code as i64)) || temp.contains(&(code as i64)) {
             return Err(failed(format!("{name}: command {:?} exited with code {code}", job.command)));
         }
@@ -1127,6 +1190,12 @@ impl<'a> Engine<'a> {
     fn run_workflow(&self, p: &Value, inputs: Map<String, Value>, reqs: &Reqs) -> Result<Map<String, Value>> {
         let name = Self::name(p);
         let mut state: HashMap<String, Value> = inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The invocations behind each value: the workflow's inputs come from what fed the
+        // workflow; a step's outputs from the invocations it ran (or, running none, from what
+        // fed it).
+        let inherited = self.with_trail(|t| t.feeding.clone());
+        let mut made_by: HashMap<String, BTreeSet<String>> =
+            inputs.keys().map(|k| (k.clone(), inherited.clone())).collect();
         let steps = arr(p, "steps").to_vec();
         let mut done = vec![false; steps.len()];
         loop {
@@ -1140,10 +1209,24 @@ impl<'a> Engine<'a> {
                 if !ready {
                     continue;
                 }
-                let outs = self.run_step(step, &state, reqs, &name)?;
                 let sid = s(step, "id").unwrap_or("");
+                let feeding: BTreeSet<String> = arr(step, "in")
+                    .iter()
+                    .flat_map(|inp| sources(inp, "source"))
+                    .flat_map(|src| made_by.get(&src).cloned().unwrap_or_default())
+                    .collect();
+                let (saved, mark) =
+                    self.with_trail(|t| (std::mem::replace(&mut t.feeding, feeding.clone()), t.ran.len()));
+                let outs = self.nested(key_part(sid), || self.run_step(step, &state, reqs, &name));
+                let ran: BTreeSet<String> = self.with_trail(|t| {
+                    t.feeding = saved;
+                    t.ran[mark..].iter().cloned().collect()
+                });
+                let outs = outs?;
+                let produced = if ran.is_empty() { feeding } else { ran };
                 for o in arr(step, "out").iter().filter_map(Value::as_str) {
                     state.insert(format!("{sid}/{o}"), outs.get(o).cloned().unwrap_or(Value::Null));
+                    made_by.insert(format!("{sid}/{o}"), produced.clone());
                 }
                 done[i] = true;
                 progressed = true;
@@ -1278,7 +1361,7 @@ impl<'a> Engine<'a> {
                     for (sname, list) in scatter.iter().zip(&lists) {
                         job.insert(sname.clone(), list[k].clone());
                     }
-                    results.push(run_one(job)?);
+                    results.push(self.nested(k.to_string(), || run_one(job))?);
                 }
                 Ok(collect(results))
             }
@@ -1296,12 +1379,12 @@ impl<'a> Engine<'a> {
                     combos = next;
                 }
                 let mut results = Vec::new();
-                for c in &combos {
+                for (k, c) in combos.iter().enumerate() {
                     let mut job = vals.clone();
                     for (j, sname) in scatter.iter().enumerate() {
                         job.insert(sname.clone(), lists[j][c[j]].clone());
                     }
-                    results.push(run_one(job)?);
+                    results.push(self.nested(k.to_string(), || run_one(job))?);
                 }
                 let flat = collect(results);
                 if method == "flat_crossproduct" {

@@ -79,6 +79,15 @@ pub struct JobSpec {
     /// Memory in MiB when ResourceRequirement asks for it (`ramMin`, else `ramMax`); `None`
     /// without an explicit request, so no limit is enforced.
     pub ram_mb: Option<u64>,
+    /// Non-zero exit codes the tool declares successful (`successCodes`), so an executor that
+    /// judges a run by its exit code (a job of the system) can count them as success too.
+    pub success_codes: Vec<i32>,
+    /// Where the invocation stands in the run: the step path and scatter index
+    /// (`[A-Za-z0-9._-]`, unique in the run, at most 100 characters), e.g. `align.3`.
+    pub key: String,
+    /// Keys of the earlier invocations whose outputs feed this one (directly, or through
+    /// expressions and sub-workflow inputs).
+    pub parents: Vec<String>,
 }
 
 /// The job as one `/bin/sh` line: change to the work dir, replace the environment with exactly

@@ -27,6 +27,9 @@ pub struct Args {
     pub executor: Option<String>,
     /// A running deployment's server URL (pilot executor); unset: an embedded system.
     pub server: Option<String>,
+    /// That deployment's idds URL (the run is an idds workflow); unset: `PANDA_IDDS_URL`, else
+    /// the server's host on idds's default port.
+    pub idds: Option<String>,
 }
 
 impl Args {
@@ -54,6 +57,10 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
             a.server = Some(v.to_string());
         } else if x == "--server" {
             a.server = Some(it.next().ok_or("--server needs a URL")?.clone());
+        } else if let Some(v) = x.strip_prefix("--idds=") {
+            a.idds = Some(v.to_string());
+        } else if x == "--idds" {
+            a.idds = Some(it.next().ok_or("--idds needs a URL")?.clone());
         } else if x == "--quiet" {
             a.quiet = true;
         } else if x == "--version" {
@@ -75,8 +82,7 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
 }
 
 /// The runner's usage line.
-pub const USAGE: &str =
-    "usage: cwl-runner [--outdir DIR] [--quiet] [--executor pilot|local] [--server URL] document.cwl[#id] [job.yml]";
+pub const USAGE: &str = "usage: cwl-runner [--outdir DIR] [--quiet] [--executor pilot|local] [--server URL [--idds URL]] document.cwl[#id] [job.yml]";
 
 fn check_executor(v: &str) -> std::result::Result<String, String> {
     match v {

@@ -7,7 +7,7 @@
 //!
 //! Modules: `config` (`[idds]`), `graph` (pure: model, conditions, validation, planning,
 //! release bookkeeping, front ends, rendering), `backend` (the server's task API behind a trait),
-//! `store`, `service` (the engine), `grpc` (WorkflowService); `hpo` (pure: search spaces,
+//! `store`, `service` (the engine), `grpc` (WorkflowService), `grpc_driven` (DrivenWorkflowService: works a driver adds); `hpo` (pure: search spaces,
 //! optimizers, study rules, the plug-in protocol), `hpo_store` (studies and points),
 //! `service::studies` (studies in the engine), `grpc_hpo` (HpoService).
 
@@ -15,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod graph;
 pub mod grpc;
+pub mod grpc_driven;
 pub mod grpc_hpo;
 pub mod hpo;
 pub mod hpo_store;
@@ -28,6 +29,7 @@ use panda_bus::outbox::{self, Outbox};
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
 use panda_proto::convert::WireEnum;
 use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
+use panda_proto::idds::v1::driven_workflow_service_server::DrivenWorkflowServiceServer;
 use panda_proto::idds::v1::hpo_service_server::HpoServiceServer;
 use panda_proto::idds::v1::workflow_service_server::WorkflowServiceServer;
 use panda_runtime::Listeners;
@@ -170,6 +172,7 @@ pub async fn run(
     server.router = server
         .router
         .add_service(HpoServiceServer::new(grpc_hpo::HpoApi { engine: engine.clone() }))
+        .add_service(DrivenWorkflowServiceServer::new(grpc_driven::DrivenApi { engine: engine.clone() }))
         .add_service(WorkflowServiceServer::new(grpc::Api { engine }));
     info!(addr = ?listeners.grpc.local_addr().ok(), "idds ready");
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;

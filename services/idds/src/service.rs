@@ -28,6 +28,7 @@ use crate::graph::release::{self, HeldJobs};
 use crate::graph::{self, Language, WorkStatus, WorkflowStatus};
 use crate::store::{self, NewWork, Work, Workflow};
 
+mod driven;
 mod studies;
 pub use studies::StudyView;
 
@@ -63,6 +64,16 @@ pub enum Error {
         workflow_id: u64,
         /// Why.
         reason: String,
+    },
+    /// A driven workflow already has a work of that key, with another spec.
+    #[error(
+        "workflow {workflow_id} already has a work {key:?} with other parents or another task; a key names one work"
+    )]
+    WorkExists {
+        /// The workflow.
+        workflow_id: u64,
+        /// The key.
+        key: String,
     },
     /// The study (or a request about one) is invalid.
     #[error("invalid study: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -100,6 +111,7 @@ impl ServiceError for Error {
             Error::InvalidArgument(_) | Error::InvalidStudy(_) => ErrorCode::InvalidArgument,
             Error::NotFound { .. } | Error::StudyNotFound { .. } => ErrorCode::NotFound,
             Error::FailedPrecondition { .. } | Error::StudyPrecondition { .. } => ErrorCode::FailedPrecondition,
+            Error::WorkExists { .. } => ErrorCode::AlreadyExists,
             Error::Optimizer(_) => ErrorCode::Unavailable,
             Error::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ErrorCode::Unavailable,
             Error::Db(_) | Error::Corrupt { .. } => ErrorCode::Internal,
@@ -345,6 +357,8 @@ impl Engine {
         } else {
             plan::advance_changed(&loaded.graph, &loaded.index, &mut loaded.state)
         };
+        // A driven workflow ends when its driver closes it, not when the works added so far ended.
+        let end = if loaded.graph.driven { None } else { end };
         let changed = loaded.state.take_changed();
         let mut new = Vec::new();
         let mut ready = false;

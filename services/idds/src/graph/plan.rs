@@ -80,6 +80,16 @@ impl State {
         }
     }
 
+    /// Adds a waiting instance for a top-level node added to a driven workflow (the planner
+    /// decides it at its next step). Does nothing when the key exists.
+    pub fn add_waiting(&mut self, key: &str) {
+        if !self.works.contains_key(key) {
+            self.works.insert(key.to_owned(), Instance::waiting());
+            self.changed.insert(key.to_owned());
+            self.version += 1;
+        }
+    }
+
     /// Keys created or changed, and forgets them.
     pub fn take_changed(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed)
