@@ -99,11 +99,14 @@ async fn added_works_run_after_their_parents_and_the_workflow_ends_when_closed(d
     assert_eq!(rig.fake.with(|s| s.by_key.len()), 4, "one task per work");
 }
 
+/// An AddWork request (workflow, key, parents, task) and the code and text its refusal carries.
+type Case = (u64, &'static str, Vec<String>, Option<server::TaskSpec>, Code, &'static str);
+
 async fn bad_add_work_input_is_refused_naming_the_field(db: TestDb) {
     let rig = rig(&db).await;
     let id = rig.engine.create_driven("cwl.bad".into(), String::new()).await.unwrap();
     rig.engine.add_work(id, "a".into(), Vec::new(), task("true")).await.unwrap();
-    let cases: Vec<(u64, &str, Vec<String>, Option<server::TaskSpec>, Code, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (999, "x", Vec::new(), task("true"), Code::NotFound, "workflow 999 not found"),
         (id, "a b", Vec::new(), task("true"), Code::InvalidArgument, "key "),
         (id, "b", parents(&["b"]), task("true"), Code::InvalidArgument, "parents[0] a work cannot wait for itself"),
