@@ -1,5 +1,5 @@
 //! `panda cwl-runner`: runs a CWL document (see the panda-cwl crate) with the cwl-runner
-//! interface: `[--outdir DIR] [--quiet] [--executor pilot|local] [--server URL] document.cwl[#id]
+//! interface: `[--outdir DIR] [--quiet] [--executor pilot|local] [--parallel N] [--server URL] document.cwl[#id]
 //! [job.yml]`; prints the output object; exit 0 on success, 1 on permanent failure, 33 for an
 //! unsupported requirement.
 //!
@@ -74,7 +74,10 @@ async fn run_on_system(args: Args, pilot_program: Vec<String>) -> anyhow::Result
                 .unwrap_or_else(|| idds_url_of(url)),
         },
         (None, Some(_)) => anyhow::bail!("--idds needs --server (without it the run starts its own system)"),
-        (None, None) => Target::Embedded { config: Box::new(embedded_config(scratch.path())?), pilot_program },
+        (None, None) => {
+            let pilots = args.parallel.unwrap_or(pilot::DEFAULT_PARALLEL);
+            Target::Embedded { config: Box::new(embedded_config(scratch.path(), pilots)?), pilot_program }
+        }
     };
     let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "cwl".to_owned());
     let executor = Arc::new(
@@ -151,14 +154,18 @@ fn init_logs(quiet: bool) -> Option<panda_runtime::telemetry::TelemetryGuard> {
 /// The embedded system of one run: every service on a free loopback port, data in `scratch`,
 /// one `local` queue whose pilots ask for no fixed size (tools share this host, as with any
 /// local runner: a ResourceRequirement sizes the job, it does not wait for free cores), and
-/// short cycles so a job starts within a fraction of a second.
-pub fn embedded_config(scratch: &Path) -> anyhow::Result<AllConfig> {
+/// short cycles so a job starts within a fraction of a second; up to `pilots` pilots at once
+/// (the run's `--parallel`), so parallel invocations do run in parallel.
+pub fn embedded_config(scratch: &Path, pilots: usize) -> anyhow::Result<AllConfig> {
     let data_dir: PathBuf = scratch.join("system");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let queues = data_dir.join("queues.yaml");
     std::fs::write(
         &queues,
-        "queues:\n  local:\n    max_workers: 2\n    resources: { cores: 0, memory_mb: 0, disk_mb: 0, walltime_seconds: 0 }\n    pilot_max_jobs: 0\n    plugin:\n      type: local\n",
+        format!(
+            "queues:\n  local:\n    max_workers: {}\n    resources: {{ cores: 0, memory_mb: 0, disk_mb: 0, walltime_seconds: 0 }}\n    pilot_max_jobs: 0\n    plugin:\n      type: local\n",
+            pilots.max(1)
+        ),
     )
     .with_context(|| format!("cannot write {}", queues.display()))?;
     let mut config = AllConfig::ephemeral(data_dir);

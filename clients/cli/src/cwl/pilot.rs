@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::OnceCell;
 
@@ -36,6 +36,8 @@ const PAYLOAD_FAILED: u32 = 1305;
 const MAX_INLINE_COMMAND: usize = 60 * 1024;
 /// Beside the work dir: the tool's exit code when the job exits 0 for one of its successCodes.
 const EXIT_CODE_FILE: &str = "exit-code";
+/// Invocations running at once without `--parallel` (jobs run on pilots, not on this host).
+pub const DEFAULT_PARALLEL: usize = 32;
 /// How often a broken WatchWorkflow stream is reopened (idds restarting) before giving up.
 const WATCH_RECONNECTS: u32 = 30;
 
@@ -82,6 +84,8 @@ pub struct PilotExecutor {
     /// with a deployment it may wait for a queue to come back.
     fail_when_pending: bool,
     live: Mutex<BTreeSet<u64>>,
+    /// Set by [`Executor::cancel`] (another invocation failed): no new work, live tasks killed.
+    cancelled: AtomicBool,
     counter: AtomicU64,
     quiet: bool,
 }
@@ -107,6 +111,7 @@ impl PilotExecutor {
             dirs: LocalExecutor::new(root),
             user,
             live: Mutex::new(BTreeSet::new()),
+            cancelled: AtomicBool::new(false),
             counter: AtomicU64::new(0),
             quiet: false,
         }
@@ -388,6 +393,11 @@ impl PilotExecutor {
             live.insert(task_id);
         }
         let server = &system.server;
+        // Cancelled while the work was being added: its task is killed at once (a cancel
+        // either sees the task live or is seen here).
+        if self.cancelled.load(Ordering::SeqCst) {
+            Self::kill(server, &[task_id]).await;
+        }
         let result = self.wait(server, task_id).await;
         if result.is_err() {
             // Whatever went wrong here, the job must not outlive the run.
@@ -520,6 +530,9 @@ impl Executor for PilotExecutor {
     }
 
     fn run(&self, dirs: &JobDirs, job: &JobSpec) -> Result<JobOutcome> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(CwlError::Cancelled);
+        }
         if job.command.is_empty() {
             return Err(CwlError::Failed(format!("{}: empty command line", job.name)));
         }
@@ -531,6 +544,22 @@ impl Executor for PilotExecutor {
         let spec = self.spec(n, dirs, job)?;
         let key = if job.key.is_empty() { format!("tool.{n}") } else { job.key.clone() };
         self.runtime.block_on(self.add_and_wait(spec, key, job.parents.clone(), dirs))
+    }
+
+    /// Kills the run's live tasks (their `run` calls then return) and starts no new work.
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let Some(system) = self.system.get() else { return };
+        let live: Vec<u64> = self.live.lock().map(|l| l.iter().copied().collect()).unwrap_or_default();
+        if !live.is_empty() && !self.quiet() {
+            eprintln!("cwl-runner: an invocation failed; killing task(s) {live:?}");
+        }
+        self.runtime.block_on(Self::kill(&system.server, &live));
+    }
+
+    /// Jobs run on the system's pilots, not on this host's cores.
+    fn default_parallel(&self) -> usize {
+        DEFAULT_PARALLEL
     }
 }
 
