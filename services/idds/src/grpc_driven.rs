@@ -13,6 +13,12 @@ pub struct DrivenApi {
     pub engine: Engine,
 }
 
+impl DrivenApi {
+    fn lease_seconds(&self) -> u32 {
+        u32::try_from(self.engine.driver_lease().as_secs()).unwrap_or(u32::MAX)
+    }
+}
+
 fn required_id(id: u64) -> Result<u64, Status> {
     if id == 0 { Err(Status::invalid_argument("workflow_id is required")) } else { Ok(id) }
 }
@@ -25,7 +31,7 @@ impl DrivenWorkflowService for DrivenApi {
     ) -> Result<Response<wire::CreateDrivenWorkflowResponse>, Status> {
         let request = request.into_inner();
         let workflow_id = self.engine.create_driven(request.name, request.user).await?;
-        Ok(Response::new(wire::CreateDrivenWorkflowResponse { workflow_id }))
+        Ok(Response::new(wire::CreateDrivenWorkflowResponse { workflow_id, lease_seconds: self.lease_seconds() }))
     }
 
     async fn add_work(
@@ -63,5 +69,14 @@ impl DrivenWorkflowService for DrivenApi {
         self.engine.close(workflow_id, status, &request.reason).await?;
         let workflow = crate::grpc::current(&self.engine, workflow_id).await?;
         Ok(Response::new(wire::CloseWorkflowResponse { workflow: Some(workflow) }))
+    }
+
+    async fn renew_driver(
+        &self,
+        request: Request<wire::RenewDriverRequest>,
+    ) -> Result<Response<wire::RenewDriverResponse>, Status> {
+        let workflow_id = required_id(request.into_inner().workflow_id)?;
+        self.engine.renew_driver(workflow_id).await?;
+        Ok(Response::new(wire::RenewDriverResponse { lease_seconds: self.lease_seconds() }))
     }
 }

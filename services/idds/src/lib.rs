@@ -117,7 +117,9 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let backend = backend::GrpcBackend::new(panda_client::ServerClient::new(&config.server_url)?);
-    let engine = Engine::new(db, outbox, Arc::new(backend)).with_hpo_plugins(config.hpo.plugins.clone());
+    let engine = Engine::new(db, outbox, Arc::new(backend))
+        .with_hpo_plugins(config.hpo.plugins.clone())
+        .with_driver_lease(config.driver_lease);
     // Only final task states move a DAG forward; `task.running` keeps the shown task state fresh.
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
@@ -164,6 +166,24 @@ pub async fn run(
             }
         })
     };
+    // Driver leases: a quarter of the lease between looks, so a lapse is acted on soon after.
+    let lease_sweeper = {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        let every = (config.driver_lease / 4).max(std::time::Duration::from_millis(250));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(error) = engine.expire_driver_leases(std::time::Instant::now()).await {
+                    warn!(%error, "failing driven workflows whose driver lease lapsed failed; retrying");
+                }
+            }
+        })
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     engine.metrics.register(&mut registry);
     let registry = Arc::new(registry);
@@ -180,6 +200,7 @@ pub async fn run(
     let _ = consumer.await;
     let _ = job_consumer.await;
     let _ = submitter.await;
+    let _ = lease_sweeper.await;
     let _ = relay.await;
     if let Some(admin) = admin {
         let _ = admin.await;

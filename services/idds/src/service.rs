@@ -207,6 +207,11 @@ pub struct Engine {
     plugins: Arc<BTreeMap<String, crate::hpo::plugin::PluginConfig>>,
     /// Serialises changes to studies (driving, asking, telling, point results).
     hpo_lock: Arc<Mutex<()>>,
+    /// Driven workflows' driver leases: when each lapses (in memory; after a restart every
+    /// running driven workflow gets a whole lease from reconciliation).
+    leases: Arc<std::sync::Mutex<HashMap<u64, std::time::Instant>>>,
+    /// How long a driver lease runs from its last renewal.
+    driver_lease: std::time::Duration,
 }
 
 impl Engine {
@@ -223,7 +228,21 @@ impl Engine {
             changes: broadcast::channel(1024).0,
             plugins: Arc::default(),
             hpo_lock: Arc::default(),
+            leases: Arc::default(),
+            driver_lease: crate::config::DEFAULT_DRIVER_LEASE,
         }
+    }
+
+    /// Driven workflows' drivers must renew within `lease` (`idds.driver_lease`).
+    #[must_use]
+    pub fn with_driver_lease(mut self, lease: std::time::Duration) -> Self {
+        self.driver_lease = lease;
+        self
+    }
+
+    /// How long a driver lease runs from its last renewal.
+    pub fn driver_lease(&self) -> std::time::Duration {
+        self.driver_lease
     }
 
     /// Uses these optimizer plug-ins (by name).
@@ -875,8 +894,13 @@ impl Engine {
         }
         self.reconcile_points().await?;
         // Workflows whose planner step did not run (e.g. stored by an older version) move now.
+        // Running driven workflows get a whole driver lease from now: a driver still alive
+        // renews it, a dead one lets it lapse.
         for workflow_id in store::workflows_in(&self.db, WorkflowStatus::Running).await? {
-            self.mutate(workflow_id, None, |_| Ok(()), async |_, _| Ok(())).await?;
+            let driven = self.mutate(workflow_id, None, |l| Ok(l.graph.driven), async |_, _| Ok(())).await?;
+            if driven == Some(true) {
+                self.lease_from(workflow_id, std::time::Instant::now(), false);
+            }
         }
         self.submit_ready().await?;
         Ok(())

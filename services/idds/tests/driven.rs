@@ -252,6 +252,95 @@ async fn the_grpc_adapter_checks_ids_and_states(db: TestDb) {
     assert_eq!(workflow.works.iter().find(|w| w.key == "b").unwrap().parents, parents(&["a"]));
 }
 
+async fn a_driver_that_stops_renewing_has_its_workflow_failed_and_tasks_killed(db: TestDb) {
+    use std::time::{Duration, Instant};
+    let rig = rig(&db).await;
+    let engine = rig.engine.clone().with_driver_lease(Duration::from_secs(30));
+    let id = engine.create_driven("cwl.dead".into(), String::new()).await.unwrap();
+    engine.add_work(id, "a".into(), Vec::new(), task("true")).await.unwrap();
+    engine.add_work(id, "b".into(), parents(&["a"]), task("true")).await.unwrap();
+    engine.submit_ready().await.unwrap();
+    let a = task_of(&engine, id, "a").await;
+    // Within the lease: nothing happens.
+    assert!(engine.expire_driver_leases(Instant::now() + Duration::from_secs(20)).await.unwrap().is_empty());
+    assert_eq!(engine.get_workflow(id).await.unwrap().0.status, WorkflowStatus::Running);
+    // The driver renews, so the lease runs 30 s from now, not from the last AddWork.
+    let renewed = Instant::now();
+    assert_eq!(engine.renew_driver(id).await.unwrap(), Duration::from_secs(30));
+    assert!(engine.expire_driver_leases(renewed + Duration::from_secs(29)).await.unwrap().is_empty());
+    // Then it stops: past the lease the workflow fails, its running task is killed, the rest
+    // cancelled, each naming the lapse.
+    let later = Instant::now() + Duration::from_secs(31);
+    assert_eq!(engine.expire_driver_leases(later).await.unwrap(), vec![id]);
+    assert!(rig.fake.with(|s| s.actions.contains(&("kill", a))));
+    let (workflow, works) = engine.get_workflow(id).await.unwrap();
+    assert_eq!(workflow.status, WorkflowStatus::Failed);
+    for work in &works {
+        assert_eq!(work.status, WorkStatus::Cancelled, "{}", work.key);
+        assert!(work.reason.contains("driver's lease lapsed"), "{}: {}", work.key, work.reason);
+    }
+    // Done once: a second sweep does nothing; a late driver is told the workflow ended.
+    assert!(engine.expire_driver_leases(later).await.unwrap().is_empty());
+    let (c, m) = code(engine.renew_driver(id).await.unwrap_err());
+    assert_eq!(c, Code::FailedPrecondition);
+    assert!(m.contains("failed"), "{m}");
+    let (c, _) = code(engine.add_work(id, "c".into(), Vec::new(), task("true")).await.unwrap_err());
+    assert_eq!(c, Code::FailedPrecondition);
+
+    // A closed workflow has no lease left to lapse; a plain workflow has none to renew.
+    let closed = engine.create_driven("cwl.closed".into(), String::new()).await.unwrap();
+    engine.close(closed, WorkflowStatus::Finished, "").await.unwrap();
+    assert!(engine.expire_driver_leases(Instant::now() + Duration::from_secs(3600)).await.unwrap().is_empty());
+    assert_eq!(engine.get_workflow(closed).await.unwrap().0.status, WorkflowStatus::Finished);
+    let (c, m) = code(engine.renew_driver(closed).await.unwrap_err());
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    let (c, _) = code(engine.renew_driver(999_999).await.unwrap_err());
+    assert_eq!(c, Code::NotFound);
+
+    // Through gRPC: the driver learns the lease length at creation and at each renewal.
+    use panda_proto::idds::v1::driven_workflow_service_server::DrivenWorkflowService;
+    let api = panda_idds::grpc_driven::DrivenApi { engine: engine.clone() };
+    let created = api
+        .create_driven_workflow(tonic::Request::new(wire::CreateDrivenWorkflowRequest {
+            name: "cwl.api".into(),
+            user: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.lease_seconds, 30);
+    let renewed = api
+        .renew_driver(tonic::Request::new(wire::RenewDriverRequest { workflow_id: created.workflow_id }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.lease_seconds, 30);
+    let missing = api.renew_driver(tonic::Request::new(wire::RenewDriverRequest { workflow_id: 0 })).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+}
+
+async fn after_a_restart_a_driven_workflow_gets_a_whole_lease_and_then_lapses(db: TestDb) {
+    use std::time::{Duration, Instant};
+    let rig1 = rig(&db).await;
+    let id = rig1.engine.create_driven("cwl.restart-lease".into(), String::new()).await.unwrap();
+    rig1.engine.add_work(id, "a".into(), Vec::new(), task("true")).await.unwrap();
+    rig1.engine.submit_ready().await.unwrap();
+    let a = task_of(&rig1.engine, id, "a").await;
+    let fake = rig1.fake.clone();
+    drop(rig1);
+    let conn = panda_db::connect_and_migrate::<store::Migrator>(&db.url, Some(4)).await.unwrap();
+    let engine =
+        Engine::new(conn.clone(), Outbox::new(conn), fake.clone()).with_driver_lease(Duration::from_secs(30));
+    fake.with(|s| s.status.insert(a, TaskStatus::Running));
+    let restarted = Instant::now();
+    engine.reconcile().await.unwrap();
+    assert!(engine.expire_driver_leases(restarted + Duration::from_secs(20)).await.unwrap().is_empty());
+    // The driver died with the old idds: nobody renews.
+    assert_eq!(engine.expire_driver_leases(Instant::now() + Duration::from_secs(31)).await.unwrap(), vec![id]);
+    assert_eq!(engine.get_workflow(id).await.unwrap().0.status, WorkflowStatus::Failed);
+    assert!(fake.with(|s| s.actions.contains(&("kill", a))));
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -280,4 +369,6 @@ suite!(
     closing_failed_or_aborting_stops_the_running_works,
     a_restarted_engine_keeps_the_added_works_and_waits_for_the_driver,
     the_grpc_adapter_checks_ids_and_states,
+    a_driver_that_stops_renewing_has_its_workflow_failed_and_tasks_killed,
+    after_a_restart_a_driven_workflow_gets_a_whole_lease_and_then_lapses,
 );

@@ -84,6 +84,8 @@ pub struct PilotExecutor {
     /// with a deployment it may wait for a queue to come back.
     fail_when_pending: bool,
     live: Mutex<BTreeSet<u64>>,
+    /// Renews the driver lease of the run's workflow while the run lives (stopped at close).
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set by [`Executor::cancel`] (another invocation failed): no new work, live tasks killed.
     cancelled: AtomicBool,
     counter: AtomicU64,
@@ -111,6 +113,7 @@ impl PilotExecutor {
             dirs: LocalExecutor::new(root),
             user,
             live: Mutex::new(BTreeSet::new()),
+            renewer: Mutex::new(None),
             cancelled: AtomicBool::new(false),
             counter: AtomicU64::new(0),
             quiet: false,
@@ -163,8 +166,12 @@ impl PilotExecutor {
                 })
                 .await
                 .map_err(|s| CwlError::Failed(format!("creating the run's idds workflow: {}", s.message())))?
-                .into_inner()
-                .workflow_id;
+                .into_inner();
+                let (id, lease) = (id.workflow_id, id.lease_seconds);
+                // An idds without driver leases answers 0: nothing to renew.
+                if lease > 0 {
+                    self.renew_every(system.driven.clone(), id, std::time::Duration::from_secs(lease.into()) / 3);
+                }
                 if !self.quiet() {
                     eprintln!("cwl-runner: idds workflow {id} ({}); panda workflow watch {id}", self.name);
                 }
@@ -172,6 +179,39 @@ impl PilotExecutor {
             })
             .await
             .copied()
+    }
+
+    /// Renews the run's driver lease every `every` (a third of the lease) until the run ends;
+    /// idds fails the workflow (and kills its tasks) if renewals stop, e.g. this process died.
+    fn renew_every(&self, driven: DrivenWorkflowServiceClient<Channel>, workflow_id: u64, every: std::time::Duration) {
+        let quiet = self.quiet();
+        let handle = self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match driven.clone().renew_driver(idds::RenewDriverRequest { workflow_id }).await {
+                    Ok(_) => {}
+                    // Ended (aborted, or the lease lapsed while idds was unreachable): the
+                    // tasks are stopped, and the run learns it from its watch streams.
+                    Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                        if !quiet {
+                            eprintln!("cwl-runner: idds workflow {workflow_id}: {}", status.message());
+                        }
+                        return;
+                    }
+                    // Transient (idds restarting): try again next time, well within the lease.
+                    Err(status) => tracing::warn!(workflow_id, %status, "renewing the driver lease failed"),
+                }
+            }
+        });
+        if let Ok(mut slot) = self.renewer.lock() {
+            *slot = Some(handle);
+        }
+    }
+
+    fn stop_renewing(&self) {
+        if let Some(handle) = self.renewer.lock().ok().and_then(|mut r| r.take()) {
+            handle.abort();
+        }
     }
 
     fn quiet(&self) -> bool {
@@ -205,6 +245,7 @@ impl PilotExecutor {
             async move { driven.close_workflow(request).await }
         })
         .await;
+        self.stop_renewing();
         if let Err(status) = closed {
             // An aborted workflow has ended already: nothing to close.
             if status.code() != tonic::Code::FailedPrecondition || ok {
@@ -282,6 +323,7 @@ impl PilotExecutor {
     /// Aborts the run's workflow and kills the tasks still running (Ctrl-C), then stops the
     /// embedded system if one started.
     pub async fn shutdown(&self, kill_live: bool) {
+        self.stop_renewing();
         if kill_live && let Some(system) = self.system.get() {
             if let Some(workflow_id) = self.workflow.get().copied() {
                 eprintln!("cwl-runner: interrupted; aborting idds workflow {workflow_id}");

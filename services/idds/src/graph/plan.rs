@@ -543,6 +543,11 @@ pub fn retry(graph: &Graph, state: &mut State, has_task: impl Fn(&str) -> bool) 
 /// Cancels every unfinished instance; returns the keys of tasks that were running (the engine
 /// kills them on the server).
 pub fn abort(graph: &Graph, state: &mut State) -> Vec<String> {
+    abort_because(graph, state, "workflow aborted")
+}
+
+/// [`abort`] with the reason the cancelled works keep.
+pub fn abort_because(graph: &Graph, state: &mut State, reason: &str) -> Vec<String> {
     let mut running = Vec::new();
     let keys: Vec<String> = state.works.keys().cloned().collect();
     for key in keys {
@@ -554,7 +559,7 @@ pub fn abort(graph: &Graph, state: &mut State) -> Vec<String> {
         if instance.status == WorkStatus::Submitted && is_task {
             running.push(key.clone());
         }
-        state.set(&key, WorkStatus::Cancelled, "workflow aborted".into());
+        state.set(&key, WorkStatus::Cancelled, reason.into());
     }
     running
 }

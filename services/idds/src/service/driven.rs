@@ -5,6 +5,8 @@
 //! events, and is reloaded and reconciled after a restart. Only the workflow's end differs: the
 //! planner never ends a driven workflow (the driver may add more); `close` does, or an abort.
 
+use std::time::Instant;
+
 use super::*;
 
 /// What AddWork did.
@@ -27,7 +29,86 @@ impl Engine {
         if let Err(e) = panda_types::ids::check_name(&name, 100) {
             return Err(Error::InvalidArgument(vec![FieldError::new("name", e)]));
         }
-        self.start(Graph { name, driven: true, ..Graph::default() }, user).await
+        let workflow_id = self.start(Graph { name, driven: true, ..Graph::default() }, user).await?;
+        self.lease_from(workflow_id, Instant::now(), true);
+        Ok(workflow_id)
+    }
+
+    /// Starts the driver's lease at `now` (`replace`: a renewal; else only where none runs).
+    pub(super) fn lease_from(&self, workflow_id: u64, now: Instant, replace: bool) {
+        let mut leases = self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = now + self.driver_lease;
+        if replace {
+            leases.insert(workflow_id, until);
+        } else {
+            leases.entry(workflow_id).or_insert(until);
+        }
+    }
+
+    fn lease_end(&self, workflow_id: u64) -> Option<Instant> {
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&workflow_id).copied()
+    }
+
+    fn drop_lease(&self, workflow_id: u64) {
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&workflow_id);
+    }
+
+    /// Renews the driver's lease of a running driven workflow; answers the lease length.
+    ///
+    /// # Errors
+    /// NOT_FOUND; FAILED_PRECONDITION when it has ended (its lease lapsed, it was closed or
+    /// aborted) or is not driven.
+    #[instrument(skip_all, fields(workflow_id))]
+    pub async fn renew_driver(&self, workflow_id: u64) -> Result<std::time::Duration, Error> {
+        // Under the workflow's lock, so a lapse being handled is either before or after this.
+        let slot = self.slot(workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load(workflow_id).await?);
+        }
+        let Some(loaded) = guard.as_ref() else { return Err(Error::NotFound { workflow_id }) };
+        let status = loaded.workflow.status;
+        if status.is_final() {
+            return Err(precondition(workflow_id, status, "it has ended; there is no lease to renew"));
+        }
+        if !loaded.graph.driven {
+            return Err(precondition(workflow_id, status, "it is not a driven workflow, so it has no driver lease"));
+        }
+        self.lease_from(workflow_id, Instant::now(), true);
+        Ok(self.driver_lease)
+    }
+
+    /// Fails every driven workflow whose driver lease lapsed before `now` (the driver stopped
+    /// renewing): as CloseWorkflow(FAILED), its running tasks are killed and its other works
+    /// cancelled, with a reason naming the lapse. A workflow renewed meanwhile is left alone.
+    /// Returns the workflows failed.
+    ///
+    /// # Errors
+    /// Database failures (the lease stays, so the next sweep tries again).
+    pub async fn expire_driver_leases(&self, now: Instant) -> Result<Vec<u64>, Error> {
+        let lapsed: Vec<u64> = {
+            let leases = self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            leases.iter().filter(|(_, until)| **until <= now).map(|(id, _)| *id).collect()
+        };
+        let mut failed = Vec::new();
+        for workflow_id in lapsed {
+            let reason = format!(
+                "the driver's lease lapsed: no RenewDriver or AddWork for {}s (idds.driver_lease); the driver \
+                 (e.g. cwl-runner) stopped or lost idds",
+                self.driver_lease.as_secs()
+            );
+            match self.close_inner(workflow_id, WorkflowStatus::Failed, &reason, Some(now)).await {
+                Ok(true) => {
+                    warn!(workflow_id, %reason, "driven workflow failed");
+                    failed.push(workflow_id);
+                }
+                Ok(false) => {}
+                // Ended otherwise (aborted) or gone: nothing to fail.
+                Err(Error::FailedPrecondition { .. } | Error::NotFound { .. }) => self.drop_lease(workflow_id),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(failed)
     }
 
     /// Adds a work to a driven workflow (idempotent on `key`).
@@ -146,6 +227,10 @@ impl Engine {
         if created {
             info!(workflow_id, work = %key, "work added by the driver");
         }
+        // The driver is alive.
+        if self.lease_end(workflow_id).is_some() {
+            self.lease_from(workflow_id, Instant::now(), true);
+        }
         Ok(Added { work, created })
     }
 
@@ -158,6 +243,18 @@ impl Engine {
     /// has ended otherwise, or (finished) still has works that have not ended.
     #[instrument(skip_all, fields(workflow_id))]
     pub async fn close(&self, workflow_id: u64, status: WorkflowStatus, reason: &str) -> Result<(), Error> {
+        self.close_inner(workflow_id, status, reason, None).await.map(|_| ())
+    }
+
+    /// [`Engine::close`]; with `lapsed_at`, only if the driver lease still ends by then (not
+    /// renewed meanwhile). Answers whether this call ended the workflow.
+    async fn close_inner(
+        &self,
+        workflow_id: u64,
+        status: WorkflowStatus,
+        reason: &str,
+        lapsed_at: Option<Instant>,
+    ) -> Result<bool, Error> {
         if !matches!(status, WorkflowStatus::Finished | WorkflowStatus::Failed) {
             return Err(Error::InvalidArgument(vec![FieldError::new(
                 "status",
@@ -171,6 +268,12 @@ impl Engine {
                 |loaded| {
                     let current = loaded.workflow.status;
                     if current == status && !loaded.graph.driven {
+                        return Ok(None);
+                    }
+                    if let Some(now) = lapsed_at
+                        && self.lease_end(workflow_id).is_none_or(|until| until > now)
+                    {
+                        // Renewed (or closed) since the sweep looked.
                         return Ok(None);
                     }
                     if current.is_final() {
@@ -193,7 +296,8 @@ impl Engine {
                             ));
                         }
                     } else {
-                        let keys = plan::abort(&loaded.graph, &mut loaded.state);
+                        let why = if reason.is_empty() { "closed as failed by its driver" } else { reason };
+                        let keys = plan::abort_because(&loaded.graph, &mut loaded.state, why);
                         running = keys.iter().filter_map(|k| loaded.tasks.get(k).and_then(|(t, _)| *t)).collect();
                     }
                     Arc::make_mut(&mut loaded.graph).driven = false;
@@ -211,7 +315,8 @@ impl Engine {
             )
             .await?
             .flatten();
-        let Some(running) = running else { return Ok(()) };
+        let Some(running) = running else { return Ok(false) };
+        self.drop_lease(workflow_id);
         for task_id in running {
             if let Err(status) = self.backend.kill(task_id).await {
                 warn!(task_id, %status, "could not kill a closed workflow's task");
@@ -219,6 +324,6 @@ impl Engine {
         }
         self.metrics.workflows_ended.get_or_create(&Ended { status: status.as_str() }).inc();
         info!(workflow_id, status = status.as_str(), reason, "driven workflow closed");
-        Ok(())
+        Ok(true)
     }
 }
