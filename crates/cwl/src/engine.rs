@@ -236,9 +236,10 @@ impl<'a> Engine<'a> {
                 })
                 .collect();
             for h in handles {
-                match h.map_err(|e| failed(format!("cannot start a thread: {e}"))).and_then(|h| {
-                    h.join().map_err(|_| failed("a thread running scatter elements panicked"))
-                }) {
+                match h
+                    .map_err(|e| failed(format!("cannot start a thread: {e}")))
+                    .and_then(|h| h.join().map_err(|_| failed("a thread running scatter elements panicked")))
+                {
                     Ok(((), ran)) => gave.extend(ran),
                     Err(e) => {
                         self.abort();
@@ -1419,7 +1420,8 @@ impl<'a> Engine<'a> {
                     }
                     Ok(outs) => {
                         let sid = s(&steps[i], "id").unwrap_or("");
-                        let produced: BTreeSet<String> = if ran.is_empty() { feeding } else { ran.into_iter().collect() };
+                        let produced: BTreeSet<String> =
+                            if ran.is_empty() { feeding } else { ran.into_iter().collect() };
                         for o in arr(&steps[i], "out").iter().filter_map(Value::as_str) {
                             state.insert(format!("{sid}/{o}"), outs.get(o).cloned().unwrap_or(Value::Null));
                             made_by.insert(format!("{sid}/{o}"), produced.clone());

@@ -272,8 +272,7 @@ impl Executor for LocalExecutor {
             if live.cancelled {
                 return Err(CwlError::Cancelled);
             }
-            let child =
-                cmd.spawn().map_err(|e| CwlError::Failed(format!("{}: cannot run `{prog}`: {e}", job.name)))?;
+            let child = cmd.spawn().map_err(|e| CwlError::Failed(format!("{}: cannot run `{prog}`: {e}", job.name)))?;
             live.pids.insert(child.id());
             child
         };

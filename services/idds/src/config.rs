@@ -67,10 +67,9 @@ impl Config {
         problems.check(self.submit_retry_interval >= Duration::from_millis(100), || {
             format!("idds.submit_retry_interval = {:?}: must be at least 100ms", self.submit_retry_interval)
         });
-        problems.check(
-            (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.driver_lease),
-            || format!("idds.driver_lease = {:?}: must be from 1s to 24h", self.driver_lease),
-        );
+        problems.check((Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.driver_lease), || {
+            format!("idds.driver_lease = {:?}: must be from 1s to 24h", self.driver_lease)
+        });
         problems.check_url("idds.server_url", &self.server_url);
         for (name, plugin) in &self.hpo.plugins {
             problems

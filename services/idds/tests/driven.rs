@@ -329,8 +329,7 @@ async fn after_a_restart_a_driven_workflow_gets_a_whole_lease_and_then_lapses(db
     let fake = rig1.fake.clone();
     drop(rig1);
     let conn = panda_db::connect_and_migrate::<store::Migrator>(&db.url, Some(4)).await.unwrap();
-    let engine =
-        Engine::new(conn.clone(), Outbox::new(conn), fake.clone()).with_driver_lease(Duration::from_secs(30));
+    let engine = Engine::new(conn.clone(), Outbox::new(conn), fake.clone()).with_driver_lease(Duration::from_secs(30));
     fake.with(|s| s.status.insert(a, TaskStatus::Running));
     let restarted = Instant::now();
     engine.reconcile().await.unwrap();
