@@ -1,10 +1,11 @@
 //! `panda workflow submit wf.cwl --inputs job.yml`: a CWL run submitted to a running system,
 //! returning at once. The document and input object are checked here first (a bad one is refused
 //! before anything is stored); then idds gets a workflow with one work, `cwl-runner`, whose
-//! one-job task is the runner itself: on a pilot it runs `panda cwl-runner --server URL` on the
-//! document, so every CommandLineTool invocation becomes its own task of the same server. The
-//! run is followed with `panda workflow watch ID`, each tool's task with `panda task list`, and
-//! the output object is the driver job's stdout (`panda job logs`).
+//! one-job task is the runner itself: on a pilot it runs `panda cwl-runner --server URL --idds
+//! URL` on the document, which makes its own driven idds workflow (named after the document)
+//! with one work per CommandLineTool invocation. The runner's job is followed with `panda
+//! workflow watch ID`, the steps with `panda workflow watch` on the run's workflow (the job's
+//! stderr names it), and the output object is the driver job's stdout (`panda job logs`).
 //!
 //! The pilot must see the document, the input files and `--outdir` at the same paths, and run
 //! the same `panda` program (the embedded system's pilots on this host do).
@@ -24,6 +25,7 @@ pub fn workflow_spec(
     inputs: Option<&Path>,
     outdir: Option<&Path>,
     server_url: &str,
+    idds_url: &str,
 ) -> anyhow::Result<idds::WorkflowSpec> {
     let doc = absolute(document)?;
     panda_cwl::load::Loader::new().load(&doc.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -43,6 +45,7 @@ pub fn workflow_spec(
         exe.display().to_string(),
         "cwl-runner".to_owned(),
         format!("--server={server_url}"),
+        format!("--idds={idds_url}"),
         format!("--outdir={}", outdir.display()),
         doc.display().to_string(),
     ];
@@ -96,26 +99,36 @@ mod tests {
     #[test]
     fn the_run_is_one_work_whose_job_runs_the_runner_against_the_server() {
         let out = tempfile::tempdir().expect("tempdir");
-        let spec = workflow_spec(&fixture("wf-scatter-tools.cwl"), None, Some(out.path()), "http://127.0.0.1:1")
-            .expect("spec");
+        let spec = workflow_spec(
+            &fixture("wf-scatter-tools.cwl"),
+            None,
+            Some(out.path()),
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+        )
+        .expect("spec");
         assert_eq!(spec.name, "cwl.wf-scatter-tools");
         assert_eq!(spec.works.len(), 1);
         let task = spec.works[0].task.as_ref().expect("task");
         assert_eq!(task.n_jobs, Some(1));
-        assert!(task.command.contains("'cwl-runner' '--server=http://127.0.0.1:1'"), "{}", task.command);
+        assert!(
+            task.command.contains("'cwl-runner' '--server=http://127.0.0.1:1' '--idds=http://127.0.0.1:2'"),
+            "{}",
+            task.command
+        );
         assert!(task.command.ends_with("wf-scatter-tools.cwl'"), "{}", task.command);
     }
 
     #[test]
     fn bad_documents_and_inputs_are_refused_before_submission() {
-        let e = workflow_spec(&fixture("bad-class.cwl"), None, None, "http://x").unwrap_err().to_string();
+        let e = workflow_spec(&fixture("bad-class.cwl"), None, None, "http://x", "http://y").unwrap_err().to_string();
         assert!(e.contains("bad-class.cwl:2: field `class`"), "{e}");
         let dir = tempfile::tempdir().expect("tempdir");
         let job = dir.path().join("job.yml");
         std::fs::write(&job, "a: [1\n").expect("write");
-        let e = workflow_spec(&fixture("shout.cwl"), Some(&job), None, "http://x").unwrap_err().to_string();
+        let e = workflow_spec(&fixture("shout.cwl"), Some(&job), None, "http://x", "http://y").unwrap_err().to_string();
         assert!(e.contains("job.yml"), "{e}");
-        let e = workflow_spec(&fixture("missing.cwl"), None, None, "http://x").unwrap_err().to_string();
+        let e = workflow_spec(&fixture("missing.cwl"), None, None, "http://x", "http://y").unwrap_err().to_string();
         assert!(e.contains("missing.cwl"), "{e}");
     }
 }

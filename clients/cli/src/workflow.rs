@@ -163,7 +163,13 @@ pub async fn run(command: WorkflowCommand, idds_url: &str, server_url: &str, for
     match command {
         WorkflowCommand::Submit { file, inputs, outdir, language, name, watch } => {
             let request = if file.extension().is_some_and(|e| e == "cwl") && language.is_none() {
-                let spec = crate::cwl_submit::workflow_spec(&file, inputs.as_deref(), outdir.as_deref(), server_url)?;
+                let spec = crate::cwl_submit::workflow_spec(
+                    &file,
+                    inputs.as_deref(),
+                    outdir.as_deref(),
+                    server_url,
+                    idds_url,
+                )?;
                 idds::SubmitWorkflowRequest { spec: Some(spec), document: None }
             } else {
                 anyhow::ensure!(

@@ -12,6 +12,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tonic::transport::{Channel, Endpoint};
 
 pub use panda_proto::harvester::v1::harvester_service_client::HarvesterServiceClient;
+pub use panda_proto::idds::v1::driven_workflow_service_client::DrivenWorkflowServiceClient;
 pub use panda_proto::idds::v1::hpo_service_client::HpoServiceClient;
 pub use panda_proto::idds::v1::workflow_service_client::WorkflowServiceClient;
 pub use panda_proto::jedi::v1::jedi_service_client::JediServiceClient;

@@ -1,7 +1,7 @@
 //! Runs processes: CommandLineTool (through an [`Executor`]), ExpressionTool, Workflow (step
 //! links, linkMerge, pickValue, `when`, scatter, subworkflows, step valueFrom).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,10 +77,43 @@ pub struct Engine<'a> {
     /// Scratch dir for File literals.
     pub scratch: PathBuf,
     counter: AtomicU64,
-    /// InplaceUpdateRequirement in force for the tool being prepared.
-    inplace: std::sync::atomic::AtomicBool,
     /// Work-dir paths that are in-place links (their targets are outputs).
     links: std::sync::Mutex<Vec<PathBuf>>,
+    /// Every invocation key given so far (keys are unique in the run).
+    used: std::sync::Mutex<HashSet<String>>,
+    /// At most this many invocations run at once.
+    parallel: usize,
+    /// Invocations running now (bounded by `parallel`), and the condition their end signals.
+    running: std::sync::Mutex<usize>,
+    slot_freed: std::sync::Condvar,
+    /// Set when an invocation failed: nothing new starts, the executor's live jobs are killed.
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+/// Where a thread of the engine is in the run: the step path (step ids and scatter indexes),
+/// the keys of the invocations feeding what runs now, and the keys of the invocations this
+/// thread gave (a forked thread hands its own back to its parent). Thread-local, since steps and
+/// scatter elements run on threads of their own.
+#[derive(Debug, Default, Clone)]
+struct Trail {
+    path: Vec<String>,
+    feeding: BTreeSet<String>,
+    ran: Vec<String>,
+}
+
+thread_local! {
+    static TRAIL: std::cell::RefCell<Trail> = std::cell::RefCell::new(Trail::default());
+}
+
+/// Stack of the engine's threads: expressions (QuickJS) and deep documents recurse.
+const THREAD_STACK: usize = 16 * 1024 * 1024;
+
+/// `[A-Za-z0-9._-]` only.
+fn key_part(text: &str) -> String {
+    let clean: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    let clean = clean.trim_matches('_').to_owned();
+    if clean.is_empty() { "step".to_owned() } else { clean }
 }
 
 fn s<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
@@ -103,9 +136,165 @@ impl<'a> Engine<'a> {
             exec,
             scratch,
             counter: AtomicU64::new(0),
-            inplace: std::sync::atomic::AtomicBool::new(false),
             links: std::sync::Mutex::new(Vec::new()),
+            used: std::sync::Mutex::new(HashSet::new()),
+            parallel: 1,
+            running: std::sync::Mutex::new(0),
+            slot_freed: std::sync::Condvar::new(),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Runs up to `n` invocations at once (at least 1): ready steps and scatter elements run
+    /// concurrently, each invocation holding one of the `n` slots while its executor runs it.
+    pub fn with_parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
+    }
+
+    fn with_trail<R>(&self, f: impl FnOnce(&mut Trail) -> R) -> R {
+        TRAIL.with(|t| f(&mut t.borrow_mut()))
+    }
+
+    /// This thread's trail for a thread forked from it: same path and feeding, no invocations.
+    fn fork_trail(&self) -> Trail {
+        self.with_trail(|t| Trail { path: t.path.clone(), feeding: t.feeding.clone(), ran: Vec::new() })
+    }
+
+    /// Runs `f` on a forked thread's trail; returns its result and the invocations it gave.
+    fn in_fork<R>(&self, trail: Trail, f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        self.with_trail(|t| *t = trail);
+        let r = f();
+        let ran = self.with_trail(|t| std::mem::take(&mut t.ran));
+        (r, ran)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// An invocation failed: the run fails, so nothing new starts and the executor stops what
+    /// it runs (the local executor kills its processes, the pilot executor its tasks).
+    fn abort(&self) {
+        if !self.cancelled.swap(true, Ordering::SeqCst) {
+            self.exec.cancel();
+        }
+        let _guard = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.slot_freed.notify_all();
+    }
+
+    /// Waits for one of the `parallel` slots; none is given once the run is cancelled.
+    fn slot(&self) -> Result<Slot<'_, 'a>> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if self.is_cancelled() {
+                return Err(CwlError::Cancelled);
+            }
+            if *running < self.parallel {
+                *running += 1;
+                return Ok(Slot(self));
+            }
+            running = self.slot_freed.wait(running).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Runs `f(0..n)` (scatter elements) on up to `parallel` threads, each element one level
+    /// deeper in the step path; the results are in index order whatever order they end in. The
+    /// first failure stops the rest (the run is aborted) and is returned once every thread ended.
+    fn run_indexed<T: Send>(&self, n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+        let workers = self.parallel.min(n);
+        if workers <= 1 {
+            return (0..n).map(|k| self.nested(k.to_string(), || f(k))).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Result<T>>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+        let base = self.fork_trail();
+        let mut gave = Vec::new();
+        let mut broken: Option<CwlError> = None;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let trail = base.clone();
+                    let (next, results, f) = (&next, &results, &f);
+                    std::thread::Builder::new().stack_size(THREAD_STACK).spawn_scoped(scope, move || {
+                        self.in_fork(trail, || {
+                            while !self.is_cancelled() {
+                                let k = next.fetch_add(1, Ordering::SeqCst);
+                                if k >= n {
+                                    break;
+                                }
+                                let r = self.nested(k.to_string(), || f(k));
+                                if r.is_err() {
+                                    self.abort();
+                                }
+                                if let Ok(mut slot) = results[k].lock() {
+                                    *slot = Some(r);
+                                }
+                            }
+                        })
+                    })
+                })
+                .collect();
+            for h in handles {
+                match h
+                    .map_err(|e| failed(format!("cannot start a thread: {e}")))
+                    .and_then(|h| h.join().map_err(|_| failed("a thread running scatter elements panicked")))
+                {
+                    Ok(((), ran)) => gave.extend(ran),
+                    Err(e) => {
+                        self.abort();
+                        broken.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        self.with_trail(|t| t.ran.extend(gave));
+        let mut out = Vec::with_capacity(n);
+        let mut first_err: Option<CwlError> = broken;
+        for cell in results {
+            match cell.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(e)) => keep_first(&mut first_err, e),
+                None => keep_first(&mut first_err, CwlError::Cancelled),
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Runs `f` one level deeper in the step path (a step, a scatter element), restoring the
+    /// path afterwards whatever `f` returns.
+    fn nested<R>(&self, part: String, f: impl FnOnce() -> R) -> R {
+        self.with_trail(|t| t.path.push(part));
+        let result = f();
+        self.with_trail(|t| t.path.pop());
+        result
+    }
+
+    /// A new invocation's key (the step path, made unique in the run) and its parents.
+    fn next_key(&self, tool: &str) -> (String, Vec<String>) {
+        let mut base = self.with_trail(|t| if t.path.is_empty() { key_part(tool) } else { t.path.join(".") });
+        if base.len() > 90 {
+            let cut = base.len() - 90;
+            base = base[cut..].trim_start_matches(['.', '_', '-']).to_owned();
+        }
+        let key = {
+            let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut key = base.clone();
+            let mut n = 2;
+            while used.contains(&key) {
+                key = format!("{base}.{n}");
+                n += 1;
+            }
+            used.insert(key.clone());
+            key
+        };
+        self.with_trail(|t| {
+            t.ran.push(key.clone());
+            (key, t.feeding.iter().cloned().collect())
+        })
     }
 
     fn scope(&self, reqs: &Reqs, inputs: &Value) -> Scope {
@@ -122,7 +311,10 @@ impl<'a> Engine<'a> {
 
     /// Runs a process on an input object, returning its output object.
     pub fn run(&self, p: &Value, job: &Map<String, Value>, parent: &Reqs) -> Result<Map<String, Value>> {
-        self.run_inner(p, job, parent, true)
+        let saved = self.with_trail(std::mem::take);
+        let out = self.run_inner(p, job, parent, true);
+        self.with_trail(|t| *t = saved);
+        out
     }
 
     /// `top`: the input object came from the user, so secondaryFiles are looked for on disk;
@@ -500,7 +692,6 @@ impl<'a> Engine<'a> {
             .and_then(|r| r.get("inplaceUpdate"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        self.inplace.store(inplace, Ordering::SeqCst);
         if let Some(iwd) = reqs.get("InitialWorkDirRequirement") {
             let mut renames: Vec<(String, String)> = Vec::new();
             let listing_v = match iwd.get("listing") {
@@ -515,7 +706,7 @@ impl<'a> Engine<'a> {
                 other => vec![other],
             };
             for entry in entries {
-                self.stage_entry(entry, &scope, &dirs.outdir, &mut stage, &mut renames, &ctx)?;
+                self.stage_entry(entry, &scope, &dirs.outdir, inplace, &mut stage, &mut renames, &ctx)?;
             }
             // Inputs staged into the work dir are seen at their new paths.
             if !renames.is_empty() {
@@ -642,7 +833,21 @@ impl<'a> Engine<'a> {
             }
             None => None,
         };
+        let success: Vec<i64> = match p.get("successCodes").and_then(Value::as_array) {
+            Some(a) => a.iter().filter_map(Value::as_i64).collect(),
+            None => vec![0],
+        };
+        let perm: Vec<i64> = arr(p, "permanentFailCodes").iter().filter_map(Value::as_i64).collect();
+        let temp: Vec<i64> = arr(p, "temporaryFailCodes").iter().filter_map(Value::as_i64).collect();
+        let (key, parents) = self.next_key(s(p, "id").unwrap_or("tool"));
         let job = JobSpec {
+            success_codes: success
+                .iter()
+                .filter(|c| **c != 0 && !perm.contains(c) && !temp.contains(c))
+                .filter_map(|c| i32::try_from(*c).ok())
+                .collect(),
+            key,
+            parents,
             name: name.clone(),
             command,
             env,
@@ -658,26 +863,30 @@ impl<'a> Engine<'a> {
                 .and_then(|_| runtime.get("ram").and_then(Value::as_u64)),
         };
         if let Ok(mut links) = self.links.lock() {
-            *links = job
-                .stage
-                .iter()
-                .filter_map(|st| match st {
-                    Stage::Link { target, .. } => Some(dirs.outdir.join(target)),
-                    _ => None,
-                })
-                .collect();
+            // Work dirs differ per invocation, so the links of all of them can be kept.
+            links.extend(job.stage.iter().filter_map(|st| match st {
+                Stage::Link { target, .. } => Some(dirs.outdir.join(target)),
+                _ => None,
+            }));
         }
-        let outcome = self.exec.run(&dirs, &job)?;
+        let outcome = {
+            let _slot = self.slot()?;
+            self.exec.run(&dirs, &job)
+        };
+        // Stopped because another invocation failed: that failure is the run's.
+        let stopped = self.is_cancelled()
+            && match &outcome {
+                Err(_) => true,
+                Ok(o) => o.timed_out || !success.contains(&(o.exit_code as i64)),
+            };
+        if stopped {
+            return Err(CwlError::Cancelled);
+        }
+        let outcome = outcome?;
         if outcome.timed_out {
             return Err(failed(format!("{name}: killed after the time limit")));
         }
         let code = outcome.exit_code;
-        let success: Vec<i64> = match p.get("successCodes").and_then(Value::as_array) {
-            Some(a) => a.iter().filter_map(Value::as_i64).collect(),
-            None => vec![0],
-        };
-        let perm: Vec<i64> = arr(p, "permanentFailCodes").iter().filter_map(Value::as_i64).collect();
-        let temp: Vec<i64> = arr(p, "temporaryFailCodes").iter().filter_map(Value::as_i64).collect();
         if !success.contains(&(code as i64)) || perm.contains(&(code as i64)) || temp.contains(&(code as i64)) {
             return Err(failed(format!("{name}: command {:?} exited with code {code}", job.command)));
         }
@@ -691,6 +900,7 @@ impl<'a> Engine<'a> {
         entry: Value,
         scope: &Scope,
         outdir: &Path,
+        inplace: bool,
         stage: &mut Vec<Stage>,
         renames: &mut Vec<(String, String)>,
         ctx: &dyn Fn(&str) -> String,
@@ -705,11 +915,13 @@ impl<'a> Engine<'a> {
             Value::Null => Ok(()),
             Value::Array(a) => {
                 for x in a {
-                    self.stage_entry(x, scope, outdir, stage, renames, ctx)?;
+                    self.stage_entry(x, scope, outdir, inplace, stage, renames, ctx)?;
                 }
                 Ok(())
             }
-            Value::Object(o) if o.contains_key("class") => self.stage_file(&o, None, false, outdir, stage, renames),
+            Value::Object(o) if o.contains_key("class") => {
+                self.stage_file(&o, None, (false, inplace), outdir, stage, renames)
+            }
             Value::Object(o) => {
                 let writable = o.get("writable").and_then(Value::as_bool).unwrap_or(false);
                 let ename = match o.get("entryname") {
@@ -731,12 +943,12 @@ impl<'a> Engine<'a> {
                 .map_err(|e| CwlError::expr(ctx("entry"), e))?;
                 match val {
                     Value::Object(fo) if fo.contains_key("class") => {
-                        self.stage_file(&fo, ename.as_deref(), writable, outdir, stage, renames)
+                        self.stage_file(&fo, ename.as_deref(), (writable, inplace), outdir, stage, renames)
                     }
                     Value::Array(a) if a.iter().all(|x| class_of(x).is_some()) && !a.is_empty() => {
                         for x in a {
                             if let Value::Object(fo) = x {
-                                self.stage_file(&fo, None, writable, outdir, stage, renames)?;
+                                self.stage_file(&fo, None, (writable, inplace), outdir, stage, renames)?;
                             }
                         }
                         Ok(())
@@ -764,7 +976,7 @@ impl<'a> Engine<'a> {
         &self,
         fo: &Map<String, Value>,
         name: Option<&str>,
-        writable: bool,
+        (writable, inplace): (bool, bool),
         outdir: &Path,
         stage: &mut Vec<Stage>,
         renames: &mut Vec<(String, String)>,
@@ -783,7 +995,7 @@ impl<'a> Engine<'a> {
         match fo.get("path").and_then(Value::as_str).or(fo.get("location").and_then(Value::as_str)) {
             Some(src) => {
                 let src = uri_to_path(src);
-                if writable && self.inplace.load(Ordering::SeqCst) {
+                if writable && inplace {
                     stage.push(Stage::Link {
                         source: std::fs::canonicalize(&src).unwrap_or(src),
                         target: target.clone(),
@@ -808,7 +1020,14 @@ impl<'a> Engine<'a> {
                 for x in fo.get("listing").and_then(Value::as_array).cloned().unwrap_or_default() {
                     if let Value::Object(xo) = x {
                         let n = xo.get("basename").and_then(Value::as_str).unwrap_or("x");
-                        self.stage_file(&xo, Some(&format!("{base}/{n}")), writable, outdir, stage, renames)?;
+                        self.stage_file(
+                            &xo,
+                            Some(&format!("{base}/{n}")),
+                            (writable, inplace),
+                            outdir,
+                            stage,
+                            renames,
+                        )?;
                     }
                 }
             }
@@ -1127,35 +1346,98 @@ impl<'a> Engine<'a> {
     fn run_workflow(&self, p: &Value, inputs: Map<String, Value>, reqs: &Reqs) -> Result<Map<String, Value>> {
         let name = Self::name(p);
         let mut state: HashMap<String, Value> = inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The invocations behind each value: the workflow's inputs come from what fed the
+        // workflow; a step's outputs from the invocations it ran (or, running none, from what
+        // fed it).
+        let inherited = self.with_trail(|t| t.feeding.clone());
+        let mut made_by: HashMap<String, BTreeSet<String>> =
+            inputs.keys().map(|k| (k.clone(), inherited.clone())).collect();
         let steps = arr(p, "steps").to_vec();
+        let mut started = vec![false; steps.len()];
         let mut done = vec![false; steps.len()];
-        loop {
-            let mut progressed = false;
-            for (i, step) in steps.iter().enumerate() {
-                if done[i] {
-                    continue;
+        let mut first_err: Option<CwlError> = None;
+        // Every step whose sources are all there runs at once, on a thread of its own (its
+        // invocations wait for the engine's slots); each end may make more steps ready. A failure
+        // aborts the run, and the steps still running are awaited before it is returned.
+        type Ended = (usize, Result<Map<String, Value>>, Vec<String>, BTreeSet<String>);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<Ended>();
+            let mut running = 0usize;
+            loop {
+                if first_err.is_none() && !self.is_cancelled() {
+                    for (i, step) in steps.iter().enumerate() {
+                        if started[i] {
+                            continue;
+                        }
+                        let ready = arr(step, "in")
+                            .iter()
+                            .all(|inp| sources(inp, "source").iter().all(|src| state.contains_key(src)));
+                        if !ready {
+                            continue;
+                        }
+                        started[i] = true;
+                        let sid = s(step, "id").unwrap_or("");
+                        let feeding: BTreeSet<String> = arr(step, "in")
+                            .iter()
+                            .flat_map(|inp| sources(inp, "source"))
+                            .flat_map(|src| made_by.get(&src).cloned().unwrap_or_default())
+                            .collect();
+                        let mut trail = self.fork_trail();
+                        trail.feeding = feeding.clone();
+                        let state_now = state.clone();
+                        let tx = tx.clone();
+                        let name = &name;
+                        let spawned =
+                            std::thread::Builder::new().stack_size(THREAD_STACK).spawn_scoped(scope, move || {
+                                let (outs, ran) = self.in_fork(trail, || {
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        self.nested(key_part(sid), || self.run_step(step, &state_now, reqs, name))
+                                    }))
+                                    .unwrap_or_else(|_| Err(failed(format!("{name}: step `{sid}` panicked"))))
+                                });
+                                let _ = tx.send((i, outs, ran, feeding));
+                            });
+                        match spawned {
+                            Ok(_) => running += 1,
+                            Err(e) => {
+                                self.abort();
+                                keep_first(&mut first_err, failed(format!("{name}: cannot start a thread: {e}")));
+                            }
+                        }
+                    }
                 }
-                let ready =
-                    arr(step, "in").iter().all(|inp| sources(inp, "source").iter().all(|src| state.contains_key(src)));
-                if !ready {
-                    continue;
+                if running == 0 {
+                    break;
                 }
-                let outs = self.run_step(step, &state, reqs, &name)?;
-                let sid = s(step, "id").unwrap_or("");
-                for o in arr(step, "out").iter().filter_map(Value::as_str) {
-                    state.insert(format!("{sid}/{o}"), outs.get(o).cloned().unwrap_or(Value::Null));
+                // This side keeps a sender, so this waits for the next step to end.
+                let Ok((i, outs, ran, feeding)) = rx.recv() else { break };
+                running -= 1;
+                self.with_trail(|t| t.ran.extend(ran.iter().cloned()));
+                match outs {
+                    Err(e) => {
+                        self.abort();
+                        keep_first(&mut first_err, e);
+                    }
+                    Ok(outs) => {
+                        let sid = s(&steps[i], "id").unwrap_or("");
+                        let produced: BTreeSet<String> =
+                            if ran.is_empty() { feeding } else { ran.into_iter().collect() };
+                        for o in arr(&steps[i], "out").iter().filter_map(Value::as_str) {
+                            state.insert(format!("{sid}/{o}"), outs.get(o).cloned().unwrap_or(Value::Null));
+                            made_by.insert(format!("{sid}/{o}"), produced.clone());
+                        }
+                        done[i] = true;
+                    }
                 }
-                done[i] = true;
-                progressed = true;
             }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-            if !progressed {
-                let stuck: Vec<&str> =
-                    steps.iter().zip(&done).filter(|(_, d)| !**d).filter_map(|(s2, _)| s(s2, "id")).collect();
-                return Err(failed(format!("{name}: steps {stuck:?} wait for sources that no step produces")));
-            }
+        });
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if !done.iter().all(|d| *d) {
+            let stuck: Vec<&str> =
+                steps.iter().zip(&done).filter(|(_, d)| !**d).filter_map(|(s2, _)| s(s2, "id")).collect();
+            return Err(failed(format!("{name}: steps {stuck:?} wait for sources that no step produces")));
         }
         let mut out = Map::new();
         for param in arr(p, "outputs") {
@@ -1272,14 +1554,13 @@ impl<'a> Engine<'a> {
                 if lists.iter().any(|l| l.len() != n) {
                     return Err(failed(ctx("dotproduct scatter needs arrays of equal length")));
                 }
-                let mut results = Vec::new();
-                for k in 0..n {
+                let results = self.run_indexed(n, |k| {
                     let mut job = vals.clone();
                     for (sname, list) in scatter.iter().zip(&lists) {
                         job.insert(sname.clone(), list[k].clone());
                     }
-                    results.push(run_one(job)?);
-                }
+                    run_one(job)
+                })?;
                 Ok(collect(results))
             }
             "flat_crossproduct" | "nested_crossproduct" => {
@@ -1295,14 +1576,13 @@ impl<'a> Engine<'a> {
                     }
                     combos = next;
                 }
-                let mut results = Vec::new();
-                for c in &combos {
+                let results = self.run_indexed(combos.len(), |k| {
                     let mut job = vals.clone();
                     for (j, sname) in scatter.iter().enumerate() {
-                        job.insert(sname.clone(), lists[j][c[j]].clone());
+                        job.insert(sname.clone(), lists[j][combos[k][j]].clone());
                     }
-                    results.push(run_one(job)?);
-                }
+                    run_one(job)
+                })?;
                 let flat = collect(results);
                 if method == "flat_crossproduct" {
                     return Ok(flat);
@@ -1312,6 +1592,27 @@ impl<'a> Engine<'a> {
             }
             other => Err(failed(ctx(&format!("unknown scatterMethod `{other}`")))),
         }
+    }
+}
+
+/// One of the engine's `parallel` slots, given back on drop.
+struct Slot<'e, 'a>(&'e Engine<'a>);
+
+impl Drop for Slot<'_, '_> {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *running = running.saturating_sub(1);
+        self.0.slot_freed.notify_one();
+    }
+}
+
+/// Keeps the error that says what went wrong: the first one that is not a [`CwlError::Cancelled`]
+/// (an invocation stopped because another failed).
+fn keep_first(first: &mut Option<CwlError>, e: CwlError) {
+    match first {
+        None => *first = Some(e),
+        Some(CwlError::Cancelled) if !matches!(e, CwlError::Cancelled) => *first = Some(e),
+        Some(_) => {}
     }
 }
 

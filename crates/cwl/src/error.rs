@@ -39,6 +39,10 @@ pub enum CwlError {
     /// The process ran and failed permanently.
     #[error("{0}")]
     Failed(String),
+    /// The invocation was stopped (or never started) because another invocation of the run
+    /// failed; that failure is the run's error.
+    #[error("stopped: another invocation of the run failed")]
+    Cancelled,
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -79,6 +79,15 @@ pub struct JobSpec {
     /// Memory in MiB when ResourceRequirement asks for it (`ramMin`, else `ramMax`); `None`
     /// without an explicit request, so no limit is enforced.
     pub ram_mb: Option<u64>,
+    /// Non-zero exit codes the tool declares successful (`successCodes`), so an executor that
+    /// judges a run by its exit code (a job of the system) can count them as success too.
+    pub success_codes: Vec<i32>,
+    /// Where the invocation stands in the run: the step path and scatter index
+    /// (`[A-Za-z0-9._-]`, unique in the run, at most 100 characters), e.g. `align.3`.
+    pub key: String,
+    /// Keys of the earlier invocations whose outputs feed this one (directly, or through
+    /// expressions and sub-workflow inputs).
+    pub parents: Vec<String>,
 }
 
 /// The job as one `/bin/sh` line: change to the work dir, replace the environment with exactly
@@ -132,8 +141,23 @@ pub struct JobOutcome {
 pub trait Executor: Send + Sync {
     /// Allocates the directories for one job (their paths go into `runtime`).
     fn allocate(&self) -> Result<JobDirs>;
-    /// Stages, runs and waits for one job; outputs stay in `dirs.outdir`.
+    /// Stages, runs and waits for one job; outputs stay in `dirs.outdir`. Called from several
+    /// threads at once when the engine runs invocations in parallel.
     fn run(&self, dirs: &JobDirs, job: &JobSpec) -> Result<JobOutcome>;
+    /// The run failed: stop every job running now (their `run` calls then return) and start
+    /// no new one. The default does nothing.
+    fn cancel(&self) {}
+    /// How many invocations run at once when the user does not say (`--parallel`).
+    fn default_parallel(&self) -> usize {
+        1
+    }
+}
+
+/// The processes a [`LocalExecutor`] runs now, and whether it was cancelled.
+#[derive(Debug, Default)]
+struct Live {
+    pids: std::collections::BTreeSet<u32>,
+    cancelled: bool,
 }
 
 /// Runs each job as a local process in a fresh directory under `root`.
@@ -141,13 +165,22 @@ pub trait Executor: Send + Sync {
 pub struct LocalExecutor {
     root: PathBuf,
     counter: AtomicU64,
+    live: std::sync::Mutex<Live>,
 }
 
 impl LocalExecutor {
     /// An executor whose work dirs go under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), counter: AtomicU64::new(0) }
+        Self { root: root.into(), counter: AtomicU64::new(0), live: std::sync::Mutex::new(Live::default()) }
     }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
 }
 
 /// Puts one staging entry in place, relative to `outdir`.
@@ -233,8 +266,37 @@ impl Executor for LocalExecutor {
             None => Stdio::inherit(),
         });
         tracing::debug!(job = %job.name, command = ?job.command, "running");
-        let mut child = cmd.spawn().map_err(|e| CwlError::Failed(format!("{}: cannot run `{prog}`: {e}", job.name)))?;
+        // Started under the lock, so a cancel either sees the process or stops it starting.
+        let child = {
+            let mut live = self.live();
+            if live.cancelled {
+                return Err(CwlError::Cancelled);
+            }
+            let child = cmd.spawn().map_err(|e| CwlError::Failed(format!("{}: cannot run `{prog}`: {e}", job.name)))?;
+            live.pids.insert(child.id());
+            child
+        };
         let pid = child.id();
+        let status = Self::wait(child, pid, job);
+        self.live().pids.remove(&pid);
+        status
+    }
+
+    fn cancel(&self) {
+        let mut live = self.live();
+        live.cancelled = true;
+        for pid in &live.pids {
+            kill(*pid);
+        }
+    }
+
+    fn default_parallel(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+impl LocalExecutor {
+    fn wait(mut child: std::process::Child, pid: u32, job: &JobSpec) -> Result<JobOutcome> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait());
@@ -243,7 +305,7 @@ impl Executor for LocalExecutor {
             Some(t) => match rx.recv_timeout(t) {
                 Ok(s) => s,
                 Err(_) => {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                    kill(pid);
                     let _ = rx.recv();
                     return Ok(JobOutcome { exit_code: -1, timed_out: true });
                 }

@@ -1,5 +1,5 @@
 //! The `cwl-runner` interface that cwltest drives:
-//! `[--outdir DIR] [--quiet] document.cwl[#id] [job.yml|job.json]`; prints the output object as
+//! `[--outdir DIR] [--quiet] [--parallel N] document.cwl[#id] [job.yml|job.json]`; prints the output object as
 //! JSON on stdout; exit 0 on success, 1 on permanent failure, 33 for an unsupported requirement.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,12 @@ pub struct Args {
     pub executor: Option<String>,
     /// A running deployment's server URL (pilot executor); unset: an embedded system.
     pub server: Option<String>,
+    /// How many invocations run at once (`--parallel N`); unset: the executor's default (the
+    /// number of CPUs for `local`, 32 for `pilot`).
+    pub parallel: Option<usize>,
+    /// That deployment's idds URL (the run is an idds workflow); unset: `PANDA_IDDS_URL`, else
+    /// the server's host on idds's default port.
+    pub idds: Option<String>,
 }
 
 impl Args {
@@ -54,6 +60,14 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
             a.server = Some(v.to_string());
         } else if x == "--server" {
             a.server = Some(it.next().ok_or("--server needs a URL")?.clone());
+        } else if let Some(v) = x.strip_prefix("--idds=") {
+            a.idds = Some(v.to_string());
+        } else if x == "--idds" {
+            a.idds = Some(it.next().ok_or("--idds needs a URL")?.clone());
+        } else if let Some(v) = x.strip_prefix("--parallel=") {
+            a.parallel = Some(check_parallel(v)?);
+        } else if x == "--parallel" {
+            a.parallel = Some(check_parallel(it.next().ok_or("--parallel needs a number of invocations")?)?);
         } else if x == "--quiet" {
             a.quiet = true;
         } else if x == "--version" {
@@ -75,8 +89,14 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Args, String> {
 }
 
 /// The runner's usage line.
-pub const USAGE: &str =
-    "usage: cwl-runner [--outdir DIR] [--quiet] [--executor pilot|local] [--server URL] document.cwl[#id] [job.yml]";
+pub const USAGE: &str = "usage: cwl-runner [--outdir DIR] [--quiet] [--executor pilot|local] [--parallel N] [--server URL [--idds URL]] document.cwl[#id] [job.yml]";
+
+fn check_parallel(v: &str) -> std::result::Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("--parallel {v}: must be a whole number of invocations from 1 to 10000")),
+    }
+}
 
 fn check_executor(v: &str) -> std::result::Result<String, String> {
     match v {
@@ -125,7 +145,8 @@ pub fn run_with(args: &Args, exec: &dyn Executor, scratch: &Path) -> Result<Valu
         Some(j) => load_job(j)?,
         None => Map::new(),
     };
-    let engine = Engine::new(loaded.schemas, exec, scratch.to_path_buf());
+    let parallel = args.parallel.unwrap_or_else(|| exec.default_parallel());
+    let engine = Engine::new(loaded.schemas, exec, scratch.to_path_buf()).with_parallel(parallel);
     let mut job = job;
     let mut reqs = Reqs::default();
     if let Some(r) = job.remove("cwl:requirements") {

@@ -167,3 +167,56 @@ fn docker_requirement_is_unsupported_without_a_runtime() {
         Ok(v) => panic!("expected exit 33, got {v}"),
     }
 }
+
+/// Records what the engine tells the executor about each invocation (key and parents), and runs
+/// it locally.
+struct Recording {
+    local: LocalExecutor,
+    seen: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl panda_cwl::exec::Executor for Recording {
+    fn allocate(&self) -> panda_cwl::Result<panda_cwl::exec::JobDirs> {
+        self.local.allocate()
+    }
+
+    fn run(
+        &self,
+        dirs: &panda_cwl::exec::JobDirs,
+        job: &panda_cwl::exec::JobSpec,
+    ) -> panda_cwl::Result<panda_cwl::exec::JobOutcome> {
+        self.seen.lock().expect("lock").push((job.key.clone(), job.parents.clone()));
+        self.local.run(dirs, job)
+    }
+}
+
+#[test]
+fn each_invocation_is_keyed_by_step_and_scatter_index_with_the_invocations_feeding_it() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let args = Args {
+        outdir: Some(out.path().to_path_buf()),
+        quiet: true,
+        document: fixture("wf-provenance.cwl").display().to_string(),
+        ..Args::default()
+    };
+    let exec = Recording { local: LocalExecutor::new(scratch.path().join("jobs")), seen: Default::default() };
+    let v = run_with(&args, &exec, scratch.path()).expect("the run succeeds");
+    let all = v["all"]["location"].as_str().expect("location").trim_start_matches("file://").to_owned();
+    assert_eq!(std::fs::read_to_string(all).expect("all"), "X\nY\n");
+    // Ready steps run in the document's order of steps; compare in key order.
+    let mut seen = exec.seen.lock().expect("lock").clone();
+    seen.sort();
+    let shouts = vec!["shout.0".to_owned(), "shout.1".to_owned()];
+    assert_eq!(
+        seen,
+        [
+            // Through the ExpressionTool (no invocation of its own) and the sub-workflow's input.
+            ("inner.gather".to_owned(), shouts),
+            // Fed by a default only.
+            ("lone".to_owned(), vec![]),
+            ("shout.0".to_owned(), vec![]),
+            ("shout.1".to_owned(), vec![]),
+        ]
+    );
+}

@@ -7,6 +7,9 @@ use panda_db::DatabaseConfig;
 use panda_runtime::config::{ConfigError, Problems};
 use serde::{Deserialize, Serialize};
 
+/// The default driver lease of driven workflows (`idds.driver_lease`).
+pub const DEFAULT_DRIVER_LEASE: Duration = Duration::from_secs(60);
+
 /// idds's settings. Defaults serve the embedded mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +25,10 @@ pub struct Config {
     /// How soon a submission the server could not take is tried again.
     #[serde(with = "humantime_serde")]
     pub submit_retry_interval: Duration,
+    /// A driven workflow's driver lease: a driver that neither renews it (RenewDriver) nor adds
+    /// a work for this long is taken for dead, and its workflow is failed (tasks killed).
+    #[serde(with = "humantime_serde")]
+    pub driver_lease: Duration,
     /// HPO studies.
     pub hpo: HpoConfig,
 }
@@ -44,6 +51,7 @@ impl Default for Config {
             server_url: "http://127.0.0.1:50051".to_owned(),
             database: DatabaseConfig::default(),
             submit_retry_interval: Duration::from_secs(2),
+            driver_lease: DEFAULT_DRIVER_LEASE,
             hpo: HpoConfig::default(),
         }
     }
@@ -58,6 +66,9 @@ impl Config {
         let mut problems = Problems::default();
         problems.check(self.submit_retry_interval >= Duration::from_millis(100), || {
             format!("idds.submit_retry_interval = {:?}: must be at least 100ms", self.submit_retry_interval)
+        });
+        problems.check((Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.driver_lease), || {
+            format!("idds.driver_lease = {:?}: must be from 1s to 24h", self.driver_lease)
         });
         problems.check_url("idds.server_url", &self.server_url);
         for (name, plugin) in &self.hpo.plugins {

@@ -75,35 +75,43 @@ fn encode(workflow: Workflow, works: Vec<Work>, graph: Option<&Graph>) -> wire::
         status: workflow_status(workflow.status) as i32,
         works: works
             .into_iter()
-            .map(|w| wire::Work {
-                kind: kinds.get(&node_path(&w.key)).copied().unwrap_or("task").to_owned(),
-                counts: Some(wire::WorkCounts {
-                    jobs_total: count(&w.outputs, "jobs_total"),
-                    jobs_finished: count(&w.outputs, "jobs_finished"),
-                    jobs_failed: count(&w.outputs, "jobs_failed"),
-                    files_released: count(&w.outputs, "files_released"),
-                    files_held: count(&w.outputs, "files_held"),
-                }),
-                outputs: w
-                    .outputs
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("jobs_") && !k.starts_with("files_"))
-                    .map(|(k, v)| (k.clone(), serde_json::to_string(v).unwrap_or_default()))
-                    .collect(),
-                key: w.key,
-                iteration: w.iteration,
-                reason: w.reason,
-                name: w.name,
-                status: work_status(w.status) as i32,
-                parents: Vec::new(),
-                task_id: w.task_id.unwrap_or(0),
-                task_status: w.task_status.parse::<panda_types::TaskStatus>().map(|s| s.to_wire()).unwrap_or(0),
-                submitted_at: w.submitted_at.map(timestamp),
-                ended_at: w.ended_at.map(timestamp),
+            .map(|w| {
+                let kind = kinds.get(&node_path(&w.key)).copied().unwrap_or("task");
+                encode_work(w, kind)
             })
             .collect(),
         created_at: Some(timestamp(workflow.created_at)),
         ended_at: workflow.ended_at.map(timestamp),
+    }
+}
+
+/// One work for the wire (parents are filled from the graph by the caller).
+pub(crate) fn encode_work(w: Work, kind: &str) -> wire::Work {
+    wire::Work {
+        kind: kind.to_owned(),
+        counts: Some(wire::WorkCounts {
+            jobs_total: count(&w.outputs, "jobs_total"),
+            jobs_finished: count(&w.outputs, "jobs_finished"),
+            jobs_failed: count(&w.outputs, "jobs_failed"),
+            files_released: count(&w.outputs, "files_released"),
+            files_held: count(&w.outputs, "files_held"),
+        }),
+        outputs: w
+            .outputs
+            .iter()
+            .filter(|(k, _)| !k.starts_with("jobs_") && !k.starts_with("files_"))
+            .map(|(k, v)| (k.clone(), serde_json::to_string(v).unwrap_or_default()))
+            .collect(),
+        key: w.key,
+        iteration: w.iteration,
+        reason: w.reason,
+        name: w.name,
+        status: work_status(w.status) as i32,
+        parents: Vec::new(),
+        task_id: w.task_id.unwrap_or(0),
+        task_status: w.task_status.parse::<panda_types::TaskStatus>().map(|s| s.to_wire()).unwrap_or(0),
+        submitted_at: w.submitted_at.map(timestamp),
+        ended_at: w.ended_at.map(timestamp),
     }
 }
 
@@ -145,10 +153,15 @@ fn format(value: i32) -> Result<Format, Status> {
 
 impl Api {
     async fn current(&self, id: u64) -> Result<wire::Workflow, Status> {
-        let (graph, works) = self.engine.get_graph(id).await?;
-        let (workflow, _) = self.engine.get_workflow(id).await?;
-        Ok(with_parents(encode(workflow, works, Some(&graph)), &graph))
+        current(&self.engine, id).await
     }
+}
+
+/// A workflow as GetWorkflow answers it (works with their kinds and parents).
+pub(crate) async fn current(engine: &Engine, id: u64) -> Result<wire::Workflow, Status> {
+    let (graph, works) = engine.get_graph(id).await?;
+    let (workflow, _) = engine.get_workflow(id).await?;
+    Ok(with_parents(encode(workflow, works, Some(&graph)), &graph))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::WatchWorkflowResponse, Status>> + Send>>;

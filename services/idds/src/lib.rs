@@ -7,7 +7,7 @@
 //!
 //! Modules: `config` (`[idds]`), `graph` (pure: model, conditions, validation, planning,
 //! release bookkeeping, front ends, rendering), `backend` (the server's task API behind a trait),
-//! `store`, `service` (the engine), `grpc` (WorkflowService); `hpo` (pure: search spaces,
+//! `store`, `service` (the engine), `grpc` (WorkflowService), `grpc_driven` (DrivenWorkflowService: works a driver adds); `hpo` (pure: search spaces,
 //! optimizers, study rules, the plug-in protocol), `hpo_store` (studies and points),
 //! `service::studies` (studies in the engine), `grpc_hpo` (HpoService).
 
@@ -15,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod graph;
 pub mod grpc;
+pub mod grpc_driven;
 pub mod grpc_hpo;
 pub mod hpo;
 pub mod hpo_store;
@@ -28,6 +29,7 @@ use panda_bus::outbox::{self, Outbox};
 use panda_bus::{Bus, Envelope, HandleError, Handler, Subscription};
 use panda_proto::convert::WireEnum;
 use panda_proto::events::v1::{JobStatusChanged, TaskStatusChanged};
+use panda_proto::idds::v1::driven_workflow_service_server::DrivenWorkflowServiceServer;
 use panda_proto::idds::v1::hpo_service_server::HpoServiceServer;
 use panda_proto::idds::v1::workflow_service_server::WorkflowServiceServer;
 use panda_runtime::Listeners;
@@ -115,7 +117,9 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let backend = backend::GrpcBackend::new(panda_client::ServerClient::new(&config.server_url)?);
-    let engine = Engine::new(db, outbox, Arc::new(backend)).with_hpo_plugins(config.hpo.plugins.clone());
+    let engine = Engine::new(db, outbox, Arc::new(backend))
+        .with_hpo_plugins(config.hpo.plugins.clone())
+        .with_driver_lease(config.driver_lease);
     // Only final task states move a DAG forward; `task.running` keeps the shown task state fresh.
     let bindings = ["task.running", "task.done", "task.finished", "task.failed", "task.broken", "task.aborted"];
     let consumer = deps
@@ -162,6 +166,24 @@ pub async fn run(
             }
         })
     };
+    // Driver leases: a quarter of the lease between looks, so a lapse is acted on soon after.
+    let lease_sweeper = {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        let every = (config.driver_lease / 4).max(std::time::Duration::from_millis(250));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(error) = engine.expire_driver_leases(std::time::Instant::now()).await {
+                    warn!(%error, "failing driven workflows whose driver lease lapsed failed; retrying");
+                }
+            }
+        })
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     engine.metrics.register(&mut registry);
     let registry = Arc::new(registry);
@@ -170,6 +192,7 @@ pub async fn run(
     server.router = server
         .router
         .add_service(HpoServiceServer::new(grpc_hpo::HpoApi { engine: engine.clone() }))
+        .add_service(DrivenWorkflowServiceServer::new(grpc_driven::DrivenApi { engine: engine.clone() }))
         .add_service(WorkflowServiceServer::new(grpc::Api { engine }));
     info!(addr = ?listeners.grpc.local_addr().ok(), "idds ready");
     let served = panda_runtime::grpc::serve(server, listeners.grpc, shutdown.clone()).await;
@@ -177,6 +200,7 @@ pub async fn run(
     let _ = consumer.await;
     let _ = job_consumer.await;
     let _ = submitter.await;
+    let _ = lease_sweeper.await;
     let _ = relay.await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -28,6 +28,7 @@ use crate::graph::release::{self, HeldJobs};
 use crate::graph::{self, Language, WorkStatus, WorkflowStatus};
 use crate::store::{self, NewWork, Work, Workflow};
 
+mod driven;
 mod studies;
 pub use studies::StudyView;
 
@@ -63,6 +64,16 @@ pub enum Error {
         workflow_id: u64,
         /// Why.
         reason: String,
+    },
+    /// A driven workflow already has a work of that key, with another spec.
+    #[error(
+        "workflow {workflow_id} already has a work {key:?} with other parents or another task; a key names one work"
+    )]
+    WorkExists {
+        /// The workflow.
+        workflow_id: u64,
+        /// The key.
+        key: String,
     },
     /// The study (or a request about one) is invalid.
     #[error("invalid study: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -100,6 +111,7 @@ impl ServiceError for Error {
             Error::InvalidArgument(_) | Error::InvalidStudy(_) => ErrorCode::InvalidArgument,
             Error::NotFound { .. } | Error::StudyNotFound { .. } => ErrorCode::NotFound,
             Error::FailedPrecondition { .. } | Error::StudyPrecondition { .. } => ErrorCode::FailedPrecondition,
+            Error::WorkExists { .. } => ErrorCode::AlreadyExists,
             Error::Optimizer(_) => ErrorCode::Unavailable,
             Error::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ErrorCode::Unavailable,
             Error::Db(_) | Error::Corrupt { .. } => ErrorCode::Internal,
@@ -195,6 +207,11 @@ pub struct Engine {
     plugins: Arc<BTreeMap<String, crate::hpo::plugin::PluginConfig>>,
     /// Serialises changes to studies (driving, asking, telling, point results).
     hpo_lock: Arc<Mutex<()>>,
+    /// Driven workflows' driver leases: when each lapses (in memory; after a restart every
+    /// running driven workflow gets a whole lease from reconciliation).
+    leases: Arc<std::sync::Mutex<HashMap<u64, std::time::Instant>>>,
+    /// How long a driver lease runs from its last renewal.
+    driver_lease: std::time::Duration,
 }
 
 impl Engine {
@@ -211,7 +228,21 @@ impl Engine {
             changes: broadcast::channel(1024).0,
             plugins: Arc::default(),
             hpo_lock: Arc::default(),
+            leases: Arc::default(),
+            driver_lease: crate::config::DEFAULT_DRIVER_LEASE,
         }
+    }
+
+    /// Driven workflows' drivers must renew within `lease` (`idds.driver_lease`).
+    #[must_use]
+    pub fn with_driver_lease(mut self, lease: std::time::Duration) -> Self {
+        self.driver_lease = lease;
+        self
+    }
+
+    /// How long a driver lease runs from its last renewal.
+    pub fn driver_lease(&self) -> std::time::Duration {
+        self.driver_lease
     }
 
     /// Uses these optimizer plug-ins (by name).
@@ -345,6 +376,8 @@ impl Engine {
         } else {
             plan::advance_changed(&loaded.graph, &loaded.index, &mut loaded.state)
         };
+        // A driven workflow ends when its driver closes it, not when the works added so far ended.
+        let end = if loaded.graph.driven { None } else { end };
         let changed = loaded.state.take_changed();
         let mut new = Vec::new();
         let mut ready = false;
@@ -861,8 +894,13 @@ impl Engine {
         }
         self.reconcile_points().await?;
         // Workflows whose planner step did not run (e.g. stored by an older version) move now.
+        // Running driven workflows get a whole driver lease from now: a driver still alive
+        // renews it, a dead one lets it lapse.
         for workflow_id in store::workflows_in(&self.db, WorkflowStatus::Running).await? {
-            self.mutate(workflow_id, None, |_| Ok(()), async |_, _| Ok(())).await?;
+            let driven = self.mutate(workflow_id, None, |l| Ok(l.graph.driven), async |_, _| Ok(())).await?;
+            if driven == Some(true) {
+                self.lease_from(workflow_id, std::time::Instant::now(), false);
+            }
         }
         self.submit_ready().await?;
         Ok(())

@@ -280,6 +280,27 @@ pub async fn set_workflow_status(conn: &impl ConnectionTrait, id: u64, status: W
     Ok(())
 }
 
+/// Replaces a workflow's graph (a driven workflow's driver added a node, or closed it).
+pub async fn set_graph(conn: &impl ConnectionTrait, id: u64, graph_json: String) -> Result<(), DbErr> {
+    workflow::Entity::update_many()
+        .col_expr(workflow::Column::GraphJson, Expr::value(Some(graph_json)))
+        .filter(workflow::Column::Id.eq(id as i64))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// One work instance by key.
+pub async fn work_by_key(conn: &impl ConnectionTrait, workflow_id: u64, key: &str) -> Result<Option<Work>, DbErr> {
+    work::Entity::find()
+        .filter(work::Column::WorkflowId.eq(workflow_id as i64))
+        .filter(work::Column::WorkKey.eq(key))
+        .one(conn)
+        .await?
+        .map(work_from)
+        .transpose()
+}
+
 /// Work instances of a workflow in insertion order.
 pub async fn works_of(conn: &impl ConnectionTrait, workflow_id: u64) -> Result<Vec<Work>, DbErr> {
     work::Entity::find()

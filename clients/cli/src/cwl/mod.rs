@@ -1,12 +1,13 @@
 //! `panda cwl-runner`: runs a CWL document (see the panda-cwl crate) with the cwl-runner
-//! interface: `[--outdir DIR] [--quiet] [--executor pilot|local] [--server URL] document.cwl[#id]
+//! interface: `[--outdir DIR] [--quiet] [--executor pilot|local] [--parallel N] [--server URL] document.cwl[#id]
 //! [job.yml]`; prints the output object; exit 0 on success, 1 on permanent failure, 33 for an
 //! unsupported requirement.
 //!
-//! By default every CommandLineTool invocation is a job of the system ([`PilotExecutor`]): of an
-//! embedded one started here for the run (every service in this process on free loopback ports,
-//! SQLite in a temporary directory, a local harvester queue whose pilots are this program), or of
-//! the deployment at `--server URL`. `--executor local` runs tools as plain processes.
+//! By default the run is a driven idds workflow and every CommandLineTool invocation a work of
+//! it, whose one-job task a pilot runs ([`PilotExecutor`]): in an embedded system started here for
+//! the run (every service in this process on free loopback ports, SQLite in a temporary
+//! directory, a local harvester queue whose pilots are this program), or in the deployment at
+//! `--server URL` (`--idds URL`). `--executor local` runs tools as plain processes.
 
 mod pilot;
 
@@ -45,8 +46,8 @@ pub async fn run(raw: Vec<String>, pilot_program: Vec<String>) -> i32 {
         }
     };
     if args.local() {
-        if args.server.is_some() {
-            eprintln!("cwl-runner: --server needs the pilot executor (drop --executor local)");
+        if args.server.is_some() || args.idds.is_some() {
+            eprintln!("cwl-runner: --server and --idds need the pilot executor (drop --executor local)");
             return 1;
         }
         return tokio::task::spawn_blocking(move || panda_cwl::runner::main_with_args(&raw)).await.unwrap_or(1);
@@ -64,13 +65,31 @@ async fn run_on_system(args: Args, pilot_program: Vec<String>) -> anyhow::Result
     let scratch =
         tempfile::Builder::new().prefix("panda-cwl-").tempdir().context("cannot create a scratch directory")?;
     let _telemetry = init_logs(args.quiet);
-    let target = match &args.server {
-        Some(url) => Target::Server(url.clone()),
-        None => Target::Embedded { config: Box::new(embedded_config(scratch.path())?), pilot_program },
+    let target = match (&args.server, &args.idds) {
+        (Some(url), idds) => Target::Server {
+            server: url.clone(),
+            idds: idds
+                .clone()
+                .or_else(|| std::env::var("PANDA_IDDS_URL").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| idds_url_of(url)),
+        },
+        (None, Some(_)) => anyhow::bail!("--idds needs --server (without it the run starts its own system)"),
+        (None, None) => {
+            let pilots = args.parallel.unwrap_or(pilot::DEFAULT_PARALLEL);
+            Target::Embedded { config: Box::new(embedded_config(scratch.path(), pilots)?), pilot_program }
+        }
     };
     let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "cwl".to_owned());
-    let executor =
-        Arc::new(PilotExecutor::new(target, tokio::runtime::Handle::current(), &scratch.path().join("jobs"), user));
+    let executor = Arc::new(
+        PilotExecutor::new(
+            target,
+            tokio::runtime::Handle::current(),
+            &scratch.path().join("jobs"),
+            user,
+            &args.document,
+        )
+        .with_quiet(args.quiet),
+    );
     let shutdown = panda_runtime::shutdown::on_signals();
     let work = {
         let executor = executor.clone();
@@ -90,22 +109,36 @@ async fn run_on_system(args: Args, pilot_program: Vec<String>) -> anyhow::Result
             std::process::exit(INTERRUPTED);
         }
     };
-    let code = match outcome {
+    let (code, reason) = match outcome {
         Ok(Ok(output)) => {
             println!("{}", serde_json::to_string_pretty(&output).unwrap_or_default());
-            0
+            (0, String::new())
         }
         Ok(Err(error)) => {
             eprintln!("cwl-runner: {error}");
-            error.exit_code()
+            (error.exit_code(), error.to_string())
         }
         Err(join) => {
             eprintln!("cwl-runner: the run panicked: {join}");
-            1
+            (1, format!("the run panicked: {join}"))
         }
     };
+    executor.close(code == 0, &reason).await;
     executor.shutdown(false).await;
     Ok(code)
+}
+
+/// idds beside a server: `PANDA_IDDS_URL`'s default port (50054) on the server's host.
+pub fn idds_url_of(server_url: &str) -> String {
+    match server_url.parse::<tonic::transport::Uri>() {
+        Ok(uri) if uri.host().is_some() => {
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let host = uri.host().unwrap_or("127.0.0.1");
+            let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+            format!("{scheme}://{host}:50054")
+        }
+        _ => "http://127.0.0.1:50054".to_owned(),
+    }
 }
 
 /// Logs of the embedded services go to stderr, warnings and errors only (`RUST_LOG` wins).
@@ -121,14 +154,18 @@ fn init_logs(quiet: bool) -> Option<panda_runtime::telemetry::TelemetryGuard> {
 /// The embedded system of one run: every service on a free loopback port, data in `scratch`,
 /// one `local` queue whose pilots ask for no fixed size (tools share this host, as with any
 /// local runner: a ResourceRequirement sizes the job, it does not wait for free cores), and
-/// short cycles so a job starts within a fraction of a second.
-pub fn embedded_config(scratch: &Path) -> anyhow::Result<AllConfig> {
+/// short cycles so a job starts within a fraction of a second; up to `pilots` pilots at once
+/// (the run's `--parallel`), so parallel invocations do run in parallel.
+pub fn embedded_config(scratch: &Path, pilots: usize) -> anyhow::Result<AllConfig> {
     let data_dir: PathBuf = scratch.join("system");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let queues = data_dir.join("queues.yaml");
     std::fs::write(
         &queues,
-        "queues:\n  local:\n    max_workers: 2\n    resources: { cores: 0, memory_mb: 0, disk_mb: 0, walltime_seconds: 0 }\n    pilot_max_jobs: 0\n    plugin:\n      type: local\n",
+        format!(
+            "queues:\n  local:\n    max_workers: {}\n    resources: {{ cores: 0, memory_mb: 0, disk_mb: 0, walltime_seconds: 0 }}\n    pilot_max_jobs: 0\n    plugin:\n      type: local\n",
+            pilots.max(1)
+        ),
     )
     .with_context(|| format!("cannot write {}", queues.display()))?;
     let mut config = AllConfig::ephemeral(data_dir);

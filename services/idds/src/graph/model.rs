@@ -130,6 +130,10 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Workflow outputs: name → a node's output (CWL `outputSource`).
     pub outputs: BTreeMap<String, OutputRef>,
+    /// A driven workflow: its driver adds nodes while it runs (AddWork), and it ends only when
+    /// the driver closes it (or it is aborted), not when its nodes have ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub driven: bool,
 }
 
 /// `node/output`: one output of one node.

@@ -194,6 +194,7 @@ fn build_graph(
         inputs: parameters.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
         nodes,
         outputs: BTreeMap::new(),
+        driven: false,
     }
 }
 

@@ -80,6 +80,16 @@ impl State {
         }
     }
 
+    /// Adds a waiting instance for a top-level node added to a driven workflow (the planner
+    /// decides it at its next step). Does nothing when the key exists.
+    pub fn add_waiting(&mut self, key: &str) {
+        if !self.works.contains_key(key) {
+            self.works.insert(key.to_owned(), Instance::waiting());
+            self.changed.insert(key.to_owned());
+            self.version += 1;
+        }
+    }
+
     /// Keys created or changed, and forgets them.
     pub fn take_changed(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed)
@@ -533,6 +543,11 @@ pub fn retry(graph: &Graph, state: &mut State, has_task: impl Fn(&str) -> bool) 
 /// Cancels every unfinished instance; returns the keys of tasks that were running (the engine
 /// kills them on the server).
 pub fn abort(graph: &Graph, state: &mut State) -> Vec<String> {
+    abort_because(graph, state, "workflow aborted")
+}
+
+/// [`abort`] with the reason the cancelled works keep.
+pub fn abort_because(graph: &Graph, state: &mut State, reason: &str) -> Vec<String> {
     let mut running = Vec::new();
     let keys: Vec<String> = state.works.keys().cloned().collect();
     for key in keys {
@@ -544,7 +559,7 @@ pub fn abort(graph: &Graph, state: &mut State) -> Vec<String> {
         if instance.status == WorkStatus::Submitted && is_task {
             running.push(key.clone());
         }
-        state.set(&key, WorkStatus::Cancelled, "workflow aborted".into());
+        state.set(&key, WorkStatus::Cancelled, reason.into());
     }
     running
 }

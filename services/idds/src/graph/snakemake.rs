@@ -634,7 +634,7 @@ fn build(name: &str, rules: &[Rule], workdir: Option<&str>) -> Result<Graph, Vec
         node.outputs = vec!["files".into()];
         nodes.push(node);
     }
-    Ok(Graph { name: name.to_owned(), inputs: BTreeMap::new(), nodes, outputs: BTreeMap::new() })
+    Ok(Graph { name: name.to_owned(), inputs: BTreeMap::new(), nodes, outputs: BTreeMap::new(), driven: false })
 }
 
 fn shell_quote(text: &str) -> String {
