@@ -12,17 +12,17 @@ use async_trait::async_trait;
 use panda_all::Cluster;
 use panda_bus::outbox::Outbox;
 use panda_client::ServerClient;
+use panda_harvester::QueueFile;
 use panda_harvester::plugins::{
     CheckResult, Monitor, Plugins, SubmitOutcome, Submitter, Sweeper, WorkerRef, WorkerSpec,
 };
 use panda_harvester::provisioner::{Provisioner, Queue};
 use panda_harvester::store;
-use panda_harvester::QueueFile;
 use panda_integration_tests::{await_condition, await_task, fast_config, jobs_of, start};
 use panda_proto::common::v1::{JobStatus, TaskStatus};
 use panda_proto::server::v1 as server;
-use panda_types::job_file::{JOB_FILE_NAME, JobFile};
 use panda_types::WorkerStatus;
+use panda_types::job_file::{JOB_FILE_NAME, JobFile};
 
 use crate::PILOT;
 
@@ -51,12 +51,14 @@ async fn submit(server: &ServerClient, n_jobs: u32) -> u64 {
 }
 
 async fn await_jobs(server: &ServerClient, task_id: u64, n: usize, status: JobStatus) -> Vec<server::Job> {
-    await_condition(Duration::from_secs(60), &format!("{n} jobs of task {task_id} {}", status.as_str_name()), || {
-        async move {
+    await_condition(
+        Duration::from_secs(60),
+        &format!("{n} jobs of task {task_id} {}", status.as_str_name()),
+        || async move {
             let jobs = jobs_of(server, task_id).await;
             (jobs.len() == n && jobs.iter().all(|j| j.status == status as i32)).then_some(jobs)
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -85,7 +87,11 @@ impl Submitter for Refusing {
     async fn submit(&self, workers: &[WorkerSpec]) -> Vec<SubmitOutcome> {
         workers
             .iter()
-            .map(|_| SubmitOutcome::Temporary("sbatch: error: Batch job submission failed: Unable to contact slurm controller".into()))
+            .map(|_| {
+                SubmitOutcome::Temporary(
+                    "sbatch: error: Batch job submission failed: Unable to contact slurm controller".into(),
+                )
+            })
             .collect()
     }
 }
@@ -270,7 +276,8 @@ async fn a_harvester_restarted_between_fetch_and_submit_hands_the_jobs_back_and_
         let (after, server) = (&after, &server);
         async move {
             after.cycle().await;
-            let task = server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
+            let task =
+                server.tasks.clone().get_task(server::GetTaskRequest { task_id }).await.ok()?.into_inner().task?;
             (task.status == TaskStatus::Done as i32).then_some(())
         }
     })
@@ -282,7 +289,10 @@ async fn a_harvester_restarted_between_fetch_and_submit_hands_the_jobs_back_and_
     assert!(jobs.iter().all(|j| j.worker_id == runner.to_string()), "{jobs:?}");
     let runner = store::get(after.db(), runner).await.unwrap().unwrap();
     let pushed = read_job_file(&runner.work_dir);
-    assert_eq!(pushed.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(), file.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>());
+    assert_eq!(
+        pushed.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        file.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>()
+    );
     // Stop the pilots before the cluster.
     await_condition(Duration::from_secs(60), "the runner to end", || {
         let after = &after;

@@ -523,8 +523,7 @@ impl Provisioner {
         if response.jobs.is_empty() {
             return Ok(None);
         }
-        let job_file =
-            panda_proto::convert::job_file::from_response(&queue.name, &worker.id.to_string(), response);
+        let job_file = panda_proto::convert::job_file::from_response(&queue.name, &worker.id.to_string(), response);
         let job_ids: Vec<u64> = job_file.jobs.iter().map(|j| j.job_id).collect();
         let text = serde_json::to_string_pretty(&job_file)
             .map_err(|e| CycleError::JobFile { worker_id: worker.id, diag: e.to_string() })?;
@@ -599,7 +598,11 @@ impl Provisioner {
     ///
     /// # Errors
     /// The database.
-    pub async fn submit_pending(&self, queue: &Queue, pending: Vec<(Worker, Option<PathBuf>)>) -> Result<(), CycleError> {
+    pub async fn submit_pending(
+        &self,
+        queue: &Queue,
+        pending: Vec<(Worker, Option<PathBuf>)>,
+    ) -> Result<(), CycleError> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -798,7 +801,9 @@ async fn write_atomically(dir: &std::path::Path, path: &std::path::Path, text: &
     tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let tmp = path.with_extension("json.tmp");
     tokio::fs::write(&tmp, text).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
 }
 
 fn worker_ref(worker: &Worker) -> WorkerRef {

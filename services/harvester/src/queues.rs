@@ -517,7 +517,8 @@ mod tests {
         .unwrap();
         assert_eq!((file.queues["q"].mode, file.queues["q"].jobs_per_worker), (QueueMode::Push, 3));
 
-        let error = parse("queues:\n  q:\n    max_workers: 1\n    mode: shove\n    plugin: { type: local }\n").unwrap_err();
+        let error =
+            parse("queues:\n  q:\n    max_workers: 1\n    mode: shove\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("queues.q.mode") && error.contains("shove") && error.contains("push"), "{error}");
         let error = parse(
             "queues:\n  q:\n    max_workers: 1\n    mode: push\n    jobs_per_worker: 101\n    plugin: { type: local }\n  r:\n    max_workers: 1\n    mode: push\n    jobs_per_worker: 4\n    pilot_max_jobs: 2\n    plugin: { type: local }\n  s:\n    max_workers: 1\n    jobs_per_worker: 2\n    plugin: { type: local }\n  k:\n    max_workers: 1\n    mode: push\n    resources: { cores: 1, memory_mb: 1000 }\n    plugin: { type: kubernetes, image: pilot:1 }\n",

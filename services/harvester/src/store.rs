@@ -270,7 +270,12 @@ mod pushed {
 
 /// Records the job file fetched for a push-mode worker (state `fetched`), before the worker is
 /// submitted: a harvester that stops now still knows which leases it holds.
-pub async fn insert_pushed(conn: &impl ConnectionTrait, worker_id: i64, queue: &str, job_file: &str) -> Result<(), DbErr> {
+pub async fn insert_pushed(
+    conn: &impl ConnectionTrait,
+    worker_id: i64,
+    queue: &str,
+    job_file: &str,
+) -> Result<(), DbErr> {
     let now = Utc::now();
     pushed::ActiveModel {
         worker_id: Set(worker_id),
@@ -299,10 +304,11 @@ pub async fn set_pushed_state(conn: &impl ConnectionTrait, worker_id: i64, state
 /// Job files of push-mode workers that ended (or never reached the resource) while their jobs
 /// were not yet handed back: (worker ID, job file JSON), oldest first.
 pub async fn pushed_to_release(conn: &impl ConnectionTrait, limit: u64) -> Result<Vec<(i64, String)>, DbErr> {
-    let ended: Vec<&str> = [WorkerStatus::Finished, WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Missed]
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
+    let ended: Vec<&str> =
+        [WorkerStatus::Finished, WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Missed]
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
     let ended_workers = Query::select()
         .column(worker::Column::Id)
         .from(worker::Entity)
@@ -509,12 +515,7 @@ impl MigrationTrait for M0002PushAndKills {
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("pushed_jobs_state")
-                    .table("pushed_jobs")
-                    .col("state")
-                    .to_owned(),
+                Index::create().if_not_exists().name("pushed_jobs_state").table("pushed_jobs").col("state").to_owned(),
             )
             .await?;
         manager

@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(common_values(&worker, Path::new("/l"), &[])["walltime_minutes"], "0");
         // Push mode: the pilot is told where its jobs are.
         worker.job_file = Some("/w/q/7/jobs.json".into());
-        assert!(common_values(&worker, Path::new("/l"), &args(&["pilot"]))["pilot_command"].ends_with(" --job-file /w/q/7/jobs.json"));
+        assert!(
+            common_values(&worker, Path::new("/l"), &args(&["pilot"]))["pilot_command"]
+                .ends_with(" --job-file /w/q/7/jobs.json")
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ async fn the_job_files_jobs_run_without_get_job_and_count_towards_max_jobs() {
         assert_eq!(mine.last().map(|r| r.2), Some(JobStatus::Finished), "{reports:?}");
     }
     // Job 1's declared output was staged out with the file's storage URL.
-    assert!(std::fs::read_dir(&dirs.storage).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("out1")));
+    assert!(
+        std::fs::read_dir(&dirs.storage).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("out1"))
+    );
 }
 
 #[tokio::test]

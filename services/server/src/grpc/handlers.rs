@@ -414,7 +414,9 @@ impl PilotService for Api {
         }
         let reason = if request.reason.is_empty() { "handed back by its holder" } else { request.reason.as_str() };
         let released = self.service.release_leases(&leases, reason).await?;
-        Ok(Response::new(wire::ReleaseLeasesResponse { released_job_ids: released.into_iter().map(|id| id.0).collect() }))
+        Ok(Response::new(wire::ReleaseLeasesResponse {
+            released_job_ids: released.into_iter().map(|id| id.0).collect(),
+        }))
     }
 }
 
