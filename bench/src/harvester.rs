@@ -76,6 +76,7 @@ pub async fn run(args: SlurmArgs) -> anyhow::Result<()> {
             resources: Resources { cores: 1, memory_mb: 10, disk_mb: 0, walltime_seconds: 600 },
             max_jobs: 1,
             server_url: "http://127.0.0.1:1".into(),
+            job_file: None,
         })
         .collect();
     let started = Instant::now();

@@ -219,3 +219,62 @@ mod tests {
         assert!(matches!(JobStatus::from_wire("status", 999), Err(ProtocolError::Invalid { field: "status", .. })));
     }
 }
+
+/// The job file of push mode (`panda_types::job_file`) holds exactly what GetJob answers.
+pub mod job_file {
+    use panda_types::job_file::{JobFile, PushedFile, PushedJob};
+
+    use crate::server::v1 as wire;
+
+    /// A dispatched job as a job file entry.
+    pub fn to_pushed(job: wire::DispatchedJob) -> PushedJob {
+        PushedJob {
+            job_id: job.job_id,
+            task_id: job.task_id,
+            attempt_nr: job.attempt_nr,
+            lease_token: job.lease_token,
+            command: job.command,
+            environment: job.environment.into_iter().collect(),
+            input_files: job
+                .input_files
+                .into_iter()
+                .map(|f| PushedFile { lfn: f.lfn, url: f.url, size_bytes: f.size_bytes, checksum: f.checksum })
+                .collect(),
+            output_files: job.output_files,
+            resources: super::resources(job.resources),
+            heartbeat_interval_seconds: job.heartbeat_interval_seconds,
+            code_sha256: job.code_sha256,
+        }
+    }
+
+    /// A job file entry as the dispatched job it came from.
+    pub fn to_dispatched(job: PushedJob) -> wire::DispatchedJob {
+        wire::DispatchedJob {
+            job_id: job.job_id,
+            task_id: job.task_id,
+            attempt_nr: job.attempt_nr,
+            lease_token: job.lease_token,
+            command: job.command,
+            environment: job.environment.into_iter().collect(),
+            input_files: job
+                .input_files
+                .into_iter()
+                .map(|f| wire::StagedFile { lfn: f.lfn, url: f.url, size_bytes: f.size_bytes, checksum: f.checksum })
+                .collect(),
+            output_files: job.output_files,
+            resources: Some(job.resources.into()),
+            heartbeat_interval_seconds: job.heartbeat_interval_seconds,
+            code_sha256: job.code_sha256,
+        }
+    }
+
+    /// The job file of a GetJob answer fetched for `worker_id` of `queue`.
+    pub fn from_response(queue: &str, worker_id: &str, response: wire::GetJobResponse) -> JobFile {
+        JobFile::new(
+            queue.to_owned(),
+            worker_id.to_owned(),
+            response.storage_url,
+            response.jobs.into_iter().map(to_pushed).collect(),
+        )
+    }
+}

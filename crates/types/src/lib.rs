@@ -3,13 +3,14 @@
 //! specification with its validation. Nothing here does I/O or knows about gRPC or SQL.
 //!
 //! Modules: `ids` (newtype IDs), `state` (the `StateMachine` trait and the error for a refused
-//! transition), `task`, `job`, `dataset`, `worker` (one state enum each), `spec` (task specs), `rules` (splitting rules and brokerage requirements), `shares` (the global-share tree).
+//! transition), `task`, `job`, `dataset`, `worker` (one state enum each), `spec` (task specs), `job_file` (push mode's job file), `rules` (splitting rules and brokerage requirements), `shares` (the global-share tree).
 
 mod macros;
 
 pub mod dataset;
 pub mod ids;
 pub mod job;
+pub mod job_file;
 pub mod rules;
 pub mod shares;
 pub mod spec;

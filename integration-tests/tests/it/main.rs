@@ -11,6 +11,7 @@ mod embedded;
 mod hpo;
 mod jedi;
 mod processes;
+mod push;
 mod slurm;
 
 /// The pilot program the embedded harvester starts.

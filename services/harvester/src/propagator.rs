@@ -2,15 +2,15 @@
 //! workers' IDs), and the grace the server's kills give pilots. When the server kills a job, its
 //! pilot learns it at its next heartbeat and stops the payload; only a worker whose job is still
 //! named after `grace` (the pilot did not stop it: hung, or lost its server) is killed through its
-//! plugin.
+//! plugin. When each named worker was first named is kept in the harvester's database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use panda_types::WorkerStatus;
-use tokio::time::Instant;
 
-use crate::store::Worker;
+use crate::store::{NamedKills, Worker};
 
 /// One queue's report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,37 +39,29 @@ pub fn reports<'a>(queues: impl IntoIterator<Item = &'a str>, workers: &[Worker]
     out
 }
 
-/// Workers the server named as holding a killed job, since when.
-#[derive(Debug, Default)]
-pub struct KillTracker {
-    named_since: HashMap<i64, (Instant, String)>,
-}
-
-impl KillTracker {
-    /// Takes the workers named in this report (worker ID, reason) and answers those named for at
-    /// least `grace`: their pilots did not stop. A worker no longer named (its pilot stopped the
-    /// job, or the worker ended) is forgotten.
-    pub fn due(&mut self, named: Vec<(i64, String)>, now: Instant, grace: Duration) -> Vec<(i64, String)> {
-        let mut kept = HashMap::with_capacity(named.len());
-        for (worker_id, reason) in named {
-            let since = self.named_since.remove(&worker_id).map_or(now, |(since, _)| since);
-            kept.insert(worker_id, (since, reason));
-        }
-        self.named_since = kept;
-        let mut due: Vec<(i64, String)> = self
-            .named_since
-            .iter()
-            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= grace)
-            .map(|(id, (_, reason))| (*id, reason.clone()))
-            .collect();
-        due.sort();
-        due
+/// The server's kills after this report: which workers are named since when (to store, so a
+/// restart neither resets nor loses a grace), and which are due for a kill through the plugin,
+/// named for at least `grace` (their pilots did not stop), in ID order. A worker no longer named
+/// (its pilot stopped the job, or the worker ended) is forgotten; named again later, its grace
+/// starts over.
+pub fn kills_due(
+    before: &NamedKills,
+    named: Vec<(i64, String)>,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> (NamedKills, Vec<(i64, String)>) {
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let mut after = NamedKills::new();
+    for (worker_id, reason) in named {
+        let since = before.get(&worker_id).map_or(now, |(since, _)| *since);
+        after.insert(worker_id, (since, reason));
     }
-
-    /// How many workers are waiting out their grace.
-    pub fn waiting(&self) -> usize {
-        self.named_since.len()
-    }
+    let due = after
+        .iter()
+        .filter(|(_, (since, _))| now.signed_duration_since(*since) >= grace)
+        .map(|(id, (_, reason))| (*id, reason.clone()))
+        .collect();
+    (after, due)
 }
 
 #[cfg(test)]
@@ -118,23 +110,26 @@ mod tests {
     #[test]
     fn a_worker_is_due_only_after_being_named_for_the_whole_grace() {
         let grace = Duration::from_secs(60);
-        let start = Instant::now();
-        let mut tracker = KillTracker::default();
+        let start = Utc::now();
+        let at = |seconds: i64| start + chrono::Duration::seconds(seconds);
         let named = |ids: &[i64]| ids.iter().map(|id| (*id, format!("job of {id} killed"))).collect::<Vec<_>>();
-        assert!(tracker.due(named(&[1, 2]), start, grace).is_empty());
-        assert_eq!(tracker.waiting(), 2);
+        let (kept, due) = kills_due(&NamedKills::new(), named(&[1, 2]), at(0), grace);
+        assert!(due.is_empty());
+        assert_eq!(kept.len(), 2);
         // Worker 2's pilot stopped its job: no longer named, forgotten.
-        assert!(tracker.due(named(&[1]), start + Duration::from_secs(30), grace).is_empty());
-        assert_eq!(tracker.waiting(), 1);
+        let (kept, due) = kills_due(&kept, named(&[1]), at(30), grace);
+        assert!(due.is_empty());
+        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(kept[&1].0, at(0), "worker 1 keeps the start of its grace");
         // Named again later: its grace starts over.
-        assert_eq!(
-            tracker.due(named(&[1, 2]), start + Duration::from_secs(60), grace),
-            [(1, "job of 1 killed".to_owned())]
-        );
-        assert_eq!(tracker.due(named(&[1, 2]), start + Duration::from_secs(119), grace).len(), 1);
-        assert_eq!(tracker.due(named(&[1, 2]), start + Duration::from_secs(120), grace).len(), 2);
+        let (kept, due) = kills_due(&kept, named(&[1, 2]), at(60), grace);
+        assert_eq!(due, [(1, "job of 1 killed".to_owned())]);
+        let (kept, due) = kills_due(&kept, named(&[1, 2]), at(119), grace);
+        assert_eq!(due.len(), 1);
+        let (kept, due) = kills_due(&kept, named(&[1, 2]), at(120), grace);
+        assert_eq!(due.len(), 2);
         // Nothing named: nothing waits.
-        assert!(tracker.due(Vec::new(), start + Duration::from_secs(500), grace).is_empty());
-        assert_eq!(tracker.waiting(), 0);
+        let (kept, due) = kills_due(&kept, Vec::new(), at(500), grace);
+        assert!(due.is_empty() && kept.is_empty());
     }
 }

@@ -50,9 +50,10 @@ pub struct Provisioner {
     server_url: String,
     worker_dir: PathBuf,
     keep_finished: Duration,
-    /// Workers the server named as holding a killed job, waiting out `server_kill_grace`.
-    kills: Arc<std::sync::Mutex<crate::propagator::KillTracker>>,
     server_kill_grace: Duration,
+    /// When this process started: a worker still `pending` from before was left by a harvester
+    /// that stopped during its submission.
+    started_at: chrono::DateTime<Utc>,
     /// Counters.
     pub metrics: crate::metrics::Metrics,
 }
@@ -108,6 +109,14 @@ pub enum CycleError {
     /// The harvester database.
     #[error("harvester database")]
     Db(#[from] DbErr),
+    /// Push mode: the job file could not be written.
+    #[error("cannot write the job file of worker {worker_id}: {diag}")]
+    JobFile {
+        /// Worker.
+        worker_id: i64,
+        /// What failed.
+        diag: String,
+    },
     /// The server.
     #[error("server call {call} failed: {status}")]
     Server {
@@ -140,8 +149,8 @@ impl Provisioner {
             server_url,
             worker_dir,
             keep_finished,
-            kills: Default::default(),
             server_kill_grace: Duration::from_secs(60),
+            started_at: Utc::now(),
             metrics: Default::default(),
         }
     }
@@ -223,8 +232,8 @@ impl Provisioner {
         if let Err(error) = self.report_queues().await {
             warn!(%error, "could not report queues to the server");
         }
-        if let Err(error) = self.fail_orphans().await {
-            warn!(%error, "could not check for orphaned workers");
+        if let Err(error) = self.recover_interrupted().await {
+            warn!(%error, "could not check for orphaned workers and stranded jobs; retrying next cycle");
         }
         let queues = self.queues();
         // Credential manager: what workers need to reach the server stays fresh where they run.
@@ -301,6 +310,20 @@ impl Provisioner {
         exit_code: Option<i32>,
         diag: &str,
     ) -> Result<(), CycleError> {
+        self.transition_pushed(worker, to, batch_id, exit_code, diag, None).await
+    }
+
+    /// [`Self::transition`], also moving the worker's pushed jobs to `push` in the same
+    /// transaction.
+    async fn transition_pushed(
+        &self,
+        worker: &Worker,
+        to: WorkerStatus,
+        batch_id: Option<&str>,
+        exit_code: Option<i32>,
+        diag: &str,
+        push: Option<store::PushState>,
+    ) -> Result<(), CycleError> {
         if worker.status.transition_to(to).is_err() {
             warn!(worker_id = worker.id, from = %worker.status, %to, "ignoring a worker state change the state machine refuses");
             return Ok(());
@@ -322,6 +345,9 @@ impl Provisioner {
             },
         );
         outbox::append(&txn, &[event]).await?;
+        if let Some(push) = push {
+            store::set_pushed_state(&txn, worker.id, push).await?;
+        }
         txn.commit().await?;
         self.outbox.notify();
         self.metrics.transition(&worker.queue, to);
@@ -329,12 +355,25 @@ impl Provisioner {
         Ok(())
     }
 
+    /// What a harvester that stopped mid-cycle left: workers still `pending` (never reached the
+    /// resource) end `missed`, and jobs fetched for them or for ended workers (push mode) go back
+    /// to the server. Every cycle starts with it.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn recover_interrupted(&self) -> Result<(), CycleError> {
+        self.fail_orphans().await?;
+        self.release_stranded().await?;
+        Ok(())
+    }
+
     /// Workers left `pending` by a harvester that died between writing the row and calling the
-    /// plugin: they never reached the resource.
+    /// plugin (written before this process started, or a minute ago): they never reached the
+    /// resource. Jobs fetched for them (push mode) are handed back by [`Self::release_stranded`].
     async fn fail_orphans(&self) -> Result<(), CycleError> {
         let cutoff = Utc::now() - chrono::Duration::seconds(60);
         for worker in store::workers_in(&self.db, None, &[WorkerStatus::Pending]).await? {
-            if worker.created_at < cutoff {
+            if worker.created_at < cutoff || worker.created_at < self.started_at {
                 self.transition(
                     &worker,
                     WorkerStatus::Missed,
@@ -415,37 +454,190 @@ impl Provisioner {
             return Ok(());
         }
         info!(queue = %queue.name, n = adjustment.new_workers, reason = %adjustment.reason, "submitting workers");
+        let pending = self.fetch_for_new_workers(queue, adjustment.new_workers).await?;
+        self.submit_pending(queue, pending).await
+    }
+
+    /// Writes `n` new workers (`pending`) of `queue`. In push mode each also gets its jobs from
+    /// the server (GetJob on its behalf, `jobs_per_worker` of them), stored with it in the
+    /// harvester's database and then written to its job file, before anything is submitted; a
+    /// worker the server has no job for is not kept. Answers the workers to submit, with their
+    /// job files.
+    ///
+    /// # Errors
+    /// The database (nothing fetched for the worker being written).
+    pub async fn fetch_for_new_workers(
+        &self,
+        queue: &Queue,
+        n: u32,
+    ) -> Result<Vec<(Worker, Option<PathBuf>)>, CycleError> {
+        let push = queue.config.mode == crate::queues::QueueMode::Push;
         let mut pending = Vec::new();
-        for _ in 0..adjustment.new_workers {
+        for _ in 0..n {
             let txn = self.db.begin().await?;
             let worker = store::insert_pending(&txn, &queue.name, &self.worker_dir).await?;
             txn.commit().await?;
-            pending.push(worker);
+            if !push {
+                pending.push((worker, None));
+                continue;
+            }
+            match self.fetch_jobs(queue, &worker).await {
+                Ok(Some(job_file)) => pending.push((worker, Some(job_file))),
+                Ok(None) => {
+                    // No job (left) for this queue: the worker is not needed.
+                    store::delete_pending(&self.db, worker.id).await?;
+                    break;
+                }
+                Err(error) => {
+                    warn!(queue = %queue.name, worker_id = worker.id, %error, "could not fetch jobs for a new worker");
+                    self.metrics.submission(&queue.name, "missed");
+                    let diag = format!("jobs not fetched: {error}");
+                    self.transition(&worker, WorkerStatus::Missed, None, None, &diag).await?;
+                    // Jobs it holds already (recorded, file not written) go back now.
+                    self.release_stranded().await?;
+                    break;
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Push mode: GetJob for `worker`, the answer stored with the worker (so a harvester that
+    /// stops now can still hand the jobs back), then written to the worker's job file. `None`
+    /// when the server has no job for the queue.
+    async fn fetch_jobs(&self, queue: &Queue, worker: &Worker) -> Result<Option<PathBuf>, CycleError> {
+        let resources: panda_types::Resources = queue.config.resources.into();
+        let response = self
+            .server
+            .pilot
+            .clone()
+            .get_job(wire::GetJobRequest {
+                queue: queue.name.clone(),
+                node: self.harvester_id.clone(),
+                resources: Some(resources.into()),
+                worker_id: worker.id.to_string(),
+                n_jobs: queue.config.jobs_per_worker,
+            })
+            .await
+            .map_err(|status| CycleError::Server { call: "GetJob", status })?
+            .into_inner();
+        if response.jobs.is_empty() {
+            return Ok(None);
+        }
+        let job_file = panda_proto::convert::job_file::from_response(&queue.name, &worker.id.to_string(), response);
+        let job_ids: Vec<u64> = job_file.jobs.iter().map(|j| j.job_id).collect();
+        let text = serde_json::to_string_pretty(&job_file)
+            .map_err(|e| CycleError::JobFile { worker_id: worker.id, diag: e.to_string() })?;
+        if let Err(error) = store::insert_pushed(&self.db, worker.id, &queue.name, &text).await {
+            // Not recorded: hand the jobs back now, or they wait for the server's lease time-out.
+            self.release(worker.id, &job_file, "harvester could not record them").await;
+            return Err(error.into());
+        }
+        let dir = PathBuf::from(&worker.work_dir);
+        let path = dir.join(panda_types::job_file::JOB_FILE_NAME);
+        write_atomically(&dir, &path, &text)
+            .await
+            .map_err(|diag| CycleError::JobFile { worker_id: worker.id, diag })?;
+        info!(queue = %queue.name, worker_id = worker.id, jobs = ?job_ids, "jobs fetched for a new worker");
+        Ok(Some(path))
+    }
+
+    /// Hands a worker's pushed jobs back to the server (those still `sent` under its leases go
+    /// back to `activated`). Whether the server answered.
+    async fn release(&self, worker_id: i64, job_file: &panda_types::job_file::JobFile, why: &str) -> bool {
+        let leases = job_file
+            .jobs
+            .iter()
+            .map(|j| wire::JobLease { job_id: j.job_id, lease_token: j.lease_token.clone() })
+            .collect();
+        let reason = format!("{} worker {worker_id}: {why}", self.harvester_id);
+        match self.server.pilot.clone().release_leases(wire::ReleaseLeasesRequest { leases, reason }).await {
+            Ok(answer) => {
+                let released = answer.into_inner().released_job_ids;
+                if !released.is_empty() {
+                    info!(worker_id, jobs = ?released, %why, "pushed jobs handed back to the server");
+                }
+                true
+            }
+            Err(status) => {
+                warn!(worker_id, %status, "could not hand pushed jobs back; retrying next cycle");
+                false
+            }
+        }
+    }
+
+    /// Hands back the pushed jobs of workers that ended (never submitted, failed, killed,
+    /// finished): whatever a pilot did not start goes back to the queue at once, not after the
+    /// server's lease time-out. Lease-checked on the server, so a job a pilot runs or ran is
+    /// untouched; a worker whose jobs were handed back is not asked about again. Answers the
+    /// workers done.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn release_stranded(&self) -> Result<Vec<i64>, CycleError> {
+        let mut done = Vec::new();
+        for (worker_id, text) in store::pushed_to_release(&self.db, 100).await? {
+            match serde_json::from_str::<panda_types::job_file::JobFile>(&text) {
+                Ok(job_file) => {
+                    if !self.release(worker_id, &job_file, "its worker ended or was never submitted").await {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    warn!(worker_id, %error, "stored job file does not parse; its jobs wait for the server's lease time-out")
+                }
+            }
+            store::set_pushed_state(&self.db, worker_id, store::PushState::Released).await?;
+            done.push(worker_id);
+        }
+        Ok(done)
+    }
+
+    /// Submits workers written by [`Self::fetch_for_new_workers`] through the queue's plugin. A
+    /// worker the plugin refuses ends `missed`, and its pushed jobs go back to the server at
+    /// once.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn submit_pending(
+        &self,
+        queue: &Queue,
+        pending: Vec<(Worker, Option<PathBuf>)>,
+    ) -> Result<(), CycleError> {
+        if pending.is_empty() {
+            return Ok(());
         }
         let specs: Vec<WorkerSpec> = pending
             .iter()
-            .map(|w| WorkerSpec {
+            .map(|(w, job_file)| WorkerSpec {
                 worker_id: w.id.to_string(),
                 queue: queue.name.clone(),
                 work_dir: PathBuf::from(&w.work_dir),
                 resources: queue.config.resources.into(),
                 max_jobs: queue.config.pilot_max_jobs,
                 server_url: self.server_url.clone(),
+                job_file: job_file.clone(),
             })
             .collect();
         let outcomes = queue.plugins.submitter.submit(&specs).await;
-        for (worker, outcome) in pending.iter().zip(outcomes) {
+        let mut refused = false;
+        for ((worker, job_file), outcome) in pending.iter().zip(outcomes) {
             match outcome {
                 crate::plugins::SubmitOutcome::Submitted { batch_id } => {
                     self.metrics.submission(&queue.name, "submitted");
-                    self.transition(worker, WorkerStatus::Submitted, Some(&batch_id), None, "").await?;
+                    let push = job_file.as_ref().map(|_| store::PushState::Delivered);
+                    self.transition_pushed(worker, WorkerStatus::Submitted, Some(&batch_id), None, "", push).await?;
                 }
                 crate::plugins::SubmitOutcome::Temporary(diag) | crate::plugins::SubmitOutcome::Permanent(diag) => {
                     warn!(queue = %queue.name, worker_id = worker.id, %diag, "worker submission failed");
                     self.metrics.submission(&queue.name, "missed");
                     self.transition(worker, WorkerStatus::Missed, None, None, &diag).await?;
+                    refused |= job_file.is_some();
                 }
             }
+        }
+        if refused {
+            self.release_stranded().await?;
         }
         Ok(())
     }
@@ -505,11 +697,14 @@ impl Provisioner {
                 }
             }
         }
-        let due = self.kills.lock().unwrap_or_else(std::sync::PoisonError::into_inner).due(
-            named,
-            tokio::time::Instant::now(),
-            self.server_kill_grace,
-        );
+        // When each worker was first named is stored: a restart neither resets nor loses a grace.
+        let before = store::named_kills(&self.db).await?;
+        let (after, due) = crate::propagator::kills_due(&before, named, Utc::now(), self.server_kill_grace);
+        if after != before {
+            let txn = self.db.begin().await?;
+            store::replace_named_kills(&txn, &before, &after).await?;
+            txn.commit().await?;
+        }
         let mut killed = Vec::new();
         for (worker_id, reason) in due {
             let diag = format!(
@@ -599,6 +794,17 @@ fn settled(current: WorkerStatus, reported: WorkerStatus) -> WorkerStatus {
         }
         _ => reported,
     }
+}
+
+/// Writes `text` to `path` (in `dir`, created if needed) through a temporary file, so a reader
+/// never sees half of it.
+async fn write_atomically(dir: &std::path::Path, path: &std::path::Path, text: &str) -> Result<(), String> {
+    tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    tokio::fs::write(&tmp, text).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
 }
 
 fn worker_ref(worker: &Worker) -> WorkerRef {
@@ -710,23 +916,27 @@ mod tests {
         // The demand is covered by the running and the interrupted worker: nothing submitted.
         after.submit(&queue, 3).await.unwrap();
         assert!(second.submitted.lock().unwrap().is_empty());
-        // The interrupted worker never reached the resource: missed once it is old enough, never
-        // handed to the plugin.
-        after.fail_orphans().await.unwrap();
-        assert_eq!(store::get(&db, interrupted.id).await.unwrap().unwrap().status, WorkerStatus::Pending);
-        db.execute_unprepared(&format!(
-            "UPDATE workers SET created_at = '2000-01-01T00:00:00+00:00' WHERE id = {}",
-            interrupted.id
-        ))
-        .await
-        .unwrap();
+        // The interrupted worker never reached the resource and was written before this process
+        // started: missed at once, never handed to the plugin.
         after.fail_orphans().await.unwrap();
         let missed = store::get(&db, interrupted.id).await.unwrap().unwrap();
         assert_eq!(missed.status, WorkerStatus::Missed);
         assert!(missed.diag.contains("never submitted"), "{}", missed.diag);
+        // A worker this process is writing is left alone until it is a minute old.
+        let current = store::insert_pending(&db, "q", &std::env::temp_dir()).await.unwrap();
+        after.fail_orphans().await.unwrap();
+        assert_eq!(store::get(&db, current.id).await.unwrap().unwrap().status, WorkerStatus::Pending);
+        db.execute_unprepared(&format!(
+            "UPDATE workers SET created_at = '2000-01-01T00:00:00+00:00' WHERE id = {}",
+            current.id
+        ))
+        .await
+        .unwrap();
+        after.fail_orphans().await.unwrap();
+        assert_eq!(store::get(&db, current.id).await.unwrap().unwrap().status, WorkerStatus::Missed);
         // More demand: one new worker (a new ID) fills the queue to its 4; none of the old ones again.
         after.submit(&queue, 10).await.unwrap();
-        assert_eq!(*second.submitted.lock().unwrap(), ["5"]);
+        assert_eq!(*second.submitted.lock().unwrap(), ["6"]);
         let all = statuses(&db).await;
         assert_eq!(
             all.iter().map(|(id, s, _)| (*id, *s)).collect::<Vec<_>>(),
@@ -735,7 +945,8 @@ mod tests {
                 (2, WorkerStatus::Running),
                 (3, WorkerStatus::Running),
                 (4, WorkerStatus::Missed),
-                (5, WorkerStatus::Submitted)
+                (5, WorkerStatus::Missed),
+                (6, WorkerStatus::Submitted)
             ]
         );
     }
@@ -945,7 +1156,21 @@ mod tests {
         fake.kill.lock().unwrap().push("1".into());
         assert!(provisioner.propagate().await.unwrap().is_empty());
         assert_eq!(store::get(&db, 1).await.unwrap().unwrap().status, WorkerStatus::Running);
-        // ...then the harvester kills the worker through its plugin.
+        // The start of the grace is in the database: a harvester restarted meanwhile (new
+        // process, same database) neither starts the grace again nor forgets it...
+        assert_eq!(store::named_kills(&db).await.unwrap().keys().copied().collect::<Vec<_>>(), [1]);
+        let provisioner = Provisioner::new(
+            "h".into(),
+            BTreeMap::from([("q".to_owned(), queue.clone())]),
+            db.clone(),
+            Outbox::new(db.clone()),
+            ServerClient::new(&url).unwrap(),
+            url.clone(),
+            dir.path().to_owned(),
+            Duration::from_secs(3600),
+        )
+        .with_server_kill_grace(Duration::from_millis(300));
+        // ...so once the grace has passed, its first report kills the worker through its plugin.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(provisioner.propagate().await.unwrap(), [1]);
         let killed = store::get(&db, 1).await.unwrap().unwrap();
@@ -968,6 +1193,7 @@ mod tests {
         fake.kill.lock().unwrap().clear();
         provisioner.propagate().await.unwrap();
         assert_eq!(fake.requests.lock().unwrap().last().unwrap().queues[0].live_worker_ids, ["2"]);
+        assert!(store::named_kills(&db).await.unwrap().is_empty(), "no longer named: forgotten");
 
         provisioner.kill_worker(2, "test over").await.unwrap();
         shutdown.cancel();

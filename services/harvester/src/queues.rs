@@ -24,6 +24,9 @@
 //!     resources: { cores: 1, memory_mb: 2000 }   # what one worker offers a job
 //!     pilot_max_jobs: 0           # jobs per pilot; 0 = until the queue has none
 //!     site: CERN-PROD_DATADISK    # storage site for data locality; default: the queue's name
+//!     mode: pull                  # pull (pilots ask the server) | push (harvester fetches
+//!                                 # jobs_per_worker jobs per new worker, into <worker dir>/jobs.json)
+//!     jobs_per_worker: 1          # push mode only: 1 to 100
 //!     plugin:
 //!       type: local               # local | slurm | htcondor
 //!       pilot_command: [/usr/bin/panda-pilot]    # optional; default: the pilot next to the harvester
@@ -105,6 +108,31 @@ impl QueueStatus {
     }
 }
 
+/// Who takes jobs from the server for a queue's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// Pilots ask the server for jobs themselves (GetJob).
+    #[default]
+    Pull,
+    /// Harvester fetches `jobs_per_worker` jobs for each worker it submits and hands them over in
+    /// a job file in the worker's directory (`panda_types::job_file`; the pilot's `--job-file`).
+    Push,
+}
+
+impl QueueMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMode::Pull => "pull",
+            QueueMode::Push => "push",
+        }
+    }
+}
+
+/// Most jobs one GetJob call hands out (the server's limit).
+pub const MAX_JOBS_PER_WORKER: u32 = 100;
+
 /// Resources one worker offers (zero: unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -143,15 +171,29 @@ pub struct QueueConfig {
     /// What a worker offers.
     #[serde(default)]
     pub resources: WorkerResources,
-    /// Jobs per pilot; 0 = until the queue has none.
+    /// Jobs per pilot; 0 = until the queue has none. In push mode the pushed jobs count, and a
+    /// pilot pulls more after them only when this allows (set it to `jobs_per_worker` for
+    /// pilots that run only what harvester pushed).
     #[serde(default)]
     pub pilot_max_jobs: u32,
     /// Storage site the queue reads its input from: JEDI's brokerage counts input replicas at
     /// this site as local (data locality). Default: the queue's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// `pull` (pilots fetch their jobs) or `push` (harvester fetches them for each new worker
+    /// and writes them to the worker's job file).
+    #[serde(default)]
+    pub mode: QueueMode,
+    /// Push mode: jobs fetched for each new worker (1 to 100).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub jobs_per_worker: u32,
     /// How workers are provisioned.
     pub plugin: PluginConfig,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The whole file.
@@ -291,6 +333,8 @@ impl QueueFile {
             resources: WorkerResources { cores: 1, ..Default::default() },
             pilot_max_jobs: 0,
             site: None,
+            mode: QueueMode::Pull,
+            jobs_per_worker: 1,
             plugin: PluginConfig::Local(Default::default()),
         };
         Self { queues: BTreeMap::from([("local".to_owned(), queue)]) }
@@ -410,6 +454,29 @@ impl QueueFile {
             if let Some(0) = queue.max_new_workers_per_cycle {
                 problems.push(format!("queues.{name}.max_new_workers_per_cycle: must be at least 1 (got 0)"));
             }
+            if !(1..=MAX_JOBS_PER_WORKER).contains(&queue.jobs_per_worker) {
+                problems.push(format!(
+                    "queues.{name}.jobs_per_worker: must be 1 to {MAX_JOBS_PER_WORKER} (got {})",
+                    queue.jobs_per_worker
+                ));
+            }
+            if queue.mode == QueueMode::Push {
+                if matches!(queue.plugin, PluginConfig::Kubernetes(_)) {
+                    problems.push(format!(
+                        "queues.{name}.mode: push needs workers that read the harvester's worker directory (local, slurm, htcondor with a shared file system); the kubernetes plugin's pods cannot: use mode: pull"
+                    ));
+                }
+                if queue.pilot_max_jobs != 0 && queue.pilot_max_jobs < queue.jobs_per_worker {
+                    problems.push(format!(
+                        "queues.{name}.pilot_max_jobs: {} is less than jobs_per_worker ({}): the pilot would not run every job pushed to it; use 0 or at least {}",
+                        queue.pilot_max_jobs, queue.jobs_per_worker, queue.jobs_per_worker
+                    ));
+                }
+            } else if queue.jobs_per_worker != 1 {
+                problems.push(format!(
+                    "queues.{name}.jobs_per_worker: only used in push mode (mode: push); remove it or set mode: push"
+                ));
+            }
             if queue.plugin.is_batch() {
                 // A batch job asks for what it needs; "unlimited" is not a request.
                 let plugin = queue.plugin.name();
@@ -461,6 +528,29 @@ mod tests {
         let error =
             parse("queues:\n  q:\n    site: 'a site'\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("queues.q.site: \"a site\" contains ' '"), "{error}");
+    }
+
+    #[test]
+    fn mode_defaults_to_pull_and_push_settings_are_checked() {
+        let file = parse("queues:\n  q:\n    max_workers: 1\n    plugin: { type: local }\n").unwrap();
+        assert_eq!((file.queues["q"].mode, file.queues["q"].jobs_per_worker), (QueueMode::Pull, 1));
+        let file = parse(
+            "defaults: { mode: push }\nqueues:\n  q:\n    max_workers: 1\n    jobs_per_worker: 3\n    pilot_max_jobs: 3\n    plugin: { type: local }\n",
+        )
+        .unwrap();
+        assert_eq!((file.queues["q"].mode, file.queues["q"].jobs_per_worker), (QueueMode::Push, 3));
+
+        let error =
+            parse("queues:\n  q:\n    max_workers: 1\n    mode: shove\n    plugin: { type: local }\n").unwrap_err();
+        assert!(error.contains("queues.q.mode") && error.contains("shove") && error.contains("push"), "{error}");
+        let error = parse(
+            "queues:\n  q:\n    max_workers: 1\n    mode: push\n    jobs_per_worker: 101\n    plugin: { type: local }\n  r:\n    max_workers: 1\n    mode: push\n    jobs_per_worker: 4\n    pilot_max_jobs: 2\n    plugin: { type: local }\n  s:\n    max_workers: 1\n    jobs_per_worker: 2\n    plugin: { type: local }\n  k:\n    max_workers: 1\n    mode: push\n    resources: { cores: 1, memory_mb: 1000 }\n    plugin: { type: kubernetes, image: pilot:1 }\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("queues.q.jobs_per_worker: must be 1 to 100 (got 101)"), "{error}");
+        assert!(error.contains("queues.r.pilot_max_jobs: 2 is less than jobs_per_worker (4)"), "{error}");
+        assert!(error.contains("queues.s.jobs_per_worker: only used in push mode"), "{error}");
+        assert!(error.contains("queues.k.mode: push needs workers that read"), "{error}");
     }
 
     #[test]

@@ -224,6 +224,184 @@ pub async fn mark_cleaned(conn: &impl ConnectionTrait, id: i64) -> Result<(), Db
     Ok(())
 }
 
+/// Where the jobs harvester fetched for a push-mode worker are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushState {
+    /// Fetched from the server (the jobs are `sent` under our leases), not yet at the resource.
+    Fetched,
+    /// The worker was submitted with them.
+    Delivered,
+    /// Handed back to the server (what was still `sent` went back to `activated`).
+    Released,
+}
+
+impl PushState {
+    fn as_str(self) -> &'static str {
+        match self {
+            PushState::Fetched => "fetched",
+            PushState::Delivered => "delivered",
+            PushState::Released => "released",
+        }
+    }
+}
+
+mod pushed {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pushed_jobs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub worker_id: i64,
+        pub queue: String,
+        /// The job file (JSON), as written to the worker's directory.
+        #[sea_orm(column_type = "Text")]
+        pub job_file: String,
+        pub state: String,
+        pub created_at: DateTimeUtc,
+        pub modified_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Records the job file fetched for a push-mode worker (state `fetched`), before the worker is
+/// submitted: a harvester that stops now still knows which leases it holds.
+pub async fn insert_pushed(
+    conn: &impl ConnectionTrait,
+    worker_id: i64,
+    queue: &str,
+    job_file: &str,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    pushed::ActiveModel {
+        worker_id: Set(worker_id),
+        queue: Set(queue.to_owned()),
+        job_file: Set(job_file.to_owned()),
+        state: Set(PushState::Fetched.as_str().to_owned()),
+        created_at: Set(now),
+        modified_at: Set(now),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a push-mode worker's jobs to `state`.
+pub async fn set_pushed_state(conn: &impl ConnectionTrait, worker_id: i64, state: PushState) -> Result<(), DbErr> {
+    pushed::Entity::update_many()
+        .col_expr(pushed::Column::State, Expr::value(state.as_str()))
+        .col_expr(pushed::Column::ModifiedAt, Expr::value(Utc::now()))
+        .filter(pushed::Column::WorkerId.eq(worker_id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Job files of push-mode workers that ended (or never reached the resource) while their jobs
+/// were not yet handed back: (worker ID, job file JSON), oldest first.
+pub async fn pushed_to_release(conn: &impl ConnectionTrait, limit: u64) -> Result<Vec<(i64, String)>, DbErr> {
+    let ended: Vec<&str> =
+        [WorkerStatus::Finished, WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Missed]
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+    let ended_workers = Query::select()
+        .column(worker::Column::Id)
+        .from(worker::Entity)
+        .and_where(worker::Column::Status.is_in(ended))
+        .to_owned();
+    let rows = pushed::Entity::find()
+        .filter(pushed::Column::State.is_in([PushState::Fetched.as_str(), PushState::Delivered.as_str()]))
+        .filter(pushed::Column::WorkerId.in_subquery(ended_workers))
+        .order_by_asc(pushed::Column::WorkerId)
+        .limit(limit)
+        .all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.worker_id, r.job_file)).collect())
+}
+
+/// A push-mode worker's job file and its state.
+pub async fn pushed_of(conn: &impl ConnectionTrait, worker_id: i64) -> Result<Option<(String, PushState)>, DbErr> {
+    let Some(row) = pushed::Entity::find_by_id(worker_id).one(conn).await? else { return Ok(None) };
+    let state = match row.state.as_str() {
+        "fetched" => PushState::Fetched,
+        "delivered" => PushState::Delivered,
+        "released" => PushState::Released,
+        other => return Err(DbErr::Custom(format!("pushed_jobs.state {other:?} of worker {worker_id} is unknown"))),
+    };
+    Ok(Some((row.job_file, state)))
+}
+
+/// Removes a worker that never reached the resource and holds nothing (push mode, when the
+/// server had no job for it).
+pub async fn delete_pending(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
+    worker::Entity::delete_many()
+        .filter(worker::Column::Id.eq(id))
+        .filter(worker::Column::Status.eq(WorkerStatus::Pending.as_str()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+mod kill {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "server_kills")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub worker_id: i64,
+        #[sea_orm(column_type = "Text")]
+        pub reason: String,
+        pub named_since: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Workers the server names as holding a killed job: since when, and why.
+pub type NamedKills = std::collections::BTreeMap<i64, (DateTime<Utc>, String)>;
+
+/// The workers waiting out `server_kill_grace`.
+pub async fn named_kills(conn: &impl ConnectionTrait) -> Result<NamedKills, DbErr> {
+    Ok(kill::Entity::find().all(conn).await?.into_iter().map(|r| (r.worker_id, (r.named_since, r.reason))).collect())
+}
+
+/// Replaces the workers waiting out their grace with `now` (rows of workers no longer named go,
+/// new ones come, kept ones keep their start). The caller runs it in one transaction.
+pub async fn replace_named_kills(conn: &impl ConnectionTrait, old: &NamedKills, now: &NamedKills) -> Result<(), DbErr> {
+    let gone: Vec<i64> = old.keys().filter(|id| !now.contains_key(id)).copied().collect();
+    if !gone.is_empty() {
+        kill::Entity::delete_many().filter(kill::Column::WorkerId.is_in(gone)).exec(conn).await?;
+    }
+    for (id, (since, reason)) in now {
+        match old.get(id) {
+            Some((old_since, old_reason)) if old_since == since && old_reason == reason => {}
+            Some(_) => {
+                kill::Entity::update_many()
+                    .col_expr(kill::Column::NamedSince, Expr::value(*since))
+                    .col_expr(kill::Column::Reason, Expr::value(reason.clone()))
+                    .filter(kill::Column::WorkerId.eq(*id))
+                    .exec(conn)
+                    .await?;
+            }
+            None => {
+                kill::ActiveModel { worker_id: Set(*id), reason: Set(reason.clone()), named_since: Set(*since) }
+                    .insert(conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, FromQueryResult)]
 struct Count {
     queue: String,
@@ -258,6 +436,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut all = panda_bus::migration::migrations();
         all.push(Box::new(M0001Workers));
+        all.push(Box::new(M0002PushAndKills));
         all
     }
 }
@@ -301,6 +480,52 @@ impl MigrationTrait for M0001Workers {
                     .table("workers")
                     .col("queue")
                     .col("status")
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Push mode's fetched jobs per worker, and the start of each server kill's grace (both survive
+/// a restart).
+struct M0002PushAndKills;
+
+impl MigrationName for M0002PushAndKills {
+    fn name(&self) -> &str {
+        "harvester_m0002_pushed_jobs_and_server_kills"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002PushAndKills {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("pushed_jobs")
+                    .if_not_exists()
+                    .col(big_integer("worker_id").primary_key())
+                    .col(string("queue"))
+                    .col(text("job_file"))
+                    .col(string("state"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone("modified_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().if_not_exists().name("pushed_jobs_state").table("pushed_jobs").col("state").to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("server_kills")
+                    .if_not_exists()
+                    .col(big_integer("worker_id").primary_key())
+                    .col(text("reason"))
+                    .col(timestamp_with_time_zone("named_since"))
                     .to_owned(),
             )
             .await

@@ -66,6 +66,7 @@ fn spec(dir: &Path, id: u32) -> WorkerSpec {
         resources: Resources { cores: 1, memory_mb: 2000, disk_mb: 0, walltime_seconds: 0 },
         max_jobs: 1,
         server_url: "http://127.0.0.1:50051".into(),
+        job_file: None,
     }
 }
 

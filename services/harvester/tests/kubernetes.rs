@@ -32,6 +32,7 @@ fn spec(worker_id: &str) -> WorkerSpec {
         resources: Resources { cores: 2, memory_mb: 4000, disk_mb: 0, walltime_seconds: 600 },
         max_jobs: 1,
         server_url: "http://panda:50051".into(),
+        job_file: None,
     }
 }
 

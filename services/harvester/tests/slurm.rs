@@ -44,6 +44,7 @@ fn spec(dir: &Path, id: u32) -> WorkerSpec {
         resources: Resources { cores: 1, memory_mb: 100, disk_mb: 0, walltime_seconds: 600 },
         max_jobs: 1,
         server_url: "http://127.0.0.1:1".into(),
+        job_file: None,
     }
 }
 

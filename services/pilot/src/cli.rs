@@ -55,6 +55,9 @@ pub struct Args {
     /// Stop after this many jobs (0: until the queue is empty).
     #[arg(long, env = "PANDA_PILOT_MAX_JOBS")]
     pub max_jobs: Option<u32>,
+    /// Push mode: run the jobs of this job file (written by harvester) before asking the server.
+    #[arg(long, env = "PANDA_PILOT_JOB_FILE")]
+    pub job_file: Option<PathBuf>,
     /// Take no new job after this long, e.g. "12h" [default: 24h].
     #[arg(long, env = "PANDA_PILOT_LIFETIME", value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
@@ -91,6 +94,7 @@ impl Args {
         loader = set(loader, "cores", self.cores);
         loader = set(loader, "memory_mb", self.memory_mb);
         loader = set(loader, "max_jobs", self.max_jobs);
+        loader = set(loader, "job_file", self.job_file.clone());
         loader = set(loader, "lifetime", text(self.lifetime));
         loader = set(loader, "kill_grace", text(self.kill_grace));
         loader = set(loader, "server_deadline", text(self.server_deadline));

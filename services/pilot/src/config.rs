@@ -29,8 +29,13 @@ pub struct Config {
     pub cores: u32,
     /// Memory offered to GetJob, in MB (0: no limit).
     pub memory_mb: u64,
-    /// Stop after this many jobs (0: keep taking jobs until the server has none).
+    /// Stop after this many jobs (0: keep taking jobs until the server has none). Jobs from
+    /// `job_file` count.
     pub max_jobs: u32,
+    /// Push mode: a job file harvester wrote (`panda_types::job_file`); the pilot runs its jobs
+    /// first, without GetJob, then goes on asking the server until `max_jobs` (set `max_jobs` to
+    /// the file's job count to run only those).
+    pub job_file: Option<PathBuf>,
     /// Take no new job after this much time since start (the reference's lifetime/timefloor).
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
@@ -72,6 +77,7 @@ impl Default for Config {
             cores: 0,
             memory_mb: 0,
             max_jobs: 0,
+            job_file: None,
             lifetime: Duration::from_secs(24 * 3600),
             kill_grace: Duration::from_secs(10),
             server_deadline: Duration::from_secs(3 * 3600),
@@ -116,6 +122,9 @@ impl Config {
         }
         if self.log_interval.is_zero() {
             problems.push("pilot.log_interval = 0s: must be positive".to_owned());
+        }
+        if self.job_file.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+            problems.push("pilot.job_file must not be empty when set".to_owned());
         }
         if self.stage_in_attempts == 0 {
             problems.push("pilot.stage_in_attempts = 0: must be at least 1".to_owned());

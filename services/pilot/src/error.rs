@@ -44,6 +44,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The job file (`--job-file`, push mode) cannot be read or is not a job file.
+    #[error("cannot use the job file {}: {reason}", path.display())]
+    JobFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Result with the pilot's [`Error`].

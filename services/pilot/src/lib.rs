@@ -1,5 +1,6 @@
 //! The pilot: a stateless agent on a worker node. It asks the server's PilotService for a job,
-//! runs it in its own directory and reports on it, then asks for the next one, until the server
+//! runs it in its own directory and reports on it, then asks for the next one (in push mode it
+//! first runs the jobs of the job file harvester wrote, `Config::job_file`), until the server
 //! has none, `max_jobs` or the lifetime is reached, or it is told to stop. For each job:
 //! `starting`, stage-in (copy and verify inputs), the payload (`/bin/sh -c` in its own process
 //! group) with `running` heartbeats, stage-out (copy and measure outputs), and a final
@@ -74,6 +75,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     tracing::info!(queue = %config.queue, node = server.node(), server = %config.server_url, work_dir = %work_dir.display(), "pilot started");
     let started = Instant::now();
     let mut summary = Summary::default();
+    if let Some(path) = &config.job_file {
+        // Push mode: harvester fetched these for this worker; their leases are ours already.
+        let pushed = read_job_file(path).await?;
+        tracing::info!(job_file = %path.display(), jobs = pushed.jobs.len(), "running the jobs of the job file");
+        let storage_url = pushed.storage_url;
+        for dispatched in pushed.jobs.into_iter().map(panda_proto::convert::job_file::to_dispatched) {
+            // A job not run here is not lost: harvester hands back what is still `sent` when the
+            // worker ends, or the server's lease time-out does.
+            if shutdown.is_cancelled() {
+                break;
+            }
+            summary.jobs_run += 1;
+            let mut cx = Context {
+                config: &config,
+                work_dir: &work_dir,
+                server: &mut server,
+                storage_url: &storage_url,
+                shutdown: &shutdown,
+            };
+            match job::run(Job::from(dispatched), &mut cx).await? {
+                Outcome::Finished => summary.jobs_finished += 1,
+                Outcome::Failed => summary.jobs_failed += 1,
+                Outcome::Dropped => {}
+            }
+        }
+    }
     loop {
         if shutdown.is_cancelled() {
             tracing::info!("pilot told to stop");
@@ -127,6 +154,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         "pilot done"
     );
     Ok(summary)
+}
+
+/// Reads and checks a job file.
+async fn read_job_file(path: &std::path::Path) -> Result<panda_types::job_file::JobFile> {
+    let fail = |reason: String| Error::JobFile { path: path.to_owned(), reason };
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| fail(e.to_string()))?;
+    let file: panda_types::job_file::JobFile = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    file.check().map_err(|e| fail(e.to_string()))?;
+    Ok(file)
 }
 
 /// The absolute work directory, created if needed; relative paths are resolved once here, so

@@ -44,6 +44,9 @@ pub fn pilot_args(program: &[String], worker: &WorkerSpec) -> Vec<String> {
         "--max-jobs".to_owned(),
         worker.max_jobs.to_string(),
     ]);
+    if let Some(job_file) = &worker.job_file {
+        args.extend(["--job-file".to_owned(), job_file.display().to_string()]);
+    }
     args
 }
 
@@ -225,13 +228,21 @@ mod tests {
             resources: panda_types::Resources { cores: 2, memory_mb: 1000, disk_mb: 0, walltime_seconds: 61 },
             max_jobs: 1,
             server_url: "http://s:1".into(),
+            job_file: None,
         };
         let values = common_values(&worker, Path::new("/logs/q/7"), &args(&["pilot"]));
         assert_eq!(values["walltime_minutes"], "2");
         assert_eq!(values["log_dir"], "/logs/q/7");
         assert!(values["pilot_command"].starts_with("pilot --server http://s:1 --queue q --worker-id 7"));
+        assert!(!values["pilot_command"].contains("--job-file"), "pull mode: no job file");
         worker.resources.walltime_seconds = 0;
         assert_eq!(common_values(&worker, Path::new("/l"), &[])["walltime_minutes"], "0");
+        // Push mode: the pilot is told where its jobs are.
+        worker.job_file = Some("/w/q/7/jobs.json".into());
+        assert!(
+            common_values(&worker, Path::new("/l"), &args(&["pilot"]))["pilot_command"]
+                .ends_with(" --job-file /w/q/7/jobs.json")
+        );
     }
 
     #[test]

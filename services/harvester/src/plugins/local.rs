@@ -191,6 +191,7 @@ mod tests {
             resources: Default::default(),
             max_jobs: 0,
             server_url: "http://127.0.0.1:1".into(),
+            job_file: None,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct WorkerSpec {
     pub max_jobs: u32,
     /// The server the pilot talks to.
     pub server_url: String,
+    /// Push mode: the job file in the worker's directory (the pilot gets `--job-file PATH`).
+    pub job_file: Option<PathBuf>,
 }
 
 /// A worker already at the resource.

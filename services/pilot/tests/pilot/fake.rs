@@ -49,6 +49,9 @@ pub struct Script {
     pub unavailable_finals: usize,
     /// Code archives the fake CacheService serves, by sha256.
     pub archives: HashMap<String, Vec<u8>>,
+    /// Jobs dispatched to someone else before the pilot started (harvester in push mode): their
+    /// leases are valid from the start, GetJob never hands them out.
+    pub pushed: Vec<DispatchedJob>,
 }
 
 /// What the fake saw.
@@ -93,7 +96,8 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(script: Script) -> Self {
-        Self { state: Arc::new(Mutex::new(State { script, ..State::default() })) }
+        let leases = script.pushed.iter().map(|job| (job.job_id, job.lease_token.clone())).collect();
+        Self { state: Arc::new(Mutex::new(State { script, leases, ..State::default() })) }
     }
 
     /// Serves on an OS-chosen loopback port until the test's runtime ends.
@@ -210,6 +214,13 @@ impl PilotService for Fake {
 
     async fn update_jobs(&self, _request: Request<UpdateJobsRequest>) -> Result<Response<UpdateJobsResponse>, Status> {
         Err(Status::unimplemented("the pilot reports one job at a time"))
+    }
+
+    async fn release_leases(
+        &self,
+        _request: Request<panda_proto::server::v1::ReleaseLeasesRequest>,
+    ) -> Result<Response<panda_proto::server::v1::ReleaseLeasesResponse>, Status> {
+        Err(Status::unimplemented("pilots never hand jobs back"))
     }
 }
 

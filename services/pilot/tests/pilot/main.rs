@@ -6,6 +6,7 @@
 
 mod code_and_logs;
 mod fake;
+mod push;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

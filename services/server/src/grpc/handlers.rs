@@ -388,6 +388,36 @@ impl PilotService for Api {
             .collect();
         Ok(Response::new(wire::UpdateJobsResponse { results }))
     }
+
+    async fn release_leases(
+        &self,
+        request: Request<wire::ReleaseLeasesRequest>,
+    ) -> Result<Response<wire::ReleaseLeasesResponse>, Status> {
+        let request = request.into_inner();
+        if request.leases.len() > MAX_REPORTS_PER_CALL {
+            return Err(Error::invalid(
+                "leases",
+                format!("at most {MAX_REPORTS_PER_CALL} jobs per call (got {}); split them", request.leases.len()),
+            )
+            .into());
+        }
+        let mut leases = Vec::with_capacity(request.leases.len());
+        for (i, lease) in request.leases.into_iter().enumerate() {
+            if lease.job_id == 0 {
+                return Err(Status::invalid_argument(format!("leases[{i}].job_id is required")));
+            }
+            let job_id = JobId(lease.job_id);
+            if lease.lease_token.is_empty() {
+                return Err(Status::invalid_argument(format!("leases[{i}] (job {job_id}): lease_token is required")));
+            }
+            leases.push((job_id, lease.lease_token));
+        }
+        let reason = if request.reason.is_empty() { "handed back by its holder" } else { request.reason.as_str() };
+        let released = self.service.release_leases(&leases, reason).await?;
+        Ok(Response::new(wire::ReleaseLeasesResponse {
+            released_job_ids: released.into_iter().map(|id| id.0).collect(),
+        }))
+    }
 }
 
 /// A pilot's report, checked for what needs no database.

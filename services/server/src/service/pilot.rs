@@ -186,14 +186,31 @@ impl Service {
     /// # Errors
     /// Database failures (the watchdog then puts the jobs back later).
     pub async fn release_undelivered(&self, jobs: Vec<Dispatched>) -> Result<usize> {
-        let ids: Vec<JobId> = jobs.iter().map(|d| d.job.id).collect();
+        let leases: Vec<(JobId, String)> =
+            jobs.into_iter().map(|d| (d.job.id, d.job.lease_token.unwrap_or_default())).collect();
+        let released = self.release_leases(&leases, "dispatch answer not delivered").await?;
+        Ok(released.len())
+    }
+
+    /// Hands jobs back to their queue: each job still `sent` under the given lease token goes
+    /// back to `activated`, its lease revoked (a later report with that token is refused). A job
+    /// started, ended, unknown, or sent under another lease is left as it is, so calling again
+    /// changes nothing. Answers the jobs released, in id order.
+    ///
+    /// # Errors
+    /// Database failures (nothing was released).
+    pub async fn release_leases(&self, leases: &[(JobId, String)], reason: &str) -> Result<Vec<JobId>> {
+        let ids: Vec<JobId> = leases.iter().map(|(id, _)| *id).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin().await?;
         let mut current = self.store.lock_jobs(&txn, &ids).await?;
         let mut events = Vec::new();
         let mut released = Vec::new();
-        for Dispatched { job: sent, .. } in &jobs {
-            let Some(job) = current.get_mut(&sent.id) else { continue };
-            if job.status != JobStatus::Sent || job.lease_token != sent.lease_token {
+        for (job_id, token) in leases {
+            let Some(job) = current.get_mut(job_id) else { continue };
+            if job.status != JobStatus::Sent || token.is_empty() || job.lease_token.as_deref() != Some(token) {
                 continue;
             }
             self.move_job(job, JobStatus::Activated, JobActor::Server, &mut events)?;
@@ -202,13 +219,15 @@ impl Service {
             job.worker_id.clear();
             released.push(job.id);
         }
+        released.sort();
+        released.dedup();
         let changed: Vec<&Job> = released.iter().filter_map(|id| current.get(id)).collect();
         self.store.save_jobs(&txn, &changed).await?;
         self.commit(txn, events).await?;
         if !released.is_empty() {
-            tracing::info!(jobs = ?released, "dispatch answer not delivered; jobs back in the queue");
+            tracing::info!(jobs = ?released, %reason, "jobs handed back; activated again");
         }
-        Ok(released.len())
+        Ok(released)
     }
 
     /// Applies a pilot's report on a job it holds: a state change, a heartbeat, or the final

@@ -138,6 +138,7 @@ fn worker(dir: &Path, id: &str) -> WorkerSpec {
         resources: Resources { cores: 8, memory_mb: 16000, disk_mb: 0, walltime_seconds: 0 },
         max_jobs: 0,
         server_url: "http://10.0.0.1:50051".into(),
+        job_file: None,
     }
 }
 

@@ -236,7 +236,13 @@ pub fn job_manifest(config: &KubernetesConfig, queue: &str, worker: &WorkerSpec,
     labels.insert(QUEUE_LABEL.to_owned(), label_value(queue));
     labels.insert(WORKER_LABEL.to_owned(), label_value(&worker.worker_id));
     // The pilot's view of the worker: its directory is the pod's emptyDir.
-    let in_pod = WorkerSpec { work_dir: PathBuf::from(WORK_DIR), server_url: server_url.to_owned(), ..worker.clone() };
+    let in_pod = WorkerSpec {
+        work_dir: PathBuf::from(WORK_DIR),
+        server_url: server_url.to_owned(),
+        // Push mode is refused for this plugin: pods do not see the harvester's files.
+        job_file: None,
+        ..worker.clone()
+    };
     let mut args = batch::pilot_args(&config.pilot_command, &in_pod);
     // `pilot_args` put the work dir's `pilot` child; keep it inside the mounted volume.
     let program = args.remove(0);
@@ -634,6 +640,7 @@ mod tests {
             resources: panda_types::Resources { cores: 4, memory_mb: 8000, disk_mb: 20000, walltime_seconds: 3600 },
             max_jobs: 1,
             server_url: "http://harvester-view:50051".into(),
+            job_file: None,
         }
     }
 

@@ -174,6 +174,7 @@ fn worker(dir: &Path, id: &str) -> WorkerSpec {
         resources: Resources { cores: 4, memory_mb: 8000, disk_mb: 0, walltime_seconds: 3600 },
         max_jobs: 2,
         server_url: "http://10.0.0.1:50051".into(),
+        job_file: None,
     }
 }
 
