@@ -28,7 +28,9 @@ mod pilot;
 mod release;
 mod workers;
 
-pub use function::{FAILURE_BINDINGS, FailureResults, NewWork, log_location, result_topic};
+pub use function::{
+    FAILURE_BINDINGS, FailureResults, MAX_CALLS_PER_READ, NewWork, WARM_RUNTIME_ENV, log_location, result_topic,
+};
 
 pub use generation::JobRetry;
 pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
@@ -76,13 +78,28 @@ pub struct Service {
     metrics: Metrics,
     /// How long a harvester's worker report counts.
     worker_report_stale_after: std::time::Duration,
+    /// Wakes long-polling GetJob calls when jobs become activated.
+    activations: crate::activations::Activations,
 }
 
 impl Service {
     /// Builds the service over a migrated database.
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
         let store = Store::new(db.get_database_backend());
-        Self { db, store, outbox, storage_dir, metrics, worker_report_stale_after: std::time::Duration::from_secs(300) }
+        Self {
+            db,
+            store,
+            outbox,
+            storage_dir,
+            metrics,
+            worker_report_stale_after: std::time::Duration::from_secs(300),
+            activations: crate::activations::Activations::default(),
+        }
+    }
+
+    /// The wake-ups of long-polling GetJob calls (see [`crate::activations`]).
+    pub fn activations(&self) -> crate::activations::Activations {
+        self.activations.clone()
     }
 
     /// `file://` URL of the storage directory.
@@ -96,6 +113,8 @@ impl Service {
         if !events.is_empty() {
             // Watchers learn of the change from the bus, once the relay published it.
             self.outbox.notify();
+            // Pilots waiting for jobs of a queue learn of them at once.
+            self.activations.notify_events(&events);
         }
         Ok(())
     }

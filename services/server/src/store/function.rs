@@ -167,6 +167,29 @@ impl Store {
         }))
     }
 
+    /// The calls at `indexes` of a work, by index (missing ones are absent).
+    pub async fn find_calls(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+        indexes: &[u32],
+    ) -> Result<std::collections::HashMap<u32, CallRecord>> {
+        let mut found = std::collections::HashMap::with_capacity(indexes.len());
+        for chunk in indexes.chunks(500) {
+            let rows = call::Entity::find()
+                .filter(call::Column::TaskId.eq(to_i64(task_id.0)))
+                .filter(call::Column::Idx.is_in(chunk.iter().map(|&i| index_i32(i))))
+                .all(conn)
+                .await?;
+            for row in rows {
+                if let Ok(index) = u32::try_from(row.idx) {
+                    found.insert(index, CallRecord { index, key: row.call_key, args: row.args });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The stored result of one call.
     pub async fn find_result(
         &self,
