@@ -530,6 +530,12 @@ impl Service {
                 job.environment.insert(panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone());
             }
         }
+        // A work's jobs may share a warm runtime (Function-as-a-Task): its command goes with them.
+        if let Some(command) = self.store.find_work(&txn, task_id).await?.and_then(|work| work.warm_command) {
+            for job in &mut jobs {
+                job.environment.insert(function::WARM_RUNTIME_ENV.to_owned(), command.clone());
+            }
+        }
         let path: &[TaskStatus] = match (task.status, scouting) {
             // Merge jobs join a running task (checked above).
             (TaskStatus::Running, false) if batch == JobBatch::Merge => &[],

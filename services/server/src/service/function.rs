@@ -54,7 +54,8 @@ pub struct NewWork {
 
 /// The job environment variable naming a work's warm runtime command: a pilot may start it once
 /// and feed it several jobs (a line protocol on its stdin and stdout, see the pilot's `warm`
-/// module). Reserved (`PANDA_*`): only SubmitWork sets it.
+/// module). Reserved (`PANDA_*`): the server sets it on the jobs of a work submitted with one
+/// (at InsertJobs, from the work's row; tasks cannot carry `PANDA_*` variables).
 pub const WARM_RUNTIME_ENV: &str = "PANDA_WARM_RUNTIME";
 /// Longest warm runtime command.
 pub const MAX_WARM_COMMAND_BYTES: usize = 4096;
@@ -202,13 +203,9 @@ impl Service {
                 None
             }
         };
-        let Some(mut spec) = spec.filter(|_| problems.is_empty()) else {
+        let Some(spec) = spec.filter(|_| problems.is_empty()) else {
             return Err(Error::InvalidArgument(problems));
         };
-        if let Some(command) = work.warm_command.take() {
-            // Past the task validation, which refuses PANDA_* keys from users.
-            spec.environment.insert(WARM_RUNTIME_ENV.to_owned(), command);
-        }
         if let Some(key) = &idempotency_key
             && key.len() > 200
         {
@@ -223,7 +220,13 @@ impl Service {
             Registered::New(task) => task,
         };
         let n_calls = u32::try_from(work.calls.len()).unwrap_or(u32::MAX);
-        let record = WorkRecord { task_id: task.id, function: work.function, serializer: work.serializer, n_calls };
+        let record = WorkRecord {
+            task_id: task.id,
+            function: work.function,
+            serializer: work.serializer,
+            n_calls,
+            warm_command: work.warm_command,
+        };
         let calls: Vec<CallRecord> =
             work.calls.into_iter().zip(1u32..).map(|((key, args), index)| CallRecord { index, key, args }).collect();
         self.store.insert_work(&txn, &record, &calls).await?;

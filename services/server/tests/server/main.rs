@@ -1027,11 +1027,6 @@ async fn a_work_stores_results_in_batches(f: Fixture) {
     let mut work = new_work("w", 4);
     work.warm_command = Some("python3 -m pandars.runtime --serve".into());
     let (task_id, _) = f.service.submit_work(work, None).await.unwrap();
-    let (task, _) = f.service.get_task(task_id).await.unwrap();
-    assert_eq!(
-        task.spec.environment.get(panda_server::service::WARM_RUNTIME_ENV).map(String::as_str),
-        Some("python3 -m pandars.runtime --serve")
-    );
     let (_, calls) = f.service.get_calls(task_id, &[3, 1]).await.unwrap();
     let keys: Vec<&str> = calls.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["k2", "k0"]);
@@ -1040,6 +1035,11 @@ async fn a_work_stores_results_in_batches(f: Fixture) {
     f.service.insert_jobs(task_id, jobs(4, "q", "")).await.unwrap();
     let sent = f.service.dispatch("q", "n", "", Resources::default(), 4).await.unwrap();
     let job = |index: u32| sent.iter().find(|d| d.job.job_index == index).unwrap().job.clone();
+    // The warm command goes with every job (the task itself cannot carry PANDA_* variables).
+    assert!(sent.iter().all(|d| d.job.environment.get(panda_server::service::WARM_RUNTIME_ENV).map(String::as_str)
+        == Some("python3 -m pandars.runtime --serve")));
+    let (task, _) = f.service.get_task(task_id).await.unwrap();
+    assert!(task.spec.environment.is_empty(), "the task's own environment is untouched");
     let lease = job(4).lease_token.unwrap();
     f.service.update_job(job(4).id, &lease, report(JobStatus::Running)).await.unwrap();
     f.service.update_job(job(4).id, &lease, report(JobStatus::Failed)).await.unwrap();
