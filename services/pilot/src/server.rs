@@ -197,8 +197,9 @@ impl ServerLink {
     ) -> Result<Vec<Delivery>> {
         let mut deliveries = Vec::with_capacity(reports.len());
         for chunk in reports.chunks(1000) {
-            let request =
-                UpdateJobsRequest { updates: chunk.iter().map(|(lease, update)| self.request(lease, update)).collect() };
+            let request = UpdateJobsRequest {
+                updates: chunk.iter().map(|(lease, update)| self.request(lease, update)).collect(),
+            };
             let mut retries = 0;
             let mut shutdown_seen: Option<Instant> = None;
             loop {
@@ -221,7 +222,9 @@ impl ServerLink {
                                         _ => Delivery::Rejected(status),
                                     }
                                 }
-                                None => Delivery::Rejected(tonic::Status::internal("the server sent no answer for a report")),
+                                None => Delivery::Rejected(tonic::Status::internal(
+                                    "the server sent no answer for a report",
+                                )),
                             });
                         }
                         break;

@@ -260,12 +260,7 @@ struct Handed {
 ///
 /// # Errors
 /// [`crate::Error::ServerUnreachable`] and GetJob refusals, as for ordinary jobs.
-pub(crate) async fn run_task(
-    first: Job,
-    key: Key,
-    slot: &mut Option<Runtime>,
-    cx: &mut Context<'_>,
-) -> Result<Tally> {
+pub(crate) async fn run_task(first: Job, key: Key, slot: &mut Option<Runtime>, cx: &mut Context<'_>) -> Result<Tally> {
     let task_id = first.task_id;
     let batch = cx.config.warm_batch.clamp(1, 100) as usize;
     let heartbeat = cx.config.heartbeat_interval_for(first.heartbeat_interval_seconds);
@@ -342,7 +337,8 @@ pub(crate) async fn run_task(
             }
             handed.push_back(Handed { job, started: None });
         }
-        let running = handed.iter().rev().find_map(|h| h.started.map(|at| (h.job.lease.job_id, at, h.job.walltime_seconds)));
+        let running =
+            handed.iter().rev().find_map(|h| h.started.map(|at| (h.job.lease.job_id, at, h.job.walltime_seconds)));
         let walltime_at = running
             .filter(|(_, _, limit)| *limit > 0)
             .map(|(job_id, at, limit)| (job_id, limit, at + Duration::from_secs(limit)));
@@ -411,7 +407,8 @@ async fn on_line(cx: &mut Context<'_>, tally: &mut Tally, handed: &mut VecDeque<
                 let update = if item.ok {
                     tails(Update { exit_code: Some(0), ..Update::status(JobStatus::Finished) })
                 } else {
-                    let diag = if item.error.is_empty() { "the function failed".to_owned() } else { item.error.clone() };
+                    let diag =
+                        if item.error.is_empty() { "the function failed".to_owned() } else { item.error.clone() };
                     tails(Update { exit_code: Some(1), ..Update::failed(error_codes::PAYLOAD_FAILED, diag) })
                 };
                 finals.push((job, update));
@@ -485,7 +482,8 @@ async fn bury(
         return Ok(());
     }
     let exit = status.map(payload::exit_code);
-    let described = status.map_or_else(|| "ended".to_owned(), payload::describe_exit).replace("payload", "warm runtime");
+    let described =
+        status.map_or_else(|| "ended".to_owned(), payload::describe_exit).replace("payload", "warm runtime");
     let stderr = runtime.stderr_tail().await;
     let culprit = match death {
         Death::Killed(job_id) | Death::Walltime(job_id, _) => Some(job_id),
@@ -514,7 +512,8 @@ async fn bury(
         } else if any_started || culprit.is_some() {
             back.push(h.job);
         } else {
-            let update = Update::failed(error_codes::PAYLOAD_FAILED, format!("{described} before running the job's call"));
+            let update =
+                Update::failed(error_codes::PAYLOAD_FAILED, format!("{described} before running the job's call"));
             failures.push((h.job, with_tail(update)));
         }
     }

@@ -13,8 +13,8 @@ use panda_proto::server::v1::pilot_service_server::{PilotService, PilotServiceSe
 use panda_proto::server::v1::{
     AppendJobLogRequest, AppendJobLogResponse, ArchiveInfo, DispatchedJob, DownloadArchiveRequest,
     DownloadArchiveResponse, GetJobRequest, GetJobResponse, PilotCommand, ReadJobLogRequest, ReadJobLogResponse,
-    StatArchiveRequest, StatArchiveResponse, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
-    UpdateJobResult, UpdateJobsResponse, UploadArchiveRequest, UploadArchiveResponse,
+    StatArchiveRequest, StatArchiveResponse, UpdateJobRequest, UpdateJobResponse, UpdateJobResult, UpdateJobsRequest,
+    UpdateJobsResponse, UploadArchiveRequest, UploadArchiveResponse,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;

@@ -105,8 +105,10 @@ async fn one_runtime_runs_every_job_of_the_task_and_a_failing_call_fails_only_it
         fake.seen(|seen| seen.updates.iter().filter(|u| u.job_id == 2).map(|u| fake::status(u.status)).collect());
     assert_eq!(job2.last(), Some(&JobStatus::Failed));
     assert!(job2.contains(&JobStatus::Running), "{job2:?}");
-    assert!(!dirs.work.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("warm-")),
-        "the runtime's directory is removed when the pilot stops");
+    assert!(
+        !dirs.work.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("warm-")),
+        "the runtime's directory is removed when the pilot stops"
+    );
 }
 
 #[tokio::test]

@@ -155,14 +155,15 @@ impl FunctionService for FunctionApi {
             answers.push(answer);
         }
         let ids: Vec<u64> = valid.iter().map(|(job_id, _)| job_id.0).collect();
-        let mut stored = if valid.is_empty() { Vec::new() } else { self.service.put_results(valid).await? }
-            .into_iter()
-            .zip(ids);
+        let mut stored =
+            if valid.is_empty() { Vec::new() } else { self.service.put_results(valid).await? }.into_iter().zip(ids);
         let outcomes = answers
             .into_iter()
             .map(|answer| {
                 answer.unwrap_or_else(|| match stored.next() {
-                    Some((Ok(stored), job_id)) => wire::PutResultOutcome { job_id, code: 0, message: String::new(), stored },
+                    Some((Ok(stored), job_id)) => {
+                        wire::PutResultOutcome { job_id, code: 0, message: String::new(), stored }
+                    }
                     Some((Err(error), job_id)) => {
                         let status = Status::from(error);
                         wire::PutResultOutcome {

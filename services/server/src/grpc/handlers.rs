@@ -302,14 +302,8 @@ impl PilotService for Api {
         let n = request.n_jobs.max(1);
         let task = (request.task_id != 0).then_some(TaskId(request.task_id));
         let wait = std::time::Duration::from_millis(u64::from(request.wait_ms));
-        let dispatch = DispatchRequest {
-            queue: request.queue,
-            node: request.node,
-            worker_id: request.worker_id,
-            offer,
-            n,
-            task,
-        };
+        let dispatch =
+            DispatchRequest { queue: request.queue, node: request.node, worker_id: request.worker_id, offer, n, task };
         let dispatched = self.pilots.dispatch_waiting(&self.service.activations(), dispatch, wait).await?;
         let storage_url = self.service.storage_url();
         let jobs = dispatched

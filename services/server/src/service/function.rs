@@ -361,7 +361,8 @@ impl Service {
         let found = self.store.find_calls(&self.db, task_id, indexes).await?;
         let mut calls = Vec::with_capacity(indexes.len());
         for &index in indexes {
-            let call = found.get(&index).cloned().ok_or(Error::CallNotFound { task_id, index, n_calls: work.n_calls })?;
+            let call =
+                found.get(&index).cloned().ok_or(Error::CallNotFound { task_id, index, n_calls: work.n_calls })?;
             calls.push(call);
         }
         Ok((work, calls))

@@ -402,14 +402,22 @@ async fn warm_rpcs_refuse_bad_requests_naming_the_field(f: Fixture) {
     assert_status(functions.get_calls(get_calls(9, vec![1])).await, Code::NotFound, &["9"]);
 
     let submit = |warm_command: &str| wire::SubmitWorkRequest {
-        spec: Some(wire::TaskSpec { name: "w".into(), command: "python3 -m pandars.runtime".into(), ..Default::default() }),
+        spec: Some(wire::TaskSpec {
+            name: "w".into(),
+            command: "python3 -m pandars.runtime".into(),
+            ..Default::default()
+        }),
         function: "m:f".into(),
         serializer: "json".into(),
         calls: vec![wire::FunctionCall { key: "k".into(), args: b"{}".to_vec() }],
         idempotency_key: String::new(),
         warm_command: warm_command.into(),
     };
-    assert_status(functions.submit_work(submit("py --serve\nrm -rf /")).await, Code::InvalidArgument, &["warm_command"]);
+    assert_status(
+        functions.submit_work(submit("py --serve\nrm -rf /")).await,
+        Code::InvalidArgument,
+        &["warm_command"],
+    );
     let task_id = functions.submit_work(submit("py --serve")).await.unwrap().into_inner().task_id;
     let calls = functions.get_calls(get_calls(task_id, vec![1])).await.unwrap().into_inner();
     assert_eq!((calls.function.as_str(), calls.calls.len(), calls.calls[0].key.as_str()), ("m:f", 1, "k"));
@@ -427,7 +435,8 @@ async fn warm_rpcs_refuse_bad_requests_naming_the_field(f: Fixture) {
         wire::PutResultRequest { job_id: 5, result: Some(wire::FunctionResult { task_id: 0, ..result.clone() }) },
         wire::PutResultRequest { job_id: 987_654, result: Some(result) },
     ];
-    let outcomes = functions.put_results(wire::PutResultsRequest { results: items }).await.unwrap().into_inner().outcomes;
+    let outcomes =
+        functions.put_results(wire::PutResultsRequest { results: items }).await.unwrap().into_inner().outcomes;
     let codes: Vec<i32> = outcomes.iter().map(|o| o.code).collect();
     let invalid = Code::InvalidArgument as i32;
     assert_eq!(codes, [invalid, invalid, invalid, Code::NotFound as i32]);
