@@ -57,3 +57,20 @@ def objective(x, y):
 @work(map_results=True)
 def evaluate(x, y):
     return objective(x, y)
+
+
+@work
+def pid(i):
+    return {"pid": os.getpid(), "job": int(os.environ.get("PANDA_JOB_ID", "0")), "i": i}
+
+
+@work
+def maybe_crash(x):
+    if x == 2:
+        os._exit(9)
+    return x
+
+
+@work(warm=False)
+def cold_pid(i):
+    return os.getpid()

@@ -161,3 +161,56 @@ def test_results_are_pushed_without_asking_the_server(ctx):
     pushed = Counting(submitted.client, submitted.task_id, submitted.keys, poll_interval=1000)
     assert pushed.get(timeout=120) == [0, 1, 4]
     assert Counting.refreshes == 0, "every result came over the stream"
+
+
+def _statuses(client, task_id):
+    from pandars.client import pb
+
+    return sorted(pb.common.JobStatus.Name(j.status) for j in client.list_jobs(task_id))
+
+
+def test_a_warm_runtime_runs_several_jobs_of_a_work(ctx, client):
+    result = funcs.pid(group_kwargs=[[i] for i in range(24)])
+    values = result.get(timeout=120)
+    assert [v["i"] for v in values] == list(range(24))
+    assert len({v["job"] for v in values}) == 24, "one job per call, each with its own id"
+    pids = {v["pid"] for v in values}
+    # At most one interpreter per pilot (4 local pilots), not one per job.
+    assert len(pids) <= 4, pids
+    assert _statuses(client, result.task_id) == ["JOB_STATUS_FINISHED"] * 24
+
+
+def test_a_raising_function_in_a_warm_runtime_fails_only_its_job(ctx, client):
+    result = funcs.boom(group_kwargs=[{"x": x} for x in range(1, 9)])
+    with pytest.raises(RemoteError) as error:
+        result.get(timeout=120)
+    assert error.value.type == "ZeroDivisionError" and not error.value.others
+    assert sorted(result.partial().values()) == [1, 3, 4, 5, 6, 7, 8]
+    statuses = _statuses(client, result.task_id)
+    assert statuses.count("JOB_STATUS_FAILED") == 1 and statuses.count("JOB_STATUS_FINISHED") == 7, statuses
+    from pandars.client import pb
+
+    failed = [j.job_id for j in client.list_jobs(result.task_id) if j.status == pb.common.JOB_STATUS_FAILED]
+    assert failed == [error.value.job_id]
+
+
+def test_a_runtime_that_dies_fails_only_the_job_it_was_running(ctx, client):
+    result = funcs.maybe_crash(group_kwargs=[[x] for x in range(1, 7)])
+    with pytest.raises(RemoteError) as error:
+        result.get(timeout=120)
+    assert error.value.type == "JobFailed" and "exit code 9" in error.value.message, error.value.message
+    assert not error.value.others, "the other calls of the dead runtime ran again in a fresh one"
+    assert sorted(result.partial().values()) == [1, 3, 4, 5, 6]
+
+
+def test_waiting_pilots_take_the_next_work_at_once_in_their_warm_runtimes(ctx):
+    # Pilots long-poll the server while the queue is empty (embedded: idle_wait), and keep their
+    # runtime: one work after the other runs in the same few interpreters. A pilot that stopped
+    # on an empty queue, or a process per job, would show a new pid per work.
+    pids = [funcs.pid(i).get(timeout=120)["pid"] for i in range(8)]
+    assert len(set(pids)) <= 4, pids
+
+
+def test_a_work_can_opt_out_of_the_warm_runtime(ctx):
+    pids = funcs.cold_pid(group_kwargs=[[i] for i in range(3)]).get(timeout=120)
+    assert len(set(pids)) == 3, "a process per job"

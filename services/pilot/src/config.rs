@@ -64,6 +64,14 @@ pub struct Config {
     /// One download try's limit.
     #[serde(with = "humantime_serde")]
     pub stage_in_timeout: Duration,
+    /// How long to wait for a job when the queue is empty before stopping (0s: stop at once, as
+    /// a batch slot should). The pilot long-polls the server meanwhile, so a job activated while
+    /// it waits starts at once (embedded pilots wait, so that the next work finds them warm).
+    #[serde(with = "humantime_serde")]
+    pub idle_wait: Duration,
+    /// Jobs asked for at once for a warm runtime (the jobs of one work, run one after the other
+    /// in one interpreter; see the `warm` module). 1 to 100.
+    pub warm_batch: u32,
 }
 
 impl Default for Config {
@@ -87,6 +95,8 @@ impl Default for Config {
             stage_in_attempts: 3,
             stage_in_backoff: Duration::from_secs(2),
             stage_in_timeout: Duration::from_secs(1800),
+            idle_wait: Duration::ZERO,
+            warm_batch: 50,
         }
     }
 }
@@ -131,6 +141,9 @@ impl Config {
         }
         if self.stage_in_timeout.is_zero() {
             problems.push("pilot.stage_in_timeout = 0s: must be positive".to_owned());
+        }
+        if !(1..=100).contains(&self.warm_batch) {
+            problems.push(format!("pilot.warm_batch = {}: must be 1 to 100 (jobs per GetJob)", self.warm_batch));
         }
         if problems.is_empty() { Ok(()) } else { Err(Error::InvalidConfig(problems)) }
     }

@@ -38,6 +38,8 @@ pub(crate) struct Job {
     pub walltime_seconds: u64,
     /// Memory limit in MB (0: none).
     pub memory_mb: u64,
+    /// Position in the task (from 1; 0 from an older server).
+    pub job_index: u32,
 }
 
 impl From<DispatchedJob> for Job {
@@ -63,6 +65,7 @@ impl From<DispatchedJob> for Job {
             code_sha256: (!job.code_sha256.is_empty()).then_some(job.code_sha256),
             walltime_seconds: job.resources.map_or(0, |r| r.walltime_seconds),
             memory_mb: job.resources.map_or(0, |r| r.memory_mb),
+            job_index: job.job_index,
         }
     }
 }

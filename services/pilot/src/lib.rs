@@ -18,6 +18,7 @@
 //! - `logship`: the payload's stdout and stderr sent to the server while it runs.
 //! - `payload`: starting, killing and measuring the payload's process group.
 //! - `heartbeat`: watching the payload: heartbeats and the reasons to kill it.
+//! - `warm`: several jobs of one work in one long-lived runtime process (Function-as-a-Task).
 
 pub mod cli;
 mod code;
@@ -30,6 +31,7 @@ mod logship;
 mod payload;
 mod server;
 mod stage;
+mod warm;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -43,6 +45,9 @@ pub use error::{Error, Result};
 
 use crate::job::{Context, Job, Outcome};
 use crate::server::ServerLink;
+
+/// Longest single long poll (the server allows 60 s).
+const MAX_POLL_SLICE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What a pilot did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +106,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             }
         }
     }
+    // The warm runtime (see `warm`), kept across works while its key fits.
+    let mut runtime: Option<warm::Runtime> = None;
+    let mut idle_since = Instant::now();
     loop {
         if shutdown.is_cancelled() {
             tracing::info!("pilot told to stop");
@@ -114,6 +122,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             tracing::info!(lifetime = ?config.lifetime, "lifetime reached; taking no more jobs");
             break;
         }
+        // Long poll while idle_wait lasts, in slices so that lifetime and shutdown are seen.
+        let idle_left = config.idle_wait.saturating_sub(idle_since.elapsed());
+        let wait = idle_left.min(MAX_POLL_SLICE);
         let request = GetJobRequest {
             queue: config.queue.clone(),
             node: server.node().to_owned(),
@@ -125,14 +136,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             }),
             worker_id: config.worker_id.clone(),
             n_jobs: 1,
+            task_id: 0,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         };
-        let Some(response) = server.get_jobs(request, &shutdown).await? else { continue };
+        let answer = if wait.is_zero() {
+            server.get_jobs(request, &shutdown).await?
+        } else {
+            server.wait_for_jobs(request, &shutdown).await?
+        };
+        let Some(response) = answer else { continue };
         if response.jobs.is_empty() {
+            if idle_since.elapsed() < config.idle_wait {
+                continue;
+            }
             tracing::info!("no jobs in PanDA for this queue");
             break;
         }
         for dispatched in response.jobs {
-            summary.jobs_run += 1;
+            let job = Job::from(dispatched);
             let mut cx = Context {
                 config: &config,
                 work_dir: &work_dir,
@@ -140,12 +161,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                 storage_url: &response.storage_url,
                 shutdown: &shutdown,
             };
-            match job::run(Job::from(dispatched), &mut cx).await? {
+            if let Some(key) = warm::key_of(&job) {
+                let tally = warm::run_task(job, key, &mut runtime, &mut cx).await?;
+                summary.jobs_run += tally.run;
+                summary.jobs_finished += tally.finished;
+                summary.jobs_failed += tally.failed;
+                continue;
+            }
+            summary.jobs_run += 1;
+            match job::run(job, &mut cx).await? {
                 Outcome::Finished => summary.jobs_finished += 1,
                 Outcome::Failed => summary.jobs_failed += 1,
                 Outcome::Dropped => {}
             }
         }
+        idle_since = Instant::now();
+    }
+    if let Some(runtime) = runtime.take() {
+        runtime.close(config.kill_grace).await;
     }
     tracing::info!(
         jobs_run = summary.jobs_run,

@@ -163,7 +163,7 @@ impl Drop for Payload {
     }
 }
 
-fn signal_group(group: Pid, signal: Signal) {
+pub(crate) fn signal_group(group: Pid, signal: Signal) {
     match killpg(group, signal) {
         // ESRCH: the group is already gone, which is what we want.
         Ok(()) | Err(Errno::ESRCH) => {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use panda_proto::convert::WireEnum;
 use panda_proto::server::v1::{
-    GetJobRequest, GetJobResponse, OutputFile, PilotCommand, UpdateJobRequest, UpdateJobResponse,
+    GetJobRequest, GetJobResponse, OutputFile, PilotCommand, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
 };
 use panda_types::{JobId, JobStatus};
 use tokio_util::sync::CancellationToken;
@@ -168,6 +168,92 @@ impl ServerLink {
                 Err(source) => return Err(Error::GetJob { queue: request.queue.clone(), source }),
             }
         }
+    }
+
+    /// Waits for jobs (a long poll, `request.wait_ms`), giving up when `shutdown` comes: the
+    /// server puts back jobs it dispatched to a caller that hung up, so dropping the call loses
+    /// nothing (should the answer have been on its way, the server's lost-heartbeat watchdog
+    /// takes the jobs back). `None` on shutdown.
+    pub(crate) async fn wait_for_jobs(
+        &mut self,
+        request: GetJobRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<GetJobResponse>> {
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(None),
+            answer = self.get_jobs(request, shutdown) => answer,
+        }
+    }
+
+    /// Sends several reports in `UpdateJobs` calls (at most 1000 reports each), retrying
+    /// transient failures as [`ServerLink::deliver`] does; one [`Delivery`] per report, in order.
+    ///
+    /// # Errors
+    /// [`Error::ServerUnreachable`] once `server_deadline` passed without a successful call.
+    pub(crate) async fn deliver_many(
+        &mut self,
+        reports: &[(Lease, Update)],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        let mut deliveries = Vec::with_capacity(reports.len());
+        for chunk in reports.chunks(1000) {
+            let request = UpdateJobsRequest {
+                updates: chunk.iter().map(|(lease, update)| self.request(lease, update)).collect(),
+            };
+            let mut retries = 0;
+            let mut shutdown_seen: Option<Instant> = None;
+            loop {
+                let mut client = self.client.clone();
+                let status = match client.update_jobs(request.clone()).await {
+                    Ok(answer) => {
+                        self.last_success = Instant::now();
+                        let mut results = answer.into_inner().results.into_iter();
+                        for _ in chunk {
+                            deliveries.push(match results.next() {
+                                Some(result) if result.code == 0 => Delivery::Accepted {
+                                    kill: result.response.is_some_and(|r| r.command == PilotCommand::Kill as i32),
+                                },
+                                Some(result) => {
+                                    let status = tonic::Status::new(tonic::Code::from(result.code), result.message);
+                                    match status.code() {
+                                        tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
+                                            Delivery::LeaseLost(status)
+                                        }
+                                        _ => Delivery::Rejected(status),
+                                    }
+                                }
+                                None => Delivery::Rejected(tonic::Status::internal(
+                                    "the server sent no answer for a report",
+                                )),
+                            });
+                        }
+                        break;
+                    }
+                    Err(status) if !panda_client::is_transient(&status, true) => {
+                        deliveries.extend(chunk.iter().map(|_| Delivery::Rejected(status.clone())));
+                        break;
+                    }
+                    Err(status) => status,
+                };
+                let mut wait = self.retry_delay(retries, &status)?;
+                if shutdown.is_cancelled() {
+                    let seen = *shutdown_seen.get_or_insert_with(Instant::now);
+                    let left = SHUTDOWN_REPORT_BUDGET.saturating_sub(seen.elapsed());
+                    if left.is_zero() {
+                        deliveries.extend(chunk.iter().map(|_| Delivery::Abandoned(status.clone())));
+                        break;
+                    }
+                    wait = wait.min(left);
+                }
+                tracing::warn!(reports = chunk.len(), code = ?status.code(), message = status.message(), ?wait, "UpdateJobs failed; retrying");
+                retries += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+                }
+            }
+        }
+        Ok(deliveries)
     }
 
     /// The wire request for `update` of the leased job.

@@ -7,6 +7,7 @@
 //! `cache` (code archives), `logs` (jobs' stdout and stderr), `shares` (global shares in dispatch), `events` (bus bodies), `grpc` (thin
 //! adapters), `metrics`.
 
+pub mod activations;
 pub mod cache;
 pub mod catalog;
 pub mod config;
@@ -152,6 +153,14 @@ pub async fn run(
         service::FAILURE_BINDINGS.iter().copied(),
     );
     deps.bus.consume(failures, Arc::new(service::FailureResults::new(service.clone())), shutdown.clone()).await?;
+    // Jobs activated on other replicas wake this replica's long-polling GetJob calls.
+    let activated = panda_bus::Subscription::transient(
+        format!("{}.{}", deps.bus.queue_name("server", "activations"), uuid::Uuid::new_v4().simple()),
+        [activations::ACTIVATED],
+    );
+    deps.bus
+        .consume(activated, Arc::new(activations::ActivationEvents(service.activations())), shutdown.clone())
+        .await?;
     let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
     let worker_report_api = grpc::WorkerReportApi::new(service.clone());
     let release_api = grpc::ReleaseApi::new(service.clone());

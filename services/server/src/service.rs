@@ -28,7 +28,9 @@ mod pilot;
 mod release;
 mod workers;
 
-pub use function::{FAILURE_BINDINGS, FailureResults, NewWork, log_location, result_topic};
+pub use function::{
+    FAILURE_BINDINGS, FailureResults, MAX_CALLS_PER_READ, NewWork, WARM_RUNTIME_ENV, log_location, result_topic,
+};
 
 pub use generation::JobRetry;
 pub use pilot::{DispatchRequest, PilotBatches, UpdateOutcome, UpdateRequest};
@@ -78,6 +80,8 @@ pub struct Service {
     worker_report_stale_after: std::time::Duration,
     /// Global shares and their usage.
     shares: std::sync::Arc<crate::shares::Shares>,
+    /// Wakes long-polling GetJob calls when jobs become activated.
+    activations: crate::activations::Activations,
 }
 
 impl Service {
@@ -92,6 +96,7 @@ impl Service {
             metrics,
             worker_report_stale_after: std::time::Duration::from_secs(300),
             shares: std::sync::Arc::new(crate::shares::Shares::single()),
+            activations: crate::activations::Activations::default(),
         }
     }
 
@@ -125,6 +130,11 @@ impl Service {
         Ok(self.shares.usage())
     }
 
+    /// The wake-ups of long-polling GetJob calls (see [`crate::activations`]).
+    pub fn activations(&self) -> crate::activations::Activations {
+        self.activations.clone()
+    }
+
     /// `file://` URL of the storage directory.
     pub fn storage_url(&self) -> String {
         format!("file://{}", self.storage_dir.display())
@@ -136,6 +146,8 @@ impl Service {
         if !events.is_empty() {
             // Watchers learn of the change from the bus, once the relay published it.
             self.outbox.notify();
+            // Pilots waiting for jobs of a queue learn of them at once.
+            self.activations.notify_events(&events);
         }
         Ok(())
     }
@@ -564,6 +576,12 @@ impl Service {
         if let Some(sha256) = &task.spec.code_sha256 {
             for job in &mut jobs {
                 job.environment.insert(panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone());
+            }
+        }
+        // A work's jobs may share a warm runtime (Function-as-a-Task): its command goes with them.
+        if let Some(command) = self.store.find_work(&txn, task_id).await?.and_then(|work| work.warm_command) {
+            for job in &mut jobs {
+                job.environment.insert(function::WARM_RUNTIME_ENV.to_owned(), command.clone());
             }
         }
         let path: &[TaskStatus] = match (task.status, scouting) {

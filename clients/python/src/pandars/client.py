@@ -160,19 +160,34 @@ class Client:
         serializer: str,
         calls: Sequence[Tuple[str, bytes]],
         idempotency_key: str = "",
+        warm_command: str = "",
     ) -> int:
-        """One task with one job per call (key, serialized arguments), stored all at once."""
+        """One task with one job per call (key, serialized arguments), stored all at once.
+        ``warm_command`` lets pilots run several of its jobs in one runtime process."""
         request = function_pb2.SubmitWorkRequest(
             spec=spec,
             function=function,
             serializer=serializer,
             calls=[function_pb2.FunctionCall(key=key, args=args) for key, args in calls],
             idempotency_key=idempotency_key,
+            warm_command=warm_command,
         )
         return self.functions.SubmitWork(request, timeout=max(self.timeout, 300)).task_id
 
     def get_call(self, task_id: int, index: int) -> "function_pb2.GetCallResponse":
         return self.functions.GetCall(function_pb2.GetCallRequest(task_id=task_id, index=index), timeout=self.timeout)
+
+    def get_calls(self, task_id: int, indexes: Sequence[int]) -> "function_pb2.GetCallsResponse":
+        """Several calls of a work at once (in the order of ``indexes``)."""
+        request = function_pb2.GetCallsRequest(task_id=task_id, indexes=list(indexes))
+        return self.functions.GetCalls(request, timeout=self.timeout)
+
+    def put_results(self, results: Sequence[Tuple[int, "function_pb2.FunctionResult"]]) -> list:
+        """Stores several (job id, result) pairs in one transaction; one PutResultOutcome each
+        (``code`` 0 when accepted, ``stored`` False when a success was already there)."""
+        request = function_pb2.PutResultsRequest(
+            results=[function_pb2.PutResultRequest(job_id=job_id, result=result) for job_id, result in results])
+        return list(self.functions.PutResults(request, timeout=self.timeout).outcomes)
 
     def put_result(self, job_id: int, result: "function_pb2.FunctionResult") -> bool:
         request = function_pb2.PutResultRequest(job_id=job_id, result=result)

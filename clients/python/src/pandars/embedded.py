@@ -63,6 +63,9 @@ class Embedded:
                 env[f"PANDA_{key}__SERVER_URL"] = self.server_url
         env["PANDA_PILOT__SERVER_URL"] = self.server_url
         env["PANDA_HARVESTER__LOCAL_WORKERS"] = str(local_workers)
+        # Pilots stay a while when the queue is empty (long-polling the server), with their warm
+        # runtimes, so that the next work of a workflow starts at once.
+        env.setdefault("PANDA_PILOT__IDLE_WAIT", "5m")
         env.setdefault("PANDA_TELEMETRY__FORMAT", "json")
         env.setdefault("PANDA_TELEMETRY__FILTER", "warn")
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

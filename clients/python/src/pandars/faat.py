@@ -103,7 +103,7 @@ class Work:
     """A ``@work`` function (see the module doc)."""
 
     def __init__(self, func, map_results=False, name=None, serializer="auto", cores=1, memory_mb=0,
-                 walltime=0, queue="", python=None, max_attempts=1, priority=0, pre_kwargs=None):
+                 walltime=0, queue="", python=None, max_attempts=1, priority=0, pre_kwargs=None, warm=True):
         functools.update_wrapper(self, func)
         self.func = func
         self.map_results = map_results
@@ -119,6 +119,8 @@ class Work:
         self.max_attempts = max_attempts
         self.priority = priority
         self.pre_kwargs = dict(pre_kwargs or {})
+        #: Let pilots run several jobs of this work (and of later works) in one warm interpreter.
+        self.warm = warm
 
     __pandars_work__ = True
 
@@ -181,7 +183,9 @@ class Work:
             max_attempts=self.max_attempts,
         )
         ref = function_ref(self.func, ctx.source_dir)
-        task_id = ctx.client.submit_work(spec, ref, serializer, calls, idempotency_key=f"pandars-{uuid.uuid4()}")
+        warm = f"{self.python} -m pandars.runtime --serve" if self.warm else ""
+        task_id = ctx.client.submit_work(spec, ref, serializer, calls, idempotency_key=f"pandars-{uuid.uuid4()}",
+                                         warm_command=warm)
         return AsyncResult(ctx.client, task_id, [k for k, _ in calls], map_results=self.map_results,
                            single=single and not self.map_results)
 
@@ -235,7 +239,9 @@ class Workflow:
             with workflow_context(ctx):
                 return self.func(*args, **kwargs)
         # Remote: the driver itself runs as a one-call work (see runtime.run_call).
-        driver = Work(self.func, name=self.name, python=self.python, walltime=self.walltime, queue=self.queue)
+        # The driver waits for its works for a long time: it gets a process of its own.
+        driver = Work(self.func, name=self.name, python=self.python, walltime=self.walltime, queue=self.queue,
+                      warm=False)
         driver.func = self.func
         return driver.submit(ctx, [(list(args), kwargs)], True, [kwargs])
 

@@ -29,6 +29,7 @@ fn job() -> Job {
         code_sha256: None,
         walltime_seconds: 0,
         memory_mb: 0,
+        job_index: 1,
     }
 }
 

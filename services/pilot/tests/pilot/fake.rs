@@ -13,7 +13,7 @@ use panda_proto::server::v1::pilot_service_server::{PilotService, PilotServiceSe
 use panda_proto::server::v1::{
     AppendJobLogRequest, AppendJobLogResponse, ArchiveInfo, DispatchedJob, DownloadArchiveRequest,
     DownloadArchiveResponse, GetJobRequest, GetJobResponse, PilotCommand, ReadJobLogRequest, ReadJobLogResponse,
-    StatArchiveRequest, StatArchiveResponse, UpdateJobRequest, UpdateJobResponse, UpdateJobsRequest,
+    StatArchiveRequest, StatArchiveResponse, UpdateJobRequest, UpdateJobResponse, UpdateJobResult, UpdateJobsRequest,
     UpdateJobsResponse, UploadArchiveRequest, UploadArchiveResponse,
 };
 use tokio::net::TcpListener;
@@ -160,10 +160,15 @@ impl PilotService for Fake {
         let request = request.into_inner();
         let mut state = self.state.lock().unwrap();
         let n = request.n_jobs.max(1) as usize;
+        let task_id = request.task_id;
         state.seen.get_jobs.push(request);
         let mut jobs = Vec::new();
         while jobs.len() < n {
-            let Some(job) = state.script.jobs.pop_front() else { break };
+            // task_id: only jobs of that task.
+            let Some(at) = state.script.jobs.iter().position(|job| task_id == 0 || job.task_id == task_id) else {
+                break;
+            };
+            let Some(job) = state.script.jobs.remove(at) else { break };
             state.leases.insert(job.job_id, job.lease_token.clone());
             jobs.push(job);
         }
@@ -171,7 +176,30 @@ impl PilotService for Fake {
     }
 
     async fn update_job(&self, request: Request<UpdateJobRequest>) -> Result<Response<UpdateJobResponse>, Status> {
-        let request = request.into_inner();
+        self.apply(request.into_inner()).map(Response::new)
+    }
+
+    async fn update_jobs(&self, request: Request<UpdateJobsRequest>) -> Result<Response<UpdateJobsResponse>, Status> {
+        let mut results = Vec::new();
+        for update in request.into_inner().updates {
+            let job_id = update.job_id;
+            results.push(match self.apply(update) {
+                Ok(response) => UpdateJobResult { job_id, code: 0, message: String::new(), response: Some(response) },
+                Err(status) => UpdateJobResult {
+                    job_id,
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    response: None,
+                },
+            });
+        }
+        Ok(Response::new(UpdateJobsResponse { results }))
+    }
+}
+
+impl Fake {
+    /// One report, as UpdateJob answers it.
+    fn apply(&self, request: UpdateJobRequest) -> Result<UpdateJobResponse, Status> {
         let mut state = self.state.lock().unwrap();
         let refuse = |state: &mut State, request: &UpdateJobRequest, status: Status| {
             state.seen.refused.push((request.job_id, request.status, status.code()));
@@ -209,11 +237,7 @@ impl PilotService for Fake {
         }
         let current = request.status;
         state.seen.updates.push(request);
-        Ok(Response::new(UpdateJobResponse { command: command as i32, status: current }))
-    }
-
-    async fn update_jobs(&self, _request: Request<UpdateJobsRequest>) -> Result<Response<UpdateJobsResponse>, Status> {
-        Err(Status::unimplemented("the pilot reports one job at a time"))
+        Ok(UpdateJobResponse { command: command as i32, status: current })
     }
 
     async fn release_leases(

@@ -7,6 +7,7 @@
 mod code_and_logs;
 mod fake;
 mod push;
+mod warm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +104,10 @@ fn adler32(bytes: &[u8]) -> String {
 
 fn summary(jobs_run: u32, jobs_finished: u32, jobs_failed: u32) -> Summary {
     Summary { jobs_run, jobs_finished, jobs_failed }
+}
+
+fn summary_of(jobs_run: u32, jobs_finished: u32, jobs_failed: u32) -> Summary {
+    summary(jobs_run, jobs_finished, jobs_failed)
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {

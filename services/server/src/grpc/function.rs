@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::service::{NewWork, Service, result_topic};
+use crate::service::{MAX_CALLS_PER_READ, NewWork, Service, result_topic};
 
 /// Serves FunctionService.
 #[derive(Clone)]
@@ -66,6 +66,7 @@ impl FunctionService for FunctionApi {
             function: request.function,
             serializer: request.serializer,
             calls: request.calls.into_iter().map(|call| (call.key, call.args)).collect(),
+            warm_command: (!request.warm_command.is_empty()).then_some(request.warm_command),
         };
         let (task_id, created) = self.service.submit_work(work, key).await?;
         Ok(Response::new(wire::SubmitWorkResponse { task_id: task_id.0, created }))
@@ -96,6 +97,92 @@ impl FunctionService for FunctionApi {
         required("result.task_id", result.task_id)?;
         let stored = self.service.put_result(job_id, result).await?;
         Ok(Response::new(wire::PutResultResponse { stored }))
+    }
+
+    async fn get_calls(
+        &self,
+        request: Request<wire::GetCallsRequest>,
+    ) -> Result<Response<wire::GetCallsResponse>, Status> {
+        let request = request.into_inner();
+        let task_id = TaskId(required("task_id", request.task_id)?);
+        if let Some(i) = request.indexes.iter().position(|&index| index == 0) {
+            return Err(Status::invalid_argument(format!("indexes[{i}] is 0; job indexes start at 1")));
+        }
+        let (work, calls) = self.service.get_calls(task_id, &request.indexes).await?;
+        Ok(Response::new(wire::GetCallsResponse {
+            function: work.function,
+            serializer: work.serializer,
+            calls: calls
+                .into_iter()
+                .map(|call| wire::IndexedCall { index: call.index, key: call.key, args: call.args })
+                .collect(),
+        }))
+    }
+
+    async fn put_results(
+        &self,
+        request: Request<wire::PutResultsRequest>,
+    ) -> Result<Response<wire::PutResultsResponse>, Status> {
+        let items = request.into_inner().results;
+        if items.is_empty() || items.len() > MAX_CALLS_PER_READ {
+            return Err(Status::invalid_argument(format!(
+                "results must hold 1 to {MAX_CALLS_PER_READ} results (got {}); split them",
+                items.len()
+            )));
+        }
+        // Malformed items are answered here; the others are stored together.
+        let mut answers: Vec<Option<wire::PutResultOutcome>> = Vec::with_capacity(items.len());
+        let mut valid = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let job_id = item.job_id;
+            let refuse = |message: String| wire::PutResultOutcome {
+                job_id,
+                code: tonic::Code::InvalidArgument as i32,
+                message,
+                stored: false,
+            };
+            let answer = match item.result {
+                _ if job_id == 0 => Some(refuse(format!("results[{i}].job_id is required (got 0)"))),
+                None => Some(refuse(format!("results[{i}].result is required"))),
+                Some(result) if result.task_id == 0 => {
+                    Some(refuse(format!("results[{i}].result.task_id is required (got 0)")))
+                }
+                Some(result) => {
+                    valid.push((JobId(job_id), result));
+                    None
+                }
+            };
+            answers.push(answer);
+        }
+        let ids: Vec<u64> = valid.iter().map(|(job_id, _)| job_id.0).collect();
+        let mut stored =
+            if valid.is_empty() { Vec::new() } else { self.service.put_results(valid).await? }.into_iter().zip(ids);
+        let outcomes = answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| match stored.next() {
+                    Some((Ok(stored), job_id)) => {
+                        wire::PutResultOutcome { job_id, code: 0, message: String::new(), stored }
+                    }
+                    Some((Err(error), job_id)) => {
+                        let status = Status::from(error);
+                        wire::PutResultOutcome {
+                            job_id,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                            stored: false,
+                        }
+                    }
+                    None => wire::PutResultOutcome {
+                        job_id: 0,
+                        code: tonic::Code::Internal as i32,
+                        message: "a result got no answer".to_owned(),
+                        stored: false,
+                    },
+                })
+            })
+            .collect();
+        Ok(Response::new(wire::PutResultsResponse { outcomes }))
     }
 
     async fn list_results(

@@ -21,6 +21,9 @@ use crate::model::{JobBatch, JobReport, NewJob, OutputFile, Queue};
 use crate::service::{DispatchRequest, PilotBatches, PilotCommand, Service, UpdateRequest};
 use crate::store::{JobFilter, TaskFilter};
 
+/// Longest long poll of a GetJob call (`wait_ms`).
+pub const MAX_GET_JOB_WAIT_MS: u32 = 60_000;
+
 /// Serves TaskService, JobService, PilotService and InternalService.
 #[derive(Clone)]
 pub struct Api {
@@ -288,18 +291,20 @@ impl PilotService for Api {
         if request.n_jobs > 100 {
             return Err(Error::invalid("n_jobs", format!("must be at most 100 (got {})", request.n_jobs)).into());
         }
+        if request.wait_ms > MAX_GET_JOB_WAIT_MS {
+            return Err(Error::invalid(
+                "wait_ms",
+                format!("must be at most {MAX_GET_JOB_WAIT_MS} (got {}); poll again instead", request.wait_ms),
+            )
+            .into());
+        }
         let offer = resources(request.resources);
         let n = request.n_jobs.max(1);
-        let dispatched = self
-            .pilots
-            .dispatch(DispatchRequest {
-                queue: request.queue,
-                node: request.node,
-                worker_id: request.worker_id,
-                offer,
-                n,
-            })
-            .await?;
+        let task = (request.task_id != 0).then_some(TaskId(request.task_id));
+        let wait = std::time::Duration::from_millis(u64::from(request.wait_ms));
+        let dispatch =
+            DispatchRequest { queue: request.queue, node: request.node, worker_id: request.worker_id, offer, n, task };
+        let dispatched = self.pilots.dispatch_waiting(&self.service.activations(), dispatch, wait).await?;
         let storage_url = self.service.storage_url();
         let jobs = dispatched
             .into_iter()
@@ -324,6 +329,7 @@ impl PilotService for Api {
                 resources: Some(d.job.resources.into()),
                 heartbeat_interval_seconds: self.heartbeat_interval_seconds,
                 code_sha256: d.job.environment.get(panda_types::spec::CODE_SHA256_ENV).cloned().unwrap_or_default(),
+                job_index: d.job.job_index,
             })
             .collect();
         Ok(Response::new(wire::GetJobResponse { jobs, storage_url }))

@@ -5,7 +5,7 @@
 //! caller waits for a result that cannot come. Every stored result is published as
 //! `function.result.<task_id>` in the transaction that stores it (outbox).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -27,6 +27,8 @@ use crate::store::function::{CallRecord, ResultRecord, WorkRecord};
 pub const MAX_ARGS_BYTES: usize = 1 << 20;
 /// Largest serialized result (value, or error with traceback).
 pub const MAX_RESULT_BYTES: usize = 4 << 20;
+/// Most calls one GetCalls reads, and most results one PutResults stores.
+pub const MAX_CALLS_PER_READ: usize = 1000;
 /// The serializers the SDK's runtime knows.
 pub const SERIALIZERS: &[&str] = &["json", "pickle"];
 
@@ -46,7 +48,17 @@ pub struct NewWork {
     pub serializer: String,
     /// `(key, serialized arguments)` per job, in job index order.
     pub calls: Vec<(String, Vec<u8>)>,
+    /// The command of a warm runtime for the work's jobs (see [`WARM_RUNTIME_ENV`]).
+    pub warm_command: Option<String>,
 }
+
+/// The job environment variable naming a work's warm runtime command: a pilot may start it once
+/// and feed it several jobs (a line protocol on its stdin and stdout, see the pilot's `warm`
+/// module). Reserved (`PANDA_*`): the server sets it on the jobs of a work submitted with one
+/// (at InsertJobs, from the work's row; tasks cannot carry `PANDA_*` variables).
+pub const WARM_RUNTIME_ENV: &str = "PANDA_WARM_RUNTIME";
+/// Longest warm runtime command.
+pub const MAX_WARM_COMMAND_BYTES: usize = 4096;
 
 /// Checks what the task validation does not: the function, serializer and calls. Every problem
 /// is reported, each naming its field.
@@ -84,6 +96,13 @@ fn validate_work(work: &mut NewWork) -> std::result::Result<(), Vec<FieldError>>
         }
         if args.len() > MAX_ARGS_BYTES {
             bad(format!("calls[{i}].args"), format!("{} bytes; at most {MAX_ARGS_BYTES} per call", args.len()));
+        }
+    }
+    if let Some(command) = &work.warm_command {
+        if command.trim().is_empty() || command.len() > MAX_WARM_COMMAND_BYTES {
+            bad("warm_command".into(), format!("must be 1..={MAX_WARM_COMMAND_BYTES} bytes (got {})", command.len()));
+        } else if command.contains(['\n', '\r', '\0']) {
+            bad("warm_command".into(), "must be one line (no newline, carriage return or NUL)".into());
         }
     }
     work.task.n_jobs = Some(n_calls);
@@ -202,7 +221,13 @@ impl Service {
             Registered::New(task) => task,
         };
         let n_calls = u32::try_from(work.calls.len()).unwrap_or(u32::MAX);
-        let record = WorkRecord { task_id: task.id, function: work.function, serializer: work.serializer, n_calls };
+        let record = WorkRecord {
+            task_id: task.id,
+            function: work.function,
+            serializer: work.serializer,
+            n_calls,
+            warm_command: work.warm_command,
+        };
         let calls: Vec<CallRecord> =
             work.calls.into_iter().zip(1u32..).map(|((key, args), index)| CallRecord { index, key, args }).collect();
         self.store.insert_work(&txn, &record, &calls).await?;
@@ -232,36 +257,83 @@ impl Service {
     /// NOT_FOUND (job, work, call), FAILED_PRECONDITION (another task's or index's job, an ended
     /// job), INVALID_ARGUMENT (an oversized result).
     #[instrument(skip_all, fields(job_id = %job_id, index = result.index))]
-    pub async fn put_result(&self, job_id: JobId, mut result: FunctionResult) -> Result<bool> {
+    pub async fn put_result(&self, job_id: JobId, result: FunctionResult) -> Result<bool> {
+        self.put_results(vec![(job_id, result)]).await?.pop().unwrap_or(Err(Error::JobNotFound { job_id }))
+    }
+
+    /// Stores several results (a warm runtime's batch) in one transaction, each checked as
+    /// [`Service::put_result`] checks it: a refused one changes nothing and does not affect the
+    /// others. Every stored result is published (outbox, same transaction).
+    ///
+    /// # Errors
+    /// The outer error is a database failure (nothing was stored); the inner ones are each
+    /// result's own, as for [`Service::put_result`].
+    #[instrument(skip_all, fields(results = results.len()))]
+    pub async fn put_results(&self, results: Vec<(JobId, FunctionResult)>) -> Result<Vec<Result<bool>>> {
+        let ids: Vec<JobId> = results.iter().map(|(job_id, _)| *job_id).collect();
+        let txn = self.db.begin().await?;
+        let jobs = self.store.lock_jobs(&txn, &ids).await?;
+        let mut works: HashMap<TaskId, Option<WorkRecord>> = HashMap::new();
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(results.len());
+        for (job_id, result) in results {
+            let outcome = self.put_one(&txn, jobs.get(&job_id), job_id, result, &mut works).await?;
+            outcomes.push(outcome.map(|stored| match stored {
+                Some(event) => {
+                    events.push(event);
+                    true
+                }
+                None => false,
+            }));
+        }
+        self.commit(txn, events).await?;
+        Ok(outcomes)
+    }
+
+    /// Checks one result against its job, work and call and stores it; the event to publish, or
+    /// `None` when a success was stored already. The outer error is a database failure.
+    async fn put_one(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        job: Option<&crate::model::Job>,
+        job_id: JobId,
+        mut result: FunctionResult,
+        works: &mut HashMap<TaskId, Option<WorkRecord>>,
+    ) -> Result<Result<Option<Envelope>>> {
         if result.encoded_len() > MAX_RESULT_BYTES {
-            return Err(Error::invalid(
+            return Ok(Err(Error::invalid(
                 "result",
                 format!("{} bytes; a result may hold at most {MAX_RESULT_BYTES}", result.encoded_len()),
-            ));
+            )));
         }
         let task_id = TaskId(result.task_id);
-        let txn = self.db.begin().await?;
-        let job = self.store.lock_job(&txn, job_id).await?.ok_or(Error::JobNotFound { job_id })?;
+        let Some(job) = job else { return Ok(Err(Error::JobNotFound { job_id })) };
         if job.task_id != task_id || job.job_index != result.index {
-            return Err(Error::ResultRefused {
+            return Ok(Err(Error::ResultRefused {
                 job_id,
                 reason: format!(
                     "the job runs call {} of task {}, not call {} of task {}",
                     job.job_index, job.task_id, result.index, task_id
                 ),
-            });
+            }));
         }
         if job.status.is_final() {
-            return Err(Error::ResultRefused { job_id, reason: format!("the job is {}", job.status) });
+            return Ok(Err(Error::ResultRefused { job_id, reason: format!("the job is {}", job.status) }));
         }
-        let work = self.store.find_work(&txn, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let call = self.store.find_call(&txn, task_id, result.index).await?.ok_or(Error::CallNotFound {
-            task_id,
-            index: result.index,
-            n_calls: work.n_calls,
-        })?;
-        if self.store.find_result(&txn, task_id, result.index).await?.is_some_and(|stored| stored.ok) {
-            return Ok(false);
+        let work = match works.get(&task_id) {
+            Some(work) => work.clone(),
+            None => {
+                let work = self.store.find_work(txn, task_id).await?;
+                works.insert(task_id, work.clone());
+                work
+            }
+        };
+        let Some(work) = work else { return Ok(Err(Error::WorkNotFound { task_id })) };
+        let Some(call) = self.store.find_call(txn, task_id, result.index).await? else {
+            return Ok(Err(Error::CallNotFound { task_id, index: result.index, n_calls: work.n_calls }));
+        };
+        if self.store.find_result(txn, task_id, result.index).await?.is_some_and(|stored| stored.ok) {
+            return Ok(Ok(None));
         }
         result.job_id = job_id.0;
         result.key = call.key;
@@ -271,9 +343,30 @@ impl Service {
         } else if let Some(error) = result.error.as_mut() {
             error.log_location = log_location(job_id);
         }
-        let stored = self.store_result(&txn, task_id, &result).await?;
-        self.commit(txn, vec![stored]).await?;
-        Ok(true)
+        Ok(Ok(Some(self.store_result(txn, task_id, &result).await?)))
+    }
+
+    /// A work's function and the calls at `indexes` (in that order), read at once.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for no index or more than [`MAX_CALLS_PER_READ`]; NOT_FOUND for a task
+    /// that is not a work or an index it does not have (the first one missing is named).
+    pub async fn get_calls(&self, task_id: TaskId, indexes: &[u32]) -> Result<(WorkRecord, Vec<CallRecord>)> {
+        if indexes.is_empty() || indexes.len() > MAX_CALLS_PER_READ {
+            return Err(Error::invalid(
+                "indexes",
+                format!("must name 1 to {MAX_CALLS_PER_READ} job indexes (got {})", indexes.len()),
+            ));
+        }
+        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let found = self.store.find_calls(&self.db, task_id, indexes).await?;
+        let mut calls = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            let call =
+                found.get(&index).cloned().ok_or(Error::CallNotFound { task_id, index, n_calls: work.n_calls })?;
+            calls.push(call);
+        }
+        Ok((work, calls))
     }
 
     async fn store_result(
@@ -318,6 +411,19 @@ impl Service {
     pub async fn record_job_end(&self, task_id: TaskId, job_id: JobId) -> Result<bool> {
         // Most ended jobs are no work's: one read, no transaction, for them.
         if self.store.find_work(&self.db, task_id).await?.is_none() {
+            return Ok(false);
+        }
+        self.record_work_job_end(job_id).await
+    }
+
+    /// [`Service::record_job_end`] for a job known to be of a work.
+    async fn record_work_job_end(&self, job_id: JobId) -> Result<bool> {
+        // Most jobs of a work stored their result before ending (results are never removed):
+        // one read, no transaction, for them.
+        if let Some(job) = self.store.get_job(&self.db, job_id).await?
+            && job.status.is_final()
+            && self.store.find_result(&self.db, job.task_id, job.job_index).await?.is_some()
+        {
             return Ok(false);
         }
         let txn = self.db.begin().await?;
@@ -399,6 +505,8 @@ fn capitalized(word: &str) -> String {
 pub struct FailureResults {
     service: Service,
     not_works: std::sync::Mutex<std::collections::HashSet<TaskId>>,
+    /// Tasks seen to be works (a work row is never removed): their jobs skip that read too.
+    works: std::sync::Mutex<std::collections::HashSet<TaskId>>,
 }
 
 /// Tasks remembered as not being works before the set starts over (a forgotten task costs one
@@ -408,16 +516,25 @@ const NOT_WORKS_REMEMBERED: usize = 100_000;
 impl FailureResults {
     /// The consumer for `service`.
     pub fn new(service: Service) -> Self {
-        Self { service, not_works: std::sync::Mutex::default() }
+        Self { service, not_works: std::sync::Mutex::default(), works: std::sync::Mutex::default() }
     }
 
     /// Whether `task_id` is a work (remembering those that are not).
     async fn is_work(&self, task_id: TaskId) -> Result<bool> {
         let not_works = || self.not_works.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let works = || self.works.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if not_works().contains(&task_id) {
             return Ok(false);
         }
+        if works().contains(&task_id) {
+            return Ok(true);
+        }
         if self.service.store.find_work(&self.service.db, task_id).await?.is_some() {
+            let mut known = works();
+            if known.len() >= NOT_WORKS_REMEMBERED {
+                known.clear();
+            }
+            known.insert(task_id);
             return Ok(true);
         }
         let mut remembered = not_works();
@@ -458,7 +575,7 @@ impl Handler for FailureResults {
             if !self.is_work(TaskId(body.task_id)).await.map_err(retry)? {
                 return Ok(());
             }
-            self.service.record_job_end(TaskId(body.task_id), JobId(body.job_id)).await.map(|_| ()).map_err(retry)
+            self.service.record_work_job_end(JobId(body.job_id)).await.map(|_| ()).map_err(retry)
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct DispatchRequest {
     pub offer: Resources,
     /// Most jobs it takes (at least one).
     pub n: u32,
+    /// Only jobs of this task (a pilot with a warm runtime for it); `None`: any task.
+    pub task: Option<TaskId>,
 }
 
 /// One pilot's report on a job it holds.
@@ -80,6 +82,7 @@ impl Service {
             worker_id: worker_id.to_owned(),
             offer,
             n,
+            task: None,
         };
         self.dispatch_batch(std::slice::from_ref(&request)).await?.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
@@ -99,12 +102,12 @@ impl Service {
                 panda_types::QueueName::new(r.queue.clone()).map(|_| Vec::new()).map_err(|e| Error::invalid("queue", e))
             })
             .collect();
-        let mut groups: BTreeMap<(&str, [u64; 4]), Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, Option<TaskId>, [u64; 4]), Vec<usize>> = BTreeMap::new();
         for (i, request) in requests.iter().enumerate() {
             if answers[i].is_ok() {
                 let o = request.offer;
                 let key = [u64::from(o.cores), o.memory_mb, o.disk_mb, o.walltime_seconds];
-                groups.entry((request.queue.as_str(), key)).or_default().push(i);
+                groups.entry((request.queue.as_str(), request.task, key)).or_default().push(i);
             }
         }
         if groups.is_empty() {
@@ -113,10 +116,14 @@ impl Service {
         let txn = self.db.begin().await?;
         let now = Utc::now();
         let mut events = Vec::new();
-        for ((queue, _), members) in &groups {
+        for ((queue, task, _), members) in &groups {
             let offer = requests[members[0]].offer;
             let wanted: u64 = members.iter().map(|&i| u64::from(requests[i].n.max(1))).sum();
-            let mut claimed = self.claim_jobs(&txn, queue, &offer, wanted).await?.into_iter();
+            let claimed = match task {
+                None => self.claim_jobs(&txn, queue, &offer, wanted).await?,
+                Some(task) => self.store.claim_task_jobs(&txn, queue, *task, &offer, wanted).await?,
+            };
+            let mut claimed = claimed.into_iter();
             for &i in members {
                 let request = &requests[i];
                 let Ok(mine) = &mut answers[i] else { continue };
@@ -508,6 +515,39 @@ impl PilotBatches {
     /// As [`Service::dispatch_batch`]; UNAVAILABLE while shutting down.
     pub async fn dispatch(&self, request: DispatchRequest) -> Result<Vec<Dispatched>> {
         self.dispatch.call(request).await.map_err(Error::from)?
+    }
+
+    /// One pilot's GetJob that may wait: when nothing matches, waits up to `wait` for jobs of
+    /// the queue to become activated (see [`crate::activations`]) and tries again, answering as
+    /// soon as a claim gives jobs, or empty at the deadline. `wait` zero: one claim, as
+    /// [`PilotBatches::dispatch`]. A caller that hangs up while waiting leaves nothing behind
+    /// (jobs claimed for a departed caller go back to the queue, see `release_undelivered`).
+    ///
+    /// # Errors
+    /// As [`PilotBatches::dispatch`].
+    pub async fn dispatch_waiting(
+        &self,
+        activations: &crate::activations::Activations,
+        request: DispatchRequest,
+        wait: std::time::Duration,
+    ) -> Result<Vec<Dispatched>> {
+        if wait.is_zero() {
+            return self.dispatch(request).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first claim: an activation between claim and wait is not missed.
+        let mut woken = activations.subscribe(&request.queue);
+        loop {
+            woken.borrow_and_update();
+            let jobs = self.dispatch(request.clone()).await?;
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+            match tokio::time::timeout_at(deadline, woken.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Ok(jobs),
+            }
+        }
     }
 
     /// One pilot's UpdateJob, in the next report batch.

@@ -1,4 +1,4 @@
-//! Function-as-a-Task tables (migration m0008): `function_works` (one row per work: its task,
+//! Function-as-a-Task tables (migrations m0008, m0011): `function_works` (one row per work: its task,
 //! function and serializer), `function_calls` (each job's arguments, keyed by task and job
 //! index) and `function_results` (each call's latest result, the encoded `FunctionResult`).
 
@@ -22,6 +22,8 @@ pub(crate) mod work {
         pub function: String,
         pub serializer: String,
         pub n_calls: i32,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub warm_command: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -84,6 +86,8 @@ pub struct WorkRecord {
     pub serializer: String,
     /// Number of calls (= jobs).
     pub n_calls: u32,
+    /// The command of a warm runtime for its jobs (migration m0011), if the work has one.
+    pub warm_command: Option<String>,
 }
 
 /// One call's arguments.
@@ -127,6 +131,7 @@ impl Store {
             function: Set(work.function.clone()),
             serializer: Set(work.serializer.clone()),
             n_calls: Set(index_i32(work.n_calls)),
+            warm_command: Set(work.warm_command.clone()),
         })
         .exec_without_returning(conn)
         .await?;
@@ -150,6 +155,7 @@ impl Store {
             function: row.function,
             serializer: row.serializer,
             n_calls: u32::try_from(row.n_calls).unwrap_or(0),
+            warm_command: row.warm_command,
         }))
     }
 
@@ -165,6 +171,29 @@ impl Store {
             key: row.call_key,
             args: row.args,
         }))
+    }
+
+    /// The calls at `indexes` of a work, by index (missing ones are absent).
+    pub async fn find_calls(
+        &self,
+        conn: &impl ConnectionTrait,
+        task_id: TaskId,
+        indexes: &[u32],
+    ) -> Result<std::collections::HashMap<u32, CallRecord>> {
+        let mut found = std::collections::HashMap::with_capacity(indexes.len());
+        for chunk in indexes.chunks(500) {
+            let rows = call::Entity::find()
+                .filter(call::Column::TaskId.eq(to_i64(task_id.0)))
+                .filter(call::Column::Idx.is_in(chunk.iter().map(|&i| index_i32(i))))
+                .all(conn)
+                .await?;
+            for row in rows {
+                if let Ok(index) = u32::try_from(row.idx) {
+                    found.insert(index, CallRecord { index, key: row.call_key, args: row.args });
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The stored result of one call.

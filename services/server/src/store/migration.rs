@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0009JobMerge));
         all.push(Box::new(M0010QueueWorkers));
         all.push(Box::new(M0011SharesAndSites));
+        all.push(Box::new(M0012FunctionWarmCommand));
         all
     }
 }
@@ -479,5 +480,24 @@ impl MigrationTrait for M0011SharesAndSites {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// A work's warm runtime command (Function-as-a-Task: several jobs in one runtime), passed to its
+/// jobs as `PANDA_WARM_RUNTIME` when they are inserted.
+struct M0012FunctionWarmCommand;
+
+impl MigrationName for M0012FunctionWarmCommand {
+    fn name(&self) -> &str {
+        "server_m0012_function_warm_command"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0012FunctionWarmCommand {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table("function_works").add_column(text_null("warm_command")).to_owned())
+            .await
     }
 }

@@ -13,6 +13,7 @@ mod entities;
 pub mod function;
 mod logs;
 pub mod migration;
+mod warm;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};

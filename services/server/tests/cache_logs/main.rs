@@ -22,6 +22,7 @@ const MAX_LOG: u64 = 1000;
 
 struct Fixture {
     client: ServerClient,
+    url: String,
     data_dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -53,7 +54,7 @@ async fn fixture(db: TestDb) -> Fixture {
     let token = shutdown.clone();
     let server = tokio::spawn(async move { panda_server::run(config, deps, listeners, token).await.unwrap() });
     let client = ServerClient::new(&url).unwrap();
-    Fixture { client, data_dir, shutdown, server, _db: db }
+    Fixture { client, url, data_dir, shutdown, server, _db: db }
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -390,6 +391,69 @@ async fn bad_log_requests_are_refused_and_store_nothing(f: Fixture) {
     f.stop().await;
 }
 
+/// The warm runtime's RPCs and the long poll refuse bad requests, naming the field; a batch
+/// answers each bad item alone.
+async fn warm_rpcs_refuse_bad_requests_naming_the_field(f: Fixture) {
+    use wire::function_service_client::FunctionServiceClient;
+    let mut functions = FunctionServiceClient::connect(f.url.clone()).await.unwrap();
+    let mut pilot = f.client.pilot.clone();
+    let get_job = |wait_ms| wire::GetJobRequest { queue: "q".into(), node: "n".into(), wait_ms, ..Default::default() };
+    assert_status(pilot.get_job(get_job(60_001)).await, Code::InvalidArgument, &["wait_ms", "at most 60000"]);
+    assert!(pilot.get_job(get_job(0)).await.unwrap().into_inner().jobs.is_empty(), "no wait: an empty answer");
+    assert!(pilot.get_job(get_job(50)).await.unwrap().into_inner().jobs.is_empty(), "empty at the deadline");
+
+    let get_calls = |task_id, indexes: Vec<u32>| wire::GetCallsRequest { task_id, indexes };
+    assert_status(functions.get_calls(get_calls(0, vec![1])).await, Code::InvalidArgument, &["task_id"]);
+    assert_status(functions.get_calls(get_calls(9, vec![])).await, Code::InvalidArgument, &["indexes", "1 to 1000"]);
+    assert_status(functions.get_calls(get_calls(9, vec![1, 0])).await, Code::InvalidArgument, &["indexes[1]"]);
+    assert_status(functions.get_calls(get_calls(9, vec![1])).await, Code::NotFound, &["9"]);
+
+    let submit = |warm_command: &str| wire::SubmitWorkRequest {
+        spec: Some(wire::TaskSpec {
+            name: "w".into(),
+            command: "python3 -m pandars.runtime".into(),
+            ..Default::default()
+        }),
+        function: "m:f".into(),
+        serializer: "json".into(),
+        calls: vec![wire::FunctionCall { key: "k".into(), args: b"{}".to_vec() }],
+        idempotency_key: String::new(),
+        warm_command: warm_command.into(),
+    };
+    assert_status(
+        functions.submit_work(submit("py --serve\nrm -rf /")).await,
+        Code::InvalidArgument,
+        &["warm_command"],
+    );
+    let task_id = functions.submit_work(submit("py --serve")).await.unwrap().into_inner().task_id;
+    let calls = functions.get_calls(get_calls(task_id, vec![1])).await.unwrap().into_inner();
+    assert_eq!((calls.function.as_str(), calls.calls.len(), calls.calls[0].key.as_str()), ("m:f", 1, "k"));
+    assert_status(functions.get_calls(get_calls(task_id, vec![2])).await, Code::NotFound, &["2"]);
+
+    assert_status(
+        functions.put_results(wire::PutResultsRequest { results: vec![] }).await,
+        Code::InvalidArgument,
+        &["results", "1 to 1000"],
+    );
+    let result = wire::FunctionResult { task_id, index: 1, ok: true, ..Default::default() };
+    let items = vec![
+        wire::PutResultRequest { job_id: 0, result: Some(result.clone()) },
+        wire::PutResultRequest { job_id: 5, result: None },
+        wire::PutResultRequest { job_id: 5, result: Some(wire::FunctionResult { task_id: 0, ..result.clone() }) },
+        wire::PutResultRequest { job_id: 987_654, result: Some(result) },
+    ];
+    let outcomes =
+        functions.put_results(wire::PutResultsRequest { results: items }).await.unwrap().into_inner().outcomes;
+    let codes: Vec<i32> = outcomes.iter().map(|o| o.code).collect();
+    let invalid = Code::InvalidArgument as i32;
+    assert_eq!(codes, [invalid, invalid, invalid, Code::NotFound as i32]);
+    assert!(outcomes[0].message.contains("results[0].job_id"), "{}", outcomes[0].message);
+    assert!(outcomes[1].message.contains("results[1].result"), "{}", outcomes[1].message);
+    assert!(outcomes[2].message.contains("results[2].result.task_id"), "{}", outcomes[2].message);
+    assert!(outcomes.iter().all(|o| !o.stored));
+    f.stop().await;
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -417,4 +481,5 @@ suite!(
     bad_uploads_are_refused_and_leave_nothing,
     logs_are_appended_once_and_followed_until_the_job_ends,
     bad_log_requests_are_refused_and_store_nothing,
+    warm_rpcs_refuse_bad_requests_naming_the_field,
 );

@@ -552,6 +552,7 @@ async fn a_dispatch_batch_serves_each_request_and_no_job_twice(f: Fixture) {
         worker_id: String::new(),
         offer: Resources { cores, ..Default::default() },
         n,
+        task: None,
     };
     let requests = vec![
         request("q", 8, 5),
@@ -677,6 +678,7 @@ async fn group_committed_pilots_take_each_job_once(f: Fixture) {
                     worker_id: String::new(),
                     offer: Resources::default(),
                     n: 1 + pilot % 3,
+                    task: None,
                 };
                 let batch = pilots.dispatch(request).await.unwrap();
                 if batch.is_empty() {
@@ -802,6 +804,7 @@ fn new_work(name: &str, calls: usize) -> NewWork {
         function: "m:f".into(),
         serializer: "json".into(),
         calls: (0..calls).map(|i| (format!("k{i}"), format!("[{i}]").into_bytes())).collect(),
+        warm_command: None,
     }
 }
 
@@ -1234,6 +1237,113 @@ async fn a_task_awaiting_input_ends_only_once_its_input_is_complete(f: Fixture) 
     ));
 }
 
+/// A warm runtime's batches: GetCalls reads several calls in the asked order, PutResults stores
+/// several results in one transaction, each checked alone; the warm command reaches the jobs.
+async fn a_work_stores_results_in_batches(f: Fixture) {
+    let mut work = new_work("w", 4);
+    work.warm_command = Some("python3 -m pandars.runtime --serve".into());
+    let (task_id, _) = f.service.submit_work(work, None).await.unwrap();
+    let (_, calls) = f.service.get_calls(task_id, &[3, 1]).await.unwrap();
+    let keys: Vec<&str> = calls.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k2", "k0"]);
+    assert!(matches!(f.service.get_calls(task_id, &[1, 9]).await, Err(Error::CallNotFound { index: 9, .. })));
+    assert!(matches!(f.service.get_calls(task_id, &[]).await, Err(Error::InvalidArgument(_))));
+    f.service.insert_jobs(task_id, jobs(4, "q", "")).await.unwrap();
+    let sent = f.service.dispatch("q", "n", "", Resources::default(), 4).await.unwrap();
+    let job = |index: u32| sent.iter().find(|d| d.job.job_index == index).unwrap().job.clone();
+    // The warm command goes with every job (the task itself cannot carry PANDA_* variables).
+    assert!(sent.iter().all(|d| d.job.environment.get(panda_server::service::WARM_RUNTIME_ENV).map(String::as_str)
+        == Some("python3 -m pandars.runtime --serve")));
+    let (task, _) = f.service.get_task(task_id).await.unwrap();
+    assert!(task.spec.environment.is_empty(), "the task's own environment is untouched");
+    let lease = job(4).lease_token.unwrap();
+    f.service.update_job(job(4).id, &lease, report(JobStatus::Running)).await.unwrap();
+    f.service.update_job(job(4).id, &lease, report(JobStatus::Failed)).await.unwrap();
+    let error = panda_proto::server::v1::FunctionError { r#type: "ValueError".into(), ..Default::default() };
+    let failed = FunctionResult { task_id: task_id.0, index: 2, ok: false, error: Some(error), ..Default::default() };
+    let outcomes = f
+        .service
+        .put_results(vec![
+            (job(1).id, ok_result(task_id, 1, "10")),
+            (job(1).id, ok_result(task_id, 2, "wrong call")),
+            (job(2).id, failed),
+            (job(1).id, ok_result(task_id, 1, "second success")),
+            (job(4).id, ok_result(task_id, 4, "too late")),
+            (panda_types::JobId(999_999), ok_result(task_id, 3, "no such job")),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Ok(true)));
+    assert!(matches!(outcomes[1], Err(Error::ResultRefused { .. })), "{:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Ok(true)));
+    assert!(matches!(outcomes[3], Ok(false)), "the first success stays");
+    assert!(matches!(outcomes[4], Err(Error::ResultRefused { .. })), "an ended job stores nothing");
+    assert!(matches!(outcomes[5], Err(Error::JobNotFound { .. })));
+    let (results, _) = f.service.list_results(task_id).await.unwrap();
+    let stored: Vec<(u32, bool, Vec<u8>)> = results.iter().map(|r| (r.index, r.ok, r.value.clone())).collect();
+    assert_eq!(stored, vec![(1, true, b"10".to_vec()), (2, false, vec![])]);
+    assert_eq!(results[1].error.clone().unwrap_or_default().log_location, format!("panda job logs {}", job(2).id));
+}
+
+/// A pilot with a warm runtime for a task asks for more jobs of that task only.
+async fn dispatch_for_one_task_takes_only_its_jobs(f: Fixture) {
+    let first = submit_with_jobs(&f, "first", 3, "").await;
+    let second = submit_with_jobs(&f, "second", 3, "").await;
+    let pilots = PilotBatches::start(&f.service, Shape { workers: 1, max_batch: 8 });
+    let request = |task| DispatchRequest {
+        queue: "q".into(),
+        node: "n".into(),
+        worker_id: String::new(),
+        offer: Resources::default(),
+        n: 10,
+        task,
+    };
+    let got = pilots.dispatch(request(Some(second))).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|d| d.job.task_id == second), "only the asked task's jobs");
+    assert!(pilots.dispatch(request(Some(second))).await.unwrap().is_empty());
+    let rest = pilots.dispatch(request(None)).await.unwrap();
+    assert!(rest.len() == 3 && rest.iter().all(|d| d.job.task_id == first));
+}
+
+/// A long-polling GetJob answers when a job of its queue is activated, not at its deadline; a
+/// GetJob without wait answers empty at once.
+async fn a_waiting_dispatch_returns_when_a_job_is_activated(f: Fixture) {
+    let pilots = PilotBatches::start(&f.service, Shape { workers: 1, max_batch: 8 });
+    let activations = f.service.activations();
+    let request = |queue: &str| DispatchRequest {
+        queue: queue.into(),
+        node: "n".into(),
+        worker_id: String::new(),
+        offer: Resources::default(),
+        n: 1,
+        task: None,
+    };
+    let zero = pilots.dispatch_waiting(&activations, request("q"), std::time::Duration::ZERO).await.unwrap();
+    assert!(zero.is_empty());
+    let waiter = {
+        let (pilots, activations) = (pilots.clone(), activations.clone());
+        // The deadline is far beyond the test's life: an answer with a job can only come from
+        // the wake-up.
+        tokio::spawn(async move {
+            pilots.dispatch_waiting(&activations, request("q"), std::time::Duration::from_secs(3600)).await
+        })
+    };
+    let other = {
+        let (pilots, activations) = (pilots.clone(), activations.clone());
+        tokio::spawn(async move {
+            pilots.dispatch_waiting(&activations, request("elsewhere"), std::time::Duration::from_secs(3600)).await
+        })
+    };
+    tokio::task::yield_now().await;
+    let task = submit_with_jobs(&f, "t", 1, "").await;
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.task_id, task);
+    assert!(!other.is_finished(), "a waiter of another queue keeps waiting");
+    other.abort();
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1258,6 +1368,9 @@ macro_rules! store_suite {
 
 store_suite!(
     a_work_stores_calls_and_results,
+    a_work_stores_results_in_batches,
+    dispatch_for_one_task_takes_only_its_jobs,
+    a_waiting_dispatch_returns_when_a_job_is_activated,
     a_bad_work_stores_nothing,
     a_work_killed_before_its_jobs_answers_every_call,
     held_jobs_wait_until_released_by_index,

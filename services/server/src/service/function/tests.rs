@@ -8,6 +8,7 @@ fn work(calls: usize) -> NewWork {
         function: "mod.sub:f".into(),
         serializer: "json".into(),
         calls: (0..calls).map(|i| (format!("k{i}"), b"{}".to_vec())).collect(),
+        warm_command: None,
     }
 }
 
@@ -62,4 +63,19 @@ fn a_failure_result_names_the_job_its_reason_and_its_logs() {
     assert_eq!(error.traceback, "Killed");
     let cancelled = failure_of(Ended { status: JobStatus::Cancelled, ..job }, "k".into());
     assert_eq!(cancelled.error.unwrap().r#type, "JobCancelled");
+}
+
+#[test]
+fn a_warm_command_must_be_one_nonempty_line() {
+    let mut good = work(1);
+    good.warm_command = Some("python3 -m pandars.runtime --serve".into());
+    assert!(validate_work(&mut good).is_ok());
+    for bad in ["", "  ", "python3 -m x\nrm -rf /", "a\0b"] {
+        let mut work = work(1);
+        work.warm_command = Some(bad.into());
+        assert_eq!(fields(&mut work), vec!["warm_command"], "{bad:?} must be refused");
+    }
+    let mut long = work(1);
+    long.warm_command = Some("x".repeat(MAX_WARM_COMMAND_BYTES + 1));
+    assert_eq!(fields(&mut long), vec!["warm_command"]);
 }
