@@ -215,8 +215,8 @@ impl Service {
     /// # Errors
     /// NOT_FOUND for a task that is not a work or an index it does not have.
     pub async fn get_call(&self, task_id: TaskId, index: u32) -> Result<(WorkRecord, CallRecord)> {
-        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let call = self.store.find_call(&self.db, task_id, index).await?.ok_or(Error::CallNotFound {
+        let work = self.store.find_work(&self.reads, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let call = self.store.find_call(&self.reads, task_id, index).await?.ok_or(Error::CallNotFound {
             task_id,
             index,
             n_calls: work.n_calls,
@@ -296,8 +296,8 @@ impl Service {
     /// # Errors
     /// NOT_FOUND for a task that is not a work.
     pub async fn list_results(&self, task_id: TaskId) -> Result<(Vec<FunctionResult>, u32)> {
-        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let rows = self.store.results_of(&self.db, task_id).await?;
+        let work = self.store.find_work(&self.reads, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let rows = self.store.results_of(&self.reads, task_id).await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
             let result = FunctionResult::decode(row.body.as_slice()).map_err(|error| Error::Corrupt {
@@ -316,7 +316,7 @@ impl Service {
     /// Database failures.
     pub async fn record_job_end(&self, task_id: TaskId, job_id: JobId) -> Result<bool> {
         // Most ended jobs are no work's: one read, no transaction, for them.
-        if self.store.find_work(&self.db, task_id).await?.is_none() {
+        if self.store.find_work(&self.reads, task_id).await?.is_none() {
             return Ok(false);
         }
         let txn = self.db.begin().await?;
@@ -343,7 +343,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn record_task_end(&self, task_id: TaskId) -> Result<usize> {
-        if self.store.find_work(&self.db, task_id).await?.is_none() {
+        if self.store.find_work(&self.reads, task_id).await?.is_none() {
             return Ok(0);
         }
         let txn = self.db.begin().await?;
