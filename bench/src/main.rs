@@ -137,7 +137,14 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     client
         .internal
         .clone()
-        .insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![seed], scouting: false, merge: false })
+        .insert_jobs(wire::InsertJobsRequest {
+            task_id,
+            jobs: vec![seed],
+            scouting: false,
+            merge: false,
+            more: false,
+            input_open: false,
+        })
         .await?;
     let db = panda_db::connect(&url, Some(2)).await?;
     let started = Instant::now();

@@ -137,6 +137,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
                 .unwrap_or_default(),
             merge_command: spec.merge_command,
             hold_jobs: spec.hold_jobs,
+            share: spec.share,
         }
     }
 }
@@ -185,6 +186,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
                 }
             }),
             hold_jobs: spec.hold_jobs,
+            share: spec.share,
         }
     }
 }

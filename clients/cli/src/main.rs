@@ -20,6 +20,7 @@ mod harvester_admin;
 mod hpo;
 mod logs;
 mod render;
+mod share;
 mod up;
 mod workflow;
 
@@ -93,6 +94,9 @@ enum Command {
     /// Queues known to the server, with their load.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Global shares: the server's share tree, each leaf's target and what it uses now.
+    #[command(subcommand)]
+    Share(share::ShareCommand),
     /// Harvester workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -431,6 +435,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let server = ServerClient::new(&cli.server)?;
             let response = server.internal.clone().list_queues(server::ListQueuesRequest {}).await?;
             render::queues(format, &response.into_inner().queues);
+            Ok(0)
+        }
+        Command::Share(command) => {
+            share::run(&ServerClient::new(&cli.server)?, command, format).await?;
             Ok(0)
         }
         Command::Harvester(command) => {

@@ -89,7 +89,7 @@ fn task_json(t: &server::Task) -> Value {
     json!({
         "task_id": t.task_id, "name": spec.name, "user": spec.user, "status": task_status(t.status),
         "error_diag": t.error_diag, "command": spec.command, "input_datasets": spec.input_datasets,
-        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "priority": spec.priority, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
+        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "priority": spec.priority, "share": spec.share, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
         "jobs": {"total": counts.total, "queued": counts.queued, "running": counts.running, "finished": counts.finished,
                  "failed": counts.failed, "cancelled": counts.cancelled},
     })
@@ -254,7 +254,8 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
         .map(|q| {
             let queue = q.queue.clone().unwrap_or_default();
             let load = q.load.clone().unwrap_or_default();
-            json!({"name": queue.name, "status": queue.status, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
+            let site = if queue.site.is_empty() { queue.name.clone() } else { queue.site.clone() };
+            json!({"name": queue.name, "status": queue.status, "site": site, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
                    "activated": load.activated, "sent": load.sent, "running": load.running,
                    "pilots": q.pilots, "workers_by_status": q.workers_by_status,
                    "seconds_since_heartbeat": q.seconds_since_heartbeat})
@@ -266,6 +267,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
             let mut t = table(&[
                 "QUEUE",
                 "STATUS",
+                "SITE",
                 "HARVESTER",
                 "MAX WORKERS",
                 "ACTIVATED",
@@ -279,6 +281,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                     [
                         "name",
                         "status",
+                        "site",
                         "harvester",
                         "max_workers",
                         "activated",

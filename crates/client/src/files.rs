@@ -63,6 +63,9 @@ pub struct TaskFile {
     /// Jobs wait held until released (file-level dependencies).
     #[serde(default)]
     hold_jobs: bool,
+    /// Global share (a leaf of the server's share tree; empty: the server's default).
+    #[serde(default)]
+    share: String,
 }
 
 /// `split:` of a task file.
@@ -121,6 +124,7 @@ impl TaskFile {
             queues: self.queues,
             code_sha256: self.code_sha256,
             merge_command: self.merge_command,
+            share: self.share,
             schema_version: self.schema_version,
             split: self.split.map(|s| server::SplitRules {
                 events_per_job: s.events_per_job,

@@ -24,6 +24,7 @@ pub use panda_proto::server::v1::job_service_client::JobServiceClient;
 pub use panda_proto::server::v1::log_service_client::LogServiceClient;
 pub use panda_proto::server::v1::pilot_service_client::PilotServiceClient;
 pub use panda_proto::server::v1::release_service_client::ReleaseServiceClient;
+pub use panda_proto::server::v1::share_service_client::ShareServiceClient;
 pub use panda_proto::server::v1::task_service_client::TaskServiceClient;
 pub use panda_proto::server::v1::worker_report_service_client::WorkerReportServiceClient;
 
@@ -95,6 +96,8 @@ pub struct ServerClient {
     pub workers: WorkerReportServiceClient<Channel>,
     /// Release of held jobs (idds, file-level dependencies).
     pub release: ReleaseServiceClient<Channel>,
+    /// Global shares.
+    pub shares: ShareServiceClient<Channel>,
 }
 
 impl ServerClient {
@@ -114,6 +117,7 @@ impl ServerClient {
             generation: GenerationServiceClient::new(channel.clone()),
             workers: WorkerReportServiceClient::new(channel.clone()),
             release: ReleaseServiceClient::new(channel.clone()),
+            shares: ShareServiceClient::new(channel.clone()),
             internal: InternalServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
             cache: CacheServiceClient::new(channel_with_timeout(url, ARCHIVE_TRANSFER_TIMEOUT)?),
         })

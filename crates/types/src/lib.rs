@@ -3,7 +3,7 @@
 //! specification with its validation. Nothing here does I/O or knows about gRPC or SQL.
 //!
 //! Modules: `ids` (newtype IDs), `state` (the `StateMachine` trait and the error for a refused
-//! transition), `task`, `job`, `dataset`, `worker` (one state enum each), `spec` (task specs), `rules` (splitting rules and brokerage requirements).
+//! transition), `task`, `job`, `dataset`, `worker` (one state enum each), `spec` (task specs), `rules` (splitting rules and brokerage requirements), `shares` (the global-share tree).
 
 mod macros;
 
@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod ids;
 pub mod job;
 pub mod rules;
+pub mod shares;
 pub mod spec;
 pub mod state;
 pub mod task;

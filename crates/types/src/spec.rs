@@ -98,6 +98,11 @@ pub struct TaskSpec {
     /// dependencies: idds).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hold_jobs: bool,
+    /// Global share (a leaf of the server's share tree) whose slots the task's jobs use. Empty
+    /// until the server resolves it at submission (then the configured default leaf); tasks
+    /// stored before shares existed have none and count as the default leaf.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub share: String,
 }
 
 /// What a merge job runs unless the task says: its inputs concatenated, in job order.
@@ -148,6 +153,8 @@ pub struct TaskSpecDraft {
     pub merge_command: String,
     /// See [`TaskSpec::hold_jobs`].
     pub hold_jobs: bool,
+    /// See [`TaskSpec::share`]; empty for the server's default share.
+    pub share: String,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
@@ -164,6 +171,9 @@ pub const MAX_ENVIRONMENT_ENTRIES: usize = 256;
 
 /// Longest payload environment value, in bytes.
 pub const MAX_ENVIRONMENT_VALUE_BYTES: usize = 32 * 1024;
+
+/// Longest global-share name.
+pub const MAX_SHARE_NAME: usize = 100;
 
 /// Most queues a task may be restricted to.
 pub const MAX_QUEUES_PER_TASK: usize = 1000;
@@ -350,6 +360,11 @@ impl TaskSpecDraft {
                 errors.push(FieldError::new("task.merge_command".to_owned(), message));
             }
         }
+        if !self.share.is_empty()
+            && let Err(e) = check_name(&self.share, MAX_SHARE_NAME)
+        {
+            errors.push(FieldError::new("task.share".to_owned(), e));
+        }
         self.requirements.validate(&mut errors);
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
@@ -367,6 +382,7 @@ impl TaskSpecDraft {
                 requirements: self.requirements,
                 merge_command,
                 hold_jobs: self.hold_jobs,
+                share: self.share,
             }),
             _ => Err(errors),
         }

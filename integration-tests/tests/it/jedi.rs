@@ -283,3 +283,137 @@ async fn job_events_drive_retries_and_merge_jobs_without_the_sweep() {
     assert!(out.files.iter().any(|f| f.lfn == "m.out.merged._000006" && f.status == "finished"), "{out:#?}");
     cluster.stop().await.unwrap();
 }
+
+/// A queue announces the storage site it reads from: brokerage counts the task's replicas at that
+/// site as local, so the task's jobs go to the queue whose `site` holds its data, and the queue
+/// whose site has none is dropped by the data-locality filter, naming its site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_goes_to_the_queue_whose_site_holds_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(fast_config(dir.path()), PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    let queue = |name: &str, site: &str| server::Queue {
+        name: name.into(),
+        status: "online".into(),
+        max_resources: Some(Resources::default()),
+        max_workers: 10,
+        harvester_id: "it-sites".into(),
+        site: site.into(),
+    };
+    server
+        .internal
+        .clone()
+        .register_queues(server::RegisterQueuesRequest {
+            harvester_id: "it-sites".into(),
+            queues: vec![queue("T2_A", "SITE-Y"), queue("T2_B", "SITE-X")],
+        })
+        .await
+        .unwrap();
+    let files = (1..=3)
+        .map(|i| server::CatalogFile {
+            lfn: format!("loc.in._{i:06}"),
+            size_bytes: 1000,
+            checksum: String::new(),
+            n_events: 10,
+            replicas: vec!["SITE-X".into()],
+        })
+        .collect();
+    server
+        .catalog
+        .clone()
+        .register_dataset(server::RegisterDatasetRequest { name: "loc.in".into(), files })
+        .await
+        .unwrap();
+    let spec = server::TaskSpec {
+        name: "located".into(),
+        command: "cat {inputs}".into(),
+        input_datasets: vec!["loc.in".into()],
+        files_per_job: Some(1),
+        queues: vec!["T2_A".into(), "T2_B".into()],
+        ..Default::default()
+    };
+    let task_id = submit(&server, spec).await;
+    // No pilot serves these queues: the jobs wait there, brokered.
+    await_task(&server, task_id, TaskStatus::Running, Duration::from_secs(60)).await;
+    let jobs = jobs_of(&server, task_id).await;
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j.queue == "T2_B"), "{jobs:#?}");
+    let explanation = server
+        .brokerage
+        .clone()
+        .get_brokerage(server::GetBrokerageRequest { task_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .explanation
+        .unwrap();
+    let dropped: Vec<(&str, &str)> = explanation
+        .dropped
+        .iter()
+        .filter(|d| d.queue == "T2_A")
+        .map(|d| (d.filter.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{explanation:?}");
+    assert_eq!(dropped[0].0, "data_locality");
+    assert!(dropped[0].1.contains("SITE-Y"), "{explanation:?}");
+    // ListQueues shows each queue's site.
+    let queues = server.internal.clone().list_queues(server::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    let site_of = |name: &str| {
+        queues.iter().filter_map(|q| q.queue.as_ref()).find(|q| q.name == name).map(|q| q.site.clone()).unwrap()
+    };
+    assert_eq!((site_of("T2_A"), site_of("T2_B"), site_of("local")), ("SITE-Y".into(), "SITE-X".into(), String::new()));
+    cluster.stop().await.unwrap();
+}
+
+/// Streaming input: a task reading another task's output while it is still being written runs on
+/// the files already there, gets jobs for the rest as they arrive, and ends only once the
+/// producer closed the dataset and its own jobs ended: one job per produced file, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_reading_an_open_dataset_runs_as_its_files_arrive_and_ends_after_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.server.watchdog_interval = Duration::from_millis(200);
+    let cluster = start(config, PILOT).await;
+    let server = ServerClient::new(&cluster.server_url).unwrap();
+    // The producer's jobs end one after another (job i sleeps i seconds).
+    let producer = submit(
+        &server,
+        server::TaskSpec {
+            name: "producer".into(),
+            command: "sleep {index}; echo {index} > {output}".into(),
+            n_jobs: Some(4),
+            output_dataset: "stream.a".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let consumer = submit(
+        &server,
+        server::TaskSpec {
+            name: "consumer".into(),
+            command: "cat {inputs}".into(),
+            input_datasets: vec!["stream.a".into()],
+            files_per_job: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let consumer_task = await_task(&server, consumer, TaskStatus::Done, Duration::from_secs(120)).await;
+    let producer_task = await_task(&server, producer, TaskStatus::Done, Duration::from_secs(10)).await;
+    let jobs = jobs_of(&server, consumer).await;
+    let mut inputs: Vec<String> = jobs.iter().flat_map(|j| j.input_files.clone()).collect();
+    inputs.sort();
+    assert_eq!(inputs, (1..=4).map(|i| format!("stream.a._{i:06}")).collect::<Vec<_>>(), "{jobs:#?}");
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Finished as i32));
+    let mut indices: Vec<u32> = jobs.iter().map(|j| j.job_index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), 4, "job indices are unique: {jobs:#?}");
+    // The consumer's first job came before the producer ended, and it ended after the producer.
+    let first = jobs.iter().filter_map(|j| j.created_at.as_ref().map(|t| (t.seconds, t.nanos))).min().unwrap();
+    let producer_end = producer_task.modified_at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
+    assert!(first < producer_end, "the consumer waited for the whole dataset");
+    let consumer_end = consumer_task.modified_at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
+    assert!(consumer_end >= producer_end, "the consumer ended before its input closed");
+    cluster.stop().await.unwrap();
+}

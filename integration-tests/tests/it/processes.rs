@@ -378,7 +378,14 @@ async fn two_server_replicas_on_one_database_dispatch_each_job_once() {
         .collect();
     a.internal
         .clone()
-        .insert_jobs(wire::InsertJobsRequest { task_id, jobs, scouting: false, merge: false })
+        .insert_jobs(wire::InsertJobsRequest {
+            task_id,
+            jobs,
+            scouting: false,
+            merge: false,
+            more: false,
+            input_open: false,
+        })
         .await
         .unwrap();
 

@@ -266,6 +266,7 @@ impl Provisioner {
                 max_resources: Some(panda_types::Resources::from(q.config.resources).into()),
                 max_workers: q.config.max_workers,
                 harvester_id: self.harvester_id.clone(),
+                site: q.config.site.clone().unwrap_or_default(),
             })
             .collect();
         self.server

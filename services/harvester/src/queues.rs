@@ -23,6 +23,7 @@
 //!     max_new_workers_per_cycle: 4
 //!     resources: { cores: 1, memory_mb: 2000 }   # what one worker offers a job
 //!     pilot_max_jobs: 0           # jobs per pilot; 0 = until the queue has none
+//!     site: CERN-PROD_DATADISK    # storage site for data locality; default: the queue's name
 //!     plugin:
 //!       type: local               # local | slurm | htcondor
 //!       pilot_command: [/usr/bin/panda-pilot]    # optional; default: the pilot next to the harvester
@@ -145,6 +146,10 @@ pub struct QueueConfig {
     /// Jobs per pilot; 0 = until the queue has none.
     #[serde(default)]
     pub pilot_max_jobs: u32,
+    /// Storage site the queue reads its input from: JEDI's brokerage counts input replicas at
+    /// this site as local (data locality). Default: the queue's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// How workers are provisioned.
     pub plugin: PluginConfig,
 }
@@ -285,6 +290,7 @@ impl QueueFile {
             max_new_workers_per_cycle: None,
             resources: WorkerResources { cores: 1, ..Default::default() },
             pilot_max_jobs: 0,
+            site: None,
             plugin: PluginConfig::Local(Default::default()),
         };
         Self { queues: BTreeMap::from([("local".to_owned(), queue)]) }
@@ -388,6 +394,11 @@ impl QueueFile {
             if let Err(e) = QueueName::new(name.clone()) {
                 problems.push(format!("queues.{name}: the name {e}"));
             }
+            if let Some(site) = &queue.site
+                && let Err(e) = panda_types::ids::check_name(site, 255)
+            {
+                problems.push(format!("queues.{name}.site: {e}"));
+            }
             if queue.max_workers == 0 {
                 problems.push(format!(
                     "queues.{name}.max_workers: must be at least 1 (got 0); set status: offline to stop a queue"
@@ -438,6 +449,18 @@ mod tests {
         assert_eq!(queue.status, QueueStatus::Offline);
         assert_eq!(queue.max_queued_workers, Some(2));
         assert_eq!(queue.resources.cores, 4);
+        assert_eq!(queue.site, None, "default: the queue's name");
+    }
+
+    #[test]
+    fn a_queue_names_its_storage_site() {
+        let file =
+            parse("queues:\n  q:\n    site: CERN-PROD_DATADISK\n    max_workers: 1\n    plugin: { type: local }\n")
+                .unwrap();
+        assert_eq!(file.queues["q"].site.as_deref(), Some("CERN-PROD_DATADISK"));
+        let error =
+            parse("queues:\n  q:\n    site: 'a site'\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
+        assert!(error.contains("queues.q.site: \"a site\" contains ' '"), "{error}");
     }
 
     #[test]

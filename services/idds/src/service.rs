@@ -1242,6 +1242,7 @@ fn wire_spec(task: TaskTemplate, user: &str, hold_jobs: bool) -> server::TaskSpe
         }),
         requirements: None,
         hold_jobs,
+        share: String::new(),
     }
 }
 

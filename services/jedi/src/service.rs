@@ -17,6 +17,25 @@ use crate::brokerage::{self, Load, QueueState, Snapshot};
 use crate::error::Error;
 use crate::{retry, scouting, split};
 
+/// A task's input as found: the finished files of its datasets, and why to wait for more while
+/// one of them is still open.
+#[derive(Debug, Default)]
+struct Inputs {
+    files: Vec<split::InputFile>,
+    open: Option<String>,
+}
+
+/// What an insertion is, for the server.
+#[derive(Debug, Clone, Copy, Default)]
+struct Insertion {
+    /// The task's scouts.
+    scouting: bool,
+    /// More jobs of a running task, for new input files.
+    more: bool,
+    /// An input dataset was still open when the input was read.
+    input_open: bool,
+}
+
 /// What processing a task did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -109,19 +128,30 @@ impl Jedi {
         })?;
         match status {
             TaskStatus::Scouting => self.after_scouts(task_id, &spec).await,
-            TaskStatus::Running => self.running(task_id, &spec, &counts).await,
+            TaskStatus::Running => self.running(task_id, &spec, &counts, task.awaits_input).await,
             _ => self.generate(task_id, &spec).await,
         }
     }
 
-    /// The task's input files, or why it must wait.
+    /// The task's input files, or why it must wait. A dataset still being written gives the
+    /// files finished so far (streaming input: the task runs on them and gets jobs for the rest as
+    /// they arrive); the task waits only while such a dataset has no file yet.
     async fn input_files(
         &self,
         task_id: TaskId,
         spec: &TaskSpec,
     ) -> Result<Result<Vec<split::InputFile>, String>, Error> {
-        let TaskInput::Datasets { names, .. } = &spec.input else { return Ok(Ok(Vec::new())) };
+        Ok(self.inputs(task_id, spec).await?.and_then(|inputs| match inputs.open {
+            Some(reason) if inputs.files.is_empty() => Err(reason),
+            _ => Ok(inputs.files),
+        }))
+    }
+
+    /// The task's input files, and whether a dataset is still open (with the reason to wait).
+    async fn inputs(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Result<Inputs, String>, Error> {
+        let TaskInput::Datasets { names, .. } = &spec.input else { return Ok(Ok(Inputs::default())) };
         let mut files = Vec::new();
+        let mut open = None;
         for name in names {
             let dataset = self
                 .server
@@ -133,13 +163,20 @@ impl Jedi {
                 .into_inner()
                 .dataset
                 .ok_or(Error::Protocol { call: "GetDatasetContents", task_id, detail: "no dataset".into() })?;
-            // A dataset still being written would give a partial split: wait until its producer
-            // closes it.
-            if !matches!(dataset.status.as_str(), "done" | "finished") {
+            // A producer that failed or broke leaves nothing more to wait for.
+            if matches!(dataset.status.as_str(), "failed" | "broken")
+                && !dataset.files.iter().any(|f| f.status == "finished")
+            {
                 return Ok(Err(format!(
-                    "input dataset {name:?} is {} (its producer, task {}, has not finished)",
+                    "input dataset {name:?} is {} (its producer, task {})",
                     dataset.status, dataset.task_id
                 )));
+            }
+            if !matches!(dataset.status.as_str(), "done" | "finished" | "failed") && open.is_none() {
+                open = Some(format!(
+                    "input dataset {name:?} is {} and has no file yet (its producer, task {}, has not finished)",
+                    dataset.status, dataset.task_id
+                ));
             }
             files.extend(dataset.files.into_iter().filter(|f| f.status == "finished").map(|f| split::InputFile {
                 lfn: f.lfn,
@@ -148,7 +185,7 @@ impl Jedi {
                 replicas: f.replicas,
             }));
         }
-        Ok(Ok(files))
+        Ok(Ok(Inputs { files, open }))
     }
 
     /// The queues now, as brokerage sees them.
@@ -167,7 +204,8 @@ impl Jedi {
                 let queue = q.queue?;
                 let load = q.load.unwrap_or_default();
                 Some(QueueState {
-                    site: queue.name.clone(),
+                    // A queue reads from its announced storage site, by default its own name.
+                    site: if queue.site.is_empty() { queue.name.clone() } else { queue.site },
                     name: queue.name,
                     status: queue.status,
                     max_resources: panda_proto::convert::resources(queue.max_resources),
@@ -209,8 +247,9 @@ impl Jedi {
 
     /// First generation: all jobs, or only the scouts when the task asks for them.
     async fn generate(&self, task_id: TaskId, spec: &TaskSpec) -> Result<Outcome, Error> {
-        let files = match self.input_files(task_id, spec).await? {
-            Ok(files) => files,
+        let (files, streaming) = match self.inputs(task_id, spec).await? {
+            Ok(Inputs { files, open: Some(reason) }) if files.is_empty() => return self.park(task_id, reason).await,
+            Ok(Inputs { files, open }) => (files, open.is_some()),
             Err(reason) => return self.park(task_id, reason).await,
         };
         let mut plans = match split::split(task_id, spec, &files, None) {
@@ -220,11 +259,53 @@ impl Jedi {
             Err(error) => return self.break_task(task_id, error.to_string()).await,
         };
         let scouts = spec.split.scouts as usize;
-        let scouting = scouts > 0 && plans.len() > scouts;
+        // Streaming input (a dataset still open) runs without scouts: the jobs come as files do.
+        let scouting = scouts > 0 && plans.len() > scouts && !streaming;
         if scouting {
             plans.truncate(scouts);
         }
-        self.broker_and_insert(task_id, spec, plans, spec.resources, &files, scouting).await
+        let how = Insertion { scouting, more: false, input_open: streaming };
+        self.broker_and_insert(task_id, spec, plans, spec.resources, &files, how).await
+    }
+
+    /// A running task reading a dataset that was open: jobs for the files that arrived since its
+    /// last jobs. `Ok(None)` when there is nothing new; the flag says whether a dataset is still
+    /// open (then the task must not merge yet).
+    async fn stream(&self, task_id: TaskId, spec: &TaskSpec) -> Result<(Option<Outcome>, bool), Error> {
+        let Ok(inputs) = self.inputs(task_id, spec).await? else { return Ok((None, false)) };
+        let open = inputs.open.is_some();
+        let jobs = self.current_jobs(task_id).await?;
+        let used: std::collections::HashSet<&str> =
+            jobs.iter().filter(|j| !j.merge).flat_map(|j| j.input_files.iter().map(String::as_str)).collect();
+        let new: Vec<split::InputFile> =
+            inputs.files.iter().filter(|f| !used.contains(f.lfn.as_str())).cloned().collect();
+        if new.is_empty() {
+            if !open {
+                // Closed, and every file has its job: tell the server the input is complete.
+                self.server
+                    .internal
+                    .clone()
+                    .insert_jobs(wire::InsertJobsRequest {
+                        task_id: task_id.0,
+                        jobs: Vec::new(),
+                        scouting: false,
+                        merge: false,
+                        more: true,
+                        input_open: false,
+                    })
+                    .await
+                    .map_err(|status| Error::Server { call: "InsertJobs", task_id, status })?;
+            }
+            return Ok((None, open));
+        }
+        let first_index = jobs.iter().map(|j| j.job_index).max().unwrap_or(0) + 1;
+        let plans = match split::split_from(task_id, spec, &new, None, first_index) {
+            Ok(plans) => plans,
+            Err(error) => return Ok((Some(self.break_task(task_id, error.to_string()).await?), open)),
+        };
+        info!(task_id = %task_id, files = new.len(), open, "new input files");
+        let how = Insertion { scouting: false, more: true, input_open: open };
+        Ok((Some(self.broker_and_insert(task_id, spec, plans, spec.resources, &new, how).await?), open))
     }
 
     /// Brokers `plans` and inserts them in one call (all or none), or parks the task pending with
@@ -236,8 +317,9 @@ impl Jedi {
         plans: Vec<split::JobPlan>,
         resources: Resources,
         files: &[split::InputFile],
-        scouting: bool,
+        how: Insertion,
     ) -> Result<Outcome, Error> {
+        let Insertion { scouting, more, input_open } = how;
         let snapshot = self.snapshot(task_id).await?;
         let request = Self::request(task_id, spec, resources, files, plans.len() as u32);
         let decision = brokerage::broker(&snapshot, &request, &mut Vec::new());
@@ -279,7 +361,7 @@ impl Jedi {
             .server
             .internal
             .clone()
-            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting, merge: false })
+            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting, merge: false, more, input_open })
             .await
         {
             Ok(_) => {
@@ -371,22 +453,38 @@ impl Jedi {
                 };
                 let resources = tuning.resources(spec.resources, split::events_per_job(spec, tuning.micros_per_event));
                 info!(task_id = %task_id, ?tuning, jobs = rest.len(), "scouts done; generating the rest");
-                self.broker_and_insert(task_id, spec, rest, resources, &files, false).await
+                self.broker_and_insert(task_id, spec, rest, resources, &files, Insertion::default()).await
             }
         }
     }
 
     /// A running task: its failed jobs' next attempts first; once every job has ended, its merge
     /// jobs if it merges.
-    async fn running(&self, task_id: TaskId, spec: &TaskSpec, counts: &wire::JobCounts) -> Result<Outcome, Error> {
+    async fn running(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+        counts: &wire::JobCounts,
+        awaits_input: bool,
+    ) -> Result<Outcome, Error> {
         if counts.failed > 0 {
             let retried = self.retry_failed(task_id, spec).await?;
             if matches!(retried, Outcome::Retried(_)) {
                 return Ok(retried);
             }
         }
+        let mut open = false;
+        if awaits_input {
+            let (generated, still_open) = self.stream(task_id, spec).await?;
+            if let Some(outcome) = generated {
+                return Ok(outcome);
+            }
+            open = still_open;
+        }
         let live = counts.total.saturating_sub(counts.finished + counts.failed + counts.cancelled);
         match spec.split.merge_files_per_job {
+            // Merging waits for the whole input.
+            Some(_) if open => Ok(Outcome::Skipped(TaskStatus::Running)),
             Some(files_per_job) if live == 0 && counts.finished > 0 => self.merge(task_id, spec, files_per_job).await,
             _ => Ok(Outcome::Skipped(TaskStatus::Running)),
         }
@@ -453,7 +551,14 @@ impl Jedi {
             .server
             .internal
             .clone()
-            .insert_jobs(wire::InsertJobsRequest { task_id: task_id.0, jobs, scouting: false, merge: true })
+            .insert_jobs(wire::InsertJobsRequest {
+                task_id: task_id.0,
+                jobs,
+                scouting: false,
+                merge: true,
+                more: false,
+                input_open: false,
+            })
             .await
         {
             Ok(_) => {
@@ -620,7 +725,8 @@ fn running_task_needs_jedi(task: &wire::Task) -> bool {
     let retries = split.and_then(|s| s.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS) > 1;
     let live = counts.total.saturating_sub(counts.finished + counts.failed + counts.cancelled);
     let merges = split.is_some_and(|s| s.merge_files_per_job.is_some());
-    (counts.failed > 0 && retries) || (merges && live == 0 && counts.finished > 0)
+    // A drained running task that reads datasets waits for files of an open one (or its end).
+    (counts.failed > 0 && retries) || (merges && live == 0 && counts.finished > 0) || (task.awaits_input && live == 0)
 }
 
 /// The explanation as the server stores and shows it.

@@ -149,6 +149,21 @@ pub fn split(
     files: &[InputFile],
     micros_per_event: Option<u64>,
 ) -> Result<Vec<JobPlan>, SplitError> {
+    split_from(task_id, spec, files, micros_per_event, 1)
+}
+
+/// [`split`] with the jobs numbered from `first_index`: the jobs for files that arrived in a
+/// still-open input dataset after the task's first jobs (their outputs' names follow on).
+///
+/// # Errors
+/// As [`split`].
+pub fn split_from(
+    task_id: TaskId,
+    spec: &TaskSpec,
+    files: &[InputFile],
+    micros_per_event: Option<u64>,
+    first_index: u32,
+) -> Result<Vec<JobPlan>, SplitError> {
     let chunks: Vec<Chunk> = match &spec.input {
         TaskInput::Datasets { names, files_per_job } => {
             if files.is_empty() {
@@ -175,7 +190,7 @@ pub fn split(
             (0..*n_jobs).map(|_| Chunk { files: Vec::new(), ranges: Vec::new(), events: 0, bytes: 0 }).collect()
         }
     };
-    plans(task_id, spec, files, chunks, 1)
+    plans(task_id, spec, files, chunks, first_index)
 }
 
 /// The jobs after a task's `scouts` first ones, sized with the scouts' measured time per event:

@@ -41,6 +41,8 @@ pub struct Config {
     pub cache: crate::cache::Config,
     /// `[server.logs]`: jobs' stdout and stderr.
     pub logs: crate::logs::Config,
+    /// `[server.shares]`: the global-share tree dispatch follows (default: one share, `default`).
+    pub shares: crate::shares::Config,
 }
 
 /// `[server.group_commit]`: pilots' calls that arrive while a transaction commits share the next
@@ -86,6 +88,7 @@ impl Default for Config {
             group_commit: GroupCommitConfig::default(),
             cache: crate::cache::Config::default(),
             logs: crate::logs::Config::default(),
+            shares: crate::shares::Config::default(),
         }
     }
 }
@@ -121,6 +124,12 @@ impl Config {
         });
         problems.check(self.logs.max_bytes_per_job > 0, || {
             "server.logs.max_bytes_per_job = 0: must be at least 1".to_owned()
+        });
+        if let Err(problem) = self.shares.build() {
+            problems.check(false, || problem);
+        }
+        problems.check(self.shares.refresh_interval >= Duration::from_millis(100), || {
+            format!("server.shares.refresh_interval = {:?}: must be at least 100ms", self.shares.refresh_interval)
         });
         problems.finish()
     }

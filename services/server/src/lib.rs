@@ -4,7 +4,7 @@
 //!
 //! Modules: `config` (`[server]`), `error` (errors and their gRPC codes), `model` (domain
 //! records), `store` (tables, migrations, use-case queries), `service` (use cases, transactions),
-//! `cache` (code archives), `logs` (jobs' stdout and stderr), `events` (bus bodies), `grpc` (thin
+//! `cache` (code archives), `logs` (jobs' stdout and stderr), `shares` (global shares in dispatch), `events` (bus bodies), `grpc` (thin
 //! adapters), `metrics`.
 
 pub mod cache;
@@ -19,6 +19,7 @@ pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod service;
+pub mod shares;
 pub mod store;
 
 use std::path::PathBuf;
@@ -105,9 +106,24 @@ pub async fn run(
     let outbox = Outbox::new(db.clone());
     let relay = tokio::spawn(outbox::run_relay(outbox.clone(), Arc::new(deps.bus.clone()), shutdown.clone()));
     let catalog_api = grpc::CatalogApi::new(catalog::Catalog::new(db.clone()));
+    let (share_tree, default_share) =
+        config.shares.build().map_err(|e| RunError::Io { context: e, source: std::io::Error::other("config") })?;
     let service = service::Service::new(db, outbox, storage_dir, metrics)
         .with_reads(reads)
-        .with_worker_report_stale_after(config.worker_report_stale_after);
+        .with_worker_report_stale_after(config.worker_report_stale_after)
+        .with_shares(shares::Shares::new(share_tree, default_share));
+    // Shares' usage is counted again every few seconds (only when there is more than one share).
+    let share_counter = (!service.shares().is_single()).then(|| {
+        let service = service.clone();
+        panda_runtime::task::every("shares", config.shares.refresh_interval, shutdown.clone(), move || {
+            let service = service.clone();
+            async move {
+                if let Err(error) = service.refresh_shares().await {
+                    tracing::warn!(error = %panda_runtime::error::chain(&error), "counting shares' usage failed; retrying next cycle");
+                }
+            }
+        })
+    });
     let watchdog = {
         let service = service.clone();
         let lost_after = config.lost_heartbeat_after;
@@ -141,6 +157,7 @@ pub async fn run(
     let function_api = grpc::FunctionApi::new(service.clone(), deps.bus.clone(), shutdown.clone());
     let worker_report_api = grpc::WorkerReportApi::new(service.clone());
     let release_api = grpc::ReleaseApi::new(service.clone());
+    let share_api = grpc::ShareApi::new(service.clone());
     let api = grpc::Api::new(service, pilots, feed, heartbeat_seconds);
 
     let mut server = panda_runtime::grpc::server("server")?;
@@ -171,6 +188,7 @@ pub async fn run(
             panda_proto::server::v1::release_service_server::ReleaseServiceServer::new(release_api)
                 .max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES),
         )
+        .add_service(panda_proto::server::v1::share_service_server::ShareServiceServer::new(share_api))
         // A task's jobs arrive in one InsertJobs call (all or nothing): up to 100000 jobs.
         .add_service(InternalServiceServer::new(api).max_decoding_message_size(panda_client::MAX_MESSAGE_BYTES));
     let admin = listeners.admin.map(|l| tokio::spawn(panda_runtime::metrics::serve(registry, l, shutdown.clone())));
@@ -180,6 +198,9 @@ pub async fn run(
     shutdown.cancel();
     let _ = relay.await;
     let _ = watchdog.await;
+    if let Some(counter) = share_counter {
+        let _ = counter.await;
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }

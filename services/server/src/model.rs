@@ -22,6 +22,8 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub modified_at: DateTime<Utc>,
+    /// An input dataset was open when JEDI last read the input: the task does not end yet.
+    pub awaits_input: bool,
 }
 
 /// Jobs of a task by state group.
@@ -138,6 +140,9 @@ pub struct Job {
     pub error_source: ErrorSource,
     /// A merge job over the task's outputs.
     pub merge: bool,
+    /// Global share whose slots it uses (its task's; empty for jobs stored before shares
+    /// existed, which count as the default share).
+    pub share: String,
 }
 
 /// Which of a task's jobs an insertion brings (JEDI's phases of a task).
@@ -149,6 +154,9 @@ pub enum JobBatch {
     Scouts,
     /// Merge jobs over the outputs, once the other jobs have ended.
     Merge,
+    /// More jobs of a running task, for files that arrived in its open input dataset (may be
+    /// none: the input closed and every file has its job).
+    More,
 }
 
 /// When a job entered each state, kept as the JSON object it is stored as. Dispatch and reports
@@ -303,6 +311,8 @@ pub struct Queue {
     pub max_workers: u32,
     /// Announcing harvester.
     pub harvester_id: String,
+    /// Storage site it reads input from (data locality); empty: its name.
+    pub site: String,
     /// Last announcement.
     pub heartbeat_at: DateTime<Utc>,
 }

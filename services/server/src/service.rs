@@ -80,6 +80,8 @@ pub struct Service {
     metrics: Metrics,
     /// How long a harvester's worker report counts.
     worker_report_stale_after: std::time::Duration,
+    /// Global shares and their usage.
+    shares: std::sync::Arc<crate::shares::Shares>,
 }
 
 impl Service {
@@ -94,7 +96,38 @@ impl Service {
             storage_dir,
             metrics,
             worker_report_stale_after: std::time::Duration::from_secs(300),
+            shares: std::sync::Arc::new(crate::shares::Shares::single()),
         }
+    }
+
+    /// The global shares dispatch follows (default: one share).
+    pub fn with_shares(mut self, shares: crate::shares::Shares) -> Self {
+        self.shares = std::sync::Arc::new(shares);
+        self
+    }
+
+    /// The global shares.
+    pub fn shares(&self) -> &crate::shares::Shares {
+        &self.shares
+    }
+
+    /// Counts the shares' usage again from the database.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn refresh_shares(&self) -> Result<()> {
+        let counts = self.store.share_counts(&self.db).await?;
+        self.shares.replace(&counts);
+        Ok(())
+    }
+
+    /// Every leaf share with its target and usage, freshly counted.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list_shares(&self) -> Result<Vec<crate::shares::ShareUsage>> {
+        self.refresh_shares().await?;
+        Ok(self.shares.usage())
     }
 
     /// Serves transaction-free reads from `reads` (see [`panda_db::read_pool`]).
@@ -189,7 +222,8 @@ impl Service {
                 format!("must be at most 200 characters (got {})", key.len()),
             ));
         }
-        let spec = draft.validate().map_err(Error::InvalidArgument)?;
+        let mut spec = draft.validate().map_err(Error::InvalidArgument)?;
+        spec.share = self.shares.resolve(&spec.share).map_err(|e| Error::invalid("task.share", e))?;
         let txn = self.db.begin().await?;
         match self.register_task(&txn, &spec, idempotency_key.as_deref()).await? {
             Registered::Existing(task) => Ok((task, false)),
@@ -507,13 +541,27 @@ impl Service {
     /// As [`Service::insert_jobs`]; for merge jobs, FAILED_PRECONDITION when the task does not
     /// merge, still has live jobs, or has its merge jobs already.
     #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), batch = ?batch))]
-    pub async fn insert_jobs_with(
+    pub async fn insert_jobs_with(&self, task_id: TaskId, jobs: Vec<NewJob>, batch: JobBatch) -> Result<Vec<JobId>> {
+        self.insert_jobs_reading(task_id, jobs, batch, false).await
+    }
+
+    /// [`Service::insert_jobs_with`], saying whether an input dataset was still open when JEDI
+    /// read the task's input (`input_open`): such a task does not end when its jobs have, until
+    /// an insertion (of [`JobBatch::More`], with or without jobs) says the input is complete.
+    ///
+    /// # Errors
+    /// As [`Service::insert_jobs_with`].
+    #[instrument(skip_all, fields(task_id = %task_id, jobs = jobs.len(), batch = ?batch, input_open))]
+    pub async fn insert_jobs_reading(
         &self,
         task_id: TaskId,
         mut jobs: Vec<NewJob>,
         batch: JobBatch,
+        input_open: bool,
     ) -> Result<Vec<JobId>> {
-        validate_new_jobs(&jobs)?;
+        if !(batch == JobBatch::More && jobs.is_empty()) {
+            validate_new_jobs(&jobs)?;
+        }
         let txn = self.db.begin().await?;
         let mut task = self.store.lock_task(&txn, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
         for job in &mut jobs {
@@ -531,8 +579,8 @@ impl Service {
             }
         }
         let path: &[TaskStatus] = match (task.status, scouting) {
-            // Merge jobs join a running task (checked above).
-            (TaskStatus::Running, false) if batch == JobBatch::Merge => &[],
+            // Merge jobs join a running task (checked above); so do jobs for new input files.
+            (TaskStatus::Running, false) if matches!(batch, JobBatch::Merge | JobBatch::More) => &[],
             (TaskStatus::Registered | TaskStatus::Pending, false) => {
                 &[TaskStatus::Defined, TaskStatus::Ready, TaskStatus::Running]
             }
@@ -559,6 +607,18 @@ impl Service {
             None => None,
         };
         let mut events = Vec::with_capacity(jobs.len() + 3);
+        if batch != JobBatch::Merge {
+            self.store.set_task_awaits_input(&txn, task_id, input_open).await?;
+        }
+        if jobs.is_empty() {
+            // The input is complete and every file has its job: the task may end now.
+            let ended = task.status == TaskStatus::Running;
+            self.commit(txn, events).await?;
+            if ended {
+                self.end_task_if_drained(task_id).await;
+            }
+            return Ok(Vec::new());
+        }
         for &step in path {
             let diag = matches!(step, TaskStatus::Running | TaskStatus::Scouting).then(String::new);
             self.move_task(&txn, &mut task, step, TaskActor::Jedi, diag, &mut events).await?;
@@ -575,7 +635,8 @@ impl Service {
         } else {
             (JobStatus::Activated, JobStatus::Defined)
         };
-        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, Utc::now()).await?;
+        let share = self.shares.resolve(&task.spec.share).unwrap_or_default();
+        let inserted = self.store.insert_jobs(&txn, task_id, &jobs, output_dataset, status, &share, Utc::now()).await?;
         for job in &inserted {
             events.push(events::job_changed(job, from));
         }
@@ -688,6 +749,11 @@ impl Service {
         }
         let counts = self.store.job_counts(txn, task.id).await?;
         if counts.unfinished() > 0 {
+            return Ok(());
+        }
+        // A task reading a dataset still being written waits for its files (JEDI adds their
+        // jobs); it ends once the dataset is closed and those jobs ended too.
+        if task.status == TaskStatus::Running && task.awaits_input {
             return Ok(());
         }
         let now = Utc::now();
@@ -807,6 +873,10 @@ impl Service {
     pub async fn register_queues(&self, queues: Vec<Queue>) -> Result<()> {
         for (i, q) in queues.iter().enumerate() {
             panda_types::QueueName::new(q.name.clone()).map_err(|e| Error::invalid(format!("queues[{i}].name"), e))?;
+            if !q.site.is_empty() {
+                panda_types::ids::check_name(&q.site, 255)
+                    .map_err(|e| Error::invalid(format!("queues[{i}].site"), e))?;
+            }
             if !matches!(q.status.as_str(), "online" | "offline" | "test" | "brokeroff") {
                 return Err(Error::invalid(
                     format!("queues[{i}].status"),

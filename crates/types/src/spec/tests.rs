@@ -67,6 +67,7 @@ fn valid_generated_spec() {
             requirements: Default::default(),
             merge_command: None,
             hold_jobs: false,
+            share: String::new(),
         }
     );
 }
@@ -354,6 +355,7 @@ fn every_error_is_reported_at_once() {
         requirements: Default::default(),
         merge_command: "cat {inputs}".to_owned(),
         hold_jobs: false,
+        share: "a/b".to_owned(),
     };
     check_errors(
         draft,
@@ -371,7 +373,20 @@ fn every_error_is_reported_at_once() {
             ("task.queues[0]", "\"a b\" contains ' '..."),
             ("task.code_sha256", "must be a sha256 digest..."),
             ("task.merge_command", "needs task.split.merge_files_per_job (merge jobs run it)"),
+            ("task.share", "\"a/b\" contains '/'..."),
         ],
+    );
+}
+
+#[test]
+fn a_share_is_kept_and_checked_as_a_name() {
+    let spec = TaskSpecDraft { share: "production.mc".to_owned(), ..generated() }.validate().expect("valid");
+    assert_eq!(spec.share, "production.mc");
+    assert_eq!(generated().validate().expect("valid").share, "", "unset: the server's default");
+    check_error(
+        TaskSpecDraft { share: "x".repeat(101), ..generated() },
+        "task.share",
+        "must be at most 100 characters...",
     );
 }
 

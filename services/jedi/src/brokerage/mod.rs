@@ -15,10 +15,11 @@
 //! every chosen queue with the parts of its score and its number of jobs. A task with no
 //! survivor gets no jobs and stays pending with that explanation.
 //!
-//! [`shares`] is the global-share tree: which work gets the next slots.
+//! [`shares`] is the global-share tree (in `panda_types`, since the server dispatches by it too):
+//! which work gets the next slots.
 
 mod filters;
-pub mod shares;
+pub use panda_types::shares;
 pub mod weight;
 
 use std::cmp::Ordering;

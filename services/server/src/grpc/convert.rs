@@ -23,6 +23,7 @@ pub(super) fn task(task: Task, counts: JobCounts) -> wire::Task {
             cancelled: counts.cancelled,
         }),
         idempotency_key: task.idempotency_key.unwrap_or_default(),
+        awaits_input: task.awaits_input,
     }
 }
 
@@ -71,5 +72,6 @@ pub(super) fn queue(queue: Queue) -> wire::Queue {
         max_resources: Some(queue.max_resources.into()),
         max_workers: queue.max_workers,
         harvester_id: queue.harvester_id,
+        site: queue.site,
     }
 }

@@ -460,13 +460,14 @@ impl InternalService for Api {
                 merge: false,
             })
             .collect();
-        let batch = match (request.scouting, request.merge) {
-            (false, false) => JobBatch::Jobs,
-            (true, false) => JobBatch::Scouts,
-            (false, true) => JobBatch::Merge,
-            (true, true) => return Err(Status::invalid_argument("scouting and merge: a batch is one or the other")),
+        let batch = match (request.scouting, request.merge, request.more) {
+            (false, false, false) => JobBatch::Jobs,
+            (true, false, false) => JobBatch::Scouts,
+            (false, true, false) => JobBatch::Merge,
+            (false, false, true) => JobBatch::More,
+            _ => return Err(Status::invalid_argument("scouting, merge and more: a batch is one of them at most")),
         };
-        let ids = self.service.insert_jobs_with(task_id, jobs, batch).await?;
+        let ids = self.service.insert_jobs_reading(task_id, jobs, batch, request.input_open).await?;
         Ok(Response::new(wire::InsertJobsResponse { job_ids: ids.into_iter().map(|id| id.0).collect() }))
     }
 
@@ -509,6 +510,7 @@ impl InternalService for Api {
                 max_resources: resources(q.max_resources),
                 max_workers: q.max_workers,
                 harvester_id: request.harvester_id.clone(),
+                site: q.site,
                 heartbeat_at: now,
             })
             .collect();

@@ -8,6 +8,7 @@ mod function;
 mod handlers;
 mod logs;
 mod release;
+mod shares;
 mod watch;
 mod workers;
 
@@ -17,4 +18,5 @@ pub use function::FunctionApi;
 pub use handlers::Api;
 pub use logs::LogApi;
 pub use release::ReleaseApi;
+pub use shares::ShareApi;
 pub use workers::WorkerReportApi;

@@ -184,9 +184,10 @@ impl Service {
                 None
             }
         };
-        let Some(spec) = spec.filter(|_| problems.is_empty()) else {
+        let Some(mut spec) = spec.filter(|_| problems.is_empty()) else {
             return Err(Error::InvalidArgument(problems));
         };
+        spec.share = self.shares().resolve(&spec.share).map_err(|e| Error::invalid("task.share", e))?;
         if let Some(key) = &idempotency_key
             && key.len() > 200
         {

@@ -116,7 +116,7 @@ impl Service {
         for ((queue, _), members) in &groups {
             let offer = requests[members[0]].offer;
             let wanted: u64 = members.iter().map(|&i| u64::from(requests[i].n.max(1))).sum();
-            let mut claimed = self.store.claim_jobs(&txn, queue, &offer, wanted).await?.into_iter();
+            let mut claimed = self.claim_jobs(&txn, queue, &offer, wanted).await?.into_iter();
             for &i in members {
                 let request = &requests[i];
                 let Ok(mine) = &mut answers[i] else { continue };
@@ -144,10 +144,39 @@ impl Service {
         let n_sent = events.len();
         self.commit(txn, events).await?;
         self.metrics.jobs_dispatched.inc_by(n_sent as u64);
+        if !self.shares.is_single() {
+            self.shares.dispatched(answers.iter().flatten().flatten().map(|j| (j.queue.as_str(), j.share.as_str())));
+        }
         Ok(answers
             .into_iter()
             .map(|answer| answer.map(|jobs| jobs.into_iter().map(|job| with_inputs(job, &catalog)).collect()))
             .collect())
+    }
+
+    /// Claims up to `wanted` activated jobs of `queue`: with one share, as they come (priority,
+    /// then age); with several, share by share, the one furthest under its target first
+    /// ([`crate::shares::Shares::plan`]), then whatever is left on the queue if that came short
+    /// (usage is counted every few seconds, so a share's jobs may be gone or new).
+    async fn claim_jobs(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        queue: &str,
+        offer: &Resources,
+        wanted: u64,
+    ) -> Result<Vec<Job>> {
+        if self.shares.is_single() {
+            return self.store.claim_jobs(txn, queue, offer, wanted, None, &[]).await;
+        }
+        let mut jobs = Vec::new();
+        for (share, n) in self.shares.plan(queue, wanted) {
+            jobs.extend(self.store.claim_jobs(txn, queue, offer, n, Some(&share), &[]).await?);
+        }
+        let short = wanted.saturating_sub(jobs.len() as u64);
+        if short > 0 {
+            let except: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+            jobs.extend(self.store.claim_jobs(txn, queue, offer, short, None, &except).await?);
+        }
+        Ok(jobs)
     }
 
     /// Puts back jobs whose dispatch answer never reached its pilot (it hung up first), so they
@@ -240,6 +269,10 @@ impl Service {
             self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
         }
         self.commit(txn, events).await?;
+        if !self.shares.is_single() {
+            // Jobs a pilot held end only through its reports: their slots are free again.
+            self.shares.ended(to_save.iter().filter(|j| j.status.is_final()).map(|j| j.share.as_str()));
+        }
         let ended: BTreeSet<TaskId> = to_save.iter().filter(|j| j.status.is_final()).map(|j| j.task_id).collect();
         for task_id in ended {
             self.end_task_if_drained(task_id).await;

@@ -19,6 +19,7 @@ pub(crate) mod task {
         pub created_at: DateTimeUtc,
         pub modified_at: DateTimeUtc,
         pub old_status: Option<String>,
+        pub awaits_input: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -124,6 +125,7 @@ pub(crate) mod job {
         pub state_times_json: String,
         pub error_source: String,
         pub merge: bool,
+        pub share: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -148,6 +150,7 @@ pub(crate) mod queue {
         pub max_workers: i32,
         pub harvester_id: String,
         pub heartbeat_at: DateTimeUtc,
+        pub site: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

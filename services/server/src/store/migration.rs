@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0008Functions));
         all.push(Box::new(M0009JobMerge));
         all.push(Box::new(M0010QueueWorkers));
+        all.push(Box::new(M0011SharesAndSites));
         all
     }
 }
@@ -443,6 +444,38 @@ impl MigrationTrait for M0010QueueWorkers {
                     .col(timestamp_with_time_zone("reported_at"))
                     .primary_key(Index::create().col("queue").col("harvester_id"))
                     .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Global shares and queue sites: each job carries its task's share (existing jobs get the empty
+/// name, which counts as the default share), with a partial index over activated jobs by queue
+/// and share so that share-aware dispatch claims one share's jobs in index order; each queue
+/// carries the storage site it reads from (existing queues: empty, which means their name); a task
+/// reading a still-open dataset is marked as awaiting input (it does not end while marked).
+struct M0011SharesAndSites;
+
+impl MigrationName for M0011SharesAndSites {
+    fn name(&self) -> &str {
+        "server_m0011_shares_and_sites"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0011SharesAndSites {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.alter_table(Table::alter().table("jobs").add_column(string("share").default("")).to_owned()).await?;
+        manager.alter_table(Table::alter().table("queues").add_column(string("site").default("")).to_owned()).await?;
+        manager
+            .alter_table(Table::alter().table("tasks").add_column(boolean("awaits_input").default(false)).to_owned())
+            .await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS jobs_activated_share ON jobs (queue, share, priority DESC, id) \
+                 WHERE status = 'activated'",
             )
             .await?;
         Ok(())

@@ -106,6 +106,7 @@ fn task_from_row(row: task::Model) -> Result<Task> {
         idempotency_key: row.idempotency_key,
         created_at: row.created_at,
         modified_at: row.modified_at,
+        awaits_input: row.awaits_input,
     })
 }
 
@@ -153,6 +154,7 @@ fn job_from_row(row: job::Model) -> Result<Job> {
         state_times: StateTimes::from_json(row.state_times_json),
         error_source: ErrorSource::parse(&row.error_source),
         merge: row.merge,
+        share: row.share,
     })
 }
 
@@ -167,6 +169,27 @@ struct TaskStatusCount {
     task_id: i64,
     status: String,
     n: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct ShareStatusCount {
+    queue: String,
+    share: String,
+    status: String,
+    n: i64,
+}
+
+/// Live jobs of one queue and share: queued (activated) or held by pilots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareCount {
+    /// Queue.
+    pub queue: String,
+    /// Share name as stored (empty: jobs from before shares).
+    pub share: String,
+    /// Activated (true) or sent/starting/running (false).
+    pub queued: bool,
+    /// Jobs.
+    pub n: u64,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -202,6 +225,7 @@ impl Store {
             spec_json: Set(spec_json),
             error_diag: Set(String::new()),
             idempotency_key: Set(idempotency_key.map(str::to_owned)),
+            awaits_input: Set(false),
             created_at: Set(now),
             modified_at: Set(now),
             ..Default::default()
@@ -259,6 +283,17 @@ impl Store {
     ) -> Result<()> {
         task::Entity::update_many()
             .col_expr(task::Column::OldStatus, Expr::value(old.map(|s| s.as_str())))
+            .filter(task::Column::Id.eq(to_i64(id.0)))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks whether a task waits for more input files (an input dataset was open when JEDI read
+    /// it), so that it does not end when its jobs have.
+    pub async fn set_task_awaits_input(&self, conn: &impl ConnectionTrait, id: TaskId, awaits: bool) -> Result<()> {
+        task::Entity::update_many()
+            .col_expr(task::Column::AwaitsInput, Expr::value(awaits))
             .filter(task::Column::Id.eq(to_i64(id.0)))
             .exec(conn)
             .await?;
@@ -573,8 +608,9 @@ impl Store {
             .collect())
     }
 
-    /// Inserts jobs (`status`: activated, or defined when held) and their expected output files
-    /// (defined) in `output_dataset`.
+    /// Inserts jobs (`status`: activated, or defined when held, in global share `share`) and
+    /// their expected output files (defined) in `output_dataset`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_jobs(
         &self,
         conn: &impl ConnectionTrait,
@@ -582,11 +618,13 @@ impl Store {
         jobs: &[NewJob],
         output_dataset: Option<i64>,
         status: JobStatus,
+        share: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Job>> {
         let mut inserted = Vec::with_capacity(jobs.len());
         for new in jobs {
             let mut row = new_job_row(task_id, new, 1, now);
+            row.share = Set(share.to_owned());
             row.status = Set(status.as_str().to_owned());
             row.state_times_json = Set(StateTimes::starting(status, now).as_json().to_owned());
             let row = row.insert(conn).await?;
@@ -626,7 +664,9 @@ impl Store {
             priority: old.priority,
             merge: old.merge,
         };
-        let row = new_job_row(old.task_id, &new, old.attempt_nr + 1, now).insert(conn).await?;
+        let mut row = new_job_row(old.task_id, &new, old.attempt_nr + 1, now);
+        row.share = Set(old.share.clone());
+        let row = row.insert(conn).await?;
         // The old attempt's outputs that were not produced are expected from the new one.
         let retry_sources = DataActor::User.file_sources(FileStatus::Defined);
         job::Entity::update_many()
@@ -649,16 +689,26 @@ impl Store {
 
     /// Picks up to `limit` activated jobs of `queue` that fit `offer`, highest priority first,
     /// skipping rows other transactions hold; the caller marks them sent in the same transaction.
+    /// `share` narrows the claim to one global share (index `jobs_activated_share`); `except`
+    /// leaves out jobs this transaction claimed already (still activated until marked sent).
     pub async fn claim_jobs(
         &self,
         conn: &impl ConnectionTrait,
         queue: &str,
         offer: &Resources,
         limit: u64,
+        share: Option<&str>,
+        except: &[JobId],
     ) -> Result<Vec<Job>> {
         let mut query = job::Entity::find()
             .filter(job::Column::Queue.eq(queue))
             .filter(job::Column::Status.eq(JobStatus::Activated.as_str()));
+        if let Some(share) = share {
+            query = query.filter(job::Column::Share.eq(share));
+        }
+        if !except.is_empty() {
+            query = query.filter(job::Column::Id.is_not_in(except.iter().map(|id| to_i64(id.0))));
+        }
         if offer.cores > 0 {
             query = query.filter(job::Column::Cores.lte(offer.cores as i32));
         }
@@ -826,6 +876,34 @@ impl Store {
         Ok(loads.into_values().collect())
     }
 
+    /// Live jobs (activated, sent, starting, running) per queue, share and state group: the
+    /// global shares' usage, counted every few seconds rather than per dispatch.
+    pub async fn share_counts(&self, conn: &impl ConnectionTrait) -> Result<Vec<ShareCount>> {
+        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
+        let rows = job::Entity::find()
+            .select_only()
+            .column(job::Column::Queue)
+            .column(job::Column::Share)
+            .column(job::Column::Status)
+            .column_as(job::Column::Id.count(), "n")
+            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .group_by(job::Column::Queue)
+            .group_by(job::Column::Share)
+            .group_by(job::Column::Status)
+            .into_model::<ShareStatusCount>()
+            .all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ShareCount {
+                queued: row.status == JobStatus::Activated.as_str(),
+                queue: row.queue,
+                share: row.share,
+                n: row.n.max(0) as u64,
+            })
+            .collect())
+    }
+
     /// Creates or refreshes queues.
     pub async fn upsert_queues(&self, conn: &impl ConnectionTrait, queues: &[Queue]) -> Result<()> {
         for q in queues {
@@ -839,6 +917,7 @@ impl Store {
                 max_workers: Set(q.max_workers as i32),
                 harvester_id: Set(q.harvester_id.clone()),
                 heartbeat_at: Set(q.heartbeat_at),
+                site: Set(q.site.clone()),
             };
             if queue::Entity::find_by_id(q.name.clone()).one(conn).await?.is_some() {
                 row.update(conn).await?;
@@ -867,6 +946,7 @@ impl Store {
                 },
                 max_workers: q.max_workers as u32,
                 harvester_id: q.harvester_id,
+                site: q.site,
                 heartbeat_at: q.heartbeat_at,
             })
             .collect())
@@ -909,6 +989,7 @@ fn new_job_row(task_id: TaskId, new: &NewJob, attempt_nr: u32, now: DateTime<Utc
         heartbeat_at: Set(None),
         superseded: Set(false),
         merge: Set(new.merge),
+        share: Set(String::new()),
         state_times_json: Set(StateTimes::starting(JobStatus::Activated, now).as_json().to_owned()),
         error_source: Set(String::new()),
         ..Default::default()

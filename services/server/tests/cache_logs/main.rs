@@ -239,7 +239,14 @@ async fn held_job(f: &Fixture, code_sha256: &str) -> (u64, String) {
     f.client
         .internal
         .clone()
-        .insert_jobs(wire::InsertJobsRequest { task_id, jobs: vec![job], scouting: false, merge: false })
+        .insert_jobs(wire::InsertJobsRequest {
+            task_id,
+            jobs: vec![job],
+            scouting: false,
+            merge: false,
+            more: false,
+            input_open: false,
+        })
         .await
         .unwrap();
     let request = wire::GetJobRequest { queue: "q".into(), node: "n".into(), n_jobs: 1, ..Default::default() };

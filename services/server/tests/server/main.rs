@@ -896,6 +896,7 @@ async fn worker_reports_count_as_pilots_and_name_workers_of_killed_jobs(f: Fixtu
         max_resources: Resources { cores: 1, ..Default::default() },
         max_workers: 10,
         harvester_id: "h1".into(),
+        site: String::new(),
         heartbeat_at: chrono::Utc::now(),
     };
     f.service.register_queues(vec![queue("q"), queue("other")]).await.unwrap();
@@ -1018,6 +1019,221 @@ async fn held_jobs_wait_until_released_by_index(f: Fixture) {
     assert_eq!(f.service.release_jobs(plain, &[1], &[], "").await.unwrap().unchanged, 1);
 }
 
+fn shares(tree: &[(&str, Option<&str>, f64)], default: &str) -> panda_server::shares::Shares {
+    let config = panda_server::shares::Config {
+        tree: tree.iter().map(|(n, p, v)| panda_types::shares::ShareDef::new(n, *p, *v)).collect(),
+        default: default.into(),
+        ..Default::default()
+    };
+    let (tree, default) = config.build().unwrap();
+    panda_server::shares::Shares::new(tree, default)
+}
+
+/// A task names a leaf of the share tree or gets the default one; an unknown share or an inner
+/// node is refused naming `task.share`; jobs (and their retries) carry the task's share; the
+/// queue's registered site is kept and a bad one refused.
+async fn tasks_and_jobs_carry_a_share_of_the_tree(f: Fixture) {
+    let service = f.service.clone().with_shares(shares(
+        &[("production", None, 70.0), ("mc", Some("production"), 100.0), ("analysis", None, 30.0)],
+        "analysis",
+    ));
+    for bad in ["express", "production"] {
+        let draft = TaskSpecDraft { share: bad.into(), ..draft("bad", 1, "") };
+        match service.submit_task(draft, None).await {
+            Err(Error::InvalidArgument(problems)) => {
+                assert_eq!(problems[0].field, "task.share");
+                assert!(problems[0].message.starts_with(&format!("{bad:?} is not a share")), "{problems:?}");
+                assert!(problems[0].message.contains("mc, analysis"), "{problems:?}");
+            }
+            other => panic!("{bad}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    assert!(service.list_tasks(Default::default()).await.unwrap().is_empty(), "nothing stored");
+    let (plain, _) = service.submit_task(draft("plain", 1, ""), None).await.unwrap();
+    assert_eq!(plain.spec.share, "analysis", "unset: the default leaf");
+    let (mc, _) = service.submit_task(TaskSpecDraft { share: "mc".into(), ..draft("mc", 2, "") }, None).await.unwrap();
+    assert_eq!(service.get_task(mc.id).await.unwrap().0.spec.share, "mc");
+    service.insert_jobs(mc.id, jobs(2, "q", "")).await.unwrap();
+    service.insert_jobs(plain.id, jobs(1, "q", "")).await.unwrap();
+    let all = service.list_jobs(panda_server::store::JobFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let by_share: Vec<(u64, &str)> = all.iter().map(|j| (j.task_id.0, j.share.as_str())).collect();
+    assert_eq!(by_share, vec![(mc.id.0, "mc"), (mc.id.0, "mc"), (plain.id.0, "analysis")]);
+    let usage = service.list_shares().await.unwrap();
+    let queued: Vec<(&str, u64, u64)> = usage.iter().map(|u| (u.name.as_str(), u.queued, u.running)).collect();
+    assert_eq!(queued, vec![("mc", 2, 0), ("analysis", 1, 0)]);
+    assert_eq!(usage[0].parent.as_deref(), Some("production"));
+    // A retry keeps the share.
+    let sent = service.dispatch("q", "n", "", Resources::default(), 3).await.unwrap();
+    let first = sent.iter().find(|d| d.job.task_id == mc.id).unwrap();
+    let failed = JobReport { error_code: 1, ..report(JobStatus::Failed) };
+    service.update_job(first.job.id, first.job.lease_token.as_deref().unwrap(), failed).await.unwrap();
+    for d in sent.iter().filter(|d| d.job.id != first.job.id) {
+        service.update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished)).await.unwrap();
+    }
+    service.retry_task(mc.id).await.unwrap();
+    let retried = service.list_jobs(panda_server::store::JobFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let retry = retried.iter().find(|j| j.attempt_nr == 2).expect("a second attempt");
+    assert_eq!(retry.share, "mc");
+
+    use panda_server::model::Queue;
+    let queue = |site: &str| Queue {
+        name: "CERN-PROD".into(),
+        status: "online".into(),
+        max_resources: Resources::default(),
+        max_workers: 1,
+        harvester_id: "h".into(),
+        site: site.into(),
+        heartbeat_at: chrono::Utc::now(),
+    };
+    service.register_queues(vec![queue("CERN-PROD_DATADISK")]).await.unwrap();
+    assert_eq!(service.list_queues().await.unwrap()[0].0.site, "CERN-PROD_DATADISK");
+    match service.register_queues(vec![queue("a site")]).await {
+        Err(Error::InvalidArgument(problems)) => assert_eq!(problems[0].field, "queues[0].site"),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+/// Global shares under contention: three shares (60/30/10 %) each with far more jobs than the
+/// queue's 20 slots, jobs of different lengths per share, and analysis holding every slot at the
+/// start. Pilots keep taking jobs as slots free up; the held jobs per share converge to the
+/// targets, and each share's dispatches follow its target once the start is undone.
+async fn shares_converge_to_their_targets_under_contention(f: Fixture) {
+    let service = f
+        .service
+        .clone()
+        .with_shares(shares(&[("prod", None, 60.0), ("ana", None, 30.0), ("test", None, 10.0)], "ana"));
+    let submit = |name: &'static str, share: &'static str| {
+        let service = service.clone();
+        async move {
+            let draft = TaskSpecDraft { share: share.into(), ..draft(name, 400, "") };
+            let (task, _) = service.submit_task(draft, None).await.unwrap();
+            service.insert_jobs(task.id, jobs(400, "q", "")).await.unwrap();
+            task.id
+        }
+    };
+    let slots = 20usize;
+    let ana = submit("ana", "ana").await;
+    service.refresh_shares().await.unwrap();
+    // Analysis alone at first: it takes every slot.
+    let mut held: Vec<(panda_server::service::Dispatched, u32)> = service
+        .dispatch("q", "n", "", Resources::default(), slots as u32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d, 0))
+        .collect();
+    assert!(held.iter().all(|(d, _)| d.job.task_id == ana));
+    let prod = submit("prod", "prod").await;
+    let test = submit("test", "test").await;
+    let share_of = |task: TaskId| ["prod", "ana", "test"][[prod, ana, test].iter().position(|&t| t == task).unwrap()];
+    // Rounds a job runs, per share: analysis short, production long.
+    let length = |share: &str| match share {
+        "prod" => 6,
+        "ana" => 2,
+        _ => 3,
+    };
+    let mut dispatched: BTreeMap<&str, u32> = BTreeMap::new();
+    for round in 0..60 {
+        // The background count, every few rounds (as every few seconds in the server).
+        if round % 5 == 0 {
+            service.refresh_shares().await.unwrap();
+        }
+        // Jobs whose time is up end, freeing their slots.
+        let (done, running): (Vec<_>, Vec<_>) =
+            held.into_iter().map(|(d, age)| (d, age + 1)).partition(|(d, age)| *age >= length(share_of(d.job.task_id)));
+        held = running;
+        for (d, _) in done {
+            service
+                .update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished))
+                .await
+                .unwrap();
+        }
+        // Pilots fill the free slots, one job each.
+        while held.len() < slots {
+            let mut got = service.dispatch("q", "n", "", Resources::default(), 1).await.unwrap();
+            let d = got.pop().expect("every share has jobs left");
+            if round >= 30 {
+                *dispatched.entry(share_of(d.job.task_id)).or_default() += 1;
+            }
+            held.push((d, 0));
+        }
+    }
+    let mut per_share: BTreeMap<&str, usize> = BTreeMap::new();
+    for (d, _) in &held {
+        *per_share.entry(share_of(d.job.task_id)).or_default() += 1;
+    }
+    for (share, target) in [("prod", 0.6), ("ana", 0.3), ("test", 0.1)] {
+        let got = per_share.get(share).copied().unwrap_or(0) as f64 / slots as f64;
+        assert!((got - target).abs() <= 0.1, "{share}: holds {got:.2} of the slots, target {target}; {per_share:?}");
+    }
+    // Dispatches in the second half: each share gets slots in proportion to target / job length.
+    let weights: Vec<f64> =
+        [("prod", 0.6), ("ana", 0.3), ("test", 0.1)].iter().map(|(s, t)| t / f64::from(length(s))).collect();
+    let total_weight: f64 = weights.iter().sum();
+    let total: u32 = dispatched.values().sum();
+    for ((share, _), weight) in [("prod", 0.6), ("ana", 0.3), ("test", 0.1)].iter().zip(&weights) {
+        let got = f64::from(dispatched.get(share).copied().unwrap_or(0)) / f64::from(total);
+        let expected = weight / total_weight;
+        assert!(
+            (got - expected).abs() <= 0.1,
+            "{share}: {got:.2} of dispatches, expected {expected:.2}; {dispatched:?}"
+        );
+    }
+    // ListShares shows the same picture.
+    let usage = service.list_shares().await.unwrap();
+    let running: Vec<(&str, u64)> = usage.iter().map(|u| (u.name.as_str(), u.running)).collect();
+    let expected: Vec<(&str, u64)> =
+        ["prod", "ana", "test"].iter().map(|s| (*s, per_share.get(s).copied().unwrap_or(0) as u64)).collect();
+    assert_eq!(running, expected);
+}
+
+/// A task whose input was open when JEDI read it (`input_open`) stays running when its jobs have
+/// ended, takes more jobs while running (`More`), and ends once an insertion says its input is
+/// complete (a `More` without jobs), with the last of its jobs or at once when drained.
+async fn a_task_awaiting_input_ends_only_once_its_input_is_complete(f: Fixture) {
+    use panda_server::model::JobBatch;
+    let service = &f.service;
+    let (producer, _) = service.submit_task(draft("producer", 1, "p.out"), None).await.unwrap();
+    let consumer = TaskSpecDraft {
+        name: "consumer".into(),
+        command: "cat {inputs}".into(),
+        input_datasets: vec!["p.out".into()],
+        split: panda_types::rules::SplitRulesDraft { max_attempts: Some(1), ..Default::default() },
+        ..Default::default()
+    };
+    let (consumer, _) = service.submit_task(consumer, None).await.unwrap();
+    assert!(!consumer.awaits_input);
+    service.insert_jobs_reading(consumer.id, jobs(1, "q", ""), JobBatch::Jobs, true).await.unwrap();
+    assert!(service.get_task(consumer.id).await.unwrap().0.awaits_input);
+    let finish_all = || async {
+        for d in service.dispatch("q", "n", "", Resources::default(), 10).await.unwrap() {
+            service
+                .update_job(d.job.id, d.job.lease_token.as_deref().unwrap(), report(JobStatus::Finished))
+                .await
+                .unwrap();
+        }
+    };
+    finish_all().await;
+    service.end_drained_tasks().await.unwrap();
+    assert_eq!(service.get_task(consumer.id).await.unwrap().0.status, TaskStatus::Running, "its input may grow");
+    // A new file: one more job, numbered after the first, into the running task.
+    let more: Vec<NewJob> = jobs(2, "q", "").into_iter().skip(1).collect();
+    service.insert_jobs_reading(consumer.id, more, JobBatch::More, true).await.unwrap();
+    finish_all().await;
+    service.end_drained_tasks().await.unwrap();
+    let (task, counts) = service.get_task(consumer.id).await.unwrap();
+    assert_eq!((task.status, counts.finished), (TaskStatus::Running, 2));
+    // JEDI read the input closed, every file with its job: the task ends.
+    service.insert_jobs_reading(consumer.id, Vec::new(), JobBatch::More, false).await.unwrap();
+    let (task, _) = service.get_task(consumer.id).await.unwrap();
+    assert_eq!((task.status, task.awaits_input), (TaskStatus::Done, false));
+    // An empty insertion is only for `More`.
+    assert!(matches!(
+        service.insert_jobs_reading(producer.id, Vec::new(), JobBatch::Jobs, false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1070,4 +1286,7 @@ store_suite!(
     a_merging_task_waits_for_its_merge_jobs,
     a_failed_job_with_default_attempts_keeps_the_task_running,
     worker_reports_count_as_pilots_and_name_workers_of_killed_jobs,
+    tasks_and_jobs_carry_a_share_of_the_tree,
+    shares_converge_to_their_targets_under_contention,
+    a_task_awaiting_input_ends_only_once_its_input_is_complete,
 );

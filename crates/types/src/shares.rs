@@ -8,12 +8,16 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// One share as configured.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShareDef {
     /// Unique name.
     pub name: String,
     /// Parent share (listed earlier), or none for a top-level share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// Percent of its parent, > 0.
     pub percent: f64,
@@ -109,6 +113,20 @@ impl ShareTree {
     /// Leaf names, in definition order (the order of every per-leaf slice).
     pub fn leaves(&self) -> Vec<&str> {
         self.leaves.iter().map(|&i| self.nodes[i].name.as_str()).collect()
+    }
+
+    /// A tree of one share holding every slot.
+    pub fn single(name: &str) -> Self {
+        Self {
+            nodes: vec![Node { name: name.to_owned(), parent: None, children: Vec::new(), fraction: 1.0 }],
+            top: vec![0],
+            leaves: vec![0],
+        }
+    }
+
+    /// The parent share of a leaf, if it is not a top-level share.
+    pub fn parent(&self, leaf: usize) -> Option<&str> {
+        self.nodes[self.leaves[leaf]].parent.map(|p| self.nodes[p].name.as_str())
     }
 
     /// Position of a leaf by name.
@@ -226,9 +244,19 @@ mod tests {
     }
 
     #[test]
+    fn single_is_one_leaf_with_everything() {
+        let t = ShareTree::single("default");
+        assert_eq!(t.leaves(), vec!["default"]);
+        assert_eq!(t.target(0), 1.0);
+        assert_eq!(t.parent(0), None);
+        assert_eq!(t, ShareTree::new(&[ShareDef::new("default", None, 100.0)]).unwrap());
+    }
+
+    #[test]
     fn targets_are_normalised_products() {
         let t = tree();
         assert_eq!(t.leaves(), vec!["analysis", "simulation", "reprocessing"]);
+        assert_eq!((t.parent(0), t.parent(1)), (None, Some("production")));
         let targets: Vec<f64> = (0..3).map(|l| t.target(l)).collect();
         assert!((targets[0] - 0.30).abs() < 1e-9);
         assert!((targets[1] - 0.50).abs() < 1e-9, "{targets:?}");
