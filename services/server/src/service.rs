@@ -116,7 +116,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn refresh_shares(&self) -> Result<()> {
-        let counts = self.store.share_counts(&self.db).await?;
+        let counts = self.store.share_counts(&self.reads).await?;
         self.shares.replace(&counts);
         Ok(())
     }
