@@ -10,7 +10,7 @@
 mod brokerage;
 mod harvester;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -164,6 +164,7 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
 
     let channels: Vec<ServerClient> =
         (0..args.connections).map(|_| ServerClient::new(&server_url)).collect::<Result<_, _>>()?;
+    let cpu_before = thread_cpu();
     let started = Instant::now();
     let mut pilots = Vec::with_capacity(args.pilots);
     for pilot in 0..args.pilots {
@@ -179,6 +180,7 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         update_latency.extend(outcome.update_latency);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_by_thread_kind(&cpu_before, &thread_cpu());
     let unique: HashSet<u64> = ids.iter().copied().collect();
     get_latency.sort();
     update_latency.sort();
@@ -209,12 +211,57 @@ async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         args.jobs.saturating_sub(unique.len() as u64)
     );
 
+    // CPU time per job by thread kind, this process only (the bench's pilots, the server and, when
+    // embedded, SQLite's one connection thread). Unlike dispatches/s it barely moves with what else
+    // runs on the machine, and the busiest single thread is what bounds the embedded figure.
+    if !cpu.is_empty() {
+        let per_job = |secs: f64| secs * 1e6 / ids.len().max(1) as f64;
+        let parts: Vec<String> =
+            cpu.iter().map(|(kind, secs)| format!("{kind} {:.1} µs ({secs:.1} s)", per_job(*secs))).collect();
+        println!("  CPU per job by thread: {}", parts.join(", "));
+    }
+
     shutdown.cancel();
     server.await??;
     drop(test_db);
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(ids.len() == unique.len(), "a job was dispatched twice");
     Ok(())
+}
+
+/// CPU seconds (user + system) of each live thread of this process, by thread id, with its name;
+/// empty where `/proc` is not there.
+fn thread_cpu() -> HashMap<u64, (String, f64)> {
+    // USER_HZ: the /proc ABI counts in hundredths of a second on every Linux architecture we run.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let mut threads = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc/self/task") else { return threads };
+    for entry in entries.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u64>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ...`: the name may hold spaces and parentheses, the fields follow the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state is field 3 of stat(5), utime 14 and stime 15.
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        threads.insert(tid, (name, (ticks(14) + ticks(15)) / TICKS_PER_SECOND));
+    }
+    threads
+}
+
+/// The CPU each kind of thread (its name without trailing digits) used between two readings,
+/// busiest first.
+fn cpu_by_thread_kind(before: &HashMap<u64, (String, f64)>, after: &HashMap<u64, (String, f64)>) -> Vec<(String, f64)> {
+    let mut kinds: HashMap<String, f64> = HashMap::new();
+    for (tid, (name, secs)) in after {
+        let earlier = before.get(tid).map_or(0.0, |(_, s)| *s);
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '.').to_owned();
+        *kinds.entry(kind).or_default() += secs - earlier;
+    }
+    let mut kinds: Vec<(String, f64)> = kinds.into_iter().filter(|(_, secs)| *secs >= 0.05).collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds
 }
 
 struct PilotOutcome {

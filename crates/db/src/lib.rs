@@ -5,6 +5,9 @@
 //! SQLite (the embedded default) has no row locks, so the pool holds a single connection: writers
 //! are serialised, which is what makes dispatch atomic there. Code running inside a transaction
 //! must therefore never use the pool itself, or it waits for the connection it already holds.
+//! Reads that need no transaction can go to [`read_pool`]: on SQLite, read-only connections
+//! beside the writer (WAL lets them read while it writes), so a busy writer thread is not also
+//! the thread that answers every status query.
 
 mod testdb;
 
@@ -24,8 +27,11 @@ pub use testdb::TestDb;
 pub struct DatabaseConfig {
     /// `postgres://user@host/db` or `sqlite://path?mode=rwc`; unset: SQLite under the data directory.
     pub url: Option<String>,
-    /// Pool size on PostgreSQL (SQLite always uses one connection).
+    /// Pool size on PostgreSQL (SQLite always uses one connection for writes).
     pub max_connections: Option<u32>,
+    /// SQLite only: read-only connections beside the writer for reads that need no transaction
+    /// (services that use [`read_pool`]); default 4.
+    pub read_connections: Option<u32>,
 }
 
 impl DatabaseConfig {
@@ -133,6 +139,37 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
     Ok(db)
 }
 
+/// Read-only connections on SQLite beside the writer `db` (at most `readers`; 4 when unset);
+/// with PostgreSQL, or a SQLite database other connections cannot open (in memory), `db` itself.
+///
+/// A read on the pool sees every transaction committed before it started (WAL), so an answer
+/// read right after a commit includes it; it never sees a transaction still open on the writer.
+///
+/// # Errors
+/// [`Error::Connect`].
+pub async fn read_pool(db: &DatabaseConnection, url: &str, readers: Option<u32>) -> Result<DatabaseConnection, Error> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if db.get_database_backend() != DbBackend::Sqlite || in_memory {
+        return Ok(db.clone());
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("mode=")).collect();
+    params.push("mode=ro");
+    let read_url = format!("{path}?{}", params.join("&"));
+    let mut options = ConnectOptions::new(read_url);
+    let readers = readers.unwrap_or(4).max(1);
+    options
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(60))
+        .max_connections(readers)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let reads = Database::connect(options).await.map_err(|source| Error::Connect { url: redact(url), source })?;
+    // No pragmas: WAL is a property of the file (the writer set it), and sqlx's own 5 s busy
+    // timeout on each connection covers the brief locks a reader can meet during a checkpoint.
+    Ok(reads)
+}
+
 /// Connects and runs the migrator's pending migrations (idempotent; safe on every start).
 ///
 /// # Errors
@@ -177,6 +214,30 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_read_pool_sees_commits_and_refuses_writes() {
+        let test_db = TestDb::sqlite_temp();
+        let db = connect(&test_db.url, None).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (x INTEGER)").await.unwrap();
+        let reads = read_pool(&db, &test_db.url, Some(2)).await.unwrap();
+        // A transaction still open on the writer is invisible; once committed, it is seen.
+        let txn = db.begin().await.unwrap();
+        txn.execute_unprepared("INSERT INTO t VALUES (1)").await.unwrap();
+        let count = |conn: DatabaseConnection| async move {
+            let row = conn
+                .query_one_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, "SELECT COUNT(*) AS n FROM t"))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        };
+        assert_eq!(count(reads.clone()).await, 0);
+        txn.commit().await.unwrap();
+        assert_eq!(count(reads.clone()).await, 1);
+        let refused = reads.execute_unprepared("INSERT INTO t VALUES (2)").await.unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
     }
 
     #[tokio::test]

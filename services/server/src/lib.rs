@@ -84,6 +84,7 @@ pub async fn run(
     config.validate().map_err(|e| RunError::Io { context: e.to_string(), source: std::io::Error::other("config") })?;
     let url = config.database.url_or_sqlite(&deps.data_dir, "server.db");
     let db = panda_db::connect_and_migrate::<store::migration::Migrator>(&url, config.database.max_connections).await?;
+    let reads = panda_db::read_pool(&db, &url, config.database.read_connections).await?;
     let storage_dir = config.storage_dir.clone().unwrap_or_else(|| deps.data_dir.join("storage"));
     std::fs::create_dir_all(&storage_dir).map_err(|source| RunError::Io {
         context: format!("cannot create the storage directory {}", storage_dir.display()),
@@ -109,6 +110,7 @@ pub async fn run(
     let (share_tree, default_share) =
         config.shares.build().map_err(|e| RunError::Io { context: e, source: std::io::Error::other("config") })?;
     let service = service::Service::new(db, outbox, storage_dir, metrics)
+        .with_reads(reads)
         .with_worker_report_stale_after(config.worker_report_stale_after)
         .with_shares(shares::Shares::new(share_tree, default_share));
     // Shares' usage is counted again every few seconds (only when there is more than one share).

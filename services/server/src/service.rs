@@ -72,6 +72,10 @@ enum Registered {
 #[derive(Clone)]
 pub struct Service {
     db: DatabaseConnection,
+    /// Reads that need no transaction: on SQLite, read-only connections beside the one writer
+    /// (`panda_db::read_pool`), so status queries never queue on the writer's thread; otherwise
+    /// `db` itself.
+    reads: DatabaseConnection,
     store: Store,
     outbox: Outbox,
     storage_dir: PathBuf,
@@ -89,6 +93,7 @@ impl Service {
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
         let store = Store::new(db.get_database_backend());
         Self {
+            reads: db.clone(),
             db,
             store,
             outbox,
@@ -116,7 +121,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn refresh_shares(&self) -> Result<()> {
-        let counts = self.store.share_counts(&self.db).await?;
+        let counts = self.store.share_counts(&self.reads).await?;
         self.shares.replace(&counts);
         Ok(())
     }
@@ -133,6 +138,13 @@ impl Service {
     /// The wake-ups of long-polling GetJob calls (see [`crate::activations`]).
     pub fn activations(&self) -> crate::activations::Activations {
         self.activations.clone()
+    }
+
+    /// Serves transaction-free reads from `reads` (see [`panda_db::read_pool`]).
+    #[must_use]
+    pub fn with_reads(mut self, reads: DatabaseConnection) -> Self {
+        self.reads = reads;
+        self
     }
 
     /// `file://` URL of the storage directory.
@@ -287,8 +299,8 @@ impl Service {
     /// # Errors
     /// NOT_FOUND.
     pub async fn get_task(&self, task_id: TaskId) -> Result<(Task, JobCounts)> {
-        let task = self.store.get_task(&self.db, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let task = self.store.get_task(&self.reads, task_id).await?.ok_or(Error::TaskNotFound { task_id })?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -297,9 +309,9 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<(Task, JobCounts)>> {
-        let tasks = self.store.list_tasks(&self.db, &filter).await?;
+        let tasks = self.store.list_tasks(&self.reads, &filter).await?;
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-        let mut counts = self.store.job_counts_of(&self.db, &ids).await?;
+        let mut counts = self.store.job_counts_of(&self.reads, &ids).await?;
         Ok(tasks
             .into_iter()
             .map(|task| {
@@ -352,7 +364,7 @@ impl Service {
         self.store.cancel_outputs(&txn, &cancelled, Utc::now()).await?;
         self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         self.commit(txn, events).await?;
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -382,7 +394,7 @@ impl Service {
         }
         self.store.save_jobs(&txn, &jobs.iter().collect::<Vec<_>>()).await?;
         self.commit(txn, events).await?;
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -413,7 +425,7 @@ impl Service {
         // Jobs that ran out while it was paused may have drained it.
         self.finish_task_if_drained(&txn, &mut task, &mut events).await?;
         self.commit(txn, events).await?;
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -467,7 +479,7 @@ impl Service {
         self.store.set_task_datasets_status(&txn, task_id, DataActor::User, DatasetStatus::Running, now).await?;
         info!(entity = "task", id = %task_id, jobs = ended.len(), "task retried");
         self.commit(txn, events).await?;
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -490,7 +502,7 @@ impl Service {
         txn.commit().await?;
         task.spec.priority = priority;
         info!(entity = "task", id = %task_id, priority, "priority changed");
-        let counts = self.store.job_counts(&self.db, task_id).await?;
+        let counts = self.store.job_counts(&self.reads, task_id).await?;
         Ok((task, counts))
     }
 
@@ -720,7 +732,7 @@ impl Service {
     }
 
     async fn try_end_task(&self, task_id: TaskId) -> Result<()> {
-        if self.store.has_unfinished_jobs(&self.db, task_id).await? {
+        if self.store.has_unfinished_jobs(&self.reads, task_id).await? {
             return Ok(());
         }
         let txn = self.db.begin().await?;
@@ -735,7 +747,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn end_drained_tasks(&self) -> Result<usize> {
-        let drained = self.store.drained_active_tasks(&self.db, 500).await?;
+        let drained = self.store.drained_active_tasks(&self.reads, 500).await?;
         for task_id in &drained {
             self.try_end_task(*task_id).await?;
         }
@@ -869,7 +881,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn queue_demand(&self, queues: &[String]) -> Result<Vec<QueueLoad>> {
-        self.store.queue_load(&self.db, queues).await
+        self.store.queue_load(&self.reads, queues).await
     }
 
     /// Records the queues a harvester serves.
@@ -901,8 +913,8 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn list_queues(&self) -> Result<Vec<(Queue, QueueLoad, QueueWorkers)>> {
-        let queues = self.store.list_queues(&self.db).await?;
-        let loads = self.store.queue_load(&self.db, &[]).await?;
+        let queues = self.store.list_queues(&self.reads).await?;
+        let loads = self.store.queue_load(&self.reads, &[]).await?;
         let mut workers = self.queue_workers().await?;
         Ok(queues
             .into_iter()
@@ -923,7 +935,7 @@ impl Service {
     /// # Errors
     /// NOT_FOUND.
     pub async fn get_dataset(&self, name: &str) -> Result<Dataset> {
-        self.store.get_dataset(&self.db, name).await?.ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })
+        self.store.get_dataset(&self.reads, name).await?.ok_or_else(|| Error::DatasetNotFound { name: name.to_owned() })
     }
 
     /// Jobs by filter.
@@ -931,7 +943,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
-        self.store.list_jobs(&self.db, &filter).await
+        self.store.list_jobs(&self.reads, &filter).await
     }
 
     /// One job.
@@ -939,7 +951,7 @@ impl Service {
     /// # Errors
     /// NOT_FOUND.
     pub async fn show_job(&self, job_id: JobId) -> Result<Job> {
-        self.store.get_job(&self.db, job_id).await?.ok_or(Error::JobNotFound { job_id })
+        self.store.get_job(&self.reads, job_id).await?.ok_or(Error::JobNotFound { job_id })
     }
 
     /// The output files (size, checksum, state) that `jobs` hold now, by job: what ListJobs and
@@ -948,7 +960,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn outputs_of_jobs(&self, jobs: &[JobId]) -> Result<std::collections::HashMap<JobId, Vec<FileRecord>>> {
-        self.store.outputs_of_jobs(&self.db, jobs).await
+        self.store.outputs_of_jobs(&self.reads, jobs).await
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use panda_bus::outbox::{self, Outbox};
 use panda_bus::{BusConfig, Publisher};
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{Backend, Database, Flaky, Recorder, Tally, TestBus, database, event, eventually};
@@ -31,6 +31,10 @@ macro_rules! outbox_suite {
             async fn the_relay_flushes_once_more_at_shutdown() { cases::the_relay_flushes_once_more_at_shutdown($database).await }
             $(#[$attr])* #[tokio::test]
             async fn a_huge_batch_appends_in_one_transaction() { cases::a_huge_batch_appends_in_one_transaction($database).await }
+            $(#[$attr])* #[tokio::test]
+            async fn a_commits_events_share_rows_and_come_back_exactly() {
+                cases::a_commits_events_share_rows_and_come_back_exactly($database).await
+            }
         }
     };
 }
@@ -123,6 +127,58 @@ mod cases {
         outbox::append(&txn, &events).await.unwrap();
         txn.commit().await.unwrap();
         assert_eq!(Outbox::new(db.clone()).pending().await.unwrap(), 20_000);
+    }
+
+    /// Keeps every published event whole.
+    #[derive(Default)]
+    struct Keeper(Mutex<Vec<panda_bus::Envelope>>);
+
+    #[async_trait::async_trait]
+    impl Publisher for Keeper {
+        async fn publish(&self, events: &[panda_bus::Envelope]) -> Result<(), panda_bus::Error> {
+            self.0.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+    }
+
+    pub async fn a_commits_events_share_rows_and_come_back_exactly(database_kind: Database) {
+        let (_test_db, db) = database(database_kind).await;
+        let events: Vec<_> =
+            (0..2500).map(|i| event(if i % 3 == 0 { "job.sent" } else { "job.finished" }, &i.to_string())).collect();
+        let txn = db.begin().await.unwrap();
+        outbox::append(&txn, &events).await.unwrap();
+        txn.commit().await.unwrap();
+        let lone = event("task.done", "lone");
+        outbox::append(&db, std::slice::from_ref(&lone)).await.unwrap();
+
+        // One row per thousand events of a commit, and one for the lone event.
+        let rows = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM outbox",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        assert_eq!(rows, 4);
+        let outbox = Outbox::new(db.clone());
+        assert_eq!(outbox.pending().await.unwrap(), 2501, "pending counts events, not rows");
+
+        let keeper = Keeper::default();
+        let mut published = 0;
+        loop {
+            let n = outbox::flush_once(&outbox, &keeper).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            published += n;
+        }
+        assert_eq!(published, 2501);
+        let expected: Vec<_> = events.iter().chain(std::iter::once(&lone)).cloned().collect();
+        assert_eq!(*keeper.0.lock().unwrap(), expected, "ids, keys, times and bodies as written, in order");
+        assert_eq!(outbox.pending().await.unwrap(), 0);
     }
 
     pub async fn flush_once_publishes_in_order_and_deletes(database_kind: Database) {

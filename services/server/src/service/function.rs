@@ -241,8 +241,8 @@ impl Service {
     /// # Errors
     /// NOT_FOUND for a task that is not a work or an index it does not have.
     pub async fn get_call(&self, task_id: TaskId, index: u32) -> Result<(WorkRecord, CallRecord)> {
-        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let call = self.store.find_call(&self.db, task_id, index).await?.ok_or(Error::CallNotFound {
+        let work = self.store.find_work(&self.reads, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let call = self.store.find_call(&self.reads, task_id, index).await?.ok_or(Error::CallNotFound {
             task_id,
             index,
             n_calls: work.n_calls,
@@ -358,8 +358,8 @@ impl Service {
                 format!("must name 1 to {MAX_CALLS_PER_READ} job indexes (got {})", indexes.len()),
             ));
         }
-        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let found = self.store.find_calls(&self.db, task_id, indexes).await?;
+        let work = self.store.find_work(&self.reads, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let found = self.store.find_calls(&self.reads, task_id, indexes).await?;
         let mut calls = Vec::with_capacity(indexes.len());
         for &index in indexes {
             let call =
@@ -390,8 +390,8 @@ impl Service {
     /// # Errors
     /// NOT_FOUND for a task that is not a work.
     pub async fn list_results(&self, task_id: TaskId) -> Result<(Vec<FunctionResult>, u32)> {
-        let work = self.store.find_work(&self.db, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
-        let rows = self.store.results_of(&self.db, task_id).await?;
+        let work = self.store.find_work(&self.reads, task_id).await?.ok_or(Error::WorkNotFound { task_id })?;
+        let rows = self.store.results_of(&self.reads, task_id).await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
             let result = FunctionResult::decode(row.body.as_slice()).map_err(|error| Error::Corrupt {
@@ -410,7 +410,7 @@ impl Service {
     /// Database failures.
     pub async fn record_job_end(&self, task_id: TaskId, job_id: JobId) -> Result<bool> {
         // Most ended jobs are no work's: one read, no transaction, for them.
-        if self.store.find_work(&self.db, task_id).await?.is_none() {
+        if self.store.find_work(&self.reads, task_id).await?.is_none() {
             return Ok(false);
         }
         self.record_work_job_end(job_id).await
@@ -420,9 +420,9 @@ impl Service {
     async fn record_work_job_end(&self, job_id: JobId) -> Result<bool> {
         // Most jobs of a work stored their result before ending (results are never removed):
         // one read, no transaction, for them.
-        if let Some(job) = self.store.get_job(&self.db, job_id).await?
+        if let Some(job) = self.store.get_job(&self.reads, job_id).await?
             && job.status.is_final()
-            && self.store.find_result(&self.db, job.task_id, job.job_index).await?.is_some()
+            && self.store.find_result(&self.reads, job.task_id, job.job_index).await?.is_some()
         {
             return Ok(false);
         }
@@ -450,7 +450,7 @@ impl Service {
     /// # Errors
     /// Database failures.
     pub async fn record_task_end(&self, task_id: TaskId) -> Result<usize> {
-        if self.store.find_work(&self.db, task_id).await?.is_none() {
+        if self.store.find_work(&self.reads, task_id).await?.is_none() {
             return Ok(0);
         }
         let txn = self.db.begin().await?;

@@ -48,7 +48,7 @@ impl Service {
     pub async fn queue_workers(&self) -> Result<BTreeMap<String, QueueWorkers>> {
         let stale = chrono::Duration::from_std(self.worker_report_stale_after).unwrap_or(chrono::Duration::MAX);
         let fresh_since = Utc::now().checked_sub_signed(stale).unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-        self.store.queue_workers(&self.db, fresh_since).await
+        self.store.queue_workers(&self.reads, fresh_since).await
     }
 }
 
