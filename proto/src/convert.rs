@@ -244,6 +244,7 @@ pub mod job_file {
             resources: super::resources(job.resources),
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
             code_sha256: job.code_sha256,
+            job_index: job.job_index,
         }
     }
 
@@ -265,6 +266,7 @@ pub mod job_file {
             resources: Some(job.resources.into()),
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
             code_sha256: job.code_sha256,
+            job_index: job.job_index,
         }
     }
 

@@ -80,6 +80,9 @@ pub struct PushedJob {
     /// Code archive to unpack into the job directory (empty: none).
     #[serde(default)]
     pub code_sha256: String,
+    /// The job's index in its task (a Function-as-a-Task job reads the call of this index).
+    #[serde(default)]
+    pub job_index: u32,
 }
 
 /// An input file and where to copy it from.

@@ -517,6 +517,8 @@ impl Provisioner {
                 resources: Some(resources.into()),
                 worker_id: worker.id.to_string(),
                 n_jobs: queue.config.jobs_per_worker,
+                // Any task, and no waiting: a worker is only made for jobs already there.
+                ..Default::default()
             })
             .await
             .map_err(|status| CycleError::Server { call: "GetJob", status })?

@@ -109,10 +109,12 @@ pub async fn run(
     let catalog_api = grpc::CatalogApi::new(catalog::Catalog::new(db.clone()));
     let (share_tree, default_share) =
         config.shares.build().map_err(|e| RunError::Io { context: e, source: std::io::Error::other("config") })?;
+    let shares = shares::Shares::new(share_tree, default_share);
+    store::migration::keep_share_index(&db, !shares.is_single()).await.map_err(panda_db::Error::Migrate)?;
     let service = service::Service::new(db, outbox, storage_dir, metrics)
         .with_reads(reads)
         .with_worker_report_stale_after(config.worker_report_stale_after)
-        .with_shares(shares::Shares::new(share_tree, default_share));
+        .with_shares(shares);
     // Shares' usage is counted again every few seconds (only when there is more than one share).
     let share_counter = (!service.shares().is_single()).then(|| {
         let service = service.clone();

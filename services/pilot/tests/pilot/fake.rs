@@ -195,6 +195,13 @@ impl PilotService for Fake {
         }
         Ok(Response::new(UpdateJobsResponse { results }))
     }
+
+    async fn release_leases(
+        &self,
+        _request: Request<panda_proto::server::v1::ReleaseLeasesRequest>,
+    ) -> Result<Response<panda_proto::server::v1::ReleaseLeasesResponse>, Status> {
+        Err(Status::unimplemented("pilots never hand jobs back"))
+    }
 }
 
 impl Fake {
@@ -238,13 +245,6 @@ impl Fake {
         let current = request.status;
         state.seen.updates.push(request);
         Ok(UpdateJobResponse { command: command as i32, status: current })
-    }
-
-    async fn release_leases(
-        &self,
-        _request: Request<panda_proto::server::v1::ReleaseLeasesRequest>,
-    ) -> Result<Response<panda_proto::server::v1::ReleaseLeasesResponse>, Status> {
-        Err(Status::unimplemented("pilots never hand jobs back"))
     }
 }
 

@@ -1403,3 +1403,25 @@ store_suite!(
     shares_converge_to_their_targets_under_contention,
     a_task_awaiting_input_ends_only_once_its_input_is_complete,
 );
+
+/// The share-aware dispatch index is kept only while there is more than one share (its upkeep on
+/// every activated job is wasted otherwise), and switching either way is idempotent.
+async fn the_share_index_exists_only_with_several_shares(db: TestDb) {
+    let conn = panda_db::connect_and_migrate::<Migrator>(&db.url, Some(4)).await.unwrap();
+    let manager = sea_orm_migration::SchemaManager::new(&conn);
+    for several in [false, false, true, true, false] {
+        panda_server::store::migration::keep_share_index(&conn, several).await.unwrap();
+        assert_eq!(manager.has_index("jobs", "jobs_activated_share").await.unwrap(), several);
+    }
+}
+
+#[tokio::test]
+async fn the_share_index_exists_only_with_several_shares_sqlite() {
+    the_share_index_exists_only_with_several_shares(TestDb::sqlite_temp()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set PANDA_TEST_DATABASE_URL"]
+async fn the_share_index_exists_only_with_several_shares_postgres() {
+    the_share_index_exists_only_with_several_shares(TestDb::postgres_from_env().await).await;
+}
