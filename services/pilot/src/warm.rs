@@ -306,10 +306,10 @@ pub(crate) async fn run_task(first: Job, key: Key, slot: &mut Option<Runtime>, c
             return Ok(tally);
         }
         // A runtime for this key.
-        if slot.as_ref().is_some_and(|runtime| runtime.key != key) {
-            if let Some(old) = slot.take() {
-                old.close(cx.config.kill_grace).await;
-            }
+        if slot.as_ref().is_some_and(|runtime| runtime.key != key)
+            && let Some(old) = slot.take()
+        {
+            old.close(cx.config.kill_grace).await;
         }
         if slot.is_none() {
             match Runtime::start(&key, cx, task_id.0).await {

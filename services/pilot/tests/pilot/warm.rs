@@ -53,8 +53,11 @@ fn calls(dirs: &Dirs) -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// Final reports by job id: (status, error code, exit code, diag, stdout tail, stderr tail).
-fn finals(fake: &Fake) -> Vec<(u64, JobStatus, u32, Option<i32>, String, String, String)> {
+/// A final report: (job id, status, error code, exit code, diag, stdout tail, stderr tail).
+type Final = (u64, JobStatus, u32, Option<i32>, String, String, String);
+
+/// Final reports by job id.
+fn finals(fake: &Fake) -> Vec<Final> {
     let mut finals: Vec<_> = fake.seen(|seen| {
         seen.updates
             .iter()

@@ -102,7 +102,7 @@ impl Service {
                 panda_types::QueueName::new(r.queue.clone()).map(|_| Vec::new()).map_err(|e| Error::invalid("queue", e))
             })
             .collect();
-        let mut groups: BTreeMap<(&str, Option<TaskId>, [u64; 4]), Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<ClaimGroup<'_>, Vec<usize>> = BTreeMap::new();
         for (i, request) in requests.iter().enumerate() {
             if answers[i].is_ok() {
                 let o = request.offer;
@@ -402,6 +402,10 @@ impl Service {
         Ok(Applied::Changed { outputs })
     }
 }
+
+/// Requests one claim serves: the same queue, task restriction (a warm runtime's) and offer
+/// (cores, memory, disk, walltime).
+type ClaimGroup<'a> = (&'a str, Option<TaskId>, [u64; 4]);
 
 /// A dispatched job with its inputs' catalog entries (an input the catalog does not know yet is
 /// passed on by name only).
