@@ -163,10 +163,20 @@ def test_results_are_pushed_without_asking_the_server(ctx):
     assert Counting.refreshes == 0, "every result came over the stream"
 
 
-def _statuses(client, task_id):
+def _statuses(client, task_id, timeout=60):
+    """The task's job states once every job ended: a result is stored (and reaches ``get()``)
+    before the pilot reports its job's end, so the states may lag the results briefly."""
+    import time
+
     from pandars.client import pb
 
-    return sorted(pb.common.JobStatus.Name(j.status) for j in client.list_jobs(task_id))
+    final = {"JOB_STATUS_FINISHED", "JOB_STATUS_FAILED", "JOB_STATUS_CANCELLED", "JOB_STATUS_CLOSED"}
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = sorted(pb.common.JobStatus.Name(j.status) for j in client.list_jobs(task_id))
+        if set(statuses) <= final or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.1)
 
 
 def test_a_warm_runtime_runs_several_jobs_of_a_work(ctx, client):
