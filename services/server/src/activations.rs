@@ -46,6 +46,10 @@ impl Activations {
 
     /// Wakes the waiters of every queue named by a `job.activated` event among `events`.
     pub fn notify_events(&self, events: &[Envelope]) {
+        // Until a pilot first waits on this server, no event needs decoding.
+        if self.queues.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
+            return;
+        }
         let mut seen: Vec<String> = Vec::new();
         for event in events.iter().filter(|e| e.routing_key == ACTIVATED) {
             if let Ok(body) = event.decode::<JobStatusChanged>()

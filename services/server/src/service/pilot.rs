@@ -16,6 +16,7 @@ use super::{Dispatched, PilotCommand, Service, TO_BE_KILLED, apply_metrics};
 use crate::error::{Error, Result};
 use crate::group_commit::{GroupCommit, Shape};
 use crate::model::{ErrorSource, FileRecord, Job, JobReport, OutputFile};
+use crate::store::ClaimFilter;
 
 /// One pilot's request for jobs.
 #[derive(Debug, Clone)]
@@ -121,7 +122,10 @@ impl Service {
             let wanted: u64 = members.iter().map(|&i| u64::from(requests[i].n.max(1))).sum();
             let claimed = match task {
                 None => self.claim_jobs(&txn, queue, &offer, wanted).await?,
-                Some(task) => self.store.claim_task_jobs(&txn, queue, *task, &offer, wanted).await?,
+                Some(task) => {
+                    let narrow = ClaimFilter { task: Some(*task), ..ClaimFilter::default() };
+                    self.store.claim_jobs(&txn, queue, &offer, wanted, narrow).await?
+                }
             };
             let mut claimed = claimed.into_iter();
             for &i in members {
@@ -172,16 +176,24 @@ impl Service {
         wanted: u64,
     ) -> Result<Vec<Job>> {
         if self.shares.is_single() {
-            return self.store.claim_jobs(txn, queue, offer, wanted, None, &[]).await;
+            return self.store.claim_jobs(txn, queue, offer, wanted, ClaimFilter::default()).await;
         }
         let mut jobs = Vec::new();
         for (share, n) in self.shares.plan(queue, wanted) {
-            jobs.extend(self.store.claim_jobs(txn, queue, offer, n, Some(&share), &[]).await?);
+            jobs.extend(
+                self.store
+                    .claim_jobs(txn, queue, offer, n, ClaimFilter { share: Some(&share), ..ClaimFilter::default() })
+                    .await?,
+            );
         }
         let short = wanted.saturating_sub(jobs.len() as u64);
         if short > 0 {
             let except: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-            jobs.extend(self.store.claim_jobs(txn, queue, offer, short, None, &except).await?);
+            jobs.extend(
+                self.store
+                    .claim_jobs(txn, queue, offer, short, ClaimFilter { except: &except, ..ClaimFilter::default() })
+                    .await?,
+            );
         }
         Ok(jobs)
     }

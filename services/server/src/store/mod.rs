@@ -13,7 +13,6 @@ mod entities;
 pub mod function;
 mod logs;
 pub mod migration;
-mod warm;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +73,17 @@ pub struct JobFilter {
     pub after: Option<JobId>,
     /// Only jobs of this queue.
     pub queue: Option<String>,
+}
+
+/// What narrows a claim beyond its queue and offer (the default: nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimFilter<'a> {
+    /// Only this global share (index `jobs_activated_share`).
+    pub share: Option<&'a str>,
+    /// Only this task: a pilot keeping a warm runtime asks for more jobs of its task.
+    pub task: Option<TaskId>,
+    /// Not these: jobs this transaction claimed already (still activated until marked sent).
+    pub except: &'a [JobId],
 }
 
 /// Access to the server tables.
@@ -690,25 +700,26 @@ impl Store {
 
     /// Picks up to `limit` activated jobs of `queue` that fit `offer`, highest priority first,
     /// skipping rows other transactions hold; the caller marks them sent in the same transaction.
-    /// `share` narrows the claim to one global share (index `jobs_activated_share`); `except`
-    /// leaves out jobs this transaction claimed already (still activated until marked sent).
+    /// `narrow` restricts the claim further (see [`ClaimFilter`]).
     pub async fn claim_jobs(
         &self,
         conn: &impl ConnectionTrait,
         queue: &str,
         offer: &Resources,
         limit: u64,
-        share: Option<&str>,
-        except: &[JobId],
+        narrow: ClaimFilter<'_>,
     ) -> Result<Vec<Job>> {
         let mut query = job::Entity::find()
             .filter(job::Column::Queue.eq(queue))
             .filter(job::Column::Status.eq(JobStatus::Activated.as_str()));
-        if let Some(share) = share {
+        if let Some(share) = narrow.share {
             query = query.filter(job::Column::Share.eq(share));
         }
-        if !except.is_empty() {
-            query = query.filter(job::Column::Id.is_not_in(except.iter().map(|id| to_i64(id.0))));
+        if let Some(task) = narrow.task {
+            query = query.filter(job::Column::TaskId.eq(to_i64(task.0)));
+        }
+        if !narrow.except.is_empty() {
+            query = query.filter(job::Column::Id.is_not_in(narrow.except.iter().map(|id| to_i64(id.0))));
         }
         if offer.cores > 0 {
             query = query.filter(job::Column::Cores.lte(offer.cores as i32));
