@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0010QueueWorkers));
         all.push(Box::new(M0011SharesAndSites));
         all.push(Box::new(M0012FunctionWarmCommand));
+        all.push(Box::new(M0013LiveJobsIndex));
         all
     }
 }
@@ -517,5 +518,36 @@ impl MigrationTrait for M0012FunctionWarmCommand {
         manager
             .alter_table(Table::alter().table("function_works").add_column(text_null("warm_command")).to_owned())
             .await
+    }
+}
+
+/// Queries over live jobs (the watchdog's held jobs, queue load, share usage, kills to pass on)
+/// read a partial index over jobs that are not final, so their cost follows the live jobs and not
+/// the history: before it they scanned the whole table (a bound `status IN (?, ...)` cannot
+/// select a partial index, and `jobs_dispatch` leads with the queue). `jobs_dispatch`, a full
+/// index over every job by queue and state that dispatch no longer reads (m0004's `jobs_activated`
+/// serves it), goes: every job paid its upkeep at each state change, ended jobs included.
+///
+/// The predicate must stay word for word [`super::LIVE_JOBS`]: a query selects a partial index
+/// only when its WHERE clause contains the index's.
+struct M0013LiveJobsIndex;
+
+impl MigrationName for M0013LiveJobsIndex {
+    fn name(&self) -> &str {
+        "server_m0013_live_jobs_index"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0013LiveJobsIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "CREATE INDEX IF NOT EXISTS jobs_live ON jobs (status, queue, share) \
+             WHERE status NOT IN ('finished', 'failed', 'cancelled', 'closed')",
+        )
+        .await?;
+        db.execute_unprepared("DROP INDEX IF EXISTS jobs_dispatch").await?;
+        Ok(())
     }
 }

@@ -11,6 +11,8 @@ mod cache;
 mod catalog;
 mod entities;
 pub mod function;
+#[cfg(test)]
+mod live_index_tests;
 mod logs;
 pub mod migration;
 mod workers;
@@ -201,6 +203,16 @@ pub struct ShareCount {
     pub queued: bool,
     /// Jobs.
     pub n: u64,
+}
+
+/// The predicate of the partial index `jobs_live` (migration m0013), word for word. Queries over
+/// live jobs add it to their WHERE clause: the database uses a partial index only for a query
+/// whose WHERE clause contains the index's, and a bound `status IN (?, ...)` never does.
+pub(crate) const LIVE_JOBS: &str = "status NOT IN ('finished', 'failed', 'cancelled', 'closed')";
+
+/// [`LIVE_JOBS`] as a filter.
+fn live_jobs() -> sea_orm::sea_query::SimpleExpr {
+    Expr::cust(LIVE_JOBS)
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -709,6 +721,19 @@ impl Store {
         limit: u64,
         narrow: ClaimFilter<'_>,
     ) -> Result<Vec<Job>> {
+        let query = self.claim_query(queue, offer, limit, narrow);
+        query.all(conn).await?.into_iter().map(job_from_row).collect()
+    }
+
+    /// [`Store::claim_jobs`]'s statement: it reads the partial index `jobs_activated` (m0004) in
+    /// order, or with several shares `jobs_activated_share`.
+    fn claim_query(
+        &self,
+        queue: &str,
+        offer: &Resources,
+        limit: u64,
+        narrow: ClaimFilter<'_>,
+    ) -> sea_orm::Select<job::Entity> {
         let mut query = job::Entity::find()
             .filter(job::Column::Queue.eq(queue))
             .filter(job::Column::Status.eq(JobStatus::Activated.as_str()));
@@ -737,7 +762,7 @@ impl Store {
         if self.backend == DbBackend::Postgres {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        query.all(conn).await?.into_iter().map(job_from_row).collect()
+        query
     }
 
     /// A job, locked until the end of the caller's transaction.
@@ -780,17 +805,17 @@ impl Store {
         before: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<Job>> {
+        Self::stale_held_jobs_query(before, limit).all(conn).await?.into_iter().map(job_from_row).collect()
+    }
+
+    fn stale_held_jobs_query(before: DateTime<Utc>, limit: u64) -> sea_orm::Select<job::Entity> {
         let held = [JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
         job::Entity::find()
+            .filter(live_jobs())
             .filter(job::Column::Status.is_in(held.iter().map(|s| s.as_str())))
             .filter(job::Column::ModifiedAt.lt(before))
             .order_by_asc(job::Column::Id)
             .limit(limit)
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(job_from_row)
-            .collect()
     }
 
     /// Jobs, oldest first.
@@ -860,19 +885,7 @@ impl Store {
 
     /// Activated, sent and running jobs per queue.
     pub async fn queue_load(&self, conn: &impl ConnectionTrait, queues: &[String]) -> Result<Vec<QueueLoad>> {
-        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
-        let mut query = job::Entity::find()
-            .select_only()
-            .column(job::Column::Queue)
-            .column(job::Column::Status)
-            .column_as(job::Column::Id.count(), "n")
-            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
-            .group_by(job::Column::Queue)
-            .group_by(job::Column::Status);
-        if !queues.is_empty() {
-            query = query.filter(job::Column::Queue.is_in(queues.iter().map(String::as_str)));
-        }
-        let rows = query.into_model::<QueueStatusCount>().all(conn).await?;
+        let rows = Self::queue_load_query(queues).into_model::<QueueStatusCount>().all(conn).await?;
         let mut loads: BTreeMap<String, QueueLoad> = BTreeMap::new();
         for row in rows {
             let load = loads
@@ -888,23 +901,27 @@ impl Store {
         Ok(loads.into_values().collect())
     }
 
+    fn queue_load_query(queues: &[String]) -> sea_orm::Select<job::Entity> {
+        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
+        let mut query = job::Entity::find()
+            .select_only()
+            .column(job::Column::Queue)
+            .column(job::Column::Status)
+            .column_as(job::Column::Id.count(), "n")
+            .filter(live_jobs())
+            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .group_by(job::Column::Queue)
+            .group_by(job::Column::Status);
+        if !queues.is_empty() {
+            query = query.filter(job::Column::Queue.is_in(queues.iter().map(String::as_str)));
+        }
+        query
+    }
+
     /// Live jobs (activated, sent, starting, running) per queue, share and state group: the
     /// global shares' usage, counted every few seconds rather than per dispatch.
     pub async fn share_counts(&self, conn: &impl ConnectionTrait) -> Result<Vec<ShareCount>> {
-        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
-        let rows = job::Entity::find()
-            .select_only()
-            .column(job::Column::Queue)
-            .column(job::Column::Share)
-            .column(job::Column::Status)
-            .column_as(job::Column::Id.count(), "n")
-            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
-            .group_by(job::Column::Queue)
-            .group_by(job::Column::Share)
-            .group_by(job::Column::Status)
-            .into_model::<ShareStatusCount>()
-            .all(conn)
-            .await?;
+        let rows = Self::share_counts_query().into_model::<ShareStatusCount>().all(conn).await?;
         Ok(rows
             .into_iter()
             .map(|row| ShareCount {
@@ -914,6 +931,21 @@ impl Store {
                 n: row.n.max(0) as u64,
             })
             .collect())
+    }
+
+    fn share_counts_query() -> sea_orm::Select<job::Entity> {
+        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
+        job::Entity::find()
+            .select_only()
+            .column(job::Column::Queue)
+            .column(job::Column::Share)
+            .column(job::Column::Status)
+            .column_as(job::Column::Id.count(), "n")
+            .filter(live_jobs())
+            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .group_by(job::Column::Queue)
+            .group_by(job::Column::Share)
+            .group_by(job::Column::Status)
     }
 
     /// Creates or refreshes queues.

@@ -110,20 +110,7 @@ impl Store {
         let mut kills = Vec::new();
         for report in reports.iter().filter(|r| !r.live_worker_ids.is_empty()) {
             // Few jobs of a queue are being killed at any time: read those, match in memory.
-            let marked: Vec<(i64, String)> = job::Entity::find()
-                .select_only()
-                .column(job::Column::Id)
-                .column(job::Column::WorkerId)
-                .filter(job::Column::Queue.eq(report.queue.as_str()))
-                .filter(job::Column::CommandToPilot.eq(TO_BE_KILLED))
-                .filter(job::Column::WorkerId.ne(""))
-                .filter(
-                    job::Column::Status
-                        .is_in(JobStatus::ALL.iter().filter(|s| !s.is_final() && !s.is_queued()).map(|s| s.as_str())),
-                )
-                .into_tuple()
-                .all(conn)
-                .await?;
+            let marked: Vec<(i64, String)> = Self::marked_for_kill_query(&report.queue).into_tuple().all(conn).await?;
             if marked.is_empty() {
                 continue;
             }
@@ -140,5 +127,22 @@ impl Store {
             }
         }
         Ok(kills)
+    }
+
+    /// Jobs of `queue` held by a pilot (not final, not queued) that are to be killed, with their
+    /// worker (read through the `jobs_live` index).
+    pub(super) fn marked_for_kill_query(queue: &str) -> sea_orm::Select<job::Entity> {
+        job::Entity::find()
+            .select_only()
+            .column(job::Column::Id)
+            .column(job::Column::WorkerId)
+            .filter(super::live_jobs())
+            .filter(job::Column::Queue.eq(queue))
+            .filter(job::Column::CommandToPilot.eq(TO_BE_KILLED))
+            .filter(job::Column::WorkerId.ne(""))
+            .filter(
+                job::Column::Status
+                    .is_in(JobStatus::ALL.iter().filter(|s| !s.is_final() && !s.is_queued()).map(|s| s.as_str())),
+            )
     }
 }
