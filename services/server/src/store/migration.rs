@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0010QueueWorkers));
         all.push(Box::new(M0011SharesAndSites));
         all.push(Box::new(M0012FunctionWarmCommand));
+        all.push(Box::new(M0013QueueContainers));
         all
     }
 }
@@ -516,6 +517,26 @@ impl MigrationTrait for M0012FunctionWarmCommand {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .alter_table(Table::alter().table("function_works").add_column(text_null("warm_command")).to_owned())
+            .await
+    }
+}
+
+/// The container runtimes a queue's workers offer (a JSON list of names, from the harvester's
+/// `containers`), which brokerage matches against tasks' container images; existing queues
+/// offer none until their harvester registers them again.
+struct M0013QueueContainers;
+
+impl MigrationName for M0013QueueContainers {
+    fn name(&self) -> &str {
+        "server_m0013_queue_containers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0013QueueContainers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table("queues").add_column(text("containers_json").default("[]")).to_owned())
             .await
     }
 }
