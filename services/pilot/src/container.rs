@@ -252,6 +252,13 @@ pub enum ImageArg {
     Rootfs(String),
 }
 
+/// The user and group owning `dir` (a directory the pilot made: the pilot's own IDs), for
+/// Docker's `--user`; root's when it cannot be read.
+pub fn owner_of(dir: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).map(|m| (m.uid(), m.gid())).unwrap_or((0, 0))
+}
+
 /// The runtime's invocation for `launch`.
 ///
 /// # Errors

@@ -226,7 +226,7 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
                 command: &job.command,
                 name: &name,
                 interactive: false,
-                user: (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()),
+                user: container::owner_of(dir),
             };
             let (resolved, invocation) = match container_invocation(&cx.config.container, &launch) {
                 Ok(found) => found,

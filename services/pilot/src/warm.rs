@@ -202,7 +202,7 @@ impl Runtime {
                     command: &shell_line,
                     name: &name,
                     interactive: true,
-                    user: (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()),
+                    user: container::owner_of(&dir),
                 };
                 let (resolved, invocation) = crate::job::container_invocation(&cx.config.container, &launch)
                     .map_err(|update| StartError { code: update.error_code, diag: update.error_diag })?;
@@ -219,7 +219,7 @@ impl Runtime {
         let mut child = command.spawn().map_err(|e| format!("cannot start the warm runtime {:?}: {e}", key.command))?;
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).ok_or("the warm runtime exited at once")?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("the warm runtime's pipes are missing".to_owned());
+            return Err("the warm runtime's pipes are missing".into());
         };
         tracing::info!(command = %key.command, group = pid, dir = %dir.display(), "warm runtime started");
         Ok(Self {

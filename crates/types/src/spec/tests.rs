@@ -68,6 +68,7 @@ fn valid_generated_spec() {
             merge_command: None,
             hold_jobs: false,
             share: String::new(),
+            container_image: None,
         }
     );
 }
@@ -409,6 +410,7 @@ fn every_error_is_reported_at_once() {
         merge_command: "cat {inputs}".to_owned(),
         hold_jobs: false,
         share: "a/b".to_owned(),
+        container_image: "my image".to_owned(),
     };
     check_errors(
         draft,
@@ -427,6 +429,7 @@ fn every_error_is_reported_at_once() {
             ("task.code_sha256", "must be a sha256 digest..."),
             ("task.merge_command", "needs task.split.merge_files_per_job (merge jobs run it)"),
             ("task.share", "\"a/b\" contains '/'..."),
+            ("task.container_image", "must not contain whitespace or control characters..."),
         ],
     );
 }
