@@ -510,24 +510,24 @@ fn check_registry_reference(reference: &str) -> Result<(), String> {
         }
     }
     // The first component is a registry host when it has a dot or a port, or is localhost.
-    if let Some(&first) = components.first() {
-        if first.contains(['.', ':']) || first == "localhost" {
-            let (host, port) = match first.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (first, None),
-            };
-            let host_ok = !host.is_empty()
-                && host.split('.').all(|label| {
-                    !label.is_empty()
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !host_ok || port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
-                return Err(format!("registry {first:?} must be a host name with an optional :port"));
-            }
-            components.remove(0);
+    if let Some(&first) = components.first()
+        && (first.contains(['.', ':']) || first == "localhost")
+    {
+        let (host, port) = match first.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (first, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !host_ok || port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("registry {first:?} must be a host name with an optional :port"));
         }
+        components.remove(0);
     }
     components.push(last);
     for component in components {

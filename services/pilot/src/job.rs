@@ -230,7 +230,7 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
             };
             let (resolved, invocation) = match container_invocation(&cx.config.container, &launch) {
                 Ok(found) => found,
-                Err(update) => return Ok(Some(update)),
+                Err((code, diag)) => return Ok(Some(Update::failed(code, diag))),
             };
             tracing::info!(runtime = %resolved.runtime, program = %resolved.program.display(), image = %image, "payload runs in a container");
             let runtime_env = invocation.runtime_env.iter().map(|(key, value)| (key.as_str(), value.as_str()));
@@ -330,20 +330,21 @@ struct RunningContainer {
     image: String,
 }
 
-/// The runtime and its command line for a launch, or the failed update when there is no runtime
-/// (CONTAINER_RUNTIME_NOT_INSTALLED) or it cannot take the image's form (IMAGE_NOT_FOUND).
+/// The runtime and its command line for a launch, or the pilot error code and diagnostic to
+/// fail with when there is no runtime (CONTAINER_RUNTIME_NOT_INSTALLED) or it cannot take the
+/// image's form (IMAGE_NOT_FOUND).
 pub(crate) fn container_invocation(
     config: &container::ContainerConfig,
     launch: &container::Launch<'_>,
-) -> std::result::Result<(Resolved, container::Invocation), Update> {
+) -> std::result::Result<(Resolved, container::Invocation), (u32, String)> {
     let resolved = container::resolve(config, std::env::var_os("PATH").as_deref()).map_err(|diag| {
         let diag = format!("the job runs in container image {}: {diag}", launch.image);
         tracing::warn!(%diag, "no container runtime");
-        Update::failed(error_codes::CONTAINER_RUNTIME_NOT_INSTALLED, diag)
+        (error_codes::CONTAINER_RUNTIME_NOT_INSTALLED, diag)
     })?;
     let invocation = container::command(&resolved, config, launch).map_err(|diag| {
         tracing::warn!(%diag, "the container runtime cannot take the image");
-        Update::failed(error_codes::IMAGE_NOT_FOUND, diag)
+        (error_codes::IMAGE_NOT_FOUND, diag)
     })?;
     Ok((resolved, invocation))
 }

@@ -205,7 +205,7 @@ impl Runtime {
                     user: container::owner_of(&dir),
                 };
                 let (resolved, invocation) = crate::job::container_invocation(&cx.config.container, &launch)
-                    .map_err(|update| StartError { code: update.error_code, diag: update.error_diag })?;
+                    .map_err(|(code, diag)| StartError { code, diag })?;
                 let (program, args) =
                     invocation.argv.split_first().ok_or_else(|| "empty container command line".to_owned())?;
                 let mut command = Command::new(program);
