@@ -102,6 +102,7 @@ fn requests(args: &BrokerageArgs, queues: u32, rng: &mut Rng) -> Vec<(usize, Req
                 },
                 architecture: (rng.below(5) == 0).then(|| "x86_64".to_owned()),
                 container: (rng.below(4) == 0).then(|| "apptainer".to_owned()),
+                container_image: None,
                 software_tags: TAGS.iter().filter(|_| rng.below(3) == 0).map(|t| (*t).to_owned()).collect(),
                 queues: Vec::new(),
                 excluded_queues: (0..rng.below(3))

@@ -77,6 +77,7 @@ pub async fn run(args: SlurmArgs) -> anyhow::Result<()> {
             max_jobs: 1,
             server_url: "http://127.0.0.1:1".into(),
             job_file: None,
+            container_runtimes: Vec::new(),
         })
         .collect();
     let started = Instant::now();

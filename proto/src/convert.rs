@@ -138,6 +138,7 @@ impl From<crate::server::v1::TaskSpec> for panda_types::spec::TaskSpecDraft {
             merge_command: spec.merge_command,
             hold_jobs: spec.hold_jobs,
             share: spec.share,
+            container_image: spec.container_image,
         }
     }
 }
@@ -187,6 +188,7 @@ impl From<panda_types::TaskSpec> for crate::server::v1::TaskSpec {
             }),
             hold_jobs: spec.hold_jobs,
             share: spec.share,
+            container_image: spec.container_image.unwrap_or_default(),
         }
     }
 }
@@ -245,6 +247,7 @@ pub mod job_file {
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
             code_sha256: job.code_sha256,
             job_index: job.job_index,
+            container_image: job.container_image,
         }
     }
 
@@ -267,6 +270,7 @@ pub mod job_file {
             heartbeat_interval_seconds: job.heartbeat_interval_seconds,
             code_sha256: job.code_sha256,
             job_index: job.job_index,
+            container_image: job.container_image,
         }
     }
 

@@ -89,7 +89,7 @@ fn task_json(t: &server::Task) -> Value {
     json!({
         "task_id": t.task_id, "name": spec.name, "user": spec.user, "status": task_status(t.status),
         "error_diag": t.error_diag, "command": spec.command, "input_datasets": spec.input_datasets,
-        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "priority": spec.priority, "share": spec.share, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
+        "output_dataset": spec.output_dataset, "code_sha256": spec.code_sha256, "container_image": spec.container_image, "priority": spec.priority, "share": spec.share, "created_at": time_json(&t.created_at), "modified_at": time_json(&t.modified_at),
         "jobs": {"total": counts.total, "queued": counts.queued, "running": counts.running, "finished": counts.finished,
                  "failed": counts.failed, "cancelled": counts.cancelled},
     })
@@ -255,7 +255,8 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
             let queue = q.queue.clone().unwrap_or_default();
             let load = q.load.clone().unwrap_or_default();
             let site = if queue.site.is_empty() { queue.name.clone() } else { queue.site.clone() };
-            json!({"name": queue.name, "status": queue.status, "site": site, "harvester": queue.harvester_id, "max_workers": queue.max_workers,
+            json!({"name": queue.name, "status": queue.status, "site": site, "containers": queue.containers,
+                   "harvester": queue.harvester_id, "max_workers": queue.max_workers,
                    "activated": load.activated, "sent": load.sent, "running": load.running,
                    "pilots": q.pilots, "workers_by_status": q.workers_by_status,
                    "seconds_since_heartbeat": q.seconds_since_heartbeat})
@@ -268,6 +269,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                 "QUEUE",
                 "STATUS",
                 "SITE",
+                "CONTAINERS",
                 "HARVESTER",
                 "MAX WORKERS",
                 "ACTIVATED",
@@ -282,6 +284,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                         "name",
                         "status",
                         "site",
+                        "containers",
                         "harvester",
                         "max_workers",
                         "activated",
@@ -293,6 +296,7 @@ pub fn queues(format: Format, queues: &[server::QueueWithLoad]) {
                     .iter()
                     .map(|k| match &r[*k] {
                         Value::String(s) => s.clone(),
+                        Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
                         other => other.to_string(),
                     })
                     .collect::<Vec<_>>(),

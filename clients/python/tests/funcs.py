@@ -74,3 +74,20 @@ def maybe_crash(x):
 @work(warm=False)
 def cold_pid(i):
     return os.getpid()
+
+
+def _inside(x):
+    import pandars  # noqa: PLC0415
+
+    return {"square": x * x, "pandars": pandars.__file__, "cwd": os.getcwd(), "pid": os.getpid(),
+            "image": os.environ.get("PANDA_CONTAINER_IMAGE", "")}
+
+
+@work(image="docker://python:3.11-slim")
+def in_image(x):
+    return _inside(x)
+
+
+@work(image="docker://python:3.11-slim", warm=False)
+def in_image_cold(x):
+    return _inside(x)

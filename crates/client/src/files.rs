@@ -66,6 +66,9 @@ pub struct TaskFile {
     /// Global share (a leaf of the server's share tree; empty: the server's default).
     #[serde(default)]
     share: String,
+    /// Container image every job runs in (`docker://...`, a `.sif` path, `python:3.11-slim`, ...).
+    #[serde(default)]
+    container_image: String,
 }
 
 /// `split:` of a task file.
@@ -142,6 +145,7 @@ impl TaskFile {
                 excluded_queues: r.excluded_queues,
             }),
             hold_jobs: self.hold_jobs,
+            container_image: self.container_image,
         }
     }
 }
@@ -252,6 +256,17 @@ mod tests {
     fn unknown_key_is_named() {
         let error = parse_workflow("name: w\nworks:\n  - name: a\n    task: { command: x, n_job: 1 }\n").unwrap_err();
         assert!(error.to_string().contains("n_job"), "{error}");
+    }
+
+    #[test]
+    fn a_task_file_names_its_container_image() {
+        let file: TaskFile = serde_yaml_ng::from_str(
+            "command: python3 run.py\nn_jobs: 1\ncontainer_image: docker://python:3.11-slim\nrequirements: { container: apptainer }\n",
+        )
+        .unwrap();
+        let spec = file.into_spec("t");
+        assert_eq!(spec.container_image, "docker://python:3.11-slim");
+        assert_eq!(spec.requirements.unwrap().container, "apptainer");
     }
 
     #[test]

@@ -13,12 +13,15 @@
 //!     "input_files": [{"lfn": "in.1", "url": "file:///data/storage/in.1", "size_bytes": 5, "checksum": "adler32:..."}],
 //!     "output_files": ["out"],
 //!     "resources": {"cores": 1, "memory_mb": 2000, "disk_mb": 0, "walltime_seconds": 0},
-//!     "heartbeat_interval_seconds": 60, "code_sha256": ""
+//!     "heartbeat_interval_seconds": 60, "code_sha256": "",
+//!     "container_image": "docker://python:3.11-slim"
 //!   }]
 //! }
 //! ```
 //!
 //! Readers refuse another `format` and unknown keys (a newer writer must bump the format).
+//! `container_image` (optional, written only when set) came later within `panda-job-file/1`:
+//! pilots that predate it refuse files naming an image instead of ignoring it.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +86,11 @@ pub struct PushedJob {
     /// The job's index in its task (a Function-as-a-Task job reads the call of this index).
     #[serde(default)]
     pub job_index: u32,
+    /// Container image the payload runs in (empty: none). Written only when set, so that a
+    /// pilot that predates images (it refuses unknown keys) refuses such a job file rather than
+    /// running its jobs outside their image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_image: String,
 }
 
 /// An input file and where to copy it from.

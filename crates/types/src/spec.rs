@@ -13,6 +13,13 @@ pub const MAX_JOBS_PER_TASK: u32 = 100_000;
 /// Job environment variable naming the task's code archive (set by the server on each job, so
 /// the pilot knows what to unpack and the payload what it runs).
 pub const CODE_SHA256_ENV: &str = "PANDA_CODE_SHA256";
+/// Job environment variable naming the task's container image (set by the server on each job,
+/// like [`CODE_SHA256_ENV`]; the pilot runs the payload inside the image).
+pub const CONTAINER_IMAGE_ENV: &str = "PANDA_CONTAINER_IMAGE";
+/// Container runtimes a queue may declare and a pilot may use, in the pilot's order of preference.
+pub const CONTAINER_RUNTIMES: &[&str] = &["apptainer", "singularity", "podman", "docker"];
+/// Longest container image name.
+pub const MAX_CONTAINER_IMAGE_LEN: usize = 512;
 /// Placeholders a task command may use.
 pub const COMMAND_PLACEHOLDERS: &[&str] = &["inputs", "output", "index", "task_id", "job_id"];
 
@@ -103,6 +110,10 @@ pub struct TaskSpec {
     /// stored before shares existed have none and count as the default leaf.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub share: String,
+    /// Container image every job of the task runs in (none: the pilot's own environment).
+    /// Checked by [`check_container_image`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
 }
 
 /// What a merge job runs unless the task says: its inputs concatenated, in job order.
@@ -155,6 +166,8 @@ pub struct TaskSpecDraft {
     pub hold_jobs: bool,
     /// See [`TaskSpec::share`]; empty for the server's default share.
     pub share: String,
+    /// See [`TaskSpec::container_image`]; empty for none.
+    pub container_image: String,
 }
 
 /// The task-parameter schema this code accepts (docs/task-parameters.md). A change that would
@@ -365,6 +378,12 @@ impl TaskSpecDraft {
         {
             errors.push(FieldError::new("task.share".to_owned(), e));
         }
+        let container_image = (!self.container_image.is_empty()).then(|| self.container_image.clone());
+        if let Some(image) = &container_image
+            && let Err(e) = check_container_image(image)
+        {
+            errors.push(FieldError::new("task.container_image".to_owned(), e));
+        }
         self.requirements.validate(&mut errors);
         match (errors.is_empty(), input) {
             (true, Some(input)) => Ok(TaskSpec {
@@ -383,6 +402,7 @@ impl TaskSpecDraft {
                 merge_command,
                 hold_jobs: self.hold_jobs,
                 share: self.share,
+                container_image,
             }),
             _ => Err(errors),
         }
@@ -399,6 +419,157 @@ pub fn check_sha256(text: &str) -> Result<(), String> {
     } else {
         Err(format!("must be a sha256 digest: 64 lowercase hex digits (got {text:?})"))
     }
+}
+
+/// Schemes a container image may name (Apptainer/Singularity URIs; `docker://` also for Podman
+/// and Docker).
+pub const CONTAINER_IMAGE_SCHEMES: &[&str] = &["docker", "oras", "library", "shub"];
+
+/// Checks a container image name: at most [`MAX_CONTAINER_IMAGE_LEN`] characters, no whitespace
+/// or control characters, and one of `docker://REF`, `oras://REF` (REF a registry reference),
+/// `library://PATH`, `shub://PATH`, an absolute path (a `.sif` file or an unpacked directory,
+/// without `..`), or a plain registry reference (`python:3.11-slim`,
+/// `ghcr.io/org/img@sha256:<64 hex>`).
+///
+/// # Errors
+/// What is wrong and what is accepted, for a field error.
+pub fn check_container_image(image: &str) -> Result<(), String> {
+    const FORMS: &str = "use docker://REF, oras://REF, library://PATH, shub://PATH, an absolute path to a .sif \
+                         file or an unpacked directory, or a registry reference such as python:3.11-slim";
+    if image.chars().count() > MAX_CONTAINER_IMAGE_LEN {
+        return Err(format!("must be at most {MAX_CONTAINER_IMAGE_LEN} characters (got {})", image.chars().count()));
+    }
+    if let Some(c) = image.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must not contain whitespace or control characters (found {c:?} in {image:?})"));
+    }
+    if let Some((scheme, rest)) = image.split_once("://") {
+        if !CONTAINER_IMAGE_SCHEMES.contains(&scheme) {
+            return Err(format!("{image:?} has unknown scheme {scheme}://; {FORMS}"));
+        }
+        if rest.is_empty() {
+            return Err(format!("{image:?} names no image after {scheme}://"));
+        }
+        return match scheme {
+            "docker" | "oras" => check_registry_reference(rest).map_err(|e| format!("{image:?}: {e}")),
+            _ if rest.starts_with('/') || rest.split('/').any(|part| part == "..") => {
+                Err(format!("{image:?}: the path after {scheme}:// must be relative and without .."))
+            }
+            _ => Ok(()),
+        };
+    }
+    if image.starts_with('/') {
+        if image.split('/').any(|part| part == "..") {
+            return Err(format!("{image:?}: an image path must not contain .. components"));
+        }
+        if image == "/" {
+            return Err("\"/\" is not an image (name a .sif file or an unpacked image directory)".to_owned());
+        }
+        return Ok(());
+    }
+    check_registry_reference(image).map_err(|e| format!("{image:?} is not a registry reference ({e}); {FORMS}"))
+}
+
+/// Checks a registry reference `[host[:port]/]path[:tag][@algorithm:hex]` as Docker's
+/// reference grammar does: path components `[a-z0-9]+` joined by `.`, `_`, `__` or dashes; a tag
+/// of at most 128 `[A-Za-z0-9_.-]` not starting with `.` or `-`; a sha256 digest has 64 hex
+/// digits.
+fn check_registry_reference(reference: &str) -> Result<(), String> {
+    let (name, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algorithm, hex)) = digest.split_once(':') else {
+            return Err(format!("digest {digest:?} must be ALGORITHM:HEX, e.g. sha256:<64 hex digits>"));
+        };
+        let hex_ok = if algorithm == "sha256" {
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        } else {
+            !algorithm.is_empty()
+                && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        if !hex_ok {
+            return Err(format!("digest {digest:?} must be sha256: and 64 lowercase hex digits"));
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    let last = components.pop().unwrap_or_default();
+    let (last, tag) = match last.split_once(':') {
+        Some((last, tag)) => (last, Some(tag)),
+        None => (last, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return Err(format!("tag {tag:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with . or -"));
+        }
+    }
+    // The first component is a registry host when it has a dot or a port, or is localhost.
+    if let Some(&first) = components.first()
+        && (first.contains(['.', ':']) || first == "localhost")
+    {
+        let (host, port) = match first.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (first, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !host_ok || port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("registry {first:?} must be a host name with an optional :port"));
+        }
+        components.remove(0);
+    }
+    components.push(last);
+    for component in components {
+        if !path_component_ok(component) {
+            return Err(format!(
+                "name component {component:?} must be lowercase letters and digits joined by ., _, __ or -"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn path_component_ok(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    if bytes.is_empty() || !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_lowercase() || b.is_ascii_digit() {
+            i += 1;
+        } else if b == b'.' || b == b'_' || b == b'-' {
+            // One separator: `.`, `_`, `__`, or any run of dashes, between alphanumerics.
+            let start = i;
+            while i < bytes.len() && bytes[i] == b'-' && b == b'-' {
+                i += 1;
+            }
+            if b != b'-' {
+                i += 1;
+                if b == b'_' && i < bytes.len() && bytes[i] == b'_' {
+                    i += 1;
+                }
+            }
+            if i == start || i >= bytes.len() || !(bytes[i].is_ascii_lowercase() || bytes[i].is_ascii_digit()) {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// Checks that every `{name}` in a command is a known placeholder (`{{` and `}}` escape braces).

@@ -299,6 +299,7 @@ async fn a_task_goes_to_the_queue_whose_site_holds_its_data() {
         max_workers: 10,
         harvester_id: "it-sites".into(),
         site: site.into(),
+        containers: Vec::new(),
     };
     server
         .internal

@@ -276,6 +276,7 @@ impl Provisioner {
                 max_workers: q.config.max_workers,
                 harvester_id: self.harvester_id.clone(),
                 site: q.config.site.clone().unwrap_or_default(),
+                containers: q.config.containers.iter().map(|c| c.as_str().to_owned()).collect(),
             })
             .collect();
         self.server
@@ -619,6 +620,7 @@ impl Provisioner {
                 max_jobs: queue.config.pilot_max_jobs,
                 server_url: self.server_url.clone(),
                 job_file: job_file.clone(),
+                container_runtimes: queue.config.containers.iter().map(|c| c.as_str().to_owned()).collect(),
             })
             .collect();
         let outcomes = queue.plugins.submitter.submit(&specs).await;

@@ -24,6 +24,7 @@
 //!     resources: { cores: 1, memory_mb: 2000 }   # what one worker offers a job
 //!     pilot_max_jobs: 0           # jobs per pilot; 0 = until the queue has none
 //!     site: CERN-PROD_DATADISK    # storage site for data locality; default: the queue's name
+//!     containers: [apptainer]     # container runtimes its workers offer (tasks with an image need one)
 //!     mode: pull                  # pull (pilots ask the server) | push (harvester fetches
 //!                                 # jobs_per_worker jobs per new worker, into <worker dir>/jobs.json)
 //!     jobs_per_worker: 1          # push mode only: 1 to 100
@@ -130,6 +131,33 @@ impl QueueMode {
     }
 }
 
+/// A container runtime a queue's workers offer (tasks with a container image go only to queues
+/// declaring one; the pilot runs the payload through it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerRuntime {
+    /// `apptainer exec`.
+    Apptainer,
+    /// `singularity exec` (Apptainer's predecessor, same command line).
+    Singularity,
+    /// `podman run`.
+    Podman,
+    /// `docker run`.
+    Docker,
+}
+
+impl ContainerRuntime {
+    /// The name the server and pilot use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Apptainer => "apptainer",
+            ContainerRuntime::Singularity => "singularity",
+            ContainerRuntime::Podman => "podman",
+            ContainerRuntime::Docker => "docker",
+        }
+    }
+}
+
 /// Most jobs one GetJob call hands out (the server's limit).
 pub const MAX_JOBS_PER_WORKER: u32 = 100;
 
@@ -180,6 +208,11 @@ pub struct QueueConfig {
     /// this site as local (data locality). Default: the queue's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// Container runtimes its workers offer (`apptainer`, `singularity`, `podman`, `docker`):
+    /// brokerage sends tasks with a `container_image` only to queues declaring one (the one the
+    /// task's `requirements.container` names, when it does). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRuntime>,
     /// `pull` (pilots fetch their jobs) or `push` (harvester fetches them for each new worker
     /// and writes them to the worker's job file).
     #[serde(default)]
@@ -333,6 +366,7 @@ impl QueueFile {
             resources: WorkerResources { cores: 1, ..Default::default() },
             pilot_max_jobs: 0,
             site: None,
+            containers: Vec::new(),
             mode: QueueMode::Pull,
             jobs_per_worker: 1,
             plugin: PluginConfig::Local(Default::default()),
@@ -528,6 +562,20 @@ mod tests {
         let error =
             parse("queues:\n  q:\n    site: 'a site'\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("queues.q.site: \"a site\" contains ' '"), "{error}");
+    }
+
+    #[test]
+    fn a_queue_declares_its_container_runtimes() {
+        let file = parse(
+            "queues:\n  q:\n    containers: [apptainer, podman]\n    max_workers: 1\n    plugin: { type: local }\n",
+        )
+        .unwrap();
+        assert_eq!(file.queues["q"].containers, [ContainerRuntime::Apptainer, ContainerRuntime::Podman]);
+        let file = parse("queues:\n  q:\n    max_workers: 1\n    plugin: { type: local }\n").unwrap();
+        assert!(file.queues["q"].containers.is_empty(), "default: none");
+        let error = parse("queues:\n  q:\n    containers: [lxc]\n    max_workers: 1\n    plugin: { type: local }\n")
+            .unwrap_err();
+        assert!(error.contains("queues.q") && error.contains("unknown variant `lxc`"), "{error}");
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn spec(dir: &Path, id: u32) -> WorkerSpec {
         max_jobs: 1,
         server_url: "http://127.0.0.1:50051".into(),
         job_file: None,
+        container_runtimes: Vec::new(),
     }
 }
 

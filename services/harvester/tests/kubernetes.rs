@@ -33,6 +33,7 @@ fn spec(worker_id: &str) -> WorkerSpec {
         max_jobs: 1,
         server_url: "http://panda:50051".into(),
         job_file: None,
+        container_runtimes: Vec::new(),
     }
 }
 

@@ -1234,6 +1234,7 @@ pub fn template_from_wire(task: server::TaskSpec, name: &str) -> TaskTemplate {
         environment: task.environment.into_iter().collect(),
         queues: task.queues,
         code_sha256: task.code_sha256,
+        container_image: task.container_image,
         split: task.split.map(|s| SplitTemplate {
             events_per_job: s.events_per_job,
             gb_per_job: s.gb_per_job,
@@ -1281,6 +1282,7 @@ fn wire_spec(task: TaskTemplate, user: &str, hold_jobs: bool) -> server::TaskSpe
         requirements: None,
         hold_jobs,
         share: String::new(),
+        container_image: task.container_image,
     }
 }
 

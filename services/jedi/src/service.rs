@@ -217,6 +217,7 @@ impl Jedi {
                         ..Load::default()
                     },
                     seconds_since_heartbeat: q.seconds_since_heartbeat,
+                    containers: queue.containers,
                     ..QueueState::online("", 0)
                 })
             })
@@ -237,6 +238,7 @@ impl Jedi {
             resources,
             architecture: spec.requirements.architecture.clone(),
             container: spec.requirements.container.clone(),
+            container_image: spec.container_image.clone(),
             software_tags: spec.requirements.software_tags.clone(),
             queues: spec.queues.iter().map(|q| q.as_str().to_owned()).collect(),
             excluded_queues: spec.requirements.excluded_queues.clone(),

@@ -58,6 +58,10 @@ pub struct Args {
     /// Push mode: run the jobs of this job file (written by harvester) before asking the server.
     #[arg(long, env = "PANDA_PILOT_JOB_FILE")]
     pub job_file: Option<PathBuf>,
+    /// Container runtimes the queue declares, comma-separated (harvester passes them): looked for
+    /// first when `pilot.container` names no runtime.
+    #[arg(long, env = "PANDA_PILOT_CONTAINER_RUNTIMES", value_delimiter = ',')]
+    pub container_runtimes: Option<Vec<String>>,
     /// Take no new job after this long, e.g. "12h" [default: 24h].
     #[arg(long, env = "PANDA_PILOT_LIFETIME", value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
@@ -95,6 +99,7 @@ impl Args {
         loader = set(loader, "memory_mb", self.memory_mb);
         loader = set(loader, "max_jobs", self.max_jobs);
         loader = set(loader, "job_file", self.job_file.clone());
+        loader = set(loader, "container.queue_runtimes", self.container_runtimes.clone());
         loader = set(loader, "lifetime", text(self.lifetime));
         loader = set(loader, "kill_grace", text(self.kill_grace));
         loader = set(loader, "server_deadline", text(self.server_deadline));

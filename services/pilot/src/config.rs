@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::container::{ContainerConfig, Runtime as ContainerRuntime};
 use crate::error::{Error, Result};
 
 /// Heartbeat interval when neither the job nor the config names one (the reference pilot's 30 min).
@@ -72,6 +73,8 @@ pub struct Config {
     /// Jobs asked for at once for a warm runtime (the jobs of one work, run one after the other
     /// in one interpreter; see the `warm` module). 1 to 100.
     pub warm_batch: u32,
+    /// How jobs with a container image run (`[pilot.container]`).
+    pub container: ContainerConfig,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             stage_in_timeout: Duration::from_secs(1800),
             idle_wait: Duration::ZERO,
             warm_batch: 50,
+            container: ContainerConfig::default(),
         }
     }
 }
@@ -145,6 +149,7 @@ impl Config {
         if !(1..=100).contains(&self.warm_batch) {
             problems.push(format!("pilot.warm_batch = {}: must be 1 to 100 (jobs per GetJob)", self.warm_batch));
         }
+        problems.extend(self.container.problems());
         if problems.is_empty() { Ok(()) } else { Err(Error::InvalidConfig(problems)) }
     }
 

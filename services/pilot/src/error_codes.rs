@@ -33,3 +33,9 @@ pub const PAYLOAD_EXCEEDED_MAX_MEM: u32 = 1235;
 /// The payload could not be started, exited non-zero or died of a signal
 /// (PAYLOADEXECUTIONFAILURE).
 pub const PAYLOAD_FAILED: u32 = 1305;
+/// The job's container image cannot be used: the runtime could not pull, open or start it, or
+/// does not take its form (IMAGENOTFOUND).
+pub const IMAGE_NOT_FOUND: u32 = 1360;
+/// A job has a container image and no container runtime can be found on the node
+/// (APPTAINERNOTINSTALLED, used for every runtime).
+pub const CONTAINER_RUNTIME_NOT_INSTALLED: u32 = 1372;

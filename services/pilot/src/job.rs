@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::code;
 use crate::config::Config;
+use crate::container::{self, Resolved};
 use crate::error::{Error, Result};
 use crate::error_codes;
 use crate::heartbeat::{self, End, KillReason, Timing};
@@ -40,6 +41,8 @@ pub(crate) struct Job {
     pub memory_mb: u64,
     /// Position in the task (from 1; 0 from an older server).
     pub job_index: u32,
+    /// Container image the payload runs in (none: on the node as it is).
+    pub container_image: Option<String>,
 }
 
 impl From<DispatchedJob> for Job {
@@ -66,6 +69,7 @@ impl From<DispatchedJob> for Job {
             walltime_seconds: job.resources.map_or(0, |r| r.walltime_seconds),
             memory_mb: job.resources.map_or(0, |r| r.memory_mb),
             job_index: job.job_index,
+            container_image: (!job.container_image.is_empty()).then_some(job.container_image),
         }
     }
 }
@@ -208,11 +212,39 @@ async fn prepare_inputs(cx: &Context<'_>, job: &Job, dir: &Path) -> Result<(), s
 /// the lease was lost and nothing more may be sent.
 async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<Update>> {
     let environment = payload_environment(job, dir, &cx.config.server_url);
-    let environment = environment.iter().map(|(key, value)| (key.as_str(), value.as_str()));
-    let mut payload = match Payload::spawn(&job.command, dir, environment) {
+    let (spawned, container) = match &job.container_image {
+        None => {
+            let environment = environment.iter().map(|(key, value)| (key.as_str(), value.as_str()));
+            (Payload::spawn(&job.command, dir, environment), None)
+        }
+        Some(image) => {
+            let name = format!("panda-job-{}-{}", job.lease.job_id, std::process::id());
+            let launch = container::Launch {
+                image,
+                dir,
+                environment: &environment,
+                command: &job.command,
+                name: &name,
+                interactive: false,
+                user: container::owner_of(dir),
+            };
+            let (resolved, invocation) = match container_invocation(&cx.config.container, &launch) {
+                Ok(found) => found,
+                Err((code, diag)) => return Ok(Some(Update::failed(code, diag))),
+            };
+            tracing::info!(runtime = %resolved.runtime, program = %resolved.program.display(), image = %image, "payload runs in a container");
+            let runtime_env = invocation.runtime_env.iter().map(|(key, value)| (key.as_str(), value.as_str()));
+            let spawned = Payload::spawn_argv(&invocation.argv, dir, runtime_env);
+            (spawned, Some(RunningContainer { resolved, name, image: image.clone() }))
+        }
+    };
+    let mut payload = match spawned {
         Ok(payload) => payload,
         Err(error) => {
-            let diag = format!("cannot start the payload: {error}");
+            let diag = match &container {
+                Some(c) => format!("cannot start container runtime {}: {error}", c.resolved.program.display()),
+                None => format!("cannot start the payload: {error}"),
+            };
             return Ok(Some(Update::failed(error_codes::PAYLOAD_FAILED, diag)));
         }
     };
@@ -236,33 +268,52 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
     };
     let (end, ()) = tokio::join!(watching, shipping);
     let usage = payload.finish();
+    // A Podman/Docker container is not in the payload's process group: after a kill, remove it.
+    if let Some(c) = &container
+        && !matches!(end, Ok(End::Exited(_)))
+    {
+        container::remove(&c.resolved, &c.name).await;
+    }
+    let runtime_failed = match (&container, &end) {
+        (Some(c), Ok(End::Exited(status))) if !status.success() => {
+            let stderr = payload::tail(dir, payload::STDERR_FILE).await;
+            container::runtime_failure(c.resolved.runtime, &c.image, payload::exit_code(*status), &stderr)
+                .map(|diag| (*status, diag))
+        }
+        _ => None,
+    };
     let with_exit =
         |status, code, diag: &str| Update { exit_code: Some(payload::exit_code(status)), ..Update::failed(code, diag) };
-    let mut update = match end? {
-        End::Exited(status) if status.success() => stage_out(cx, job, dir).await,
-        End::Exited(status) => with_exit(status, error_codes::PAYLOAD_FAILED, &payload::describe_exit(status)),
-        End::Killed { status, reason: KillReason::Server } => {
-            with_exit(status, error_codes::PANDA_KILL, "killed on server instruction")
-        }
-        End::Killed { status, reason: KillReason::Shutdown } => {
-            with_exit(status, error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
-        }
-        End::Killed { status, reason: KillReason::Walltime { limit } } => with_exit(
-            status,
-            error_codes::REACHED_MAX_TIME,
-            &format!("payload ran past the job's wall-time limit of {}s and was killed", limit.as_secs()),
-        ),
-        End::Killed { status, reason: KillReason::Memory { rss_kb, limit_kb } } => with_exit(
-            status,
-            error_codes::PAYLOAD_EXCEEDED_MAX_MEM,
-            &format!(
-                "payload used {} MB of resident memory, over the job's limit of {} MB, and was killed",
-                rss_kb / 1024,
-                limit_kb / 1024
+    let mut update = if let Some((status, diag)) = runtime_failed {
+        tracing::warn!(%diag, "the container runtime failed");
+        with_exit(status, error_codes::IMAGE_NOT_FOUND, &diag)
+    } else {
+        match end? {
+            End::Exited(status) if status.success() => stage_out(cx, job, dir).await,
+            End::Exited(status) => with_exit(status, error_codes::PAYLOAD_FAILED, &payload::describe_exit(status)),
+            End::Killed { status, reason: KillReason::Server } => {
+                with_exit(status, error_codes::PANDA_KILL, "killed on server instruction")
+            }
+            End::Killed { status, reason: KillReason::Shutdown } => {
+                with_exit(status, error_codes::SIGTERM, "pilot was told to stop (SIGTERM) while the payload ran")
+            }
+            End::Killed { status, reason: KillReason::Walltime { limit } } => with_exit(
+                status,
+                error_codes::REACHED_MAX_TIME,
+                &format!("payload ran past the job's wall-time limit of {}s and was killed", limit.as_secs()),
             ),
-        ),
-        End::LeaseLost => return Ok(None),
-        End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
+            End::Killed { status, reason: KillReason::Memory { rss_kb, limit_kb } } => with_exit(
+                status,
+                error_codes::PAYLOAD_EXCEEDED_MAX_MEM,
+                &format!(
+                    "payload used {} MB of resident memory, over the job's limit of {} MB, and was killed",
+                    rss_kb / 1024,
+                    limit_kb / 1024
+                ),
+            ),
+            End::LeaseLost => return Ok(None),
+            End::Lost(error) => Update::failed(error_codes::GENERAL, format!("lost track of the payload: {error}")),
+        }
     };
     update.stdout_tail = payload::tail(dir, payload::STDOUT_FILE).await;
     update.stderr_tail = payload::tail(dir, payload::STDERR_FILE).await;
@@ -270,6 +321,32 @@ async fn execute(cx: &mut Context<'_>, job: &Job, dir: &Path) -> Result<Option<U
     update.wall_time_seconds = usage.wall_seconds;
     update.max_rss_kb = usage.max_rss_kb;
     Ok(Some(update))
+}
+
+/// The container a payload runs in.
+struct RunningContainer {
+    resolved: Resolved,
+    name: String,
+    image: String,
+}
+
+/// The runtime and its command line for a launch, or the pilot error code and diagnostic to
+/// fail with when there is no runtime (CONTAINER_RUNTIME_NOT_INSTALLED) or it cannot take the
+/// image's form (IMAGE_NOT_FOUND).
+pub(crate) fn container_invocation(
+    config: &container::ContainerConfig,
+    launch: &container::Launch<'_>,
+) -> std::result::Result<(Resolved, container::Invocation), (u32, String)> {
+    let resolved = container::resolve(config, std::env::var_os("PATH").as_deref()).map_err(|diag| {
+        let diag = format!("the job runs in container image {}: {diag}", launch.image);
+        tracing::warn!(%diag, "no container runtime");
+        (error_codes::CONTAINER_RUNTIME_NOT_INSTALLED, diag)
+    })?;
+    let invocation = container::command(&resolved, config, launch).map_err(|diag| {
+        tracing::warn!(%diag, "the container runtime cannot take the image");
+        (error_codes::IMAGE_NOT_FOUND, diag)
+    })?;
+    Ok((resolved, invocation))
 }
 
 /// Checks and copies the outputs of a payload that exited 0; the update to send.

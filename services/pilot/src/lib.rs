@@ -19,10 +19,13 @@
 //! - `payload`: starting, killing and measuring the payload's process group.
 //! - `heartbeat`: watching the payload: heartbeats and the reasons to kill it.
 //! - `warm`: several jobs of one work in one long-lived runtime process (Function-as-a-Task).
+//! - [`container`]: the payload (or warm runtime) inside the task's container image, through
+//!   apptainer, singularity, podman or docker (`[pilot.container]`).
 
 pub mod cli;
 mod code;
 mod config;
+pub mod container;
 mod error;
 pub mod error_codes;
 mod heartbeat;
@@ -40,7 +43,7 @@ use panda_proto::common::v1::Resources;
 use panda_proto::server::v1::GetJobRequest;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, DEFAULT_HEARTBEAT_INTERVAL};
+pub use config::{Config, ContainerConfig, ContainerRuntime, DEFAULT_HEARTBEAT_INTERVAL};
 pub use error::{Error, Result};
 
 use crate::job::{Context, Job, Outcome};

@@ -80,13 +80,24 @@ impl Payload {
         job_dir: &Path,
         environment: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> io::Result<Self> {
+        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+        Self::spawn_argv(&argv, job_dir, environment)
+    }
+
+    /// Starts the program `argv[0]` with the rest as arguments, as [`Payload::spawn`] does (a
+    /// container runtime running the payload inside an image).
+    pub(crate) fn spawn_argv<'a>(
+        argv: &[String],
+        job_dir: &Path,
+        environment: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> io::Result<Self> {
+        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command line"))?;
         let stdout = File::create(job_dir.join(STDOUT_FILE))?;
         let stderr = File::create(job_dir.join(STDERR_FILE))?;
         let cpu_before = children_usage().0;
         let started = Instant::now();
-        let child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
+        let child = Command::new(program)
+            .args(args)
             .current_dir(job_dir)
             .envs(environment)
             .stdin(Stdio::null())

@@ -47,6 +47,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
+use crate::container::{self, Resolved};
 use crate::error::Result;
 use crate::error_codes;
 use crate::job::{Context, Job};
@@ -58,12 +59,14 @@ pub(crate) const WARM_ENV: &str = "PANDA_WARM_RUNTIME";
 /// The runtime's stderr, in its directory.
 const RUNTIME_STDERR: &str = "runtime.stderr";
 
-/// What lets jobs share one runtime: the same command, code and environment.
+/// What lets jobs share one runtime: the same command, code, environment and container image
+/// (jobs with different images never share a runtime; a runtime for an image runs inside it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
     command: String,
     code_sha256: Option<String>,
     environment: BTreeMap<String, String>,
+    container_image: Option<String>,
 }
 
 /// The runtime key of a job that may run in a warm runtime: it names one and has no input or
@@ -75,7 +78,12 @@ pub(crate) fn key_of(job: &Job) -> Option<Key> {
     }
     let environment =
         job.environment.iter().filter(|(k, _)| !k.starts_with("PANDA_")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    Some(Key { command: command.to_owned(), code_sha256: job.code_sha256.clone(), environment })
+    Some(Key {
+        command: command.to_owned(),
+        code_sha256: job.code_sha256.clone(),
+        environment,
+        container_image: job.container_image.clone(),
+    })
 }
 
 /// One line to the runtime: a job to run.
@@ -119,6 +127,27 @@ pub(crate) struct Runtime {
     lines: Lines<BufReader<ChildStdout>>,
     dir: PathBuf,
     exited: bool,
+    /// The runtime and container name when it runs in the key's image.
+    container: Option<(Resolved, String)>,
+}
+
+/// Why a runtime could not start: the pilot error code and diagnostic its jobs fail with.
+#[derive(Debug)]
+struct StartError {
+    code: u32,
+    diag: String,
+}
+
+impl From<String> for StartError {
+    fn from(diag: String) -> Self {
+        Self { code: error_codes::SETUP_FAILURE, diag }
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(diag: &str) -> Self {
+        diag.to_owned().into()
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -136,8 +165,9 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    /// Starts `key`'s command in a fresh directory holding the code archive.
-    async fn start(key: &Key, cx: &Context<'_>, task_id: u64) -> std::result::Result<Self, String> {
+    /// Starts `key`'s command in a fresh directory holding the code archive (inside the key's
+    /// container image, when it has one).
+    async fn start(key: &Key, cx: &Context<'_>, task_id: u64) -> std::result::Result<Self, StartError> {
         let dir = runtime_dir(cx.work_dir, task_id);
         let _ = tokio::fs::remove_dir_all(&dir).await;
         tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -146,26 +176,50 @@ impl Runtime {
         }
         let stderr = std::fs::File::create(dir.join(RUNTIME_STDERR))
             .map_err(|e| format!("cannot create {}: {e}", dir.join(RUNTIME_STDERR).display()))?;
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(format!("exec {}", key.command))
-            .current_dir(&dir)
-            .envs(&key.environment)
-            .env(WARM_ENV, &key.command)
-            .env("PANDA_SERVER_URL", &cx.config.server_url)
-            .env("PANDA_WORK_DIR", &dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .process_group(0);
+        let mut environment: Vec<(String, String)> =
+            key.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        environment.push((WARM_ENV.to_owned(), key.command.clone()));
+        environment.push(("PANDA_SERVER_URL".to_owned(), cx.config.server_url.clone()));
+        environment.push(("PANDA_WORK_DIR".to_owned(), dir.display().to_string()));
         if let Some(sha256) = &key.code_sha256 {
-            command.env(panda_types::spec::CODE_SHA256_ENV, sha256);
+            environment.push((panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone()));
         }
+        let shell_line = format!("exec {}", key.command);
+        let mut container = None;
+        let mut command = match &key.container_image {
+            None => {
+                let mut command = Command::new("/bin/sh");
+                command.arg("-c").arg(&shell_line).envs(environment.iter().map(|(k, v)| (k, v)));
+                command
+            }
+            Some(image) => {
+                environment.push((panda_types::spec::CONTAINER_IMAGE_ENV.to_owned(), image.clone()));
+                let name = format!("panda-warm-{}-{task_id}", std::process::id());
+                let launch = container::Launch {
+                    image,
+                    dir: &dir,
+                    environment: &environment,
+                    command: &shell_line,
+                    name: &name,
+                    interactive: true,
+                    user: container::owner_of(&dir),
+                };
+                let (resolved, invocation) = crate::job::container_invocation(&cx.config.container, &launch)
+                    .map_err(|(code, diag)| StartError { code, diag })?;
+                let (program, args) =
+                    invocation.argv.split_first().ok_or_else(|| "empty container command line".to_owned())?;
+                let mut command = Command::new(program);
+                command.args(args).envs(invocation.runtime_env.iter().map(|(k, v)| (k, v)));
+                tracing::info!(runtime = %resolved.runtime, image = %image, "warm runtime runs in a container");
+                container = Some((resolved, name));
+                command
+            }
+        };
+        command.current_dir(&dir).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr).process_group(0);
         let mut child = command.spawn().map_err(|e| format!("cannot start the warm runtime {:?}: {e}", key.command))?;
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).ok_or("the warm runtime exited at once")?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("the warm runtime's pipes are missing".to_owned());
+            return Err("the warm runtime's pipes are missing".into());
         };
         tracing::info!(command = %key.command, group = pid, dir = %dir.display(), "warm runtime started");
         Ok(Self {
@@ -176,7 +230,22 @@ impl Runtime {
             lines: BufReader::new(stdout).lines(),
             dir,
             exited: false,
+            container,
         })
+    }
+
+    /// Removes its Podman/Docker container (not in its process group), if any.
+    async fn remove_container(&self) {
+        if let Some((resolved, name)) = &self.container {
+            container::remove(resolved, name).await;
+        }
+    }
+
+    /// When the runtime failed to run its image: the diagnostic naming runtime and image.
+    fn image_failure(&self, exit_code: Option<i32>, stderr: &str) -> Option<String> {
+        let (resolved, _) = self.container.as_ref()?;
+        let image = self.key.container_image.as_deref()?;
+        container::runtime_failure(resolved.runtime, image, exit_code?, stderr)
     }
 
     async fn send(&mut self, job: &Job) -> std::io::Result<()> {
@@ -200,6 +269,7 @@ impl Runtime {
             None => self.child.wait().await.ok(),
         };
         self.exited = true;
+        self.remove_container().await;
         status
     }
 
@@ -212,6 +282,7 @@ impl Runtime {
             None => self.child.wait().await.ok(),
         };
         self.exited = true;
+        self.remove_container().await;
         status
     }
 
@@ -314,9 +385,9 @@ pub(crate) async fn run_task(first: Job, key: Key, slot: &mut Option<Runtime>, c
         if slot.is_none() {
             match Runtime::start(&key, cx, task_id.0).await {
                 Ok(runtime) => *slot = Some(runtime),
-                Err(diag) => {
+                Err(StartError { code, diag }) => {
                     tracing::warn!(%diag, "cannot start the warm runtime");
-                    let update = Update::failed(error_codes::SETUP_FAILURE, diag);
+                    let update = Update::failed(code, diag);
                     let held: Vec<Job> = handed.drain(..).map(|h| h.job).chain(pending.drain(..)).collect();
                     report_failures(cx, &mut tally, held.into_iter().map(|job| (job, update.clone())).collect())
                         .await?;
@@ -331,7 +402,10 @@ pub(crate) async fn run_task(first: Job, key: Key, slot: &mut Option<Runtime>, c
         while handed.len() < batch {
             let Some(job) = pending.pop_front() else { break };
             if runtime.send(&job).await.is_err() {
-                pending.push_front(job);
+                // The runtime is gone: the job counts as handed, so that a runtime that cannot
+                // start (its image cannot be pulled, its command is missing) fails the jobs it
+                // was given with its exit and stderr instead of being started again and again.
+                handed.push_back(Handed { job, started: None });
                 broken = true;
                 break;
             }
@@ -504,6 +578,12 @@ async fn bury(
             Update::failed(error_codes::PAYLOAD_FAILED, format!("{described} while running the job's call"))
         }
     };
+    // A runtime that could not run its image fails its jobs with that reason.
+    let image_failure = runtime.image_failure(exit, &stderr);
+    let culprit_update = match (&image_failure, &death) {
+        (Some(diag), Death::Exited) => Update::failed(error_codes::IMAGE_NOT_FOUND, diag.clone()),
+        _ => culprit_update,
+    };
     let with_tail = |update: Update| Update { exit_code: exit, stderr_tail: stderr.clone(), ..update };
     let mut back = Vec::new();
     for h in handed.drain(..) {
@@ -512,8 +592,12 @@ async fn bury(
         } else if any_started || culprit.is_some() {
             back.push(h.job);
         } else {
-            let update =
-                Update::failed(error_codes::PAYLOAD_FAILED, format!("{described} before running the job's call"));
+            let update = match &image_failure {
+                Some(diag) => Update::failed(error_codes::IMAGE_NOT_FOUND, diag.clone()),
+                None => {
+                    Update::failed(error_codes::PAYLOAD_FAILED, format!("{described} before running the job's call"))
+                }
+            };
             failures.push((h.job, with_tail(update)));
         }
     }

@@ -313,6 +313,8 @@ pub struct Queue {
     pub harvester_id: String,
     /// Storage site it reads input from (data locality); empty: its name.
     pub site: String,
+    /// Container runtimes its workers offer (apptainer, singularity, podman, docker).
+    pub containers: Vec<String>,
     /// Last announcement.
     pub heartbeat_at: DateTime<Utc>,
 }

@@ -590,6 +590,12 @@ impl Service {
                 job.environment.insert(panda_types::spec::CODE_SHA256_ENV.to_owned(), sha256.clone());
             }
         }
+        // Every job runs in the task's container image (retries copy the environment).
+        if let Some(image) = &task.spec.container_image {
+            for job in &mut jobs {
+                job.environment.insert(panda_types::spec::CONTAINER_IMAGE_ENV.to_owned(), image.clone());
+            }
+        }
         // A work's jobs may share a warm runtime (Function-as-a-Task): its command goes with them.
         if let Some(command) = self.store.find_work(&txn, task_id).await?.and_then(|work| work.warm_command) {
             for job in &mut jobs {
@@ -894,6 +900,17 @@ impl Service {
             if !q.site.is_empty() {
                 panda_types::ids::check_name(&q.site, 255)
                     .map_err(|e| Error::invalid(format!("queues[{i}].site"), e))?;
+            }
+            for (j, runtime) in q.containers.iter().enumerate() {
+                if !panda_types::spec::CONTAINER_RUNTIMES.contains(&runtime.as_str()) {
+                    return Err(Error::invalid(
+                        format!("queues[{i}].containers[{j}]"),
+                        format!(
+                            "{runtime:?} is not a container runtime; allowed: {}",
+                            panda_types::spec::CONTAINER_RUNTIMES.join(", ")
+                        ),
+                    ));
+                }
             }
             if !matches!(q.status.as_str(), "online" | "offline" | "test" | "brokeroff") {
                 return Err(Error::invalid(

@@ -147,9 +147,12 @@ class Client:
         self.cache.UploadArchive(parts(), timeout=max(self.timeout, 600))
         return sha256
 
-    def upload_dir(self, path: str, uploader: str = "") -> str:
-        """Packs ``path`` reproducibly and uploads it (content-addressed: a repeat is free)."""
-        data, sha256 = archive.pack_dir(path)
+    def upload_dir(self, path: str, uploader: str = "", with_sdk: bool = False) -> str:
+        """Packs ``path`` reproducibly and uploads it (content-addressed: a repeat is free).
+        ``with_sdk`` adds this SDK's own ``pandars`` package as ``.pandars-sdk/pandars`` (for
+        jobs running in a container image that does not have it)."""
+        extra = [(archive.sdk_dir(), archive.SDK_DIR + "/pandars")] if with_sdk else []
+        data, sha256 = archive.pack_dir(path, extra)
         return self.upload_archive(data, sha256, uploader)
 
     # --- Function-as-a-Task ------------------------------------------------------------------
@@ -238,8 +241,10 @@ def task_spec(
     queues: Iterable[str] = (),
     priority: int = 0,
     max_attempts: Optional[int] = None,
+    container_image: str = "",
 ) -> "task_pb2.TaskSpec":
-    """A TaskSpec for a task without input datasets."""
+    """A TaskSpec for a task without input datasets; ``container_image`` (empty: none) is the
+    image every job runs in."""
     resources = common_pb2.Resources(cores=cores, memory_mb=memory_mb, walltime_seconds=walltime_seconds)
     split = task_pb2.SplitRules()
     if max_attempts is not None:
@@ -255,4 +260,5 @@ def task_spec(
         queues=list(queues),
         priority=priority,
         split=split,
+        container_image=container_image,
     )

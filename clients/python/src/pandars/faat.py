@@ -10,6 +10,15 @@
   AsyncResult at once. Identical argument sets collapse into one call (one key).
 * Outside any workflow a ``@work`` call runs the function here, in-process, and returns the
   value (or the list of values for ``group_kwargs``); ``PANDARS_LOCAL_WORK=1`` forces that.
+* ``@work(image="docker://python:3.11-slim")`` (and ``@workflow(local=False, image=...)`` for
+  the driver) runs the work's jobs inside that container image: the task's ``container_image``;
+  brokerage sends it to queues declaring a container runtime, whose pilots run the job through
+  apptainer, singularity, podman or docker with the job directory bound as working directory.
+  The image needs a Python (``python3``, or the work's ``python=``) with ``grpcio`` and
+  ``protobuf`` installed; ``pandars`` itself comes with the code: the archive of such a work also
+  holds this SDK's package as ``.pandars-sdk/pandars`` (unpacked into the job directory) and the
+  job's ``PYTHONPATH`` is ``.pandars-sdk``, so ``python -m pandars.runtime`` imports the caller's
+  version whatever the image has.
 """
 
 import contextlib
@@ -24,6 +33,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from pandars.archive import SDK_DIR
 from pandars.client import Client, task_spec
 from pandars.result import AsyncResult
 from pandars.serialize import SerializationError, dump_args, json_problem
@@ -41,6 +51,16 @@ class WorkflowContext:
         self.source_dir = source_dir
         self.queue = queue
         self.works = 0
+        self._image_code_sha256 = None
+        self._lock = threading.Lock()
+
+    def image_code_sha256(self) -> str:
+        """The code archive of works that run in a container image: the source directory plus
+        this SDK's package (``.pandars-sdk/pandars``), uploaded at the first such work."""
+        with self._lock:
+            if self._image_code_sha256 is None:
+                self._image_code_sha256 = self.client.upload_dir(self.source_dir, uploader=_user(), with_sdk=True)
+            return self._image_code_sha256
 
 
 def current() -> Optional[WorkflowContext]:
@@ -103,7 +123,8 @@ class Work:
     """A ``@work`` function (see the module doc)."""
 
     def __init__(self, func, map_results=False, name=None, serializer="auto", cores=1, memory_mb=0,
-                 walltime=0, queue="", python=None, max_attempts=1, priority=0, pre_kwargs=None, warm=True):
+                 walltime=0, queue="", python=None, max_attempts=1, priority=0, pre_kwargs=None, warm=True,
+                 image=None):
         functools.update_wrapper(self, func)
         self.func = func
         self.map_results = map_results
@@ -121,6 +142,9 @@ class Work:
         self.pre_kwargs = dict(pre_kwargs or {})
         #: Let pilots run several jobs of this work (and of later works) in one warm interpreter.
         self.warm = warm
+        #: Container image the jobs run in (see the module doc); a warm runtime of this work
+        #: starts inside it and is never shared with works of another image.
+        self.image = image or ""
 
     __pandars_work__ = True
 
@@ -169,12 +193,20 @@ class Work:
             calls.append((key, data))
         ctx.works += 1
         name = f"{ctx.name}.{self.name}.{ctx.works}"[:200]
+        environment, code_sha256 = {}, ctx.code_sha256
+        if self.image:
+            # The image may lack pandars: the archive carries this SDK, found through PYTHONPATH
+            # (relative entries are made absolute against the job directory when Python starts).
+            code_sha256 = ctx.image_code_sha256()
+            environment["PYTHONPATH"] = SDK_DIR
         spec = task_spec(
             name=_task_name(name),
             user=_user(),
             command=f"{self.python} -m pandars.runtime --index {{index}}",
             n_jobs=len(calls),
-            code_sha256=ctx.code_sha256,
+            environment=environment,
+            container_image=self.image,
+            code_sha256=code_sha256,
             cores=self.cores,
             memory_mb=self.memory_mb,
             walltime_seconds=self.walltime,
@@ -202,7 +234,8 @@ def _user() -> str:
 
 
 def work(func=None, **options):
-    """``@work`` or ``@work(map_results=True, walltime=60, ...)``: see :class:`Work`."""
+    """``@work`` or ``@work(map_results=True, walltime=60, image="docker://python:3.11-slim", ...)``:
+    see :class:`Work` and, for ``image``, the module doc."""
     if func is None:
         return lambda f: Work(f, **options)
     return Work(func, **options)
@@ -212,7 +245,7 @@ class Workflow:
     """A ``@workflow`` driver (see the module doc)."""
 
     def __init__(self, func, local=True, source_dir=None, name=None, server=None, queue="", python=None,
-                 walltime=0):
+                 walltime=0, image=None):
         functools.update_wrapper(self, func)
         self.func = func
         self.local = local
@@ -222,6 +255,8 @@ class Workflow:
         self.queue = queue
         self.python = python or os.environ.get("PANDARS_PYTHON") or "python3"
         self.walltime = walltime
+        #: Container image of the driver's job (``local=False``); the works name their own.
+        self.image = image or ""
 
     __pandars_workflow__ = True
 
@@ -241,13 +276,14 @@ class Workflow:
         # Remote: the driver itself runs as a one-call work (see runtime.run_call).
         # The driver waits for its works for a long time: it gets a process of its own.
         driver = Work(self.func, name=self.name, python=self.python, walltime=self.walltime, queue=self.queue,
-                      warm=False)
+                      warm=False, image=self.image)
         driver.func = self.func
         return driver.submit(ctx, [(list(args), kwargs)], True, [kwargs])
 
 
 def workflow(func=None, **options):
-    """``@workflow`` or ``@workflow(local=False, source_dir=..., server=...)``."""
+    """``@workflow`` or ``@workflow(local=False, source_dir=..., server=..., image=...)``; ``image``
+    is the container image the remote driver's job runs in (see the module doc)."""
     if func is None:
         return lambda f: Workflow(f, **options)
     return Workflow(func, **options)

@@ -68,6 +68,7 @@ fn valid_generated_spec() {
             merge_command: None,
             hold_jobs: false,
             share: String::new(),
+            container_image: None,
         }
     );
 }
@@ -336,6 +337,59 @@ fn code_archive_must_be_a_sha256() {
 }
 
 #[test]
+fn container_images_in_every_accepted_form_are_kept() {
+    assert_eq!(generated().validate().expect("valid").container_image, None, "empty is no image");
+    let digest = format!("ghcr.io/org/img@sha256:{}", "0123456789abcdef".repeat(4));
+    for image in [
+        "docker://python:3.11-slim",
+        "docker://ghcr.io/org/analysis/img:v1.2",
+        "oras://ghcr.io/org/img:latest",
+        "library://sylabsed/examples/lolcow:latest",
+        "shub://vsoch/hello-world",
+        "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/atlas/athena:24.0",
+        "/images/analysis.sif",
+        "python:3.11-slim",
+        "python",
+        "localhost:5000/my_team/img__x-y:1",
+        "registry.example.org:443/a.b/c--d",
+        &digest,
+        &"a".repeat(MAX_CONTAINER_IMAGE_LEN),
+    ] {
+        let spec = TaskSpecDraft { container_image: image.to_owned(), ..generated() }.validate();
+        assert_eq!(spec.expect(image).container_image.as_deref(), Some(image));
+    }
+}
+
+#[test]
+fn bad_container_images_are_refused_naming_the_problem() {
+    let field = "task.container_image";
+    let cases: &[(String, &str)] = &[
+        ("a".repeat(MAX_CONTAINER_IMAGE_LEN + 1), "must be at most 512 characters (got 513)"),
+        ("python 3".into(), "must not contain whitespace or control characters (found ' ' in \"python 3\")"),
+        ("python:3\n".into(), "must not contain whitespace or control characters..."),
+        ("img\u{7}".into(), "must not contain whitespace or control characters..."),
+        ("http://example.org/img".into(), "\"http://example.org/img\" has unknown scheme http://; use docker://REF..."),
+        ("docker://".into(), "\"docker://\" names no image after docker://"),
+        ("docker://Python:3".into(), "\"docker://Python:3\": name component \"Python\" must be lowercase..."),
+        ("library:///abs".into(), "\"library:///abs\": the path after library:// must be relative and without .."),
+        ("/images/../etc/passwd".into(), "\"/images/../etc/passwd\": an image path must not contain .. components"),
+        ("/".into(), "\"/\" is not an image..."),
+        ("./img.sif".into(), "\"./img.sif\" is not a registry reference (registry \".\"..."),
+        ("python:".into(), "\"python:\" is not a registry reference (tag \"\" must be 1 to 128..."),
+        ("img@sha256:abc".into(), "\"img@sha256:abc\" is not a registry reference (digest..."),
+        ("img@abc".into(), "\"img@abc\" is not a registry reference (digest \"abc\" must be ALGORITHM:HEX..."),
+        ("bad_host:x/img".into(), "\"bad_host:x/img\" is not a registry reference (registry \"bad_host:x\"..."),
+        ("a..b".into(), "\"a..b\" is not a registry reference (name component \"a..b\"..."),
+        ("-img".into(), "\"-img\" is not a registry reference (name component..."),
+        ("img-".into(), "\"img-\" is not a registry reference (name component..."),
+        ("org//img".into(), "\"org//img\" is not a registry reference (name component \"\"..."),
+    ];
+    for (image, message) in cases {
+        check_error(TaskSpecDraft { container_image: image.clone(), ..generated() }, field, message);
+    }
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let draft = TaskSpecDraft {
         name: String::new(),
@@ -356,6 +410,7 @@ fn every_error_is_reported_at_once() {
         merge_command: "cat {inputs}".to_owned(),
         hold_jobs: false,
         share: "a/b".to_owned(),
+        container_image: "my image".to_owned(),
     };
     check_errors(
         draft,
@@ -374,6 +429,7 @@ fn every_error_is_reported_at_once() {
             ("task.code_sha256", "must be a sha256 digest..."),
             ("task.merge_command", "needs task.split.merge_files_per_job (merge jobs run it)"),
             ("task.share", "\"a/b\" contains '/'..."),
+            ("task.container_image", "must not contain whitespace or control characters..."),
         ],
     );
 }

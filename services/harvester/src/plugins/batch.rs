@@ -47,6 +47,9 @@ pub fn pilot_args(program: &[String], worker: &WorkerSpec) -> Vec<String> {
     if let Some(job_file) = &worker.job_file {
         args.extend(["--job-file".to_owned(), job_file.display().to_string()]);
     }
+    if !worker.container_runtimes.is_empty() {
+        args.extend(["--container-runtimes".to_owned(), worker.container_runtimes.join(",")]);
+    }
     args
 }
 
@@ -229,6 +232,7 @@ mod tests {
             max_jobs: 1,
             server_url: "http://s:1".into(),
             job_file: None,
+            container_runtimes: Vec::new(),
         };
         let values = common_values(&worker, Path::new("/logs/q/7"), &args(&["pilot"]));
         assert_eq!(values["walltime_minutes"], "2");
@@ -242,6 +246,12 @@ mod tests {
         assert!(
             common_values(&worker, Path::new("/l"), &args(&["pilot"]))["pilot_command"]
                 .ends_with(" --job-file /w/q/7/jobs.json")
+        );
+        // The queue's container runtimes: the pilot looks for them first.
+        worker.container_runtimes = vec!["podman".into(), "apptainer".into()];
+        assert!(
+            common_values(&worker, Path::new("/l"), &args(&["pilot"]))["pilot_command"]
+                .ends_with(" --container-runtimes podman,apptainer")
         );
     }
 

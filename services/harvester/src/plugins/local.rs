@@ -192,6 +192,7 @@ mod tests {
             max_jobs: 0,
             server_url: "http://127.0.0.1:1".into(),
             job_file: None,
+            container_runtimes: Vec::new(),
         }
     }
 

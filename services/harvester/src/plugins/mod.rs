@@ -38,6 +38,9 @@ pub struct WorkerSpec {
     pub server_url: String,
     /// Push mode: the job file in the worker's directory (the pilot gets `--job-file PATH`).
     pub job_file: Option<PathBuf>,
+    /// Container runtimes the queue declares, in its order (the pilot gets
+    /// `--container-runtimes a,b` and prefers them when it looks for one).
+    pub container_runtimes: Vec<String>,
 }
 
 /// A worker already at the resource.

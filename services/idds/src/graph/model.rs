@@ -281,6 +281,9 @@ pub struct TaskTemplate {
     pub queues: Vec<String>,
     /// Code archive.
     pub code_sha256: String,
+    /// Container image every job runs in (empty: none); the server checks it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container_image: String,
     /// JEDI's splitting, scouting and retry rules (as in a task file's `split:`), passed to the
     /// server as written; the server validates them (at submission of the workflow, too).
     pub split: Option<SplitTemplate>,

@@ -23,7 +23,8 @@ pub enum Filter {
     Walltime,
     /// The CPU architecture the task needs.
     Architecture,
-    /// The container runtime the task needs.
+    /// The container runtime the task needs (`requirements.container`), or any runtime for a task
+    /// with a container image.
     Container,
     /// Every software tag the task needs.
     Software,
@@ -131,10 +132,14 @@ impl Filter {
                 }
             }
             Filter::Container => {
-                if let Some(runtime) = &request.container
-                    && !queue.containers.contains(runtime)
+                if let Some(runtime) = &request.container {
+                    if !queue.containers.contains(runtime) {
+                        return Err(Rejection::Container { need: runtime.clone(), have: queue.containers.clone() });
+                    }
+                } else if let Some(image) = &request.container_image
+                    && queue.containers.is_empty()
                 {
-                    return Err(Rejection::Container(runtime.clone()));
+                    return Err(Rejection::NoContainerRuntime { image: image.clone() });
                 }
             }
             Filter::Software => {
@@ -204,8 +209,18 @@ pub enum Rejection {
         /// Offered, comma separated.
         have: String,
     },
-    /// The container runtime is missing.
-    Container(String),
+    /// The container runtime the task names is not among the queue's.
+    Container {
+        /// Asked for.
+        need: String,
+        /// Offered.
+        have: Vec<String>,
+    },
+    /// The task runs in a container image and the queue declares no container runtime.
+    NoContainerRuntime {
+        /// The task's image.
+        image: String,
+    },
     /// A software tag is missing.
     Software(String),
     /// None of the input is at the queue's site.
@@ -252,7 +267,15 @@ impl fmt::Display for Rejection {
                 write!(f, "needs {need}s walltime, queue offers {have}s")
             }
             Rejection::Architecture { need, have } => write!(f, "needs architecture {need}, queue has {have}"),
-            Rejection::Container(runtime) => write!(f, "needs container runtime {runtime}, queue has none"),
+            Rejection::Container { need, have } if have.is_empty() => {
+                write!(f, "needs container runtime {need}, queue declares none")
+            }
+            Rejection::Container { need, have } => {
+                write!(f, "needs container runtime {need}, queue offers {}", have.join(","))
+            }
+            Rejection::NoContainerRuntime { image } => {
+                write!(f, "runs in container image {image}, queue declares no container runtime")
+            }
             Rejection::Software(tag) => write!(f, "needs software {tag}, not installed"),
             Rejection::NoLocalData { site, total_bytes } => {
                 write!(f, "none of the task's {total_bytes} input bytes has a replica at site {site}")

@@ -168,6 +168,8 @@ pub struct Request {
     pub architecture: Option<String>,
     /// Required container runtime.
     pub container: Option<String>,
+    /// The image the jobs run in (the queue must declare a container runtime).
+    pub container_image: Option<String>,
     /// Required software tags (all of them).
     pub software_tags: Vec<String>,
     /// Only these queues (empty: any).

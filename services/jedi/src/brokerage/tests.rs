@@ -99,7 +99,8 @@ fn architecture_container_and_software_filters() {
     with_runtime.containers = vec!["apptainer".into()];
     let snap = snapshot(vec![QueueState::online("bare", 10), with_runtime]);
     let d = run(&snap, &req);
-    assert_eq!(d.explanation.dropped[0].reason, Rejection::Container("apptainer".into()));
+    assert_eq!(d.explanation.dropped[0].reason, Rejection::Container { need: "apptainer".into(), have: vec![] });
+    assert_eq!(d.explanation.dropped[0].reason.to_string(), "needs container runtime apptainer, queue declares none");
     assert_eq!(d.queue_names(&snap), vec!["plain"]);
 
     let mut req = request(1);
@@ -113,6 +114,66 @@ fn architecture_container_and_software_filters() {
     assert_eq!(d.explanation.dropped[0].filter, Filter::Software);
     assert_eq!(d.explanation.dropped[0].reason, Rejection::Software("gcc-13".into()));
     assert_eq!(d.queue_names(&snap), vec!["full"]);
+}
+
+/// A task with a container image goes only to queues declaring a container runtime; with
+/// `requirements.container` too, only to queues declaring that one. The explanation names why.
+#[test]
+fn container_image_needs_a_declared_runtime() {
+    let queue = |name: &str, runtimes: &[&str]| {
+        let mut q = QueueState::online(name, 10);
+        q.containers = runtimes.iter().map(|r| (*r).to_owned()).collect();
+        q
+    };
+    let snap = snapshot(vec![queue("bare", &[]), queue("pod", &["podman"]), queue("hpc", &["apptainer", "podman"])]);
+    let dropped = |d: &Decision| {
+        d.explanation.dropped.iter().map(|x| (x.queue.clone(), x.filter, x.reason.to_string())).collect::<Vec<_>>()
+    };
+
+    // An image, no runtime named: any declared runtime will do.
+    let mut req = request(4);
+    req.container_image = Some("docker://python:3.11-slim".into());
+    let d = run(&snap, &req);
+    assert_eq!(
+        dropped(&d),
+        [(
+            "bare".to_owned(),
+            Filter::Container,
+            "runs in container image docker://python:3.11-slim, queue declares no container runtime".to_owned()
+        )]
+    );
+    assert_eq!(
+        d.explanation.dropped[0].reason,
+        Rejection::NoContainerRuntime { image: "docker://python:3.11-slim".into() }
+    );
+    let mut chosen = d.queue_names(&snap);
+    chosen.sort();
+    chosen.dedup();
+    assert_eq!(chosen, ["hpc", "pod"]);
+
+    // An image and a runtime: that runtime.
+    req.container = Some("apptainer".into());
+    let d = run(&snap, &req);
+    assert_eq!(
+        dropped(&d),
+        [
+            ("bare".to_owned(), Filter::Container, "needs container runtime apptainer, queue declares none".to_owned()),
+            ("pod".to_owned(), Filter::Container, "needs container runtime apptainer, queue offers podman".to_owned()),
+        ]
+    );
+    assert_eq!(d.queue_names(&snap), ["hpc"; 4], "every job to the queue with apptainer");
+
+    // No image, no runtime: the filter lets every queue through.
+    let d = run(&snap, &request(4));
+    assert!(d.explanation.dropped.is_empty(), "{:?}", d.explanation.dropped);
+
+    // No queue declares the runtime: nowhere, with every reason.
+    let snap = snapshot(vec![queue("bare", &[])]);
+    let mut req = request(1);
+    req.container_image = Some("/images/a.sif".into());
+    let d = run(&snap, &req);
+    assert!(d.queue_names(&snap).is_empty());
+    assert_eq!(d.explanation.dropped[0].filter, Filter::Container);
 }
 
 #[test]

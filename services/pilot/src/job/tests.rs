@@ -30,6 +30,7 @@ fn job() -> Job {
         walltime_seconds: 0,
         memory_mb: 0,
         job_index: 1,
+        container_image: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn job(environment: &[(&str, &str)]) -> Job {
         walltime_seconds: 0,
         memory_mb: 0,
         job_index: 2,
+        container_image: None,
     }
 }
 
@@ -44,6 +45,18 @@ fn jobs_share_a_runtime_when_command_code_and_user_environment_agree() {
     assert_ne!(key_of(&a), key_of(&other_env));
     let other_code = Job { code_sha256: Some("cd".repeat(32)), ..a.clone() };
     assert_ne!(key_of(&a), key_of(&other_code));
+}
+
+#[test]
+fn jobs_with_different_images_never_share_a_runtime() {
+    let plain = job(&[(WARM_ENV, "py --serve")]);
+    let slim = Job { container_image: Some("docker://python:3.11-slim".to_owned()), ..plain.clone() };
+    let other = Job { container_image: Some("docker://python:3.12-slim".to_owned()), ..plain.clone() };
+    assert_ne!(key_of(&plain), key_of(&slim), "an image and none");
+    assert_ne!(key_of(&slim), key_of(&other), "two images");
+    let mut same = slim.clone();
+    same.lease.job_id = JobId(9);
+    assert_eq!(key_of(&slim), key_of(&same), "one image: one runtime");
 }
 
 #[test]

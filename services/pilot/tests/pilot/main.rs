@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod code_and_logs;
+mod container;
 mod fake;
 mod push;
 mod warm;

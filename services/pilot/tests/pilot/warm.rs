@@ -151,3 +151,92 @@ async fn a_call_past_its_walltime_is_killed_with_its_runtime() {
     let finals = finals(&fake);
     assert_eq!((finals[0].1, finals[0].2), (JobStatus::Failed, error_codes::REACHED_MAX_TIME));
 }
+
+/// A link to the fake container runtime `name` in a directory of its own (see `container.rs`),
+/// and the directory, where it records its calls.
+fn fake_runtime(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containers").join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join(name);
+    std::os::unix::fs::symlink(fixture, &program).unwrap();
+    (dir, program)
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("record.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Jobs of a work with an image run in one warm runtime started inside that image; a work with
+/// another image gets a runtime of its own (never shared), also inside its image.
+async fn warm_runtimes_start_inside_their_image(runtime: &str) {
+    let dirs = Dirs::new();
+    let (fake_dir, program) = fake_runtime(runtime);
+    let mut jobs = warm_jobs(&dirs, 4, &[]);
+    for job in &mut jobs {
+        let (task_id, image) = if job.job_id <= 2 { (100, "python:3.11-slim") } else { (101, "python:3.12-slim") };
+        job.task_id = task_id;
+        job.container_image = image.to_owned();
+    }
+    let (fake, summary) = run_pilot(script(&dirs, jobs), &dirs, |config| {
+        config.container.path = Some(program);
+        // The runtime script and its record are in the scratch directory.
+        config.container.binds = vec![dirs.scratch.display().to_string() + ":" + &dirs.scratch.display().to_string()];
+    })
+    .await;
+    assert_eq!(summary, summary_of(4, 4, 0));
+    assert!(finals(&fake).iter().all(|f| f.1 == JobStatus::Finished), "{:?}", finals(&fake));
+    let calls = calls(&dirs);
+    assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(calls[0].0, calls[1].0, "one runtime for the jobs of one image: {calls:?}");
+    assert_ne!(calls[1].0, calls[2].0, "another image, another runtime: {calls:?}");
+    let runs: Vec<_> = records(fake_dir.path()).into_iter().filter(|r| r.get("image").is_some()).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let prefix = if runtime == "apptainer" { "docker://" } else { "" };
+    assert_eq!(runs[0]["image"], format!("{prefix}python:3.11-slim"));
+    assert_eq!(runs[1]["image"], format!("{prefix}python:3.12-slim"));
+    for run in &runs {
+        let env = run["env"].as_object().unwrap();
+        assert!(env["PANDA_WARM_RUNTIME"].as_str().unwrap().starts_with("python3 "), "{env:?}");
+        assert!(env.contains_key("PANDA_SERVER_URL") && env.contains_key("PANDA_WORK_DIR"), "{env:?}");
+        let dir = env["PANDA_WORK_DIR"].as_str().unwrap();
+        assert!(run["binds"][0] == format!("{dir}:{dir}"), "the runtime's directory is bound: {run}");
+        if runtime == "podman" {
+            assert_eq!(run["interactive"], true, "the runtime reads its jobs on stdin: {run}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn warm_runtimes_start_inside_their_image_with_apptainer() {
+    warm_runtimes_start_inside_their_image("apptainer").await;
+}
+
+#[tokio::test]
+async fn warm_runtimes_start_inside_their_image_with_podman() {
+    warm_runtimes_start_inside_their_image("podman").await;
+}
+
+#[tokio::test]
+async fn a_warm_runtime_whose_image_cannot_be_pulled_fails_its_jobs_with_image_not_found() {
+    let dirs = Dirs::new();
+    let (_fake_dir, program) = fake_runtime("apptainer");
+    let mut jobs = warm_jobs(&dirs, 2, &[]);
+    for job in &mut jobs {
+        job.container_image = "docker://does-not-exist:1".to_owned();
+    }
+    let (fake, summary) = run_pilot(script(&dirs, jobs), &dirs, |config| config.container.path = Some(program)).await;
+    assert_eq!(summary, summary_of(2, 0, 2));
+    for (job_id, status, code, exit, diag, _, _) in finals(&fake) {
+        assert_eq!((status, code, exit), (JobStatus::Failed, error_codes::IMAGE_NOT_FOUND, Some(255)), "job {job_id}");
+        assert!(
+            diag.starts_with(
+                "container runtime apptainer could not run image docker://does-not-exist:1 (exit 255): FATAL"
+            ),
+            "{diag}"
+        );
+    }
+}

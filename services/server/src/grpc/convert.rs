@@ -73,5 +73,6 @@ pub(super) fn queue(queue: Queue) -> wire::Queue {
         max_workers: queue.max_workers,
         harvester_id: queue.harvester_id,
         site: queue.site,
+        containers: queue.containers,
     }
 }

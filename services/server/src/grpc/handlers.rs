@@ -330,6 +330,12 @@ impl PilotService for Api {
                 heartbeat_interval_seconds: self.heartbeat_interval_seconds,
                 code_sha256: d.job.environment.get(panda_types::spec::CODE_SHA256_ENV).cloned().unwrap_or_default(),
                 job_index: d.job.job_index,
+                container_image: d
+                    .job
+                    .environment
+                    .get(panda_types::spec::CONTAINER_IMAGE_ENV)
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(wire::GetJobResponse { jobs, storage_url }))
@@ -547,6 +553,7 @@ impl InternalService for Api {
                 max_workers: q.max_workers,
                 harvester_id: request.harvester_id.clone(),
                 site: q.site,
+                containers: q.containers,
                 heartbeat_at: now,
             })
             .collect();

@@ -151,6 +151,8 @@ pub(crate) mod queue {
         pub harvester_id: String,
         pub heartbeat_at: DateTimeUtc,
         pub site: String,
+        #[sea_orm(column_type = "Text")]
+        pub containers_json: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

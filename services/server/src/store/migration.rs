@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0011SharesAndSites));
         all.push(Box::new(M0012FunctionWarmCommand));
         all.push(Box::new(M0013LiveJobsIndex));
+        all.push(Box::new(M0014QueueContainers));
         all
     }
 }
@@ -549,5 +550,25 @@ impl MigrationTrait for M0013LiveJobsIndex {
         .await?;
         db.execute_unprepared("DROP INDEX IF EXISTS jobs_dispatch").await?;
         Ok(())
+    }
+}
+
+/// The container runtimes a queue's workers offer (a JSON list of names, from the harvester's
+/// `containers`), which brokerage matches against tasks' container images; existing queues
+/// offer none until their harvester registers them again.
+struct M0014QueueContainers;
+
+impl MigrationName for M0014QueueContainers {
+    fn name(&self) -> &str {
+        "server_m0014_queue_containers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0014QueueContainers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table("queues").add_column(text("containers_json").default("[]")).to_owned())
+            .await
     }
 }

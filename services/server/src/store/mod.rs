@@ -962,6 +962,7 @@ impl Store {
                 harvester_id: Set(q.harvester_id.clone()),
                 heartbeat_at: Set(q.heartbeat_at),
                 site: Set(q.site.clone()),
+                containers_json: Set(serde_json::to_string(&q.containers).unwrap_or_else(|_| "[]".to_owned())),
             };
             if queue::Entity::find_by_id(q.name.clone()).one(conn).await?.is_some() {
                 row.update(conn).await?;
@@ -991,6 +992,9 @@ impl Store {
                 max_workers: q.max_workers as u32,
                 harvester_id: q.harvester_id,
                 site: q.site,
+                // Written by upsert_queues from a list of strings; an unreadable value (none
+                // can be written) reads as no runtime.
+                containers: serde_json::from_str(&q.containers_json).unwrap_or_default(),
                 heartbeat_at: q.heartbeat_at,
             })
             .collect())

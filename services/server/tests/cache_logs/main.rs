@@ -454,6 +454,58 @@ async fn warm_rpcs_refuse_bad_requests_naming_the_field(f: Fixture) {
     f.stop().await;
 }
 
+/// A task's container image: a bad one is refused naming the field and nothing is stored; a good
+/// one is shown with the task and goes with every dispatch of every job, retries included.
+async fn container_images_are_checked_and_go_with_every_dispatch(f: Fixture) {
+    let submit = |image: &str| {
+        let spec = wire::TaskSpec {
+            name: "t".into(),
+            command: "true".into(),
+            n_jobs: Some(1),
+            container_image: image.into(),
+            ..Default::default()
+        };
+        let mut tasks = f.client.tasks.clone();
+        async move { tasks.submit_task(wire::SubmitTaskRequest { spec: Some(spec), idempotency_key: String::new() }).await }
+    };
+    for (image, problem) in [
+        ("python 3", "must not contain whitespace"),
+        ("ftp://host/img", "unknown scheme ftp://"),
+        ("Python:3", "is not a registry reference"),
+    ] {
+        assert_status(submit(image).await, Code::InvalidArgument, &["task.container_image", problem]);
+    }
+    let tasks = f.client.tasks.clone().list_tasks(wire::ListTasksRequest::default()).await.unwrap().into_inner();
+    assert!(tasks.tasks.is_empty(), "refused tasks are not stored");
+
+    let image = "docker://python:3.11-slim";
+    let task_id = submit(image).await.unwrap().into_inner().task_id;
+    let task = f.client.tasks.clone().get_task(wire::GetTaskRequest { task_id }).await.unwrap().into_inner();
+    assert_eq!(task.task.unwrap().spec.unwrap().container_image, image);
+    let job = wire::NewJob { job_index: 1, queue: "q".into(), command: "true".into(), ..Default::default() };
+    let insert = wire::InsertJobsRequest {
+        task_id,
+        jobs: vec![job],
+        scouting: false,
+        merge: false,
+        more: false,
+        input_open: false,
+    };
+    f.client.internal.clone().insert_jobs(insert).await.unwrap();
+    let get = wire::GetJobRequest { queue: "q".into(), node: "n".into(), n_jobs: 1, ..Default::default() };
+    let first = f.client.pilot.clone().get_job(get.clone()).await.unwrap().into_inner().jobs.remove(0);
+    assert_eq!(first.container_image, image);
+    report(&f, first.job_id, &first.lease_token, JobStatus::Starting).await;
+    report(&f, first.job_id, &first.lease_token, JobStatus::Failed).await;
+    let retry =
+        wire::RetryJobsRequest { task_id, jobs: vec![wire::RetryJob { job_id: first.job_id, ..Default::default() }] };
+    let retried = f.client.generation.clone().retry_jobs(retry).await.unwrap().into_inner().job_ids;
+    let second = f.client.pilot.clone().get_job(get).await.unwrap().into_inner().jobs.remove(0);
+    assert_eq!((second.job_id, second.attempt_nr), (retried[0], 2));
+    assert_eq!(second.container_image, image, "the next attempt runs in the same image");
+    f.stop().await;
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -482,4 +534,5 @@ suite!(
     logs_are_appended_once_and_followed_until_the_job_ends,
     bad_log_requests_are_refused_and_store_nothing,
     warm_rpcs_refuse_bad_requests_naming_the_field,
+    container_images_are_checked_and_go_with_every_dispatch,
 );

@@ -900,6 +900,7 @@ async fn worker_reports_count_as_pilots_and_name_workers_of_killed_jobs(f: Fixtu
         max_workers: 10,
         harvester_id: "h1".into(),
         site: String::new(),
+        containers: Vec::new(),
         heartbeat_at: chrono::Utc::now(),
     };
     f.service.register_queues(vec![queue("q"), queue("other")]).await.unwrap();
@@ -1086,10 +1087,19 @@ async fn tasks_and_jobs_carry_a_share_of_the_tree(f: Fixture) {
         max_workers: 1,
         harvester_id: "h".into(),
         site: site.into(),
+        containers: vec!["apptainer".into()],
         heartbeat_at: chrono::Utc::now(),
     };
     service.register_queues(vec![queue("CERN-PROD_DATADISK")]).await.unwrap();
     assert_eq!(service.list_queues().await.unwrap()[0].0.site, "CERN-PROD_DATADISK");
+    assert_eq!(service.list_queues().await.unwrap()[0].0.containers, ["apptainer"], "runtimes are stored");
+    match service.register_queues(vec![Queue { containers: vec!["lxc".into()], ..queue("CERN-PROD_DATADISK") }]).await {
+        Err(Error::InvalidArgument(problems)) => {
+            assert_eq!(problems[0].field, "queues[0].containers[0]");
+            assert!(problems[0].message.contains("apptainer, singularity, podman, docker"), "{problems:?}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
     match service.register_queues(vec![queue("a site")]).await {
         Err(Error::InvalidArgument(problems)) => assert_eq!(problems[0].field, "queues[0].site"),
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),

@@ -139,6 +139,7 @@ fn worker(dir: &Path, id: &str) -> WorkerSpec {
         max_jobs: 0,
         server_url: "http://10.0.0.1:50051".into(),
         job_file: None,
+        container_runtimes: Vec::new(),
     }
 }
 

@@ -641,6 +641,7 @@ mod tests {
             max_jobs: 1,
             server_url: "http://harvester-view:50051".into(),
             job_file: None,
+            container_runtimes: Vec::new(),
         }
     }
 
