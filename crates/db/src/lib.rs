@@ -132,10 +132,6 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=10000",
             "PRAGMA foreign_keys=ON",
-            // 64 MiB of page cache (the default is 2 MiB): the writer's working set (the activated
-            // jobs' index, the rows it dispatches, the outbox) then stays in memory instead of
-            // being read back from the OS with a system call per page.
-            "PRAGMA cache_size=-65536",
         ] {
             db.execute_unprepared(pragma).await.map_err(|source| Error::Connect { url: redact(url), source })?;
         }

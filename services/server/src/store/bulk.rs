@@ -17,6 +17,33 @@ use crate::model::Job;
 /// PostgreSQL 65535) at the widest row below.
 pub(crate) const ROWS_PER_STATEMENT: usize = 1000;
 
+/// Splits `n` rows into statement sizes, largest first: powers of two up to 512, and
+/// [`ROWS_PER_STATEMENT`] for the bulk of larger batches. A statement's text depends on its
+/// number of rows, and the driver caches prepared statements by text: one text per batch size
+/// meant a parse and plan per batch (for a hundred rows of twenty columns, about as much work as
+/// writing them). With these sizes there are at most eleven texts per statement kind, each
+/// prepared once, for at most ten statements per batch below a thousand rows.
+pub(crate) fn statement_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= ROWS_PER_STATEMENT { ROWS_PER_STATEMENT } else { 1 << n.ilog2().min(9) };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `items` in consecutive chunks of [`statement_sizes`].
+pub(crate) fn statement_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    statement_sizes(items.len()).map(move |size| {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        chunk
+    })
+}
+
 /// What use cases change on a job; everything else is fixed at insert.
 const MUTABLE_COLUMNS: [&str; 19] = [
     "status",
@@ -48,7 +75,7 @@ impl Store {
         ids.sort_unstable();
         ids.dedup();
         let mut jobs = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        for chunk in statement_chunks(&ids) {
             let query =
                 job::Entity::find().filter(job::Column::Id.is_in(chunk.iter().copied())).order_by_asc(job::Column::Id);
             for row in self.locking(query).all(conn).await? {
@@ -136,7 +163,7 @@ impl Store {
         fixed: Vec<Value>,
         rows: Vec<Vec<Value>>,
     ) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        for chunk in statement_chunks(&rows) {
             let mut values = fixed.clone();
             let mut tuples = Vec::with_capacity(chunk.len());
             for row in chunk {
@@ -160,5 +187,39 @@ impl Store {
             DbBackend::Postgres => format!("${n}"),
             _ => "?".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every row is written exactly once, in order, by statements of a few fixed sizes.
+        #[test]
+        fn statement_chunks_cover_every_row_once_in_few_sizes(n in 0usize..5000) {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            prop_assert_eq!(&joined, &rows);
+            for chunk in &chunks {
+                let size = chunk.len();
+                prop_assert!(size == ROWS_PER_STATEMENT || (size.is_power_of_two() && size <= 512), "size {}", size);
+            }
+            // Below a thousand rows: one statement per set bit.
+            if n < ROWS_PER_STATEMENT {
+                prop_assert_eq!(chunks.len(), n.count_ones() as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn statement_sizes_of_some_batches() {
+        assert_eq!(statement_sizes(0).count(), 0);
+        assert_eq!(statement_sizes(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(statement_sizes(137).collect::<Vec<_>>(), [128, 8, 1]);
+        assert_eq!(statement_sizes(2600).collect::<Vec<_>>(), [1000, 1000, 512, 64, 16, 8]);
     }
 }
