@@ -263,19 +263,18 @@ impl Runtime {
             Ok(Ok(status)) => Some(status),
             _ => None,
         };
-        payload::signal_group(self.group, Signal::SIGKILL);
-        let status = match status {
-            Some(status) => Some(status),
-            None => self.child.wait().await.ok(),
-        };
-        self.exited = true;
-        self.remove_container().await;
-        status
+        self.kill_rest(status).await
     }
 
     /// Waits for a runtime whose stdout closed, and kills what it left in its group.
     async fn reap(&mut self, grace: Duration) -> Option<ExitStatus> {
         let status = tokio::time::timeout(grace, self.child.wait()).await.ok().and_then(std::result::Result::ok);
+        self.kill_rest(status).await
+    }
+
+    /// After the grace: SIGKILL to the group, the exit status (`status`, or waited for now), and
+    /// the container removed.
+    async fn kill_rest(&mut self, status: Option<ExitStatus>) -> Option<ExitStatus> {
         payload::signal_group(self.group, Signal::SIGKILL);
         let status = match status {
             Some(status) => Some(status),
