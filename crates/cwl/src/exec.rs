@@ -179,8 +179,12 @@ impl LocalExecutor {
     }
 }
 
+/// SIGKILL by the system call, not by running `kill`: a failed spawn of `kill` would go unseen.
 fn kill(pid: u32) {
-    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    if let Ok(raw) = i32::try_from(pid) {
+        // ESRCH (already ended) is the only expected error, and nothing is left to do for it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// Puts one staging entry in place, relative to `outdir`.

@@ -75,8 +75,11 @@ fn parallel_one_runs_one_invocation_at_a_time() {
 #[test]
 fn one_failing_element_fails_the_run_and_stops_the_others() {
     let marks = tempfile::tempdir().expect("tempdir");
-    // Element 0 fails at once; the others would nap 60 s unless killed.
-    let err = run(2, "items: [0, 1, 2, 3, 4, 5, 6, 7]\nfail_on: 0\nnap: 60", marks.path()).expect_err("the run fails");
+    // The first invocation to start fails at once; the others would nap 60 s unless killed.
+    // Which one gets a slot first is up to the scheduler (three threads want two slots), so the
+    // failing one is whichever started first, never a fixed element that might wait behind naps.
+    let err =
+        run(2, "items: [0, 1, 2, 3, 4, 5, 6, 7]\nfail_first: true\nnap: 60", marks.path()).expect_err("the run fails");
     assert!(matches!(err, CwlError::Failed(_)), "{err:?}");
     assert!(err.to_string().contains("exited with code 3"), "{err}");
     assert_eq!(err.exit_code(), 1);
