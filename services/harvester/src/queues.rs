@@ -147,6 +147,33 @@ pub enum ContainerRuntime {
 }
 
 impl ContainerRuntime {
+    /// Every runtime, in the order the pilot looks for them on `PATH`.
+    pub const ALL: [ContainerRuntime; 4] = [
+        ContainerRuntime::Apptainer,
+        ContainerRuntime::Singularity,
+        ContainerRuntime::Podman,
+        ContainerRuntime::Docker,
+    ];
+
+    /// The runtimes this machine can run, in the pilot's order: an executable of that name on
+    /// `path_var` (a `PATH` value); Docker also needs its daemon's socket (`docker_socket`), since
+    /// a client alone cannot run a container.
+    pub fn found(path_var: Option<&std::ffi::OsStr>, docker_socket: &Path) -> Vec<ContainerRuntime> {
+        use std::os::unix::fs::PermissionsExt;
+        let on_path = |name: &str| {
+            path_var.is_some_and(|paths| {
+                std::env::split_paths(paths).any(|dir| {
+                    std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+            })
+        };
+        Self::ALL
+            .into_iter()
+            .filter(|runtime| on_path(runtime.as_str()))
+            .filter(|runtime| *runtime != ContainerRuntime::Docker || docker_socket.exists())
+            .collect()
+    }
+
     /// The name the server and pilot use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -356,8 +383,16 @@ impl QueueConfigError {
 }
 
 impl QueueFile {
-    /// The built-in configuration when no file is given: one `local` queue of `workers` pilots.
+    /// The built-in configuration when no file is given: one `local` queue of `workers` pilots,
+    /// offering the container runtimes found on this machine (its pilots run here).
     pub fn embedded_default(workers: u32) -> Self {
+        let containers =
+            ContainerRuntime::found(std::env::var_os("PATH").as_deref(), Path::new("/var/run/docker.sock"));
+        Self::local(workers, containers)
+    }
+
+    /// One `local` queue of `workers` pilots offering `containers`.
+    pub fn local(workers: u32, containers: Vec<ContainerRuntime>) -> Self {
         let queue = QueueConfig {
             status: QueueStatus::Online,
             max_workers: workers,
@@ -366,7 +401,7 @@ impl QueueFile {
             resources: WorkerResources { cores: 1, ..Default::default() },
             pilot_max_jobs: 0,
             site: None,
-            containers: Vec::new(),
+            containers,
             mode: QueueMode::Pull,
             jobs_per_worker: 1,
             plugin: PluginConfig::Local(Default::default()),
@@ -562,6 +597,37 @@ mod tests {
         let error =
             parse("queues:\n  q:\n    site: 'a site'\n    max_workers: 1\n    plugin: { type: local }\n").unwrap_err();
         assert!(error.contains("queues.q.site: \"a site\" contains ' '"), "{error}");
+    }
+
+    #[test]
+    fn the_embedded_queue_offers_the_runtimes_found_on_path_and_docker_only_with_its_daemon() {
+        use std::os::unix::fs::PermissionsExt;
+        let (bin, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let put = |dir: &Path, name: &str, mode: u32| {
+            let file = dir.join(name);
+            std::fs::write(&file, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put(bin.path(), "docker", 0o755);
+        put(other.path(), "podman", 0o755);
+        put(other.path(), "apptainer", 0o755);
+        put(bin.path(), "singularity", 0o644); // not executable: not a runtime
+        let path = std::env::join_paths([bin.path(), other.path()]).unwrap();
+        let no_socket = bin.path().join("docker.sock");
+        // In the pilot's order, whatever the order on PATH; no daemon, no docker.
+        assert_eq!(
+            ContainerRuntime::found(Some(&path), &no_socket),
+            [ContainerRuntime::Apptainer, ContainerRuntime::Podman]
+        );
+        std::fs::write(&no_socket, "").unwrap();
+        assert_eq!(
+            ContainerRuntime::found(Some(&path), &no_socket),
+            [ContainerRuntime::Apptainer, ContainerRuntime::Podman, ContainerRuntime::Docker]
+        );
+        assert!(ContainerRuntime::found(None, &no_socket).is_empty());
+        let file = QueueFile::local(2, vec![ContainerRuntime::Podman]);
+        assert_eq!(file.queues["local"].containers, [ContainerRuntime::Podman]);
+        assert_eq!(file.queues["local"].max_workers, 2);
     }
 
     #[test]
