@@ -64,10 +64,30 @@ pub async fn serve(server: GrpcServer, listener: TcpListener, shutdown: Cancella
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
-    // TCP_NODELAY on every accepted connection: with Nagle's algorithm a reply written in two
-    // pieces (headers, then data) waits for the peer's delayed ACK, about 40 ms per call.
-    // Tonic sets it only for listeners it binds itself, not for one handed over like this.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router.serve_with_incoming_shutdown(incoming, drain).await?;
+    router.serve_with_incoming_shutdown(incoming(listener), drain).await?;
     Ok(())
+}
+
+/// The connections `listener` accepts, each with TCP_NODELAY: with Nagle's algorithm a reply
+/// written in two pieces (headers, then data) waits for the peer's delayed ACK, about 40 ms per
+/// call. Tonic sets it only for listeners it binds itself, not for one handed over like this.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_for_the_peers_ack() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let server_side = accepted.next().await.expect("a connection").expect("accepted");
+        assert!(server_side.nodelay().expect("TCP_NODELAY readable"), "Nagle's algorithm is on");
+    }
 }
