@@ -1,10 +1,12 @@
 //! Scaffolding every panda service shares: layered config loading (`config`), telemetry
 //! (`telemetry`), the gRPC server with health, reflection and request spans (`grpc`), the
 //! Prometheus admin endpoint (`metrics`), the one mapping from errors to gRPC statuses
-//! (`error`), shutdown on signals (`shutdown`) and periodic background loops (`task`).
+//! (`error`), shutdown on signals (`shutdown`), periodic background loops (`task`) and programs
+//! found on `PATH` (`executable`).
 
 pub mod config;
 pub mod error;
+pub mod executable;
 pub mod grpc;
 pub mod metrics;
 pub mod shutdown;

@@ -159,17 +159,9 @@ impl ContainerRuntime {
     /// `path_var` (a `PATH` value); Docker also needs its daemon's socket (`docker_socket`), since
     /// a client alone cannot run a container.
     pub fn found(path_var: Option<&std::ffi::OsStr>, docker_socket: &Path) -> Vec<ContainerRuntime> {
-        use std::os::unix::fs::PermissionsExt;
-        let on_path = |name: &str| {
-            path_var.is_some_and(|paths| {
-                std::env::split_paths(paths).any(|dir| {
-                    std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                })
-            })
-        };
         Self::ALL
             .into_iter()
-            .filter(|runtime| on_path(runtime.as_str()))
+            .filter(|runtime| panda_runtime::executable::find_on_path(runtime.as_str(), path_var).is_some())
             .filter(|runtime| *runtime != ContainerRuntime::Docker || docker_socket.exists())
             .collect()
     }

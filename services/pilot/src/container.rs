@@ -28,6 +28,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
+use panda_runtime::executable::{find_on_path, is_executable};
 use serde::{Deserialize, Serialize};
 
 /// A container runtime the pilot can drive.
@@ -172,15 +173,6 @@ pub fn resolve(config: &ContainerConfig, path_var: Option<&OsStr>) -> Result<Res
              pilot.container.runtime and pilot.container.path"
         ),
     })
-}
-
-fn find_on_path(name: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path_var?).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// One launch: what runs in which image, where, with which environment.

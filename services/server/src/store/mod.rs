@@ -210,6 +210,9 @@ pub struct ShareCount {
 /// whose WHERE clause contains the index's, and a bound `status IN (?, ...)` never does.
 pub(crate) const LIVE_JOBS: &str = "status NOT IN ('finished', 'failed', 'cancelled', 'closed')";
 
+/// The states a queue's load and a share's usage count: queued at the queue or held by a pilot.
+const LOAD_STATUSES: [JobStatus; 4] = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
+
 /// [`LIVE_JOBS`] as a filter.
 fn live_jobs() -> sea_orm::sea_query::SimpleExpr {
     Expr::cust(LIVE_JOBS)
@@ -902,14 +905,13 @@ impl Store {
     }
 
     fn queue_load_query(queues: &[String]) -> sea_orm::Select<job::Entity> {
-        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
         let mut query = job::Entity::find()
             .select_only()
             .column(job::Column::Queue)
             .column(job::Column::Status)
             .column_as(job::Column::Id.count(), "n")
             .filter(live_jobs())
-            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .filter(job::Column::Status.is_in(LOAD_STATUSES.iter().map(|s| s.as_str())))
             .group_by(job::Column::Queue)
             .group_by(job::Column::Status);
         if !queues.is_empty() {
@@ -934,7 +936,6 @@ impl Store {
     }
 
     fn share_counts_query() -> sea_orm::Select<job::Entity> {
-        let statuses = [JobStatus::Activated, JobStatus::Sent, JobStatus::Starting, JobStatus::Running];
         job::Entity::find()
             .select_only()
             .column(job::Column::Queue)
@@ -942,7 +943,7 @@ impl Store {
             .column(job::Column::Status)
             .column_as(job::Column::Id.count(), "n")
             .filter(live_jobs())
-            .filter(job::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .filter(job::Column::Status.is_in(LOAD_STATUSES.iter().map(|s| s.as_str())))
             .group_by(job::Column::Queue)
             .group_by(job::Column::Share)
             .group_by(job::Column::Status)
