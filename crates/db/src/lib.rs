@@ -101,6 +101,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How much of a SQLite database file each connection maps into memory (256 MiB).
+const SQLITE_MMAP_SIZE: &str = "268435456";
+
+/// A SQLite connection is a file in this process: there is no server to have gone away, so the
+/// pool hands connections out without first pinging them (a round trip to the connection's
+/// thread on every acquire).
+fn sqlite_pool_without_ping(options: &mut ConnectOptions) {
+    options.map_sqlx_sqlite_pool_opts(|pool| pool.test_before_acquire(false));
+}
+
 /// Connects and tunes the connection for the backend.
 ///
 /// # Errors
@@ -122,6 +132,8 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
     options.connect_timeout(Duration::from_secs(10)).acquire_timeout(Duration::from_secs(60)).sqlx_logging(false);
     if is_sqlite {
         options.max_connections(1).min_connections(1);
+        options.map_sqlx_sqlite_opts(|o| o.pragma("mmap_size", SQLITE_MMAP_SIZE));
+        sqlite_pool_without_ping(&mut options);
     } else {
         options.max_connections(max_connections.unwrap_or(16));
     }
@@ -164,6 +176,10 @@ pub async fn read_pool(db: &DatabaseConnection, url: &str, readers: Option<u32>)
         .max_connections(readers)
         .min_connections(1)
         .sqlx_logging(false);
+    // Every commit of the writer empties a reader's page cache; with the file mapped, pages not
+    // in the WAL are read in place rather than copied back in.
+    options.map_sqlx_sqlite_opts(|o| o.pragma("mmap_size", SQLITE_MMAP_SIZE));
+    sqlite_pool_without_ping(&mut options);
     let reads = Database::connect(options).await.map_err(|source| Error::Connect { url: redact(url), source })?;
     // No pragmas: WAL is a property of the file (the writer set it), and sqlx's own 5 s busy
     // timeout on each connection covers the brief locks a reader can meet during a checkpoint.

@@ -143,6 +143,9 @@ pub struct Job {
     /// Global share whose slots it uses (its task's; empty for jobs stored before shares
     /// existed, which count as the default share).
     pub share: String,
+    /// The row's version as read: every write of the job bumps it, so a write that names it
+    /// applies only to the job as it was read (optimistic concurrency).
+    pub row_version: u64,
 }
 
 /// Which of a task's jobs an insertion brings (JEDI's phases of a task).

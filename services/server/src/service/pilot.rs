@@ -64,6 +64,35 @@ enum Applied {
     Changed { outputs: Option<OutputsToRecord> },
 }
 
+/// What a batch of reports does, decided in memory before anything is written.
+struct DecidedReports {
+    /// Per report of the batch: its answer (`None`: not decided in this pass).
+    outcomes: Vec<Option<UpdateOutcome>>,
+    /// Each changed job as the reports left it.
+    changed: BTreeMap<JobId, Job>,
+    /// The events to publish, in order, with the job each is about.
+    events: Vec<(JobId, Envelope)>,
+    /// Output files to settle.
+    outputs: Vec<OutputsToRecord>,
+}
+
+impl DecidedReports {
+    /// Replaces what was decided for the jobs `stale` by what `again` decided on their current
+    /// rows for the reports `which`.
+    fn replace(&mut self, stale: &[JobId], which: &[usize], again: DecidedReports) {
+        self.changed.retain(|id, _| !stale.contains(id));
+        self.events.retain(|(id, _)| !stale.contains(id));
+        self.outputs.retain(|o| !stale.contains(&o.job_id));
+        self.changed.extend(again.changed);
+        self.events.extend(again.events);
+        self.outputs.extend(again.outputs);
+        let mut outcomes = again.outcomes;
+        for &i in which {
+            self.outcomes[i] = outcomes[i].take();
+        }
+    }
+}
+
 impl Service {
     /// Hands up to `n` activated jobs of `queue` that fit `offer` to a pilot, each exactly once.
     ///
@@ -89,8 +118,14 @@ impl Service {
     }
 
     /// Serves many pilots' requests in one transaction. Requests for the same queue and offer are
-    /// served by one claim, in arrival order; each job goes to exactly one request (PostgreSQL:
-    /// `FOR UPDATE SKIP LOCKED` against other batches; SQLite: one writer).
+    /// served by one claim, in arrival order; each job goes to exactly one request.
+    ///
+    /// Where rows are locked (PostgreSQL) the jobs are claimed inside the transaction with
+    /// `FOR UPDATE SKIP LOCKED`, so concurrent batches and replicas skip each other's. SQLite has
+    /// one writer for the whole database: there the jobs are picked outside the transaction and
+    /// handed out in memory, and the transaction only marks each one sent if its row version is
+    /// still the one read; a job that changed meanwhile is not handed out, and the requests left
+    /// short claim again inside the transaction.
     ///
     /// # Errors
     /// The outer error is a database failure (nothing was dispatched); the inner ones are each
@@ -114,46 +149,56 @@ impl Service {
         if groups.is_empty() {
             return Ok(answers.into_iter().map(|a| a.map(|_| Vec::new())).collect());
         }
-        let txn = self.db.begin().await?;
         let now = Utc::now();
-        let mut events = Vec::new();
-        for ((queue, task, _), members) in &groups {
-            let offer = requests[members[0]].offer;
-            let wanted: u64 = members.iter().map(|&i| u64::from(requests[i].n.max(1))).sum();
-            let claimed = match task {
-                None => self.claim_jobs(&txn, queue, &offer, wanted).await?,
-                Some(task) => {
-                    let narrow = ClaimFilter { task: Some(*task), ..ClaimFilter::default() };
-                    self.store.claim_jobs(&txn, queue, &offer, wanted, narrow).await?
-                }
+        let mut events: Vec<(JobId, Envelope)> = Vec::new();
+        // Jobs handed out so far: a later group's claim must skip them (they are still activated
+        // in the database until the batch writes them).
+        let mut taken: Vec<JobId> = Vec::new();
+        let locked = if self.store.has_row_locks() { Some(self.db.begin().await?) } else { None };
+        for (group, members) in &groups {
+            let wanted = still_wanted(requests, members, &answers);
+            let claimed = match &locked {
+                Some(txn) => self.claim_group(txn, group, &requests[members[0]].offer, wanted, &taken).await?,
+                None => self.claim_group(&self.reads, group, &requests[members[0]].offer, wanted, &taken).await?,
             };
-            let mut claimed = claimed.into_iter();
-            for &i in members {
-                let request = &requests[i];
-                let Ok(mine) = &mut answers[i] else { continue };
-                for mut job in claimed.by_ref().take(request.n.max(1) as usize) {
-                    self.move_job(&mut job, JobStatus::Sent, JobActor::Server, &mut events)?;
-                    job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
-                    job.node.clone_from(&request.node);
-                    job.worker_id.clone_from(&request.worker_id);
-                    job.modified_at = now;
-                    mine.push(job);
-                }
+            taken.extend(self.hand_out(requests, members, &mut answers, claimed, now, &mut events)?);
+        }
+        let statements = {
+            let sent: Vec<&Job> = answers.iter().flatten().flatten().collect();
+            self.store.mark_sent_if_unchanged_statements(sent, now)
+        };
+        let txn = match locked {
+            Some(txn) => txn,
+            None => self.db.begin().await?,
+        };
+        let written = self.store.save_jobs_if_unchanged(&txn, statements).await?;
+        if written.len() < taken.len() {
+            // Some jobs changed after they were picked (SQLite only; rows claimed with locks
+            // cannot): they are not handed out, and the requests left short claim again, here.
+            tracing::debug!(lost = taken.len() - written.len(), "picked jobs changed before the dispatch wrote them");
+            for answer in answers.iter_mut().flatten() {
+                answer.retain(|job| written.contains(&job.id));
             }
-            // Written before the next group's claim, which must not see these as activated.
-            let mut sent: Vec<&Job> = Vec::new();
-            for &i in members {
-                if let Ok(jobs) = &answers[i] {
-                    sent.extend(jobs);
+            events.retain(|(id, _)| written.contains(id));
+            for (group, members) in &groups {
+                let wanted = still_wanted(requests, members, &answers);
+                if wanted == 0 {
+                    continue;
                 }
+                let claimed = self.claim_group(&txn, group, &requests[members[0]].offer, wanted, &[]).await?;
+                let before: BTreeSet<JobId> = answers.iter().flatten().flatten().map(|j| j.id).collect();
+                self.hand_out(requests, members, &mut answers, claimed, now, &mut events)?;
+                // Written before the next group's claim, which must not see these as activated.
+                let sent: Vec<&Job> =
+                    answers.iter().flatten().flatten().filter(|job| !before.contains(&job.id)).collect();
+                self.store.mark_sent(&txn, sent, now).await?;
             }
-            self.store.mark_sent(&txn, sent, now).await?;
         }
         let lfns: Vec<String> =
             answers.iter().flatten().flatten().flat_map(|j| j.input_files.iter().cloned()).collect();
         let catalog = self.store.files_by_lfn(&txn, &lfns).await?;
         let n_sent = events.len();
-        self.commit(txn, events).await?;
+        self.commit(txn, events.into_iter().map(|(_, event)| event).collect()).await?;
         self.metrics.jobs_dispatched.inc_by(n_sent as u64);
         if !self.shares.is_single() {
             self.shares.dispatched(answers.iter().flatten().flatten().map(|j| (j.queue.as_str(), j.share.as_str())));
@@ -164,34 +209,94 @@ impl Service {
             .collect())
     }
 
-    /// Claims up to `wanted` activated jobs of `queue`: with one share, as they come (priority,
-    /// then age); with several, share by share, the one furthest under its target first
-    /// ([`crate::shares::Shares::plan`]), then whatever is left on the queue if that came short
-    /// (usage is counted every few seconds, so a share's jobs may be gone or new).
+    /// Claims up to `wanted` activated jobs for one group of requests, skipping `except`.
+    async fn claim_group(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        (queue, task, _): &ClaimGroup<'_>,
+        offer: &Resources,
+        wanted: u64,
+        except: &[JobId],
+    ) -> Result<Vec<Job>> {
+        match task {
+            None => self.claim_jobs(conn, queue, offer, wanted, except).await,
+            Some(task) => {
+                let narrow = ClaimFilter { task: Some(*task), except, ..ClaimFilter::default() };
+                self.store.claim_jobs(conn, queue, offer, wanted, narrow).await
+            }
+        }
+    }
+
+    /// Hands `claimed` out to the group's requests in arrival order, each up to what it still
+    /// wants, as sent jobs with fresh lease tokens; answers the ids handed out.
+    fn hand_out(
+        &self,
+        requests: &[DispatchRequest],
+        members: &[usize],
+        answers: &mut [Result<Vec<Job>>],
+        claimed: Vec<Job>,
+        now: DateTime<Utc>,
+        events: &mut Vec<(JobId, Envelope)>,
+    ) -> Result<Vec<JobId>> {
+        let mut claimed = claimed.into_iter();
+        let mut ids = Vec::new();
+        for &i in members {
+            let request = &requests[i];
+            let Ok(mine) = &mut answers[i] else { continue };
+            let room = (request.n.max(1) as usize).saturating_sub(mine.len());
+            for mut job in claimed.by_ref().take(room) {
+                let mut own = Vec::with_capacity(1);
+                self.move_job(&mut job, JobStatus::Sent, JobActor::Server, &mut own)?;
+                events.extend(own.into_iter().map(|event| (job.id, event)));
+                job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
+                job.node.clone_from(&request.node);
+                job.worker_id.clone_from(&request.worker_id);
+                job.modified_at = now;
+                ids.push(job.id);
+                mine.push(job);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Claims up to `wanted` activated jobs of `queue`, skipping `except`: with one share, as they
+    /// come (priority, then age); with several, share by share, the one furthest under its target
+    /// first ([`crate::shares::Shares::plan`]), then whatever is left on the queue if that came
+    /// short (usage is counted every few seconds, so a share's jobs may be gone or new).
     async fn claim_jobs(
         &self,
-        txn: &sea_orm::DatabaseTransaction,
+        conn: &impl sea_orm::ConnectionTrait,
         queue: &str,
         offer: &Resources,
         wanted: u64,
+        except: &[JobId],
     ) -> Result<Vec<Job>> {
         if self.shares.is_single() {
-            return self.store.claim_jobs(txn, queue, offer, wanted, ClaimFilter::default()).await;
+            return self
+                .store
+                .claim_jobs(conn, queue, offer, wanted, ClaimFilter { except, ..ClaimFilter::default() })
+                .await;
         }
         let mut jobs = Vec::new();
         for (share, n) in self.shares.plan(queue, wanted) {
             jobs.extend(
                 self.store
-                    .claim_jobs(txn, queue, offer, n, ClaimFilter { share: Some(&share), ..ClaimFilter::default() })
+                    .claim_jobs(
+                        conn,
+                        queue,
+                        offer,
+                        n,
+                        ClaimFilter { share: Some(&share), except, ..ClaimFilter::default() },
+                    )
                     .await?,
             );
         }
         let short = wanted.saturating_sub(jobs.len() as u64);
         if short > 0 {
-            let except: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+            let except: Vec<JobId> = except.iter().copied().chain(jobs.iter().map(|j| j.id)).collect();
             jobs.extend(
                 self.store
-                    .claim_jobs(txn, queue, offer, short, ClaimFilter { except: &except, ..ClaimFilter::default() })
+                    .claim_jobs(conn, queue, offer, short, ClaimFilter { except: &except, ..ClaimFilter::default() })
                     .await?,
             );
         }
@@ -260,10 +365,17 @@ impl Service {
         self.update_batch(std::slice::from_ref(&update)).await?.pop().unwrap_or(Err(Error::JobNotFound { job_id }))
     }
 
-    /// Applies many reports in one transaction: their jobs are read with one locking query (in id
-    /// order), each report is checked and applied in memory in arrival order, and the changed
-    /// jobs are written with one statement. A refused report changes nothing and leaves the
+    /// Applies many reports in one transaction; a refused report changes nothing and leaves the
     /// others in its batch unaffected.
+    ///
+    /// Where rows are locked (PostgreSQL) the jobs are read with one locking query in id order
+    /// inside the transaction. SQLite has a single writer for the whole database, and everything a
+    /// batch does between its statements holds it: there the jobs are read on a read connection
+    /// and the reports decided before the transaction starts, which then only writes each changed
+    /// job back if its row version is still the one read. A job that changed meanwhile (another
+    /// batch's report, a kill, the watchdog) has its reports decided again on the row as it is
+    /// then, inside the transaction, so the outcome is always that of reports applied one at a
+    /// time to the job as it is.
     ///
     /// # Errors
     /// The outer error is a database failure (nothing was written); the inner ones are each
@@ -271,16 +383,94 @@ impl Service {
     #[instrument(skip_all, fields(calls = updates.len()))]
     pub async fn update_batch(&self, updates: &[UpdateRequest]) -> Result<Vec<UpdateOutcome>> {
         let ids: Vec<JobId> = updates.iter().map(|u| u.job_id).collect();
-        let txn = self.db.begin().await?;
-        let mut jobs = self.store.lock_jobs(&txn, &ids).await?;
+        if self.store.has_row_locks() {
+            let txn = self.db.begin().await?;
+            let jobs = self.store.lock_jobs(&txn, &ids).await?;
+            self.apply_reports(Some(txn), updates, jobs).await
+        } else {
+            let jobs = self.store.read_jobs(&self.reads, &ids).await?;
+            self.apply_reports(None, updates, jobs).await
+        }
+    }
+
+    /// Decides `updates` on `jobs` (as read, each with its row version), then writes the changed
+    /// jobs in `txn` (begun here if `None`) where their rows are unchanged since; reports on the
+    /// others are decided again on the rows as they are now. See [`Service::update_batch`].
+    ///
+    /// # Errors
+    /// As [`Service::update_batch`].
+    pub async fn apply_reports(
+        &self,
+        txn: Option<sea_orm::DatabaseTransaction>,
+        updates: &[UpdateRequest],
+        jobs: HashMap<JobId, Job>,
+    ) -> Result<Vec<UpdateOutcome>> {
         let now = Utc::now();
-        let mut events = Vec::new();
-        let mut changed = BTreeSet::new();
-        let mut outputs = Vec::new();
-        let mut outcomes = Vec::with_capacity(updates.len());
-        for update in updates {
+        let all: Vec<usize> = (0..updates.len()).collect();
+        let mut decided = self.decide_reports(updates, &all, jobs, now);
+        let statements = {
+            let changed: Vec<&Job> = decided.changed.values().collect();
+            self.store.save_if_unchanged_statements(&changed)
+        };
+        let txn = match txn {
+            Some(txn) => txn,
+            None => self.db.begin().await?,
+        };
+        let written = self.store.save_jobs_if_unchanged(&txn, statements).await?;
+        let stale: Vec<JobId> = decided.changed.keys().filter(|id| !written.contains(id)).copied().collect();
+        if !stale.is_empty() {
+            tracing::debug!(jobs = stale.len(), "jobs changed since their reports were decided; deciding again");
+            // Inside the transaction: locked (PostgreSQL), or SQLite's one writer.
+            let current = self.store.lock_jobs(&txn, &stale).await?;
+            let again: Vec<usize> = all.into_iter().filter(|&i| stale.contains(&updates[i].job_id)).collect();
+            // (Their transitions were counted in the metrics when first decided, and are again.)
+            let redecided = self.decide_reports(updates, &again, current, now);
+            let to_save: Vec<&Job> = redecided.changed.values().collect();
+            self.store.save_jobs(&txn, &to_save).await?;
+            decided.replace(&stale, &again, redecided);
+        }
+        for OutputsToRecord { job_id, produced, others } in &decided.outputs {
+            self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
+        }
+        let events: Vec<Envelope> = decided.events.into_iter().map(|(_, event)| event).collect();
+        self.commit(txn, events).await?;
+        let ended: Vec<&Job> = decided.changed.values().filter(|j| j.status.is_final()).collect();
+        if !self.shares.is_single() {
+            // Jobs a pilot held end only through its reports: their slots are free again.
+            self.shares.ended(ended.iter().map(|j| j.share.as_str()));
+        }
+        let ended_tasks: BTreeSet<TaskId> = ended.iter().map(|j| j.task_id).collect();
+        for task_id in ended_tasks {
+            self.end_task_if_drained(task_id).await;
+        }
+        // Every report was decided in the first pass (and some again): none is left `None`.
+        Ok(decided
+            .outcomes
+            .into_iter()
+            .zip(updates)
+            .map(|(outcome, update)| outcome.unwrap_or(Err(Error::JobNotFound { job_id: update.job_id })))
+            .collect())
+    }
+
+    /// Decides the reports `updates[i]` for `i` in `which` (ascending) on `jobs`, in order: each
+    /// report sees the job as the reports before it left it. Pure: nothing is written.
+    fn decide_reports(
+        &self,
+        updates: &[UpdateRequest],
+        which: &[usize],
+        mut jobs: HashMap<JobId, Job>,
+        now: DateTime<Utc>,
+    ) -> DecidedReports {
+        let mut decided = DecidedReports {
+            outcomes: (0..updates.len()).map(|_| None).collect(),
+            changed: BTreeMap::new(),
+            events: Vec::new(),
+            outputs: Vec::new(),
+        };
+        for &i in which {
+            let update = &updates[i];
             let Some(job) = jobs.get_mut(&update.job_id) else {
-                outcomes.push(Err(Error::JobNotFound { job_id: update.job_id }));
+                decided.outcomes[i] = Some(Err(Error::JobNotFound { job_id: update.job_id }));
                 continue;
             };
             // Applied to a copy: a refused report must leave no trace on the job.
@@ -291,31 +481,17 @@ impl Service {
                 Ok(Applied::Unchanged) => Ok((job.status, PilotCommand::None)),
                 Ok(Applied::Changed { outputs: settled }) => {
                     *job = draft;
-                    events.append(&mut own_events);
-                    changed.insert(job.id);
-                    outputs.extend(settled);
+                    decided.events.extend(own_events.into_iter().map(|event| (job.id, event)));
+                    decided.changed.insert(job.id, job.clone());
+                    decided.outputs.extend(settled);
                     let kill = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED) && !job.status.is_final();
                     Ok((job.status, if kill { PilotCommand::Kill } else { PilotCommand::None }))
                 }
                 Err(error) => Err(error),
             };
-            outcomes.push(outcome);
+            decided.outcomes[i] = Some(outcome);
         }
-        let to_save: Vec<&Job> = changed.iter().filter_map(|id| jobs.get(id)).collect();
-        self.store.save_jobs(&txn, &to_save).await?;
-        for OutputsToRecord { job_id, produced, others } in &outputs {
-            self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
-        }
-        self.commit(txn, events).await?;
-        if !self.shares.is_single() {
-            // Jobs a pilot held end only through its reports: their slots are free again.
-            self.shares.ended(to_save.iter().filter(|j| j.status.is_final()).map(|j| j.share.as_str()));
-        }
-        let ended: BTreeSet<TaskId> = to_save.iter().filter(|j| j.status.is_final()).map(|j| j.task_id).collect();
-        for task_id in ended {
-            self.end_task_if_drained(task_id).await;
-        }
-        Ok(outcomes)
+        decided
     }
 
     /// Checks one report against the job (lease, outputs, state machine) and applies it.
@@ -413,6 +589,16 @@ impl Service {
         };
         Ok(Applied::Changed { outputs })
     }
+}
+
+/// How many more jobs the group's requests want (a refused request wants none).
+fn still_wanted(requests: &[DispatchRequest], members: &[usize], answers: &[Result<Vec<Job>>]) -> u64 {
+    members
+        .iter()
+        .filter_map(|&i| {
+            answers[i].as_ref().ok().map(|mine| (requests[i].n.max(1) as usize).saturating_sub(mine.len()))
+        })
+        .sum::<usize>() as u64
 }
 
 /// Requests one claim serves: the same queue, task restriction (a warm runtime's) and offer

@@ -2,7 +2,7 @@
 //! and writes all its jobs with a few statements instead of a few per job. Both databases accept
 //! `UPDATE … FROM (VALUES …)` (SQLite since 3.33), whose columns both name `column1`, `column2`….
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use panda_types::{JobId, JobStatus};
@@ -67,18 +67,75 @@ const MUTABLE_COLUMNS: [&str; 19] = [
     "error_source",
 ];
 
+/// Which rows a bulk update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// Every row named.
+    None,
+    /// Only rows whose version is the one given as each row's last value.
+    RowVersion,
+}
+
+/// `column = v.columnN` for every mutable column, in [`mutable_values`] order.
+fn save_set() -> String {
+    MUTABLE_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = v.column{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A job's id, then its [`MUTABLE_COLUMNS`] values.
+fn mutable_values(job: &Job) -> Vec<Value> {
+    vec![
+        Value::from(to_i64(job.id.0)),
+        Value::from(job.status.as_str().to_owned()),
+        Value::from(job.lease_token.clone()),
+        Value::from(job.command_to_pilot.clone()),
+        Value::from(job.exit_code),
+        Value::from(job.error_code as i32),
+        Value::from(job.error_diag.clone()),
+        Value::from(job.stdout_tail.clone()),
+        Value::from(job.stderr_tail.clone()),
+        Value::from(job.cpu_time_seconds),
+        Value::from(job.wall_time_seconds),
+        Value::from(to_i64(job.max_rss_kb)),
+        Value::from(job.node.clone()),
+        Value::from(job.started_at),
+        Value::from(job.ended_at),
+        Value::from(job.modified_at),
+        Value::from(job.heartbeat_at),
+        Value::from(job.worker_id.clone()),
+        Value::from(job.state_times.as_json().to_owned()),
+        Value::from(job.error_source.as_str().to_owned()),
+    ]
+}
+
 impl Store {
     /// Jobs by id, locked (PostgreSQL) in id order until the end of the caller's transaction.
     /// Every batch locks in the same order, so two batches cannot deadlock on each other.
     pub async fn lock_jobs(&self, conn: &impl ConnectionTrait, ids: &[JobId]) -> Result<HashMap<JobId, Job>> {
+        self.jobs_by_id(conn, ids, true).await
+    }
+
+    /// Jobs by id as they are now, without locks (each with the version it was read at).
+    pub async fn read_jobs(&self, conn: &impl ConnectionTrait, ids: &[JobId]) -> Result<HashMap<JobId, Job>> {
+        self.jobs_by_id(conn, ids, false).await
+    }
+
+    async fn jobs_by_id(&self, conn: &impl ConnectionTrait, ids: &[JobId], lock: bool) -> Result<HashMap<JobId, Job>> {
         let mut ids: Vec<i64> = ids.iter().map(|id| to_i64(id.0)).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut jobs = HashMap::with_capacity(ids.len());
         for chunk in statement_chunks(&ids) {
-            let query =
+            let mut query =
                 job::Entity::find().filter(job::Column::Id.is_in(chunk.iter().copied())).order_by_asc(job::Column::Id);
-            for row in self.locking(query).all(conn).await? {
+            if lock {
+                query = self.locking(query);
+            }
+            for row in query.all(conn).await? {
                 let job = job_from_row(row)?;
                 jobs.insert(job.id, job);
             }
@@ -86,23 +143,56 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Records claimed jobs as sent to their pilots: state, lease token, node and worker.
+    /// Whether the database locks rows (PostgreSQL); SQLite serializes writers instead.
+    pub fn has_row_locks(&self) -> bool {
+        self.backend == DbBackend::Postgres
+    }
+
+    /// Records claimed jobs as sent to their pilots: state, lease token, node and worker. The
+    /// caller holds the rows (claimed in this transaction).
     pub async fn mark_sent<'a>(
         &self,
         conn: &impl ConnectionTrait,
         jobs: impl IntoIterator<Item = &'a Job>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        for statement in self.mark_sent_statements(jobs, now, Guard::None) {
+            conn.execute_raw(statement).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements that record jobs read outside the transaction as sent, each only where its
+    /// row still has the version it was read with; run them with
+    /// [`Store::save_jobs_if_unchanged`], which answers the jobs written.
+    pub fn mark_sent_if_unchanged_statements<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a Job>,
+        now: DateTime<Utc>,
+    ) -> Vec<Statement> {
+        self.mark_sent_statements(jobs, now, Guard::RowVersion)
+    }
+
+    fn mark_sent_statements<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a Job>,
+        now: DateTime<Utc>,
+        guard: Guard,
+    ) -> Vec<Statement> {
         let rows: Vec<Vec<Value>> = jobs
             .into_iter()
             .map(|job| {
-                vec![
+                let mut row = vec![
                     Value::from(to_i64(job.id.0)),
                     Value::from(job.lease_token.clone()),
                     Value::from(job.node.clone()),
                     Value::from(job.worker_id.clone()),
                     Value::from(job.state_times.as_json().to_owned()),
-                ]
+                ];
+                if guard == Guard::RowVersion {
+                    row.push(Value::from(to_i64(job.row_version)));
+                }
+                row
             })
             .collect();
         let set = format!(
@@ -111,58 +201,59 @@ impl Store {
             JobStatus::Sent.as_str(),
             self.placeholder(1)
         );
-        self.update_from_values(conn, &set, vec![Value::from(now)], rows).await
+        self.update_statements(&set, vec![Value::from(now)], rows, guard)
     }
 
     /// Writes every mutable field of these jobs, one statement per thousand jobs: the one way
-    /// jobs are written after their insert.
+    /// jobs are written after their insert. The caller holds the rows (locked, or SQLite's one
+    /// writer having read them in this transaction).
     pub async fn save_jobs(&self, conn: &impl ConnectionTrait, jobs: &[&Job]) -> Result<()> {
-        let rows: Vec<Vec<Value>> = jobs
-            .iter()
-            .map(|job| {
-                vec![
-                    Value::from(to_i64(job.id.0)),
-                    Value::from(job.status.as_str().to_owned()),
-                    Value::from(job.lease_token.clone()),
-                    Value::from(job.command_to_pilot.clone()),
-                    Value::from(job.exit_code),
-                    Value::from(job.error_code as i32),
-                    Value::from(job.error_diag.clone()),
-                    Value::from(job.stdout_tail.clone()),
-                    Value::from(job.stderr_tail.clone()),
-                    Value::from(job.cpu_time_seconds),
-                    Value::from(job.wall_time_seconds),
-                    Value::from(to_i64(job.max_rss_kb)),
-                    Value::from(job.node.clone()),
-                    Value::from(job.started_at),
-                    Value::from(job.ended_at),
-                    Value::from(job.modified_at),
-                    Value::from(job.heartbeat_at),
-                    Value::from(job.worker_id.clone()),
-                    Value::from(job.state_times.as_json().to_owned()),
-                    Value::from(job.error_source.as_str().to_owned()),
-                ]
-            })
-            .collect();
-        let set = MUTABLE_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, column)| format!("{column} = v.column{}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.update_from_values(conn, &set, Vec::new(), rows).await
+        let rows = jobs.iter().map(|job| mutable_values(job)).collect();
+        for statement in self.update_statements(&save_set(), Vec::new(), rows, Guard::None) {
+            conn.execute_raw(statement).await?;
+        }
+        Ok(())
     }
 
-    /// `UPDATE jobs SET <set> FROM (VALUES <rows>) AS v WHERE jobs.id = v.column1`, in chunks.
-    /// `set` refers to the rows' columns as `v.columnN` and to `fixed` as placeholders 1…
-    /// (each once, in order); every row starts with the job id.
-    async fn update_from_values(
+    /// The statements of [`Store::save_jobs_if_unchanged`], built before its transaction so that
+    /// the work of building them does not hold the writer.
+    pub fn save_if_unchanged_statements(&self, jobs: &[&Job]) -> Vec<Statement> {
+        let rows = jobs
+            .iter()
+            .map(|job| {
+                let mut row = mutable_values(job);
+                row.push(Value::from(to_i64(job.row_version)));
+                row
+            })
+            .collect();
+        self.update_statements(&save_set(), Vec::new(), rows, Guard::RowVersion)
+    }
+
+    /// Runs [`Store::save_if_unchanged_statements`]: writes every mutable field of each job whose
+    /// row still has the version the job was read with, and answers the jobs written. A job left
+    /// out changed since it was read (the caller decides it again on the row as it is now).
+    pub async fn save_jobs_if_unchanged(
         &self,
         conn: &impl ConnectionTrait,
-        set: &str,
-        fixed: Vec<Value>,
-        rows: Vec<Vec<Value>>,
-    ) -> Result<()> {
+        statements: Vec<Statement>,
+    ) -> Result<HashSet<JobId>> {
+        let mut written = HashSet::new();
+        for statement in statements {
+            for row in conn.query_all_raw(statement).await? {
+                let id: i64 = row.try_get_by_index(0)?;
+                written.insert(JobId(id as u64));
+            }
+        }
+        Ok(written)
+    }
+
+    /// `UPDATE jobs SET <set>, row_version = row_version + 1 FROM (VALUES <rows>) AS v WHERE
+    /// jobs.id = v.column1`, in chunks; with [`Guard::RowVersion`] only where the row's version is
+    /// the rows' last value, answering the ids written. `set` refers to the rows' columns as
+    /// `v.columnN` and to `fixed` as placeholders 1… (each once, in order); every row starts
+    /// with the job id.
+    fn update_statements(&self, set: &str, fixed: Vec<Value>, rows: Vec<Vec<Value>>, guard: Guard) -> Vec<Statement> {
+        let mut statements = Vec::new();
         for chunk in statement_chunks(&rows) {
             let mut values = fixed.clone();
             let mut tuples = Vec::with_capacity(chunk.len());
@@ -172,11 +263,20 @@ impl Store {
                 tuples.push(format!("({})", marks.join(", ")));
                 values.extend(row.iter().cloned());
             }
-            let sql =
-                format!("UPDATE jobs SET {set} FROM (VALUES {}) AS v WHERE jobs.id = v.column1", tuples.join(", "));
-            conn.execute_raw(Statement::from_sql_and_values(self.backend, sql, values)).await?;
+            let condition = match (guard, chunk.first()) {
+                (Guard::RowVersion, Some(row)) => {
+                    format!(" AND jobs.row_version = v.column{} RETURNING jobs.id", row.len())
+                }
+                _ => String::new(),
+            };
+            let sql = format!(
+                "UPDATE jobs SET {set}, row_version = jobs.row_version + 1 FROM (VALUES {}) AS v \
+                 WHERE jobs.id = v.column1{condition}",
+                tuples.join(", ")
+            );
+            statements.push(Statement::from_sql_and_values(self.backend, sql, values));
         }
-        Ok(())
+        statements
     }
 
     /// The n-th (1-based) bound parameter in this backend's syntax. SQLite gets plain `?`

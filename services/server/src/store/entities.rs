@@ -126,6 +126,7 @@ pub(crate) mod job {
         pub error_source: String,
         pub merge: bool,
         pub share: String,
+        pub row_version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

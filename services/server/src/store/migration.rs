@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
         all.push(Box::new(M0012FunctionWarmCommand));
         all.push(Box::new(M0013LiveJobsIndex));
         all.push(Box::new(M0014QueueContainers));
+        all.push(Box::new(M0015JobRowVersion));
         all
     }
 }
@@ -569,6 +570,26 @@ impl MigrationTrait for M0014QueueContainers {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .alter_table(Table::alter().table("queues").add_column(text("containers_json").default("[]")).to_owned())
+            .await
+    }
+}
+
+/// A version per job row, bumped by every statement that changes the row. A pilot report batch
+/// on SQLite reads its jobs on a read connection, outside the one writer's transaction, and writes
+/// each job back only where its version is still the one read (see `Store::save_jobs_if_unchanged`).
+struct M0015JobRowVersion;
+
+impl MigrationName for M0015JobRowVersion {
+    fn name(&self) -> &str {
+        "server_m0015_job_row_version"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0015JobRowVersion {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table("jobs").add_column(big_integer("row_version").default(0)).to_owned())
             .await
     }
 }

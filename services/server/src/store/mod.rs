@@ -168,6 +168,7 @@ fn job_from_row(row: job::Model) -> Result<Job> {
         error_source: ErrorSource::parse(&row.error_source),
         merge: row.merge,
         share: row.share,
+        row_version: row.row_version as u64,
     })
 }
 
@@ -355,6 +356,7 @@ impl Store {
         job::Entity::update_many()
             .col_expr(job::Column::Priority, Expr::value(priority))
             .col_expr(job::Column::ModifiedAt, Expr::value(now))
+            .col_expr(job::Column::RowVersion, bumped_row_version())
             .filter(job::Column::TaskId.eq(to_i64(task.id.0)))
             .filter(job::Column::Status.is_in(queued))
             .exec(conn)
@@ -697,6 +699,7 @@ impl Store {
         let retry_sources = DataActor::User.file_sources(FileStatus::Defined);
         job::Entity::update_many()
             .col_expr(job::Column::Superseded, Expr::value(true))
+            .col_expr(job::Column::RowVersion, bumped_row_version())
             .filter(job::Column::Id.eq(to_i64(old.id.0)))
             .exec(conn)
             .await?;
@@ -1043,6 +1046,11 @@ fn new_job_row(task_id: TaskId, new: &NewJob, attempt_nr: u32, now: DateTime<Utc
         error_source: Set(String::new()),
         ..Default::default()
     }
+}
+
+/// `row_version + 1`: every statement that changes a job row sets it (see migration m0015).
+fn bumped_row_version() -> sea_orm::sea_query::SimpleExpr {
+    sea_orm::sea_query::ExprTrait::add(Expr::col(job::Column::RowVersion), 1)
 }
 
 /// Serialises a JSON column; maps and string lists cannot fail to serialise.

@@ -1354,6 +1354,62 @@ async fn a_waiting_dispatch_returns_when_a_job_is_activated(f: Fixture) {
     other.abort();
 }
 
+/// Reports decided on a read that is no longer current (what a SQLite batch does between its
+/// read, outside the writer's transaction, and its write) are decided again on the job as it is:
+/// a job is never overwritten with a stale copy, and a revoked lease stays revoked.
+async fn reports_decided_on_a_stale_read_are_decided_again(f: Fixture) {
+    submit_with_jobs(&f, "t", 2, "").await;
+    let held = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+    let (a, b) = (&held[0].job, &held[1].job);
+    let (a_lease, b_lease) = (a.lease_token.clone().unwrap(), b.lease_token.clone().unwrap());
+    let stale: std::collections::HashMap<_, _> =
+        [(a.id, f.service.show_job(a.id).await.unwrap()), (b.id, f.service.show_job(b.id).await.unwrap())].into();
+    // After the read: a's pilot reports it running; b's lease is revoked (it goes back to the queue).
+    f.service.update_job(a.id, &a_lease, report(JobStatus::Running)).await.unwrap();
+    assert_eq!(f.service.release_leases(&[(b.id, b_lease.clone())], "test").await.unwrap(), [b.id]);
+    let updates = [
+        UpdateRequest { job_id: a.id, lease_token: a_lease, report: report(JobStatus::Finished) },
+        UpdateRequest { job_id: b.id, lease_token: b_lease, report: report(JobStatus::Running) },
+    ];
+    let outcomes = f.service.apply_reports(None, &updates, stale).await.unwrap();
+    assert!(matches!(outcomes[0], Ok((JobStatus::Finished, _))), "{:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Err(Error::NotHolder { .. })), "{:?}", outcomes[1]);
+    let a_now = f.service.show_job(a.id).await.unwrap();
+    assert_eq!(a_now.status, JobStatus::Finished);
+    let times = a_now.state_times.parse();
+    assert!(times.contains_key("running") && times.contains_key("finished"), "both reports recorded: {times:?}");
+    let b_now = f.service.show_job(b.id).await.unwrap();
+    assert_eq!(b_now.status, JobStatus::Activated, "the revoked lease's report must not bring b back");
+    assert_eq!(b_now.lease_token, None);
+}
+
+/// Every statement that changes a job row bumps its version, which is what lets a batch write
+/// a job read outside its transaction only if nothing changed it since.
+async fn every_write_of_a_job_bumps_its_row_version(f: Fixture) {
+    let (task, _) = f.service.submit_task(draft("t", 2, ""), None).await.unwrap();
+    let ids = f.service.insert_jobs(task.id, jobs(2, "q", "")).await.unwrap();
+    let version = |id| {
+        let service = f.service.clone();
+        async move { service.show_job(id).await.unwrap().row_version }
+    };
+    let mut last = version(ids[0]).await;
+    let mut bumped = |now: u64, what: &str| {
+        assert!(now > last, "{what} must bump the row version ({last} -> {now})");
+        last = now;
+    };
+    f.service.set_task_priority(task.id, 7).await.unwrap();
+    bumped(version(ids[0]).await, "a priority change");
+    let held = f.service.dispatch("q", "n", "", Resources::default(), 2).await.unwrap();
+    bumped(version(ids[0]).await, "a dispatch");
+    for d in &held {
+        let lease = d.job.lease_token.clone().unwrap();
+        f.service.update_job(d.job.id, &lease, report(JobStatus::Failed)).await.unwrap();
+    }
+    bumped(version(ids[0]).await, "a report");
+    f.service.retry_task(task.id).await.unwrap();
+    bumped(version(ids[0]).await, "being superseded by a retry");
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1412,6 +1468,8 @@ store_suite!(
     tasks_and_jobs_carry_a_share_of_the_tree,
     shares_converge_to_their_targets_under_contention,
     a_task_awaiting_input_ends_only_once_its_input_is_complete,
+    reports_decided_on_a_stale_read_are_decided_again,
+    every_write_of_a_job_bumps_its_row_version,
 );
 
 /// The share-aware dispatch index is kept only while there is more than one share (its upkeep on
