@@ -43,6 +43,11 @@ impl Metrics {
         self.task_transitions.get_or_create(&Transition { from: from.as_str(), to: to.as_str() }).inc();
     }
 
+    /// How many `from` → `to` job state changes were counted.
+    pub fn job_transitions(&self, from: JobStatus, to: JobStatus) -> u64 {
+        self.job_transitions.get_or_create(&Transition { from: from.as_str(), to: to.as_str() }).get()
+    }
+
     /// Counts a job state change.
     pub fn job_transition(&self, from: JobStatus, to: JobStatus) {
         self.job_transitions.get_or_create(&Transition { from: from.as_str(), to: to.as_str() }).inc();

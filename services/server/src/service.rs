@@ -88,6 +88,15 @@ pub struct Service {
     activations: crate::activations::Activations,
 }
 
+/// A job's state change decided in memory: the event to publish and the transition to count once
+/// the change is written.
+struct JobChange {
+    job_id: JobId,
+    from: JobStatus,
+    to: JobStatus,
+    event: Envelope,
+}
+
 impl Service {
     /// Builds the service over a migrated database.
     pub fn new(db: DatabaseConnection, outbox: Outbox, storage_dir: PathBuf, metrics: Metrics) -> Self {
@@ -199,6 +208,16 @@ impl Service {
 
     /// Moves a job in memory (the caller saves it), recording the event.
     fn move_job(&self, job: &mut Job, to: JobStatus, actor: JobActor, events: &mut Vec<Envelope>) -> Result<()> {
+        let change = self.decide_move(job, to, actor)?;
+        self.metrics.job_transition(change.from, change.to);
+        events.push(change.event);
+        Ok(())
+    }
+
+    /// Moves a job in memory like [`Service::move_job`], but answers the change instead of
+    /// counting it: a batch that may yet drop it (the job changed before it was written) commits
+    /// what it keeps with [`Service::commit_changes`], which counts them.
+    fn decide_move(&self, job: &mut Job, to: JobStatus, actor: JobActor) -> Result<JobChange> {
         let from = job.status;
         from.transition_to(to).map_err(|_| Error::JobTransition { job_id: job.id, from, to })?;
         if !actor.may_move(from, to) {
@@ -215,8 +234,23 @@ impl Service {
             job.ended_at = Some(now);
         }
         tracing::debug!(entity = "job", id = %job.id, %from, %to, "state change");
-        self.metrics.job_transition(from, to);
-        events.push(events::job_changed(job, from));
+        Ok(JobChange { job_id: job.id, from, to, event: events::job_changed(job, from) })
+    }
+
+    /// Commits `txn` with the events of `changes`, then counts their transitions in the metrics.
+    async fn commit_changes(&self, txn: DatabaseTransaction, changes: Vec<JobChange>) -> Result<()> {
+        let mut transitions = Vec::with_capacity(changes.len());
+        let events = changes
+            .into_iter()
+            .map(|change| {
+                transitions.push((change.from, change.to));
+                change.event
+            })
+            .collect();
+        self.commit(txn, events).await?;
+        for (from, to) in transitions {
+            self.metrics.job_transition(from, to);
+        }
         Ok(())
     }
 

@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use panda_bus::Envelope;
 use panda_types::{FileStatus, JobActor, JobId, JobStatus, Resources, StateMachine, TaskId};
 use sea_orm::TransactionTrait;
 use tracing::instrument;
 
-use super::{Dispatched, PilotCommand, Service, TO_BE_KILLED, apply_metrics};
+use super::{Dispatched, JobChange, PilotCommand, Service, TO_BE_KILLED, apply_metrics};
 use crate::error::{Error, Result};
 use crate::group_commit::{GroupCommit, Shape};
 use crate::model::{ErrorSource, FileRecord, Job, JobReport, OutputFile};
@@ -70,8 +69,8 @@ struct DecidedReports {
     outcomes: Vec<Option<UpdateOutcome>>,
     /// Each changed job as the reports left it.
     changed: BTreeMap<JobId, Job>,
-    /// The events to publish, in order, with the job each is about.
-    events: Vec<(JobId, Envelope)>,
+    /// The state changes to write, in order (their events and transitions).
+    changes: Vec<JobChange>,
     /// Output files to settle.
     outputs: Vec<OutputsToRecord>,
 }
@@ -81,10 +80,10 @@ impl DecidedReports {
     /// rows for the reports `which`.
     fn replace(&mut self, stale: &[JobId], which: &[usize], again: DecidedReports) {
         self.changed.retain(|id, _| !stale.contains(id));
-        self.events.retain(|(id, _)| !stale.contains(id));
+        self.changes.retain(|change| !stale.contains(&change.job_id));
         self.outputs.retain(|o| !stale.contains(&o.job_id));
         self.changed.extend(again.changed);
-        self.events.extend(again.events);
+        self.changes.extend(again.changes);
         self.outputs.extend(again.outputs);
         let mut outcomes = again.outcomes;
         for &i in which {
@@ -150,7 +149,7 @@ impl Service {
             return Ok(answers.into_iter().map(|a| a.map(|_| Vec::new())).collect());
         }
         let now = Utc::now();
-        let mut events: Vec<(JobId, Envelope)> = Vec::new();
+        let mut changes: Vec<JobChange> = Vec::new();
         // Jobs handed out so far: a later group's claim must skip them (they are still activated
         // in the database until the batch writes them).
         let mut taken: Vec<JobId> = Vec::new();
@@ -161,7 +160,7 @@ impl Service {
                 Some(txn) => self.claim_group(txn, group, &requests[members[0]].offer, wanted, &taken).await?,
                 None => self.claim_group(&self.reads, group, &requests[members[0]].offer, wanted, &taken).await?,
             };
-            taken.extend(self.hand_out(requests, members, &mut answers, claimed, now, &mut events)?);
+            taken.extend(self.hand_out(requests, members, &mut answers, claimed, now, &mut changes)?);
         }
         let statements = {
             let sent: Vec<&Job> = answers.iter().flatten().flatten().collect();
@@ -179,7 +178,7 @@ impl Service {
             for answer in answers.iter_mut().flatten() {
                 answer.retain(|job| written.contains(&job.id));
             }
-            events.retain(|(id, _)| written.contains(id));
+            changes.retain(|change| written.contains(&change.job_id));
             for (group, members) in &groups {
                 let wanted = still_wanted(requests, members, &answers);
                 if wanted == 0 {
@@ -187,7 +186,7 @@ impl Service {
                 }
                 let claimed = self.claim_group(&txn, group, &requests[members[0]].offer, wanted, &[]).await?;
                 let before: BTreeSet<JobId> = answers.iter().flatten().flatten().map(|j| j.id).collect();
-                self.hand_out(requests, members, &mut answers, claimed, now, &mut events)?;
+                self.hand_out(requests, members, &mut answers, claimed, now, &mut changes)?;
                 // Written before the next group's claim, which must not see these as activated.
                 let sent: Vec<&Job> =
                     answers.iter().flatten().flatten().filter(|job| !before.contains(&job.id)).collect();
@@ -197,8 +196,8 @@ impl Service {
         let lfns: Vec<String> =
             answers.iter().flatten().flatten().flat_map(|j| j.input_files.iter().cloned()).collect();
         let catalog = self.store.files_by_lfn(&txn, &lfns).await?;
-        let n_sent = events.len();
-        self.commit(txn, events.into_iter().map(|(_, event)| event).collect()).await?;
+        let n_sent = changes.len();
+        self.commit_changes(txn, changes).await?;
         self.metrics.jobs_dispatched.inc_by(n_sent as u64);
         if !self.shares.is_single() {
             self.shares.dispatched(answers.iter().flatten().flatten().map(|j| (j.queue.as_str(), j.share.as_str())));
@@ -236,7 +235,7 @@ impl Service {
         answers: &mut [Result<Vec<Job>>],
         claimed: Vec<Job>,
         now: DateTime<Utc>,
-        events: &mut Vec<(JobId, Envelope)>,
+        changes: &mut Vec<JobChange>,
     ) -> Result<Vec<JobId>> {
         let mut claimed = claimed.into_iter();
         let mut ids = Vec::new();
@@ -245,9 +244,7 @@ impl Service {
             let Ok(mine) = &mut answers[i] else { continue };
             let room = (request.n.max(1) as usize).saturating_sub(mine.len());
             for mut job in claimed.by_ref().take(room) {
-                let mut own = Vec::with_capacity(1);
-                self.move_job(&mut job, JobStatus::Sent, JobActor::Server, &mut own)?;
-                events.extend(own.into_iter().map(|event| (job.id, event)));
+                changes.push(self.decide_move(&mut job, JobStatus::Sent, JobActor::Server)?);
                 job.lease_token = Some(uuid::Uuid::new_v4().simple().to_string());
                 job.node.clone_from(&request.node);
                 job.worker_id.clone_from(&request.worker_id);
@@ -423,7 +420,6 @@ impl Service {
             // Inside the transaction: locked (PostgreSQL), or SQLite's one writer.
             let current = self.store.lock_jobs(&txn, &stale).await?;
             let again: Vec<usize> = all.into_iter().filter(|&i| stale.contains(&updates[i].job_id)).collect();
-            // (Their transitions were counted in the metrics when first decided, and are again.)
             let redecided = self.decide_reports(updates, &again, current, now);
             let to_save: Vec<&Job> = redecided.changed.values().collect();
             self.store.save_jobs(&txn, &to_save).await?;
@@ -432,8 +428,7 @@ impl Service {
         for OutputsToRecord { job_id, produced, others } in &decided.outputs {
             self.store.record_outputs(&txn, *job_id, produced, *others, now).await?;
         }
-        let events: Vec<Envelope> = decided.events.into_iter().map(|(_, event)| event).collect();
-        self.commit(txn, events).await?;
+        self.commit_changes(txn, decided.changes).await?;
         let ended: Vec<&Job> = decided.changed.values().filter(|j| j.status.is_final()).collect();
         if !self.shares.is_single() {
             // Jobs a pilot held end only through its reports: their slots are free again.
@@ -464,7 +459,7 @@ impl Service {
         let mut decided = DecidedReports {
             outcomes: (0..updates.len()).map(|_| None).collect(),
             changed: BTreeMap::new(),
-            events: Vec::new(),
+            changes: Vec::new(),
             outputs: Vec::new(),
         };
         for &i in which {
@@ -475,20 +470,20 @@ impl Service {
             };
             // Applied to a copy: a refused report must leave no trace on the job.
             let mut draft = job.clone();
-            let mut own_events = Vec::new();
-            let outcome = match self.apply_report(&mut draft, &update.lease_token, &update.report, now, &mut own_events)
-            {
-                Ok(Applied::Unchanged) => Ok((job.status, PilotCommand::None)),
-                Ok(Applied::Changed { outputs: settled }) => {
-                    *job = draft;
-                    decided.events.extend(own_events.into_iter().map(|event| (job.id, event)));
-                    decided.changed.insert(job.id, job.clone());
-                    decided.outputs.extend(settled);
-                    let kill = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED) && !job.status.is_final();
-                    Ok((job.status, if kill { PilotCommand::Kill } else { PilotCommand::None }))
-                }
-                Err(error) => Err(error),
-            };
+            let mut own_changes = Vec::new();
+            let outcome =
+                match self.apply_report(&mut draft, &update.lease_token, &update.report, now, &mut own_changes) {
+                    Ok(Applied::Unchanged) => Ok((job.status, PilotCommand::None)),
+                    Ok(Applied::Changed { outputs: settled }) => {
+                        *job = draft;
+                        decided.changes.append(&mut own_changes);
+                        decided.changed.insert(job.id, job.clone());
+                        decided.outputs.extend(settled);
+                        let kill = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED) && !job.status.is_final();
+                        Ok((job.status, if kill { PilotCommand::Kill } else { PilotCommand::None }))
+                    }
+                    Err(error) => Err(error),
+                };
             decided.outcomes[i] = Some(outcome);
         }
         decided
@@ -501,7 +496,7 @@ impl Service {
         lease_token: &str,
         report: &JobReport,
         now: DateTime<Utc>,
-        events: &mut Vec<Envelope>,
+        changes: &mut Vec<JobChange>,
     ) -> Result<Applied> {
         let job_id = job.id;
         if job.lease_token.as_deref() != Some(lease_token) || lease_token.is_empty() {
@@ -542,25 +537,25 @@ impl Service {
         let outputs = match report.status {
             JobStatus::Starting => {
                 if job.status == JobStatus::Sent {
-                    self.move_job(job, JobStatus::Starting, JobActor::Pilot, events)?;
+                    changes.push(self.decide_move(job, JobStatus::Starting, JobActor::Pilot)?);
                 }
                 None
             }
             JobStatus::Running => {
                 if matches!(job.status, JobStatus::Sent | JobStatus::Starting) {
-                    self.move_job(job, JobStatus::Running, JobActor::Pilot, events)?;
+                    changes.push(self.decide_move(job, JobStatus::Running, JobActor::Pilot)?);
                 }
                 None
             }
             JobStatus::Finished => {
                 let outputs = settle(report.output_files.clone(), FileStatus::NoOutput);
                 if job.status == JobStatus::Sent {
-                    self.move_job(job, JobStatus::Starting, JobActor::Pilot, events)?;
+                    changes.push(self.decide_move(job, JobStatus::Starting, JobActor::Pilot)?);
                 }
                 // The reference stores a final report as holding, then post-processing finishes
                 // the job; outputs are registered right here, so both steps happen together.
-                self.move_job(job, JobStatus::Holding, JobActor::Pilot, events)?;
-                self.move_job(job, JobStatus::Finished, JobActor::Server, events)?;
+                changes.push(self.decide_move(job, JobStatus::Holding, JobActor::Pilot)?);
+                changes.push(self.decide_move(job, JobStatus::Finished, JobActor::Server)?);
                 outputs
             }
             JobStatus::Failed => {
@@ -571,7 +566,7 @@ impl Service {
                 } else {
                     (JobStatus::Failed, JobActor::Pilot)
                 };
-                self.move_job(job, to, actor, events)?;
+                changes.push(self.decide_move(job, to, actor)?);
                 if to == JobStatus::Failed {
                     // A pilot error code says the pilot failed (stage-in, stage-out, ...); else the
                     // payload's non-zero exit code is the reason.

@@ -1410,6 +1410,43 @@ async fn every_write_of_a_job_bumps_its_row_version(f: Fixture) {
     bumped(version(ids[0]).await, "being superseded by a retry");
 }
 
+/// Job transitions are counted once each, as written: on SQLite concurrent dispatches pick the
+/// same jobs and all but one lose them before writing, and those lost picks are not counted.
+async fn transition_metrics_count_what_was_written(f: Fixture) {
+    let metrics = panda_server::metrics::Metrics::default();
+    let conn = f._db.connect().await;
+    let service = Service::new(conn, f.outbox.clone(), f._storage.path().to_owned(), metrics.clone());
+    let n = 60;
+    submit_with_jobs(&f, "t", n, "").await;
+    let service = Arc::new(service);
+    let mut pilots = Vec::new();
+    for pilot in 0..8 {
+        let service = service.clone();
+        pilots.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let got = service.dispatch("q", &format!("n{pilot}"), "", Resources::default(), 2).await.unwrap();
+                if got.is_empty() {
+                    return held;
+                }
+                held.extend(got);
+            }
+        }));
+    }
+    let mut held = Vec::new();
+    for pilot in pilots {
+        held.extend(pilot.await.unwrap());
+    }
+    assert_eq!(held.len(), n as usize);
+    assert_eq!(metrics.job_transitions(JobStatus::Activated, JobStatus::Sent), u64::from(n));
+    for d in &held[..10] {
+        let lease = d.job.lease_token.clone().unwrap();
+        service.update_job(d.job.id, &lease, report(JobStatus::Finished)).await.unwrap();
+    }
+    assert_eq!(metrics.job_transitions(JobStatus::Sent, JobStatus::Starting), 10);
+    assert_eq!(metrics.job_transitions(JobStatus::Holding, JobStatus::Finished), 10);
+}
+
 macro_rules! store_suite {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1470,6 +1507,7 @@ store_suite!(
     a_task_awaiting_input_ends_only_once_its_input_is_complete,
     reports_decided_on_a_stale_read_are_decided_again,
     every_write_of_a_job_bumps_its_row_version,
+    transition_metrics_count_what_was_written,
 );
 
 /// The share-aware dispatch index is kept only while there is more than one share (its upkeep on
