@@ -78,7 +78,7 @@ struct DecidedReports {
 impl DecidedReports {
     /// Replaces what was decided for the jobs `stale` by what `again` decided on their current
     /// rows for the reports `which`.
-    fn replace(&mut self, stale: &[JobId], which: &[usize], again: DecidedReports) {
+    fn replace(&mut self, stale: &BTreeSet<JobId>, which: &[usize], again: DecidedReports) {
         self.changed.retain(|id, _| !stale.contains(id));
         self.changes.retain(|change| !stale.contains(&change.job_id));
         self.outputs.retain(|o| !stale.contains(&o.job_id));
@@ -414,11 +414,12 @@ impl Service {
             None => self.db.begin().await?,
         };
         let written = self.store.save_jobs_if_unchanged(&txn, statements).await?;
-        let stale: Vec<JobId> = decided.changed.keys().filter(|id| !written.contains(id)).copied().collect();
+        let stale: BTreeSet<JobId> = decided.changed.keys().filter(|id| !written.contains(id)).copied().collect();
         if !stale.is_empty() {
             tracing::debug!(jobs = stale.len(), "jobs changed since their reports were decided; deciding again");
             // Inside the transaction: locked (PostgreSQL), or SQLite's one writer.
-            let current = self.store.lock_jobs(&txn, &stale).await?;
+            let stale_ids: Vec<JobId> = stale.iter().copied().collect();
+            let current = self.store.lock_jobs(&txn, &stale_ids).await?;
             let again: Vec<usize> = all.into_iter().filter(|&i| stale.contains(&updates[i].job_id)).collect();
             let redecided = self.decide_reports(updates, &again, current, now);
             let to_save: Vec<&Job> = redecided.changed.values().collect();
