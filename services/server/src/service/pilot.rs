@@ -185,11 +185,11 @@ impl Service {
                     continue;
                 }
                 let claimed = self.claim_group(&txn, group, &requests[members[0]].offer, wanted, &[]).await?;
-                let before: BTreeSet<JobId> = answers.iter().flatten().flatten().map(|j| j.id).collect();
-                self.hand_out(requests, members, &mut answers, claimed, now, &mut changes)?;
+                let handed: BTreeSet<JobId> =
+                    self.hand_out(requests, members, &mut answers, claimed, now, &mut changes)?.into_iter().collect();
                 // Written before the next group's claim, which must not see these as activated.
                 let sent: Vec<&Job> =
-                    answers.iter().flatten().flatten().filter(|job| !before.contains(&job.id)).collect();
+                    answers.iter().flatten().flatten().filter(|job| handed.contains(&job.id)).collect();
                 self.store.mark_sent(&txn, sent, now).await?;
             }
         }
@@ -463,6 +463,7 @@ impl Service {
             changes: Vec::new(),
             outputs: Vec::new(),
         };
+        let mut changed_ids = BTreeSet::new();
         for &i in which {
             let update = &updates[i];
             let Some(job) = jobs.get_mut(&update.job_id) else {
@@ -478,7 +479,7 @@ impl Service {
                     Ok(Applied::Changed { outputs: settled }) => {
                         *job = draft;
                         decided.changes.append(&mut own_changes);
-                        decided.changed.insert(job.id, job.clone());
+                        changed_ids.insert(job.id);
                         decided.outputs.extend(settled);
                         let kill = job.command_to_pilot.as_deref() == Some(TO_BE_KILLED) && !job.status.is_final();
                         Ok((job.status, if kill { PilotCommand::Kill } else { PilotCommand::None }))
@@ -487,6 +488,8 @@ impl Service {
                 };
             decided.outcomes[i] = Some(outcome);
         }
+        // Moved out once all reports are decided: a job's later reports see the earlier ones.
+        decided.changed = changed_ids.into_iter().filter_map(|id| jobs.remove_entry(&id)).collect();
         decided
     }
 

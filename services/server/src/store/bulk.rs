@@ -254,20 +254,20 @@ impl Store {
     /// with the job id.
     fn update_statements(&self, set: &str, fixed: Vec<Value>, rows: Vec<Vec<Value>>, guard: Guard) -> Vec<Statement> {
         let mut statements = Vec::new();
-        for chunk in statement_chunks(&rows) {
+        let width = rows.first().map_or(0, Vec::len);
+        let mut rows = rows.into_iter();
+        for size in statement_sizes(rows.len()) {
             let mut values = fixed.clone();
-            let mut tuples = Vec::with_capacity(chunk.len());
-            for row in chunk {
+            let mut tuples = Vec::with_capacity(size);
+            for row in rows.by_ref().take(size) {
                 let first = values.len() + 1;
                 let marks: Vec<String> = (first..first + row.len()).map(|n| self.placeholder(n)).collect();
                 tuples.push(format!("({})", marks.join(", ")));
-                values.extend(row.iter().cloned());
+                values.extend(row);
             }
-            let condition = match (guard, chunk.first()) {
-                (Guard::RowVersion, Some(row)) => {
-                    format!(" AND jobs.row_version = v.column{} RETURNING jobs.id", row.len())
-                }
-                _ => String::new(),
+            let condition = match guard {
+                Guard::RowVersion => format!(" AND jobs.row_version = v.column{width} RETURNING jobs.id"),
+                Guard::None => String::new(),
             };
             let sql = format!(
                 "UPDATE jobs SET {set}, row_version = jobs.row_version + 1 FROM (VALUES {}) AS v \

@@ -122,21 +122,20 @@ async fn inserting_jobs_runs_the_task_once(f: Fixture) {
     assert_eq!(f.service.get_task(other.id).await.unwrap().0.status, TaskStatus::Registered);
 }
 
-async fn concurrent_dispatch_hands_out_each_job_once(f: Fixture) {
-    let n = 120;
-    let task = submit_with_jobs(&f, "t", n, "").await;
-    let service = Arc::new(f.service.clone());
+/// `pilots` concurrent pilots take `n` jobs at a time from queue `q` until it is empty; answers
+/// every job handed out.
+async fn drain_queue(service: &Service, pilots: usize, n: u32) -> Vec<panda_server::service::Dispatched> {
     let mut handles = Vec::new();
-    for pilot in 0..8 {
+    for pilot in 0..pilots {
         let service = service.clone();
         handles.push(tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = service.dispatch("q", &format!("node{pilot}"), "", Resources::default(), 3).await.unwrap();
+                let batch = service.dispatch("q", &format!("node{pilot}"), "", Resources::default(), n).await.unwrap();
                 if batch.is_empty() {
                     return got;
                 }
-                got.extend(batch.into_iter().map(|d| d.job.id));
+                got.extend(batch);
             }
         }));
     }
@@ -144,6 +143,13 @@ async fn concurrent_dispatch_hands_out_each_job_once(f: Fixture) {
     for handle in handles {
         all.extend(handle.await.unwrap());
     }
+    all
+}
+
+async fn concurrent_dispatch_hands_out_each_job_once(f: Fixture) {
+    let n = 120;
+    let task = submit_with_jobs(&f, "t", n, "").await;
+    let all: Vec<_> = drain_queue(&f.service, 8, 3).await.into_iter().map(|d| d.job.id).collect();
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), n as usize, "every job dispatched");
     assert_eq!(unique.len(), all.len(), "no job dispatched twice");
@@ -1418,25 +1424,7 @@ async fn transition_metrics_count_what_was_written(f: Fixture) {
     let service = Service::new(conn, f.outbox.clone(), f._storage.path().to_owned(), metrics.clone());
     let n = 60;
     submit_with_jobs(&f, "t", n, "").await;
-    let service = Arc::new(service);
-    let mut pilots = Vec::new();
-    for pilot in 0..8 {
-        let service = service.clone();
-        pilots.push(tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let got = service.dispatch("q", &format!("n{pilot}"), "", Resources::default(), 2).await.unwrap();
-                if got.is_empty() {
-                    return held;
-                }
-                held.extend(got);
-            }
-        }));
-    }
-    let mut held = Vec::new();
-    for pilot in pilots {
-        held.extend(pilot.await.unwrap());
-    }
+    let held = drain_queue(&service, 8, 2).await;
     assert_eq!(held.len(), n as usize);
     assert_eq!(metrics.job_transitions(JobStatus::Activated, JobStatus::Sent), u64::from(n));
     for d in &held[..10] {
